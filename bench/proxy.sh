@@ -1,0 +1,357 @@
+#!/usr/bin/env bash
+# bench/proxy.sh — load benchmark: Portcullis vs nginx as a reverse proxy.
+#
+# What it does (everything on 127.0.0.1, every port picked free at run time):
+#   1. installs wrk and nginx with apt-get if they are missing (Debian, root);
+#   2. starts a private nginx as a fast upstream (fixed 200 "hello" body);
+#   3. starts a second private nginx as a reverse proxy in front of it
+#      (upstream keepalive 64, HTTP/1.1 to the upstream, access_log off,
+#      worker_processes = number of cores);
+#   4. starts Portcullis in front of the same upstream (builds it with
+#      `cargo build --release` if the default binary is missing);
+#   5. runs wrk against [direct, nginx, portcullis], interleaved, ROUNDS times,
+#      and prints per target the median req/s, p50 and p99 latency (ms) and the
+#      ratios portcullis/nginx for req/s and p99.
+# Both nginx instances run from a temp dir with their own conf/pid/logs; the
+# system nginx is never touched. Every process started is stopped on exit.
+# Raw wrk outputs, generated configs and server logs go to bench/out/<stamp>/.
+#
+# Usage (from anywhere; paths are relative to the repo root):
+#   bash bench/proxy.sh
+#   DURATION=3s ROUNDS=1 bash bench/proxy.sh          # quick smoke run
+#   SKIP_PORTCULLIS=1 bash bench/proxy.sh             # direct + nginx only
+#
+# Env knobs:
+#   DURATION        wrk duration per measurement (wrk syntax: 10s, 1m)  [10s]
+#   ROUNDS          rounds of [direct, nginx, portcullis]               [3]
+#   CONNECTIONS     wrk connections (-c)                                [64]
+#   THREADS         wrk threads (-t)                                    [2]
+#   WARMUP          warm-up run per target before the rounds, 0 = none  [2s]
+#   PORTCULLIS_BIN  gateway binary        [target/release/portcullis]
+#                   (built only when this default path is missing)
+#   SKIP_PORTCULLIS 1 = benchmark only the upstream and nginx           [0]
+#
+# Note: on a 2-core machine wrk, the upstream and the proxy share the cores, so
+# absolute numbers are low; compare the ratios, which is what this is for.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+WARMUP=${WARMUP:-2s}
+SKIP_PORTCULLIS=${SKIP_PORTCULLIS:-0}
+DEFAULT_BIN=target/release/portcullis
+BIN=${PORTCULLIS_BIN:-$DEFAULT_BIN}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+die() { echo "proxy.sh: error: $*" >&2; exit 1; }
+log() { echo "==> $*"; }
+
+# --- argument checks -------------------------------------------------------
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
+[[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
+[[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "THREADS must be a positive integer"
+(( THREADS <= CONNECTIONS )) || die "THREADS must be <= CONNECTIONS"
+
+# wrk duration -> seconds (for the hard timeout around each wrk run)
+to_seconds() {
+  local d=$1
+  [[ $d =~ ^([0-9]+)(s|m|h)?$ ]] || die "bad duration '$d' (use e.g. 10s, 1m)"
+  local n=${BASH_REMATCH[1]} u=${BASH_REMATCH[2]:-s}
+  case $u in s) echo "$n" ;; m) echo $((n * 60)) ;; h) echo $((n * 3600)) ;; esac
+}
+DUR_S=$(to_seconds "$DURATION")
+(( DUR_S > 0 )) || die "DURATION must be > 0"
+if [[ $WARMUP == 0 ]]; then WARM_S=0; else WARM_S=$(to_seconds "$WARMUP"); fi
+
+# --- dependencies ----------------------------------------------------------
+need_apt=()
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx)
+if (( ${#need_apt[@]} )); then
+  log "installing ${need_apt[*]} (apt-get)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+for t in python3 curl timeout; do
+  command -v "$t" >/dev/null 2>&1 || die "'$t' is required"
+done
+
+if [[ $SKIP_PORTCULLIS != 1 ]]; then
+  if [[ ! -x $BIN ]]; then
+    if [[ $BIN == "$DEFAULT_BIN" ]]; then
+      log "building Portcullis (cargo build --release)"
+      cargo build --release
+    fi
+    [[ -x $BIN ]] || die "Portcullis binary '$BIN' not found/executable"
+  fi
+fi
+
+CORES=$(nproc)
+
+# --- work dirs, cleanup ----------------------------------------------------
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT="$ROOT/bench/out/$STAMP"
+mkdir -p "$OUT"
+TMP=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
+chmod 755 "$TMP"   # nginx workers may run as 'nobody'
+
+PIDS=()
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  local p
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    # bounded wait (~5 s), then KILL
+    local i
+    for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  # keep logs and generated configs next to the raw outputs
+  cp "$TMP"/*.conf "$TMP"/*.toml "$TMP"/*.log "$OUT"/ 2>/dev/null || true
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- free ports --------------------------------------------------------------
+read -r UP_PORT NGX_PORT PC_PORT < <(python3 - <<'EOF'
+import socket
+socks = []
+for _ in range(3):
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    s.bind(("127.0.0.1", 0))
+    socks.append(s)
+print(" ".join(str(s.getsockname()[1]) for s in socks))
+for s in socks:
+    s.close()
+EOF
+)
+[[ -n ${PC_PORT:-} ]] || die "could not pick free ports"
+
+# --- helpers -----------------------------------------------------------------
+# wait_port NAME PORT PID LOGFILE: poll until PORT accepts (max ~10 s)
+wait_port() {
+  local name=$1 port=$2 pid=$3 logf=$4 i
+  for ((i = 0; i < 100; i++)); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "--- $logf ---" >&2; tail -n 30 "$logf" >&2 || true
+      die "$name exited before accepting connections on 127.0.0.1:$port"
+    fi
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  echo "--- $logf ---" >&2; tail -n 30 "$logf" >&2 || true
+  die "$name did not accept connections on 127.0.0.1:$port within 10 s"
+}
+
+# check_200 NAME URL: one request must return 200 with the upstream body
+check_200() {
+  local name=$1 url=$2 code body
+  body=$(curl -sS --max-time 5 -o - -w '\n%{http_code}' "$url") || die "$name: request to $url failed"
+  code=${body##*$'\n'}
+  [[ $code == 200 ]] || die "$name: $url returned HTTP $code, expected 200"
+  [[ $body == *"hello from upstream"* ]] || die "$name: $url did not return the upstream body"
+}
+
+# start_nginx NAME CONF: run nginx in the foreground (daemon off) in background
+start_nginx() {
+  local name=$1 conf=$2
+  "$NGINX" -p "$TMP/" -e "$TMP/$name-error.log" -c "$conf" -g 'daemon off;' \
+    >"$TMP/$name.log" 2>&1 &
+  PIDS+=("$!")
+  LAST_PID=$!
+}
+
+# --- upstream nginx ------------------------------------------------------------
+cat >"$TMP/upstream-nginx.conf" <<EOF
+worker_processes $CORES;
+pid $TMP/upstream-nginx.pid;
+error_log $TMP/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $TMP/up-body;
+    proxy_temp_path $TMP/up-proxy;
+    fastcgi_temp_path $TMP/up-fastcgi;
+    uwsgi_temp_path $TMP/up-uwsgi;
+    scgi_temp_path $TMP/up-scgi;
+    server {
+        listen 127.0.0.1:$UP_PORT backlog=4096;
+        location / {
+            default_type text/plain;
+            return 200 "hello from upstream\n";
+        }
+    }
+}
+EOF
+
+# --- proxy nginx -----------------------------------------------------------------
+cat >"$TMP/proxy-nginx.conf" <<EOF
+worker_processes $CORES;
+pid $TMP/proxy-nginx.pid;
+error_log $TMP/proxy-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    keepalive_timeout 75s;
+    client_body_temp_path $TMP/px-body;
+    proxy_temp_path $TMP/px-proxy;
+    fastcgi_temp_path $TMP/px-fastcgi;
+    uwsgi_temp_path $TMP/px-uwsgi;
+    scgi_temp_path $TMP/px-scgi;
+    upstream up {
+        server 127.0.0.1:$UP_PORT;
+        keepalive 64;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$NGX_PORT backlog=4096;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+    }
+}
+EOF
+
+# --- portcullis config -----------------------------------------------------------
+cat >"$TMP/portcullis.toml" <<EOF
+[server]
+listen = "127.0.0.1:$PC_PORT"
+
+[[upstreams]]
+name = "up"
+balance = "round_robin"
+targets = [ { address = "127.0.0.1:$UP_PORT" } ]
+
+[[routes]]
+name = "all"
+path_prefix = "/"
+upstream = "up"
+EOF
+
+# --- start servers -----------------------------------------------------------------
+"$NGINX" -t -q -p "$TMP/" -e "$TMP/nginx-test.log" -c "$TMP/upstream-nginx.conf" \
+  || die "upstream nginx config invalid"
+"$NGINX" -t -q -p "$TMP/" -e "$TMP/nginx-test.log" -c "$TMP/proxy-nginx.conf" \
+  || die "proxy nginx config invalid"
+
+start_nginx upstream "$TMP/upstream-nginx.conf"
+wait_port "upstream nginx" "$UP_PORT" "$LAST_PID" "$TMP/upstream-error.log"
+log "upstream nginx on 127.0.0.1:$UP_PORT (worker_processes $CORES)"
+
+start_nginx proxy "$TMP/proxy-nginx.conf"
+wait_port "nginx proxy" "$NGX_PORT" "$LAST_PID" "$TMP/proxy-error.log"
+log "nginx proxy on 127.0.0.1:$NGX_PORT (worker_processes $CORES = number of cores, upstream keepalive 64, access_log off)"
+
+TARGETS=(direct nginx)
+declare -A URL=(
+  [direct]="http://127.0.0.1:$UP_PORT/"
+  [nginx]="http://127.0.0.1:$NGX_PORT/"
+)
+if [[ $SKIP_PORTCULLIS != 1 ]]; then
+  "$BIN" run --config "$TMP/portcullis.toml" --log-level warn >"$TMP/portcullis.log" 2>&1 &
+  PIDS+=("$!")
+  wait_port portcullis "$PC_PORT" "$!" "$TMP/portcullis.log"
+  log "portcullis ($BIN) on 127.0.0.1:$PC_PORT"
+  TARGETS+=(portcullis)
+  URL[portcullis]="http://127.0.0.1:$PC_PORT/"
+fi
+
+for t in "${TARGETS[@]}"; do check_200 "$t" "${URL[$t]}"; done
+
+# --- wrk runs ------------------------------------------------------------------
+# run_wrk TARGET DURATION OUTFILE
+run_wrk() {
+  local t=$1 d=$2 f=$3 s
+  s=$(to_seconds "$d")
+  timeout -k 5 $((s + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"$d" --latency "${URL[$t]}" >"$f" 2>&1 \
+    || { cat "$f" >&2; die "wrk against $t failed"; }
+}
+
+# parse_wrk FILE -> "req_s p50_ms p99_ms errors"
+parse_wrk() {
+  awk '
+    function ms(v,   n, u) {
+      n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
+      if (u == "us") return n / 1000
+      if (u == "ms") return n
+      if (u == "s")  return n * 1000
+      if (u == "m")  return n * 60000
+      return -1
+    }
+    /^ *50% / { p50 = ms($2) }
+    /^ *99% / { p99 = ms($2) }
+    /^Requests\/sec:/ { rps = $2 }
+    /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
+    /Non-2xx or 3xx responses:/ { err += $NF }
+    END {
+      if (rps == "" || p50 == "" || p99 == "") exit 1
+      printf "%.2f %.3f %.3f %d\n", rps, p50, p99, err
+    }' "$1"
+}
+
+median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+
+total_s=$(( (ROUNDS * DUR_S + WARM_S) * ${#TARGETS[@]} ))
+log "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency; $ROUNDS round(s) of [${TARGETS[*]}], ~${total_s}s of load"
+
+if (( WARM_S > 0 )); then
+  for t in "${TARGETS[@]}"; do run_wrk "$t" "$WARMUP" "$OUT/warmup-$t.txt"; done
+  log "warm-up done ($WARMUP per target)"
+fi
+
+declare -A RPS P50 P99 ERR MED_RPS MED_P99
+for ((r = 1; r <= ROUNDS; r++)); do
+  for t in "${TARGETS[@]}"; do
+    f="$OUT/round$r-$t.txt"
+    run_wrk "$t" "$DURATION" "$f"
+    read -r rps p50 p99 err < <(parse_wrk "$f") || die "could not parse wrk output $f"
+    RPS[$t]+="$rps "; P50[$t]+="$p50 "; P99[$t]+="$p99 "; ERR[$t]=$(( ${ERR[$t]:-0} + err ))
+    printf '    round %d %-10s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  errors %d\n' \
+      "$r" "$t" "$rps" "$p50" "$p99" "$err"
+  done
+done
+
+# --- summary -------------------------------------------------------------------
+summary="$OUT/summary.txt"
+{
+  echo "Portcullis proxy benchmark $STAMP"
+  echo "machine: $CORES cores; nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), worker_processes $CORES (upstream and proxy)"
+  echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS round(s), medians over rounds"
+  echo
+  printf '%-12s %12s %10s %10s %8s\n' target "req/s" "p50 ms" "p99 ms" errors
+  for t in "${TARGETS[@]}"; do
+    m_rps=$(tr ' ' '\n' <<<"${RPS[$t]}" | grep . | median)
+    m_p50=$(tr ' ' '\n' <<<"${P50[$t]}" | grep . | median)
+    m_p99=$(tr ' ' '\n' <<<"${P99[$t]}" | grep . | median)
+    MED_RPS[$t]=$m_rps; MED_P99[$t]=$m_p99
+    printf '%-12s %12.0f %10.3f %10.3f %8d\n' "$t" "$m_rps" "$m_p50" "$m_p99" "${ERR[$t]}"
+  done
+  if [[ $SKIP_PORTCULLIS != 1 ]]; then
+    echo
+    awk -v pr="${MED_RPS[portcullis]}" -v nr="${MED_RPS[nginx]}" -v pp="${MED_P99[portcullis]}" -v np="${MED_P99[nginx]}" \
+      'BEGIN {
+         printf "portcullis/nginx  req/s ratio: %s   (higher is better)\n", (nr > 0 ? sprintf("%.3f", pr / nr) : "n/a")
+         printf "portcullis/nginx  p99 ratio:   %s   (lower is better)\n",  (np > 0 ? sprintf("%.3f", pp / np) : "n/a")
+       }'
+  fi
+  for t in "${TARGETS[@]}"; do
+    (( ${ERR[$t]} == 0 )) || echo "WARNING: $t had ${ERR[$t]} socket errors / non-2xx responses"
+  done
+} | tee "$summary"
+echo
+log "raw wrk outputs, configs and logs: ${OUT#"$ROOT"/}/"

@@ -1,0 +1,604 @@
+//! The TOML config: the serde model (unknown keys are errors) and its validation into the
+//! runtime [`Config`]. Every error names the file, line, column and key.
+
+mod error;
+pub mod units;
+
+pub use error::ConfigError;
+use error::Source;
+
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::Spanned;
+use units::{Dur, Size};
+
+// ---------------------------------------------------------------------------------------
+// The file as written.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    server: Spanned<RawServer>,
+    #[serde(default)]
+    upstreams: Vec<Spanned<RawUpstream>>,
+    #[serde(default)]
+    routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `[server]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    /// `listen = "127.0.0.1:8080"` or `listen = ["127.0.0.1:8080", "[::1]:8080"]`
+    listen: Spanned<toml::Value>,
+    /// `admin_listen = "127.0.0.1:9901"`: `GET /healthz`.
+    admin_listen: Option<Spanned<String>>,
+    /// `drain_timeout = "30s"`: how long in-flight requests may run after SIGINT/SIGTERM.
+    drain_timeout: Option<Dur>,
+    /// `header_read_timeout = "10s"`: a client must send a request's whole head in this time.
+    header_read_timeout: Option<Dur>,
+    /// `max_header_size = "64KiB"`: larger request heads get 431.
+    max_header_size: Option<Size>,
+    /// `max_body_size = "10MiB"`: default request body limit of every route (413 beyond).
+    max_body_size: Option<Size>,
+    /// `trust_forwarded_headers = false`: append to an incoming X-Forwarded-For chain
+    /// instead of replacing it (only behind a trusted proxy).
+    #[serde(default)]
+    trust_forwarded_headers: bool,
+}
+
+/// `[[upstreams]]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: Spanned<String>,
+    /// `balance = "round_robin"`
+    #[serde(default)]
+    balance: BalanceKind,
+    /// `hash_key = "header:x-session-id" | "cookie:session" | "client_addr"` (consistent_hash)
+    hash_key: Option<Spanned<String>>,
+    /// `targets = [{ address = "127.0.0.1:9001", weight = 1 }]`
+    targets: Option<Spanned<Vec<RawTarget>>>,
+    /// `protocol = "http1" | "h2"` (h2 is prior-knowledge cleartext HTTP/2, for gRPC)
+    #[serde(default)]
+    protocol: Protocol,
+    /// `connect_timeout = "2s"`
+    connect_timeout: Option<Dur>,
+    /// `request_timeout = "60s"`: until the upstream's response head arrives.
+    request_timeout: Option<Dur>,
+    /// `idle_timeout = "60s"`: longest silence inside a streamed response body.
+    idle_timeout: Option<Dur>,
+    /// `pool_idle_timeout = "90s"`: idle pooled connections are closed after this.
+    pool_idle_timeout: Option<Dur>,
+    /// `pool_max_idle_per_target = 256`
+    pool_max_idle_per_target: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    address: Spanned<String>,
+    #[serde(default = "one")]
+    weight: Spanned<u32>,
+}
+
+fn one() -> Spanned<u32> {
+    Spanned::new(0..0, 1)
+}
+
+/// `[[routes]]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    name: Spanned<String>,
+    path: Option<Spanned<String>>,
+    path_prefix: Option<Spanned<String>>,
+    path_regex: Option<Spanned<String>>,
+    methods: Option<Vec<Spanned<String>>>,
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
+    #[serde(default)]
+    query: BTreeMap<String, String>,
+    #[serde(default)]
+    strip_prefix: bool,
+    upstream: Spanned<String>,
+    /// `preserve_host = false`: send the client's Host instead of the target's address.
+    #[serde(default)]
+    preserve_host: bool,
+    /// `host_rewrite = "api.internal"`: send this Host to the upstream.
+    host_rewrite: Option<Spanned<String>>,
+    max_body_size: Option<Size>,
+    request_timeout: Option<Dur>,
+}
+
+// ---------------------------------------------------------------------------------------
+// The validated runtime config.
+// ---------------------------------------------------------------------------------------
+
+/// Load-balancing algorithm of an upstream (DESIGN §5).
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum BalanceKind {
+    #[default]
+    RoundRobin,
+    WeightedRoundRobin,
+    LeastConnections,
+    WeightedLeastConnections,
+    P2cEwma,
+    ConsistentHash,
+}
+
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    #[default]
+    Http1,
+    H2,
+}
+
+/// What consistent hashing hashes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HashKey {
+    Header(HeaderName),
+    Cookie(String),
+    ClientAddr,
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub source: PathBuf,
+    pub server: ServerConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub drain_timeout: Duration,
+    pub header_read_timeout: Duration,
+    pub max_header_size: usize,
+    pub trust_forwarded_headers: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct UpstreamConfig {
+    pub name: String,
+    pub balance: BalanceKind,
+    pub hash_key: HashKey,
+    pub targets: Vec<TargetConfig>,
+    pub protocol: Protocol,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub pool_idle_timeout: Duration,
+    pub pool_max_idle_per_target: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct TargetConfig {
+    /// `host:port`, as written (a name is resolved when connecting).
+    pub address: String,
+    pub weight: u32,
+}
+
+#[derive(Clone, Debug)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Clone, Debug)]
+pub enum HostPolicy {
+    /// Host = the target's address (default).
+    Target,
+    /// Host = the client's Host.
+    Preserve,
+    /// Host = this value.
+    Rewrite(HeaderValue),
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub path: PathMatch,
+    pub methods: Option<Vec<Method>>,
+    /// Lowercase host names; `*.example.com` matches any subdomain.
+    pub hosts: Vec<String>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub query: Vec<(String, String)>,
+    pub strip_prefix: bool,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub host: HostPolicy,
+    pub max_body_size: u64,
+    pub request_timeout: Option<Duration>,
+}
+
+/// Upper bound of a target weight; keeps the smooth-WRR schedule small.
+pub const MAX_WEIGHT: u32 = 1000;
+
+/// Reads, parses and validates a config file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: path.to_path_buf(),
+        position: None,
+        key: String::new(),
+        message: format!("cannot read config file: {e}"),
+    })?;
+    parse(&text, path)
+}
+
+/// Parses and validates config text; `path` is used for messages and relative paths.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    let src = Source { file: path, text };
+    let raw: RawConfig = toml::from_str(text).map_err(|e| src.from_toml(&e))?;
+    validate(raw, &src)
+}
+
+fn parse_addr(src: &Source<'_>, s: &Spanned<String>, key: &str) -> Result<SocketAddr, ConfigError> {
+    s.get_ref().parse().map_err(|_| {
+        src.error(
+            s.span(),
+            key,
+            format!(
+                "`{}` is not a socket address (expected IP:PORT, e.g. \"127.0.0.1:8080\")",
+                s.get_ref()
+            ),
+        )
+    })
+}
+
+fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
+    let server_span = raw.server.span();
+    let s = raw.server.into_inner();
+    let listen_span = s.listen.span();
+    let bad_listen = || {
+        src.error(
+            listen_span.clone(),
+            "server.listen",
+            "expected an address string or a list of them, e.g. \"127.0.0.1:8080\"",
+        )
+    };
+    let listen_raw: Vec<String> = match s.listen.into_inner() {
+        toml::Value::String(a) => vec![a],
+        toml::Value::Array(v) => v
+            .into_iter()
+            .map(|a| a.as_str().map(str::to_string).ok_or_else(bad_listen))
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad_listen()),
+    };
+    if listen_raw.is_empty() {
+        return Err(src.error(listen_span, "server.listen", "needs at least one address"));
+    }
+    let listen = listen_raw
+        .iter()
+        .map(|a| {
+            parse_addr(
+                src,
+                &Spanned::new(listen_span.clone(), a.clone()),
+                "server.listen",
+            )
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let admin_listen = s
+        .admin_listen
+        .as_ref()
+        .map(|a| parse_addr(src, a, "server.admin_listen"))
+        .transpose()?;
+    let max_header_size = s.max_header_size.map_or(64 * 1024, |v| v.0);
+    if !(1024..=16 * 1024 * 1024).contains(&max_header_size) {
+        return Err(src.error(
+            server_span,
+            "server.max_header_size",
+            "must be between 1KiB and 16MiB",
+        ));
+    }
+    let server = ServerConfig {
+        listen,
+        admin_listen,
+        drain_timeout: s.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
+        header_read_timeout: s
+            .header_read_timeout
+            .map_or(Duration::from_secs(10), |d| d.0),
+        max_header_size: max_header_size as usize,
+        trust_forwarded_headers: s.trust_forwarded_headers,
+    };
+    let default_body = s.max_body_size.map_or(10 << 20, |v| v.0);
+
+    let mut upstreams = Vec::with_capacity(raw.upstreams.len());
+    let mut upstream_index: HashMap<String, usize> = HashMap::new();
+    for (i, u) in raw.upstreams.into_iter().enumerate() {
+        let u_span = u.span();
+        let u = u.into_inner();
+        let key = |k: &str| format!("upstreams[{i}].{k}");
+        let name = u.name.get_ref().clone();
+        if name.is_empty() {
+            return Err(src.error(u.name.span(), key("name"), "must not be empty"));
+        }
+        if upstream_index.insert(name.clone(), i).is_some() {
+            return Err(src.error(
+                u.name.span(),
+                key("name"),
+                format!("duplicate upstream name `{name}`"),
+            ));
+        }
+        let Some(targets_raw) = u.targets else {
+            return Err(src.error(
+                u_span,
+                key("targets"),
+                format!("upstream `{name}` has no `targets`"),
+            ));
+        };
+        if targets_raw.get_ref().is_empty() {
+            return Err(src.error(
+                targets_raw.span(),
+                key("targets"),
+                format!("upstream `{name}` has an empty target list"),
+            ));
+        }
+        let mut targets = Vec::new();
+        for (j, t) in targets_raw.into_inner().into_iter().enumerate() {
+            let addr = t.address.get_ref();
+            let valid = match addr.rsplit_once(':') {
+                Some((host, port)) => {
+                    !host.is_empty()
+                        && port.parse::<u16>().is_ok_and(|p| p != 0)
+                        && addr.parse::<http::uri::Authority>().is_ok()
+                }
+                None => false,
+            };
+            if !valid {
+                return Err(src.error(
+                    t.address.span(),
+                    format!("upstreams[{i}].targets[{j}].address"),
+                    format!("`{addr}` is not HOST:PORT (e.g. \"127.0.0.1:9001\")"),
+                ));
+            }
+            let w = *t.weight.get_ref();
+            if !(1..=MAX_WEIGHT).contains(&w) {
+                return Err(src.error(
+                    t.weight.span(),
+                    format!("upstreams[{i}].targets[{j}].weight"),
+                    format!("weight {w} is out of range 1..={MAX_WEIGHT}"),
+                ));
+            }
+            targets.push(TargetConfig {
+                address: addr.clone(),
+                weight: w,
+            });
+        }
+        let hash_key = match &u.hash_key {
+            None => HashKey::ClientAddr,
+            Some(k) => {
+                parse_hash_key(k.get_ref()).map_err(|m| src.error(k.span(), key("hash_key"), m))?
+            }
+        };
+        if u.hash_key.is_some() && u.balance != BalanceKind::ConsistentHash {
+            let k = u.hash_key.as_ref().unwrap();
+            return Err(src.error(
+                k.span(),
+                key("hash_key"),
+                "only applies to balance = \"consistent_hash\"",
+            ));
+        }
+        upstreams.push(UpstreamConfig {
+            name,
+            balance: u.balance,
+            hash_key,
+            targets,
+            protocol: u.protocol,
+            connect_timeout: u.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
+            request_timeout: u.request_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            idle_timeout: u.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
+            pool_idle_timeout: u.pool_idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
+            pool_max_idle_per_target: u.pool_max_idle_per_target.unwrap_or(256),
+        });
+    }
+
+    let mut routes = Vec::with_capacity(raw.routes.len());
+    let mut route_names: HashMap<String, ()> = HashMap::new();
+    for (i, r) in raw.routes.into_iter().enumerate() {
+        let r_span = r.span();
+        let r = r.into_inner();
+        let key = |k: &str| format!("routes[{i}].{k}");
+        let name = r.name.get_ref().clone();
+        if name.is_empty() {
+            return Err(src.error(r.name.span(), key("name"), "must not be empty"));
+        }
+        if route_names.insert(name.clone(), ()).is_some() {
+            return Err(src.error(
+                r.name.span(),
+                key("name"),
+                format!("duplicate route name `{name}`"),
+            ));
+        }
+        let path = match (&r.path, &r.path_prefix, &r.path_regex) {
+            (Some(p), None, None) => PathMatch::Exact(check_path(src, p, &key("path"))?),
+            (None, Some(p), None) => PathMatch::Prefix(check_path(src, p, &key("path_prefix"))?),
+            (None, None, Some(p)) => PathMatch::Regex(Regex::new(p.get_ref()).map_err(|e| {
+                src.error(p.span(), key("path_regex"), format!("invalid regex: {e}"))
+            })?),
+            (None, None, None) => {
+                return Err(src.error(
+                    r_span,
+                    key("path"),
+                    format!("route `{name}` needs one of `path`, `path_prefix` or `path_regex`"),
+                ))
+            }
+            _ => return Err(src.error(
+                r_span,
+                key("path"),
+                format!(
+                    "route `{name}` may have only one of `path`, `path_prefix` and `path_regex`"
+                ),
+            )),
+        };
+        if r.strip_prefix && !matches!(path, PathMatch::Prefix(_)) {
+            return Err(src.error(r_span, key("strip_prefix"), "needs `path_prefix`"));
+        }
+        let methods = match &r.methods {
+            None => None,
+            Some(ms) => {
+                if ms.is_empty() {
+                    return Err(src.error(
+                        r_span,
+                        key("methods"),
+                        "must not be empty (leave it out to allow every method)",
+                    ));
+                }
+                let mut out = Vec::new();
+                for m in ms {
+                    let up = m.get_ref().to_ascii_uppercase();
+                    let method = Method::from_bytes(up.as_bytes()).map_err(|_| {
+                        src.error(
+                            m.span(),
+                            key("methods"),
+                            format!("`{}` is not an HTTP method", m.get_ref()),
+                        )
+                    })?;
+                    out.push(method);
+                }
+                Some(out)
+            }
+        };
+        let mut hosts = Vec::new();
+        for h in &r.hosts {
+            let v = h.get_ref().to_ascii_lowercase();
+            let bare = v.strip_prefix("*.").unwrap_or(&v);
+            if bare.is_empty()
+                || bare.parse::<http::uri::Authority>().is_err()
+                || bare.contains('*')
+            {
+                return Err(src.error(
+                    h.span(),
+                    key("hosts"),
+                    format!("`{}` is not a host name (or `*.domain`)", h.get_ref()),
+                ));
+            }
+            hosts.push(v);
+        }
+        let mut headers = Vec::new();
+        for (n, v) in &r.headers {
+            let hn = HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+                src.error(
+                    v.span(),
+                    format!("routes[{i}].headers.{n}"),
+                    format!("`{n}` is not a header name"),
+                )
+            })?;
+            let hv = HeaderValue::from_str(v.get_ref()).map_err(|_| {
+                src.error(
+                    v.span(),
+                    format!("routes[{i}].headers.{n}"),
+                    "not a valid header value",
+                )
+            })?;
+            headers.push((hn, hv));
+        }
+        let Some(&upstream) = upstream_index.get(r.upstream.get_ref()) else {
+            let known: Vec<&str> = upstream_index.keys().map(String::as_str).collect();
+            return Err(src.error(
+                r.upstream.span(),
+                key("upstream"),
+                format!(
+                    "route `{name}` names unknown upstream `{}` (known: {})",
+                    r.upstream.get_ref(),
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            ));
+        };
+        let host = match (&r.host_rewrite, r.preserve_host) {
+            (Some(h), false) => HostPolicy::Rewrite(
+                HeaderValue::from_str(h.get_ref())
+                    .ok()
+                    .filter(|_| h.get_ref().parse::<http::uri::Authority>().is_ok())
+                    .ok_or_else(|| {
+                        src.error(
+                            h.span(),
+                            key("host_rewrite"),
+                            format!("`{}` is not a host", h.get_ref()),
+                        )
+                    })?,
+            ),
+            (Some(h), true) => {
+                return Err(src.error(
+                    h.span(),
+                    key("host_rewrite"),
+                    "cannot be combined with preserve_host = true",
+                ))
+            }
+            (None, true) => HostPolicy::Preserve,
+            (None, false) => HostPolicy::Target,
+        };
+        routes.push(RouteConfig {
+            name,
+            path,
+            methods,
+            hosts,
+            headers,
+            query: r.query.into_iter().collect(),
+            strip_prefix: r.strip_prefix,
+            upstream,
+            host,
+            max_body_size: r.max_body_size.map_or(default_body, |v| v.0),
+            request_timeout: r.request_timeout.map(|d| d.0),
+        });
+    }
+    Ok(Config {
+        source: src.file.to_path_buf(),
+        server,
+        upstreams,
+        routes,
+    })
+}
+
+fn check_path(src: &Source<'_>, p: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let v = p.get_ref();
+    if !v.starts_with('/') {
+        return Err(src.error(p.span(), key, format!("`{v}` must start with `/`")));
+    }
+    // Routes match normalized paths, so a route written un-normalized could never match.
+    match crate::proxy::normalize::normalize_path(v) {
+        Ok(n) if n == v.as_str() => Ok(v.clone()),
+        Ok(n) => Err(src.error(
+            p.span(),
+            key,
+            format!("`{v}` is not in normal form; write `{n}`"),
+        )),
+        Err(e) => Err(src.error(p.span(), key, format!("`{v}`: {e}"))),
+    }
+}
+
+fn parse_hash_key(s: &str) -> Result<HashKey, String> {
+    if s == "client_addr" {
+        return Ok(HashKey::ClientAddr);
+    }
+    if let Some(h) = s.strip_prefix("header:") {
+        return HeaderName::from_bytes(h.as_bytes())
+            .map(HashKey::Header)
+            .map_err(|_| format!("`{h}` is not a header name"));
+    }
+    if let Some(c) = s.strip_prefix("cookie:") {
+        if !c.is_empty() {
+            return Ok(HashKey::Cookie(c.to_string()));
+        }
+    }
+    Err(format!(
+        "`{s}`: expected \"header:NAME\", \"cookie:NAME\" or \"client_addr\""
+    ))
+}

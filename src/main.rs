@@ -1,0 +1,105 @@
+//! The `portcullis` binary: CLI → config::load → server::run.
+#![forbid(unsafe_code)]
+
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "An API gateway for AI systems")]
+struct Cli {
+    /// Config file (same as `run --config FILE`).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    /// Log level or filter (`info`, `warn`, `portcullis=debug`); RUST_LOG overrides it.
+    /// `warn` turns the access log off.
+    #[arg(long, default_value = "info", global = true)]
+    log_level: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway with a config file.
+    Run,
+    /// Check a config file: exit 0, or print the first error (file:line:column: key) and exit 1.
+    Validate { file: PathBuf },
+    /// Run a self-contained demo: demo model services and a gateway in front of them.
+    Demo {
+        /// Where the demo gateway listens.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: String,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    use std::io::IsTerminal as _;
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => b.init(),
+        LogFormat::Json => b.json().flatten_event(true).init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format, &cli.log_level);
+    let rt = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("start the tokio runtime")
+    };
+    let result = match cli.command {
+        Some(Command::Validate { file }) => match portcullis::config::load(&file) {
+            Ok(c) => {
+                println!(
+                    "{}: ok ({} routes, {} upstreams)",
+                    file.display(),
+                    c.routes.len(),
+                    c.upstreams.len()
+                );
+                Ok(())
+            }
+            Err(e) => Err(anyhow::anyhow!("{e}")),
+        },
+        Some(Command::Demo { listen }) => rt().block_on(portcullis::demo::run(
+            &listen,
+            portcullis::server::shutdown_signal(),
+        )),
+        Some(Command::Run) | None => match cli.config {
+            None => Err(anyhow::anyhow!(
+                "no config file given: use `portcullis run --config FILE` (or `portcullis demo`)"
+            )),
+            Some(path) => match portcullis::config::load(&path) {
+                Err(e) => Err(anyhow::anyhow!("{e}")),
+                Ok(config) => rt().block_on(portcullis::server::run(
+                    config,
+                    portcullis::server::shutdown_signal(),
+                )),
+            },
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! Forwarding to an upstream endpoint: one pooled keep-alive hyper client per upstream
+//! (HTTP/1.1, or prior-knowledge HTTP/2 for gRPC), and the upstream request built from
+//! the client's with the normalized path.
+
+use super::body::{BodyTooLarge, RequestBody};
+use super::error::ProxyError;
+use crate::config::{Protocol, UpstreamConfig};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Uri, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+
+pub fn build_client(cfg: &UpstreamConfig) -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(cfg.connect_timeout));
+    connector.enforce_http(true);
+    let mut b = Client::builder(TokioExecutor::new());
+    b.pool_idle_timeout(cfg.pool_idle_timeout)
+        .pool_max_idle_per_host(cfg.pool_max_idle_per_target)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .set_host(false);
+    if cfg.protocol == Protocol::H2 {
+        b.http2_only(true);
+    }
+    b.build(connector)
+}
+
+/// The upstream URI: `http://ENDPOINT/PATH?QUERY`.
+pub fn upstream_uri(
+    authority: &http::uri::Authority,
+    path: &str,
+    query: Option<&str>,
+) -> Result<Uri, ProxyError> {
+    let pq = match query {
+        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+        None => PathAndQuery::try_from(path),
+    }
+    .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    Uri::builder()
+        .scheme(Scheme::HTTP)
+        .authority(authority.clone())
+        .path_and_query(pq)
+        .build()
+        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+}
+
+pub fn version_for(protocol: Protocol) -> Version {
+    match protocol {
+        Protocol::Http1 => Version::HTTP_11,
+        Protocol::H2 => Version::HTTP_2,
+    }
+}
+
+/// Maps a client error to the synthetic response it deserves.
+pub fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    let mut timed_out = false;
+    while let Some(e) = source {
+        if e.is::<BodyTooLarge>() {
+            return ProxyError::BodyTooLarge(0);
+        }
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                timed_out = true;
+            }
+        }
+        source = e.source();
+    }
+    if err.is_connect() {
+        if timed_out {
+            ProxyError::ConnectTimeout
+        } else {
+            ProxyError::ConnectFailed(root_cause(err))
+        }
+    } else {
+        ProxyError::Upstream(root_cause(err))
+    }
+}
+
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut e = err;
+    while let Some(next) = e.source() {
+        e = next;
+    }
+    e.to_string()
+}

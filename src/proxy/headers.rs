@@ -1,0 +1,147 @@
+//! Header rules of forwarding: hop-by-hop headers are stripped both ways, the
+//! `X-Forwarded-*` headers are set, and every request carries an `X-Request-Id`.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1: `Connection` and every header it
+/// names, `Keep-Alive`, `Proxy-*`, `TE` (kept as `te: trailers` when the client asked for
+/// trailers, which gRPC needs), `Transfer-Encoding`, `Upgrade`.
+pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h.remove(header::CONNECTION) {
+        let mut named = Vec::new();
+        for value in std::iter::once(&conn).chain(h.get_all(header::CONNECTION).iter()) {
+            if let Ok(v) = value.to_str() {
+                named.extend(
+                    v.split(',')
+                        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
+                );
+            }
+        }
+        for name in named {
+            h.remove(name);
+        }
+        h.remove(header::CONNECTION);
+    }
+    let wants_trailers = h.get_all(header::TE).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
+    h.remove(header::TE);
+    if wants_trailers {
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    h.remove(KEEP_ALIVE);
+    h.remove(PROXY_CONNECTION);
+    h.remove(header::PROXY_AUTHENTICATE);
+    h.remove(header::PROXY_AUTHORIZATION);
+    h.remove(header::TRANSFER_ENCODING);
+    h.remove(header::UPGRADE);
+}
+
+/// Sets `X-Forwarded-For`/`-Proto`/`-Host`. With `trust` the client is a trusted proxy:
+/// its `X-Forwarded-For` chain is extended and its `-Proto`/`-Host` kept; otherwise all
+/// three are replaced, so a client cannot forge them.
+pub fn set_forwarded(h: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>, trust: bool) {
+    let ip = client.to_string();
+    let xff = match (trust, h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())) {
+        (true, Some(prev)) if !prev.trim().is_empty() => {
+            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+        }
+        _ => HeaderValue::from_str(&ip).ok(),
+    };
+    if let Some(v) = xff {
+        h.insert(X_FORWARDED_FOR, v);
+    }
+    if !(trust && h.contains_key(&X_FORWARDED_PROTO)) {
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if !(trust && h.contains_key(&X_FORWARDED_HOST)) {
+        match host {
+            Some(v) => {
+                h.insert(X_FORWARDED_HOST, v.clone());
+            }
+            None => {
+                h.remove(X_FORWARDED_HOST);
+            }
+        }
+    }
+}
+
+/// The request's id: the client's `X-Request-Id` when it is sane (1–128 visible ASCII
+/// characters), else a new one (process-random prefix + counter, 32 hex digits).
+pub fn request_id(h: &HeaderMap) -> HeaderValue {
+    if let Some(v) = h.get(&X_REQUEST_ID) {
+        let b = v.as_bytes();
+        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
+            return v.clone();
+        }
+    }
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(crate::upstream::balance::fast_rand_seed);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{prefix:016x}{n:016x}")).expect("hex is a valid header value")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strips_connection_named_and_hop_by_hop() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(
+            h.get("x-secret").is_none()
+                && h.get("keep-alive").is_none()
+                && h.get("upgrade").is_none()
+        );
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn forwarded_for_trust() {
+        let mut h = HeaderMap::new();
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), None, false);
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1");
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), None, true);
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "1.2.3.4, 10.0.0.1");
+    }
+
+    #[test]
+    fn request_ids() {
+        let mut h = HeaderMap::new();
+        let a = request_id(&h);
+        let b = request_id(&h);
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
+        assert_eq!(request_id(&h), "abc-123");
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));
+        assert_ne!(request_id(&h), "has space");
+    }
+}

@@ -1,0 +1,264 @@
+//! The route table: matches a normalized request against the configured routes.
+//!
+//! Precedence: routes with an exact `path` first, then `path_prefix` routes by descending
+//! prefix length, then `path_regex` routes; within a class, file order. The first route
+//! whose path, host, method, headers and query all match wins. If some route matched all
+//! but the method, the answer is 405 with `Allow`; otherwise 404.
+//!
+//! A prefix matches on segment boundaries: `/v1/chat` matches `/v1/chat` and
+//! `/v1/chat/completions` but not `/v1/chatty`; a prefix ending in `/` matches anything
+//! below it.
+
+use crate::config::{PathMatch, RouteConfig};
+use http::request::Parts;
+use http::Method;
+
+pub struct Router {
+    /// Indices into the config's routes, in precedence order.
+    order: Vec<usize>,
+    routes: Vec<RouteConfig>,
+}
+
+/// The outcome of matching.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Match<'a> {
+    Route(usize),
+    MethodNotAllowed(Vec<&'a Method>),
+    NotFound,
+}
+
+impl Router {
+    pub fn new(routes: Vec<RouteConfig>) -> Self {
+        let mut order: Vec<usize> = (0..routes.len()).collect();
+        order.sort_by_key(|&i| match &routes[i].path {
+            PathMatch::Exact(_) => (0, 0, i),
+            PathMatch::Prefix(p) => (1, usize::MAX - p.len(), i),
+            PathMatch::Regex(_) => (2, 0, i),
+        });
+        Router { order, routes }
+    }
+
+    pub fn route(&self, i: usize) -> &RouteConfig {
+        &self.routes[i]
+    }
+
+    pub fn routes(&self) -> &[RouteConfig] {
+        &self.routes
+    }
+
+    /// Matches a request whose path has already been normalized; `host` is lowercase
+    /// without port.
+    pub fn find(&self, parts: &Parts, path: &str, host: Option<&str>) -> Match<'_> {
+        let mut allowed: Vec<&Method> = Vec::new();
+        let mut path_matched = false;
+        for &i in &self.order {
+            let r = &self.routes[i];
+            if !path_matches(&r.path, path) || !host_matches(&r.hosts, host) {
+                continue;
+            }
+            if !headers_match(r, parts) || !query_matches(r, parts.uri.query()) {
+                continue;
+            }
+            match &r.methods {
+                Some(ms) if !ms.contains(&parts.method) => {
+                    path_matched = true;
+                    for m in ms {
+                        if !allowed.contains(&m) {
+                            allowed.push(m);
+                        }
+                    }
+                }
+                _ => return Match::Route(i),
+            }
+        }
+        if path_matched {
+            Match::MethodNotAllowed(allowed)
+        } else {
+            Match::NotFound
+        }
+    }
+}
+
+pub fn path_matches(m: &PathMatch, path: &str) -> bool {
+    match m {
+        PathMatch::Exact(p) => p == path,
+        PathMatch::Prefix(p) => {
+            path.starts_with(p.as_str())
+                && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+        }
+        PathMatch::Regex(re) => re.is_match(path),
+    }
+}
+
+fn host_matches(hosts: &[String], host: Option<&str>) -> bool {
+    if hosts.is_empty() {
+        return true;
+    }
+    let Some(host) = host else { return false };
+    hosts.iter().any(|h| match h.strip_prefix("*.") {
+        Some(domain) => {
+            host.len() > domain.len() + 1
+                && host.ends_with(domain)
+                && host.as_bytes()[host.len() - domain.len() - 1] == b'.'
+        }
+        None => h == host,
+    })
+}
+
+fn headers_match(r: &RouteConfig, parts: &Parts) -> bool {
+    r.headers
+        .iter()
+        .all(|(name, want)| parts.headers.get_all(name).iter().any(|v| v == want))
+}
+
+fn query_matches(r: &RouteConfig, query: Option<&str>) -> bool {
+    if r.query.is_empty() {
+        return true;
+    }
+    let Some(query) = query else { return false };
+    r.query.iter().all(|(k, want)| {
+        query.split('&').any(|pair| {
+            let (pk, pv) = pair.split_once('=').unwrap_or((pair, ""));
+            pk == k && pv == want
+        })
+    })
+}
+
+/// The path to forward: the normalized path, minus the route's prefix when `strip_prefix`.
+pub fn upstream_path<'p>(r: &RouteConfig, path: &'p str) -> &'p str {
+    match (&r.path, r.strip_prefix) {
+        (PathMatch::Prefix(p), true) => {
+            let keep = if p.ends_with('/') {
+                p.len() - 1
+            } else {
+                p.len()
+            };
+            let rest = &path[keep..];
+            if rest.is_empty() {
+                "/"
+            } else {
+                rest
+            }
+        }
+        _ => path,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config;
+    use std::path::Path;
+
+    fn router(routes: &str) -> Router {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"u\"\ntargets = [{{ address = \"127.0.0.1:1\" }}]\n{routes}"
+        );
+        Router::new(config::parse(&text, Path::new("t.toml")).unwrap().routes)
+    }
+
+    fn find(r: &Router, method: &str, uri: &str, headers: &[(&str, &str)]) -> Option<String> {
+        let mut b = http::Request::builder().method(method).uri(uri);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let (parts, ()) = b.body(()).unwrap().into_parts();
+        let host = parts.headers.get("host").and_then(|h| h.to_str().ok());
+        match r.find(&parts, parts.uri.path(), host) {
+            Match::Route(i) => Some(r.route(i).name.clone()),
+            Match::MethodNotAllowed(_) => Some("405".into()),
+            Match::NotFound => None,
+        }
+    }
+
+    #[test]
+    fn precedence_exact_then_longest_prefix_then_regex_then_file_order() {
+        let r = router(
+            r#"
+[[routes]]
+name = "regex"
+path_regex = "^/v1/"
+upstream = "u"
+[[routes]]
+name = "short"
+path_prefix = "/v1"
+upstream = "u"
+[[routes]]
+name = "long"
+path_prefix = "/v1/chat"
+upstream = "u"
+[[routes]]
+name = "exact"
+path = "/v1/chat/completions"
+upstream = "u"
+[[routes]]
+name = "regex2"
+path_regex = "^/other"
+upstream = "u"
+[[routes]]
+name = "regex3"
+path_regex = "^/oth"
+upstream = "u"
+"#,
+        );
+        assert_eq!(
+            find(&r, "GET", "/v1/chat/completions", &[]).as_deref(),
+            Some("exact")
+        );
+        assert_eq!(find(&r, "GET", "/v1/chat/x", &[]).as_deref(), Some("long"));
+        assert_eq!(find(&r, "GET", "/v1/chatty", &[]).as_deref(), Some("short"));
+        assert_eq!(find(&r, "GET", "/v1", &[]).as_deref(), Some("short"));
+        assert_eq!(find(&r, "GET", "/other", &[]).as_deref(), Some("regex2"));
+        assert_eq!(find(&r, "GET", "/nope", &[]), None);
+    }
+
+    #[test]
+    fn methods_hosts_headers_query() {
+        let r = router(
+            r#"
+[[routes]]
+name = "post"
+path = "/a"
+methods = ["POST"]
+upstream = "u"
+[[routes]]
+name = "host"
+path = "/h"
+hosts = ["*.example.com", "api.test"]
+upstream = "u"
+[[routes]]
+name = "hdr"
+path = "/x"
+headers = { "x-tenant" = "acme" }
+query = { v = "2" }
+upstream = "u"
+"#,
+        );
+        assert_eq!(find(&r, "POST", "/a", &[]).as_deref(), Some("post"));
+        assert_eq!(find(&r, "GET", "/a", &[]).as_deref(), Some("405"));
+        assert_eq!(
+            find(&r, "GET", "/h", &[("host", "a.example.com")]).as_deref(),
+            Some("host")
+        );
+        assert_eq!(
+            find(&r, "GET", "/h", &[("host", "api.test")]).as_deref(),
+            Some("host")
+        );
+        assert_eq!(find(&r, "GET", "/h", &[("host", "example.com")]), None);
+        assert_eq!(find(&r, "GET", "/h", &[("host", "evilexample.com")]), None);
+        assert_eq!(
+            find(&r, "GET", "/x?a=1&v=2", &[("x-tenant", "acme")]).as_deref(),
+            Some("hdr")
+        );
+        assert_eq!(find(&r, "GET", "/x?v=2", &[("x-tenant", "other")]), None);
+        assert_eq!(find(&r, "GET", "/x?v=3", &[("x-tenant", "acme")]), None);
+    }
+
+    #[test]
+    fn strip_prefix() {
+        let r = router("[[routes]]\nname = \"s\"\npath_prefix = \"/api\"\nstrip_prefix = true\nupstream = \"u\"\n");
+        let route = r.route(0);
+        assert_eq!(upstream_path(route, "/api/v1/x"), "/v1/x");
+        assert_eq!(upstream_path(route, "/api"), "/");
+    }
+}

@@ -1,0 +1,93 @@
+//! Load-balancing algorithms (DESIGN §5). Each is built once for an endpoint set, off the
+//! request path, and picks with atomics only.
+
+mod consistent_hash;
+mod least_connections;
+mod p2c_ewma;
+mod round_robin;
+mod weighted_round_robin;
+
+pub use consistent_hash::{hash_bytes, Ring};
+pub use least_connections::LeastConnections;
+pub use p2c_ewma::P2cEwma;
+pub use round_robin::RoundRobin;
+pub use weighted_round_robin::SmoothWeightedRoundRobin;
+
+use super::Endpoint;
+use crate::config::BalanceKind;
+use std::sync::Arc;
+
+/// A built balancer for one endpoint set.
+pub enum Selector {
+    RoundRobin(RoundRobin),
+    WeightedRoundRobin(SmoothWeightedRoundRobin),
+    LeastConnections(LeastConnections),
+    P2cEwma(P2cEwma),
+    ConsistentHash(Ring),
+}
+
+impl Selector {
+    pub fn build(kind: BalanceKind, endpoints: &[Arc<Endpoint>]) -> Self {
+        match kind {
+            BalanceKind::RoundRobin => Selector::RoundRobin(RoundRobin::default()),
+            BalanceKind::WeightedRoundRobin => {
+                Selector::WeightedRoundRobin(SmoothWeightedRoundRobin::new(
+                    &endpoints.iter().map(|e| e.weight).collect::<Vec<_>>(),
+                ))
+            }
+            BalanceKind::LeastConnections => {
+                Selector::LeastConnections(LeastConnections::new(false))
+            }
+            BalanceKind::WeightedLeastConnections => {
+                Selector::LeastConnections(LeastConnections::new(true))
+            }
+            BalanceKind::P2cEwma => Selector::P2cEwma(P2cEwma),
+            BalanceKind::ConsistentHash => Selector::ConsistentHash(Ring::new(
+                &endpoints
+                    .iter()
+                    .map(|e| (&*e.address, e.weight))
+                    .collect::<Vec<_>>(),
+            )),
+        }
+    }
+
+    /// Index of the chosen endpoint, `None` when there is none. `key` is only read by
+    /// consistent hashing.
+    pub fn pick(&self, endpoints: &[Arc<Endpoint>], key: u64) -> Option<usize> {
+        if endpoints.is_empty() {
+            return None;
+        }
+        Some(match self {
+            Selector::RoundRobin(rr) => rr.pick(endpoints.len()),
+            Selector::WeightedRoundRobin(w) => w.pick(),
+            Selector::LeastConnections(lc) => lc.pick(endpoints),
+            Selector::P2cEwma(p) => p.pick(endpoints),
+            Selector::ConsistentHash(ring) => ring.pick(key),
+        })
+    }
+}
+
+/// A small, fast per-thread pseudo-random generator (xorshift64*), seeded from the
+/// standard library's random hasher keys. Not for cryptography.
+pub(crate) fn fast_rand() -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(fast_rand_seed() | 1);
+    }
+    STATE.with(|s| {
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    })
+}
+
+/// A random 64-bit seed from the standard library's per-process hasher keys.
+pub(crate) fn fast_rand_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x9E37_79B9_7F4A_7C15);
+    h.finish()
+}

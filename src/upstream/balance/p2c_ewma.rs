@@ -1,0 +1,80 @@
+//! Power of two choices over peak-EWMA latency (Finagle, linkerd): sample two distinct
+//! endpoints at random and take the one with the lower `latency × (active + 1)`.
+//! Endpoints without a latency sample yet cost 0, so new endpoints are tried early.
+
+use super::fast_rand;
+use crate::upstream::Endpoint;
+use std::sync::Arc;
+
+pub struct P2cEwma;
+
+impl P2cEwma {
+    pub fn pick(&self, endpoints: &[Arc<Endpoint>]) -> usize {
+        let n = endpoints.len();
+        if n == 1 {
+            return 0;
+        }
+        let r = fast_rand();
+        let a = (r % n as u64) as usize;
+        let b = (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
+        let cost = |e: &Endpoint| e.latency_ns() * (e.active() as f64 + 1.0);
+        if cost(&endpoints[b]) < cost(&endpoints[a]) {
+            b
+        } else {
+            a
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::ActiveGuard;
+    use std::time::Duration;
+
+    fn eps(n: usize) -> Vec<Arc<Endpoint>> {
+        (0..n)
+            .map(|i| Arc::new(Endpoint::new(&format!("127.0.0.1:{}", 1000 + i), 1)))
+            .collect()
+    }
+
+    #[test]
+    fn never_picks_the_worst_of_many() {
+        // With two distinct samples, the single slowest endpoint can never win.
+        let e = eps(4);
+        for (i, ep) in e.iter().enumerate() {
+            ep.observe_latency(Duration::from_millis(1 + i as u64 * 10));
+        }
+        for _ in 0..1000 {
+            assert_ne!(P2cEwma.pick(&e), 3);
+        }
+    }
+
+    #[test]
+    fn prefers_fast_endpoint() {
+        let e = eps(2);
+        e[0].observe_latency(Duration::from_millis(50));
+        e[1].observe_latency(Duration::from_millis(5));
+        let picks1 = (0..1000).filter(|_| P2cEwma.pick(&e) == 1).count();
+        assert_eq!(picks1, 1000, "with 2 endpoints both are always sampled");
+        // Load shifts the choice: 20 active requests make the fast one costlier.
+        let _guards: Vec<_> = (0..20).map(|_| ActiveGuard::new(e[1].clone())).collect();
+        assert_eq!(P2cEwma.pick(&e), 0);
+    }
+
+    #[test]
+    fn peak_then_decay() {
+        let e = eps(1);
+        e[0].observe_latency(Duration::from_millis(10));
+        e[0].observe_latency(Duration::from_millis(100));
+        assert!(
+            (e[0].latency_ns() - 100e6).abs() < 1.0,
+            "a slower sample takes effect at once"
+        );
+        e[0].observe_latency(Duration::from_millis(1));
+        assert!(
+            e[0].latency_ns() <= 100e6,
+            "a faster sample never raises it"
+        );
+    }
+}
