@@ -1,0 +1,285 @@
+//! Shared pieces of the integration tests: the real gateway binary started on a config,
+//! real upstream servers on 127.0.0.1:0, and a plain hyper client.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+
+pub use portcullis::demo::ChannelBody;
+
+pub type TestBody = http_body_util::Either<Full<Bytes>, ChannelBody>;
+
+/// A scratch directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-test-{}-{nanos}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.0.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_portcullis")
+}
+
+/// The gateway binary running on a config; killed on drop.
+pub struct Gateway {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    pub dir: TempDir,
+    /// Further stdout lines, read by a thread so the pipe never fills.
+    pub stdout: std::sync::mpsc::Receiver<String>,
+}
+
+impl Gateway {
+    /// Starts `portcullis run --config FILE` with `config` (use `127.0.0.1:0` to listen)
+    /// and waits for its `listening on` announcement.
+    pub fn start(config: &str) -> Gateway {
+        Self::start_with(config, &[])
+    }
+
+    pub fn start_with(config: &str, extra_args: &[&str]) -> Gateway {
+        let dir = TempDir::new();
+        let path = dir.write("portcullis.toml", config);
+        let mut child = Command::new(bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .args(["--log-level", "warn"])
+            .args(extra_args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn gateway");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut addr = None;
+        let mut admin = None;
+        let want_admin = config.contains("admin_listen");
+        while addr.is_none() || (want_admin && admin.is_none()) {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("gateway did not announce its listener (exit: {:?})", child.try_wait()));
+            if let Some(a) = line.strip_prefix("listening on http://") {
+                addr = Some(a.parse().unwrap());
+            } else if let Some(a) = line.strip_prefix("admin listening on http://") {
+                admin = Some(a.parse().unwrap());
+            }
+        }
+        Gateway { child, addr: addr.unwrap(), admin, dir, stdout: rx }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A real HTTP server (HTTP/1.1 and h2c) on 127.0.0.1:0 running `handler`.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub hits: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Upstream {
+    pub async fn start<F, Fut>(handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::serve(listener, handler)
+    }
+
+    pub fn serve<F, Fut>(listener: TcpListener, handler: F) -> Upstream
+    where
+        F: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Response<TestBody>> + Send + 'static,
+    {
+        let addr = listener.local_addr().unwrap();
+        let hits = Arc::new(AtomicUsize::new(0));
+        let handler = Arc::new(handler);
+        let h2 = hits.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else { continue };
+                let handler = handler.clone();
+                let hits = h2.clone();
+                tokio::spawn(async move {
+                    let svc = service_fn(move |req| {
+                        hits.fetch_add(1, Ordering::SeqCst);
+                        let fut = handler(req);
+                        async move { Ok::<_, Infallible>(fut.await) }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc)
+                        .await;
+                });
+            }
+        });
+        Upstream { addr, hits, task }
+    }
+
+    /// An upstream that answers every request with a JSON echo of what it received:
+    /// `{"upstream": NAME, "method", "path", "query", "headers": {..}, "body": TEXT}`.
+    pub async fn echo(name: &'static str) -> Upstream {
+        Self::start(move |req| echo_response(name, req)).await
+    }
+
+    pub fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub async fn echo_response(name: &'static str, req: Request<Incoming>) -> Response<TestBody> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let mut headers = serde_json::Map::new();
+    for (k, v) in &parts.headers {
+        headers.insert(k.as_str().to_string(), serde_json::Value::String(v.to_str().unwrap_or("?").to_string()));
+    }
+    let j = serde_json::json!({
+        "upstream": name,
+        "method": parts.method.as_str(),
+        "path": parts.uri.path(),
+        "query": parts.uri.query(),
+        "version": format!("{:?}", parts.version),
+        "headers": headers,
+        "body": String::from_utf8_lossy(&body),
+    });
+    Response::builder()
+        .header("x-upstream", name)
+        .header("connection", "keep-alive, x-upstream-secret")
+        .header("x-upstream-secret", "must-not-leak")
+        .header("keep-alive", "timeout=5")
+        .body(full(j.to_string()))
+        .unwrap()
+}
+
+pub fn full(s: impl Into<Bytes>) -> TestBody {
+    TestBody::Left(Full::new(s.into()))
+}
+
+/// A response from the gateway, collected.
+pub struct Reply {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+
+    /// For an error reply: the JSON `error.code`.
+    pub fn error_code(&self) -> String {
+        self.json()["error"]["code"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+pub fn client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).build(HttpConnector::new())
+}
+
+pub fn h2_client() -> HttpClient {
+    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
+}
+
+pub async fn send(c: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
+    let resp = c.request(req).await.expect("request through the gateway");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("read body").to_bytes();
+    Reply { status: parts.status.as_u16(), headers: parts.headers, body }
+}
+
+pub async fn get(url: &str) -> Reply {
+    send(&client(), Request::get(url).body(Full::default()).unwrap()).await
+}
+
+pub fn req(method: &str, url: &str) -> http::request::Builder {
+    Request::builder().method(method).uri(url)
+}
+
+/// Minimal config with one upstream over `targets` and the given extra TOML.
+pub fn config(upstream_extra: &str, targets: &[SocketAddr], routes: &str) -> String {
+    let t: Vec<String> = targets.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"up\"\n{upstream_extra}\ntargets = [{}]\n\n{routes}",
+        t.join(", ")
+    )
+}
