@@ -436,13 +436,15 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
                     format!("route `{name}` needs one of `path`, `path_prefix` or `path_regex`"),
                 ))
             }
-            _ => return Err(src.error(
-                r_span,
-                key("path"),
-                format!(
+            _ => {
+                return Err(src.error(
+                    r_span,
+                    key("path"),
+                    format!(
                     "route `{name}` may have only one of `path`, `path_prefix` and `path_regex`"
                 ),
-            )),
+                ))
+            }
         };
         if r.strip_prefix && !matches!(path, PathMatch::Prefix(_)) {
             return Err(src.error(r_span, key("strip_prefix"), "needs `path_prefix`"));

@@ -2,8 +2,10 @@
 //!
 //! Precedence: routes with an exact `path` first, then `path_prefix` routes by descending
 //! prefix length, then `path_regex` routes; within a class, file order. The first route
-//! whose path, host, method, headers and query all match wins. If some route matched all
-//! but the method, the answer is 405 with `Allow`; otherwise 404.
+//! whose path, host, method, headers and query all match wins; a route that fails any of
+//! them is passed over and matching goes on (as in Envoy and Kong). If no route matched
+//! but some route matched everything except the method, the answer is 405 with `Allow`
+//! listing the methods those routes accept; otherwise 404.
 //!
 //! A prefix matches on segment boundaries: `/v1/chat` matches `/v1/chat` and
 //! `/v1/chat/completions` but not `/v1/chatty`; a prefix ending in `/` matches anything

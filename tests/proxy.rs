@@ -1,0 +1,360 @@
+//! Routing, path normalization and header handling through the real binary.
+
+mod support;
+use bytes::Bytes;
+use http_body_util::Full;
+use support::*;
+
+async fn two_upstreams() -> (Upstream, Upstream, Gateway) {
+    let public = Upstream::echo("public").await;
+    let admin = Upstream::echo("admin").await;
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+
+[[upstreams]]
+name = "public"
+targets = [ {{ address = "{}" }} ]
+
+[[upstreams]]
+name = "admin"
+targets = [ {{ address = "{}" }} ]
+
+[[routes]]
+name = "admin-exact"
+path = "/admin"
+methods = ["GET"]
+upstream = "admin"
+
+[[routes]]
+name = "admin-prefix"
+path_prefix = "/admin/"
+methods = ["GET", "DELETE"]
+upstream = "admin"
+
+[[routes]]
+name = "api"
+path_prefix = "/api"
+strip_prefix = true
+upstream = "public"
+
+[[routes]]
+name = "tenant"
+path = "/tenant"
+headers = {{ "x-tenant" = "acme" }}
+query = {{ plan = "pro" }}
+upstream = "admin"
+
+[[routes]]
+name = "vhost"
+path = "/tenant"
+hosts = ["*.example.test"]
+preserve_host = true
+upstream = "public"
+
+[[routes]]
+name = "rewrite"
+path = "/rewrite"
+host_rewrite = "models.internal"
+upstream = "public"
+
+[[routes]]
+name = "models"
+path_regex = "^/v[0-9]+/models"
+upstream = "public"
+
+[[routes]]
+name = "public"
+path_prefix = "/anything"
+upstream = "public"
+"#,
+        public.addr, admin.addr
+    );
+    let gw = Gateway::start(&config);
+    (public, admin, gw)
+}
+
+#[tokio::test]
+async fn routes_by_path_method_host_header_query() {
+    let (_p, _a, gw) = two_upstreams().await;
+    let r = get(&gw.url("/admin")).await;
+    assert_eq!(
+        (r.status, r.json()["upstream"].as_str()),
+        (200, Some("admin"))
+    );
+    let r = get(&gw.url("/admin/users")).await;
+    assert_eq!(r.json()["upstream"], "admin");
+    // Exact before prefix, longest prefix first, regex after prefixes.
+    assert_eq!(
+        get(&gw.url("/v2/models")).await.json()["upstream"],
+        "public"
+    );
+    assert_eq!(get(&gw.url("/anything")).await.json()["upstream"], "public");
+    // Header + query conditions.
+    let c = client();
+    let r = send(
+        &c,
+        req("GET", &gw.url("/tenant?plan=pro"))
+            .header("x-tenant", "acme")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.json()["upstream"], "admin");
+    let r = send(
+        &c,
+        req("GET", &gw.url("/tenant?plan=free"))
+            .header("x-tenant", "acme")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        r.status, 404,
+        "no route: query does not match and host does not either"
+    );
+    assert_eq!(r.error_code(), "route_not_found");
+    // Host wildcard; preserve_host sends the client's Host.
+    let r = send(
+        &c,
+        req("GET", &gw.url("/tenant"))
+            .header("host", "eu.example.test")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let j = r.json();
+    assert_eq!(j["upstream"], "public");
+    assert_eq!(j["headers"]["host"], "eu.example.test");
+    // Default host policy: the target's address; host_rewrite: the given name.
+    let j = get(&gw.url("/anything")).await.json();
+    assert_eq!(
+        j["headers"]["host"].as_str(),
+        Some(_p.addr.to_string().as_str())
+    );
+    assert_eq!(
+        get(&gw.url("/rewrite")).await.json()["headers"]["host"],
+        "models.internal"
+    );
+}
+
+#[tokio::test]
+async fn method_not_allowed_and_not_found_are_json() {
+    let (_p, _a, gw) = two_upstreams().await;
+    let c = client();
+    let r = send(
+        &c,
+        req("POST", &gw.url("/admin/users"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow"), Some("GET, DELETE"));
+    let j = r.json();
+    assert_eq!(j["error"]["code"], "method_not_allowed");
+    assert_eq!(j["error"]["request_id"].as_str(), r.header("x-request-id"));
+}
+
+#[tokio::test]
+async fn strip_prefix_and_query_are_forwarded() {
+    let (_p, _a, gw) = two_upstreams().await;
+    let j = get(&gw.url("/api/v1/items?limit=5&q=a%20b")).await.json();
+    assert_eq!(j["path"], "/v1/items");
+    assert_eq!(j["query"], "limit=5&q=a%20b");
+    assert_eq!(get(&gw.url("/api")).await.json()["path"], "/");
+}
+
+/// Sends a request with a raw, unnormalized request target over a plain socket.
+async fn raw_get(addr: std::net::SocketAddr, target: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("GET {target} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    let status = out[9..12].parse().unwrap();
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+#[tokio::test]
+async fn unnormalized_paths_are_matched_and_forwarded_normalized() {
+    let (_p, _a, gw) = two_upstreams().await;
+    // Each spelling reaches the admin route (with its method rule), never the catch-all.
+    for target in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/%2E%2e/admin",
+        "//admin",
+        "/./admin",
+        "/adm%69n",
+    ] {
+        let (status, body) = raw_get(gw.addr, target).await;
+        assert_eq!(status, 200, "{target}: {body}");
+        let j: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(j["upstream"], "admin", "{target}");
+        assert_eq!(j["path"], "/admin", "{target} is forwarded normalized");
+    }
+    // The admin route's method rule applies to every spelling.
+    let c = client();
+    let r = send(
+        &c,
+        req("POST", &format!("http://{}/x/..//admin", gw.addr))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 405);
+    // Encoded slash, NUL and broken escapes are refused with 400.
+    for target in ["/admin%2fusers", "/a%00b", "/a%zz", "/a%5Cb"] {
+        let (status, body) = raw_get(gw.addr, target).await;
+        assert_eq!(status, 400, "{target}: {body}");
+        assert!(body.contains("\"code\":\"bad_path\""), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn hop_by_hop_forwarded_and_request_id_headers() {
+    let (_p, _a, gw) = two_upstreams().await;
+    let c = client();
+    let r = send(
+        &c,
+        req("GET", &gw.url("/anything"))
+            .header("connection", "x-hop")
+            .header("x-hop", "secret")
+            .header("keep-alive", "timeout=1")
+            .header("proxy-authorization", "Basic Zm9vOmJhcg==")
+            .header("te", "trailers, deflate")
+            .header("x-forwarded-for", "6.6.6.6")
+            .header("x-kept", "yes")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let j = r.json();
+    let h = &j["headers"];
+    for gone in ["x-hop", "keep-alive", "proxy-authorization"] {
+        assert!(h.get(gone).is_none(), "{gone} was forwarded: {h}");
+    }
+    assert_eq!(h["te"], "trailers");
+    assert_eq!(h["x-kept"], "yes");
+    assert_eq!(
+        h["x-forwarded-for"], "127.0.0.1",
+        "an untrusted client's XFF is replaced"
+    );
+    assert_eq!(h["x-forwarded-proto"], "http");
+    assert_eq!(h["x-forwarded-host"], gw.addr.to_string());
+    let rid = r
+        .header("x-request-id")
+        .expect("request id echoed")
+        .to_string();
+    assert_eq!(
+        h["x-request-id"].as_str(),
+        Some(rid.as_str()),
+        "the upstream sees the same id"
+    );
+    assert_eq!(rid.len(), 32);
+    // Response hop-by-hop headers are stripped too.
+    assert!(r.header("x-upstream-secret").is_none());
+    assert!(r.header("keep-alive").is_none());
+    assert_eq!(r.header("x-upstream"), Some("public"));
+    // A client-supplied request id is kept.
+    let r = send(
+        &c,
+        req("GET", &gw.url("/anything"))
+            .header("x-request-id", "abc-42")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.header("x-request-id"), Some("abc-42"));
+    assert_eq!(r.json()["headers"]["x-request-id"], "abc-42");
+}
+
+#[tokio::test]
+async fn trusted_forwarded_chain_is_appended() {
+    let up = Upstream::echo("up").await;
+    let gw = Gateway::start(
+        &config(
+            "",
+            &[up.addr],
+            "[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"up\"\n",
+        )
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\ntrust_forwarded_headers = true",
+        ),
+    );
+    let r = send(
+        &client(),
+        req("GET", &gw.url("/"))
+            .header("x-forwarded-for", "10.1.2.3")
+            .header("x-forwarded-proto", "https")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let j = r.json();
+    assert_eq!(j["headers"]["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+    assert_eq!(j["headers"]["x-forwarded-proto"], "https");
+}
+
+#[tokio::test]
+async fn h2c_and_http1_on_the_same_port_and_bodies_pass() {
+    let (_p, _a, gw) = two_upstreams().await;
+    let h2 = h2_client();
+    let r = send(
+        &h2,
+        req("POST", &gw.url("/anything"))
+            .body(Full::new(Bytes::from_static(b"hello over h2")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["body"], "hello over h2");
+    assert_eq!(j["version"], "HTTP/1.1", "an HTTP/1 upstream gets HTTP/1.1");
+    let r = send(
+        &client(),
+        req("POST", &gw.url("/anything"))
+            .body(Full::new(Bytes::from_static(b"hello over h1")))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.json()["body"], "hello over h1");
+}
+
+#[tokio::test]
+async fn keep_alive_reuses_the_client_connection() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (_p, _a, gw) = two_upstreams().await;
+    let s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut s = BufReader::new(s);
+    for i in 0..3 {
+        s.get_mut()
+            .write_all(format!("GET /anything/n{i} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut len = 0usize;
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+        loop {
+            line.clear();
+            s.read_line(&mut line).await.unwrap();
+            if line == "\r\n" {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            }
+        }
+        let mut body = vec![0; len];
+        s.read_exact(&mut body).await.unwrap();
+        assert!(String::from_utf8_lossy(&body).contains(&format!("\"/anything/n{i}\"")));
+    }
+}
