@@ -23,7 +23,29 @@ use tokio::net::TcpListener;
 
 pub use portcullis::demo::ChannelBody;
 
-pub type TestBody = http_body_util::Either<Full<Bytes>, ChannelBody>;
+pub type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A body of the given frames (data and trailers), in order.
+pub struct FramesBody(pub std::collections::VecDeque<http_body::Frame<Bytes>>);
+
+impl http_body::Body for FramesBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(self.0.pop_front().map(Ok))
+    }
+}
+
+pub fn frames(f: Vec<http_body::Frame<Bytes>>) -> TestBody {
+    FramesBody(f.into()).boxed()
+}
+
+pub fn stream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> TestBody {
+    ChannelBody(rx).boxed()
+}
 
 /// A scratch directory removed on drop.
 pub struct TempDir(pub PathBuf);
@@ -31,7 +53,10 @@ pub struct TempDir(pub PathBuf);
 impl TempDir {
     pub fn new() -> Self {
         static N: AtomicUsize = AtomicUsize::new(0);
-        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos();
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
         let dir = std::env::temp_dir().join(format!(
             "portcullis-test-{}-{nanos}-{}",
             std::process::id(),
@@ -104,14 +129,25 @@ impl Gateway {
         while addr.is_none() || (want_admin && admin.is_none()) {
             let line = rx
                 .recv_timeout(std::time::Duration::from_secs(30))
-                .unwrap_or_else(|_| panic!("gateway did not announce its listener (exit: {:?})", child.try_wait()));
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "gateway did not announce its listener (exit: {:?})",
+                        child.try_wait()
+                    )
+                });
             if let Some(a) = line.strip_prefix("listening on http://") {
                 addr = Some(a.parse().unwrap());
             } else if let Some(a) = line.strip_prefix("admin listening on http://") {
                 admin = Some(a.parse().unwrap());
             }
         }
-        Gateway { child, addr: addr.unwrap(), admin, dir, stdout: rx }
+        Gateway {
+            child,
+            addr: addr.unwrap(),
+            admin,
+            dir,
+            stdout: rx,
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -120,7 +156,10 @@ impl Gateway {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let ok = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap();
         assert!(ok.success());
     }
 }
@@ -160,7 +199,9 @@ impl Upstream {
         let h2 = hits.clone();
         let task = tokio::spawn(async move {
             loop {
-                let Ok((s, _)) = listener.accept().await else { continue };
+                let Ok((s, _)) = listener.accept().await else {
+                    continue;
+                };
                 let handler = handler.clone();
                 let hits = h2.clone();
                 tokio::spawn(async move {
@@ -201,10 +242,17 @@ impl Drop for Upstream {
 
 pub async fn echo_response(name: &'static str, req: Request<Incoming>) -> Response<TestBody> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+    let body = body
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
     let mut headers = serde_json::Map::new();
     for (k, v) in &parts.headers {
-        headers.insert(k.as_str().to_string(), serde_json::Value::String(v.to_str().unwrap_or("?").to_string()));
+        headers.insert(
+            k.as_str().to_string(),
+            serde_json::Value::String(v.to_str().unwrap_or("?").to_string()),
+        );
     }
     let j = serde_json::json!({
         "upstream": name,
@@ -225,7 +273,7 @@ pub async fn echo_response(name: &'static str, req: Request<Incoming>) -> Respon
 }
 
 pub fn full(s: impl Into<Bytes>) -> TestBody {
-    TestBody::Left(Full::new(s.into()))
+    Full::new(s.into()).boxed()
 }
 
 /// A response from the gateway, collected.
@@ -237,7 +285,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {:?}", self.body))
     }
 
     pub fn header(&self, name: &str) -> Option<&str> {
@@ -246,7 +295,10 @@ impl Reply {
 
     /// For an error reply: the JSON `error.code`.
     pub fn error_code(&self) -> String {
-        self.json()["error"]["code"].as_str().unwrap_or_default().to_string()
+        self.json()["error"]["code"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -257,14 +309,20 @@ pub fn client() -> HttpClient {
 }
 
 pub fn h2_client() -> HttpClient {
-    Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new())
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new())
 }
 
 pub async fn send(c: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
     let resp = c.request(req).await.expect("request through the gateway");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("read body").to_bytes();
-    Reply { status: parts.status.as_u16(), headers: parts.headers, body }
+    Reply {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body,
+    }
 }
 
 pub async fn get(url: &str) -> Reply {
@@ -277,7 +335,10 @@ pub fn req(method: &str, url: &str) -> http::request::Builder {
 
 /// Minimal config with one upstream over `targets` and the given extra TOML.
 pub fn config(upstream_extra: &str, targets: &[SocketAddr], routes: &str) -> String {
-    let t: Vec<String> = targets.iter().map(|a| format!("{{ address = \"{a}\" }}")).collect();
+    let t: Vec<String> = targets
+        .iter()
+        .map(|a| format!("{{ address = \"{a}\" }}"))
+        .collect();
     format!(
         "[server]\nlisten = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"up\"\n{upstream_extra}\ntargets = [{}]\n\n{routes}",
         t.join(", ")
