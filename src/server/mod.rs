@@ -124,7 +124,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     for a in &acceptors {
         a.abort();
     }
+    for a in acceptors {
+        // Wait until each listener is really closed before saying so.
+        let _ = a.await;
+    }
     drop(rx);
+    println!("shutting down: listeners closed, draining in-flight requests");
     tracing::info!(drain_timeout = ?server.drain_timeout, "shutting down: no new connections, draining in-flight requests");
     match tokio::time::timeout(server.drain_timeout, graceful.shutdown()).await {
         Ok(()) => tracing::info!("all connections drained"),
