@@ -71,7 +71,7 @@ impl Source<'_> {
 
     /// Turns a TOML syntax or serde error into a [`ConfigError`], recovering the key that
     /// the error's span points at (or into) from the text around it.
-    pub fn from_toml(&self, err: &toml::de::Error) -> ConfigError {
+    pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let message = err.message().trim().to_string();
         let Some(span) = err.span() else {
             return self.whole_file_error(message);

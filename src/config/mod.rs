@@ -242,7 +242,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Parses and validates config text; `path` is used for messages and relative paths.
 pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     let src = Source { file: path, text };
-    let raw: RawConfig = toml::from_str(text).map_err(|e| src.from_toml(&e))?;
+    let raw: RawConfig = toml::from_str(text).map_err(|e| src.toml_error(&e))?;
     validate(raw, &src)
 }
 
@@ -384,8 +384,11 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
                 parse_hash_key(k.get_ref()).map_err(|m| src.error(k.span(), key("hash_key"), m))?
             }
         };
-        if u.hash_key.is_some() && u.balance != BalanceKind::ConsistentHash {
-            let k = u.hash_key.as_ref().unwrap();
+        if let Some(k) = u
+            .hash_key
+            .as_ref()
+            .filter(|_| u.balance != BalanceKind::ConsistentHash)
+        {
             return Err(src.error(
                 k.span(),
                 key("hash_key"),
