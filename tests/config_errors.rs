@@ -2,8 +2,8 @@
 //! and key, and `run` refuses to start on the same errors.
 
 mod support;
-use support::{bin, TempDir};
 use std::process::Command;
+use support::{bin, TempDir};
 
 const BASE: &str = r#"[server]
 listen = "127.0.0.1:0"
@@ -22,8 +22,16 @@ upstream = "chat"
 fn validate(text: &str) -> (bool, String, String) {
     let dir = TempDir::new();
     let path = dir.write("bad.toml", text);
-    let out = Command::new(bin()).arg("validate").arg(&path).output().unwrap();
-    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     (out.status.success(), all, path.display().to_string())
 }
 
@@ -45,17 +53,38 @@ fn valid_config_passes() {
 
 #[test]
 fn unknown_key() {
-    rejects(&BASE.replace("upstream = \"chat\"", "upstream = \"chat\"\nstrip_prefx = true"), 12, 1, "routes.strip_prefx", "unknown field `strip_prefx`");
+    rejects(
+        &BASE.replace(
+            "upstream = \"chat\"",
+            "upstream = \"chat\"\nstrip_prefx = true",
+        ),
+        12,
+        1,
+        "routes.strip_prefx",
+        "unknown field `strip_prefx`",
+    );
 }
 
 #[test]
 fn wrong_type() {
-    rejects(&BASE.replace("weight = 1", "weight = \"heavy\""), 6, 52, "upstreams.weight", "invalid type");
+    rejects(
+        &BASE.replace("weight = 1", "weight = \"heavy\""),
+        6,
+        52,
+        "upstreams.weight",
+        "invalid type",
+    );
 }
 
 #[test]
 fn unknown_upstream() {
-    rejects(&BASE.replace("upstream = \"chat\"", "upstream = \"chatt\""), 11, 12, "routes[0].upstream", "unknown upstream `chatt`");
+    rejects(
+        &BASE.replace("upstream = \"chat\"", "upstream = \"chatt\""),
+        11,
+        12,
+        "routes[0].upstream",
+        "unknown upstream `chatt`",
+    );
 }
 
 #[test]
@@ -66,31 +95,94 @@ fn duplicate_names() {
         "[[routes]]",
         "[[upstreams]]\nname = \"chat\"\ntargets = [ { address = \"127.0.0.1:9002\" } ]\n\n[[routes]]",
     );
-    rejects(&dup_up, 9, 8, "upstreams[1].name", "duplicate upstream name `chat`");
+    rejects(
+        &dup_up,
+        9,
+        8,
+        "upstreams[1].name",
+        "duplicate upstream name `chat`",
+    );
 }
 
 #[test]
 fn empty_targets() {
-    rejects(&BASE.replace("[ { address = \"127.0.0.1:9001\", weight = 1 } ]", "[]"), 6, 11, "upstreams[0].targets", "empty target list");
+    rejects(
+        &BASE.replace("[ { address = \"127.0.0.1:9001\", weight = 1 } ]", "[]"),
+        6,
+        11,
+        "upstreams[0].targets",
+        "empty target list",
+    );
 }
 
 #[test]
 fn bad_duration_and_size() {
-    rejects(&BASE.replace("name = \"chat\"", "name = \"chat\"\nconnect_timeout = \"5 parsecs\""), 6, 19, "upstreams.connect_timeout", "invalid duration `5 parsecs`");
-    rejects(&BASE.replace("upstream = \"chat\"", "upstream = \"chat\"\nmax_body_size = \"12 elephants\""), 12, 17, "routes.max_body_size", "invalid size `12 elephants`");
+    rejects(
+        &BASE.replace(
+            "name = \"chat\"",
+            "name = \"chat\"\nconnect_timeout = \"5 parsecs\"",
+        ),
+        6,
+        19,
+        "upstreams.connect_timeout",
+        "invalid duration `5 parsecs`",
+    );
+    rejects(
+        &BASE.replace(
+            "upstream = \"chat\"",
+            "upstream = \"chat\"\nmax_body_size = \"12 elephants\"",
+        ),
+        12,
+        17,
+        "routes.max_body_size",
+        "invalid size `12 elephants`",
+    );
 }
 
 #[test]
 fn invalid_regex() {
-    rejects(&BASE.replace("path_prefix = \"/v1\"", "path_regex = \"^/v1/(\""), 10, 14, "routes[0].path_regex", "invalid regex");
+    rejects(
+        &BASE.replace("path_prefix = \"/v1\"", "path_regex = \"^/v1/(\""),
+        10,
+        14,
+        "routes[0].path_regex",
+        "invalid regex",
+    );
 }
 
 #[test]
 fn bad_addresses_and_paths() {
-    rejects(&BASE.replace("127.0.0.1:9001", "nowhere"), 6, 25, "upstreams[0].targets[0].address", "is not HOST:PORT");
-    rejects(&BASE.replace("listen = \"127.0.0.1:0\"", "listen = \"localhost\""), 2, 10, "server.listen", "not a socket address");
-    rejects(&BASE.replace("path_prefix = \"/v1\"", "path_prefix = \"/v1/../v2\""), 10, 15, "routes[0].path_prefix", "not in normal form; write `/v2`");
-    rejects(&BASE.replace("path_prefix = \"/v1\"", "path = \"/a\"\npath_prefix = \"/v1\""), 8, 1, "routes[0].path", "only one of");
+    rejects(
+        &BASE.replace("127.0.0.1:9001", "nowhere"),
+        6,
+        25,
+        "upstreams[0].targets[0].address",
+        "is not HOST:PORT",
+    );
+    rejects(
+        &BASE.replace("listen = \"127.0.0.1:0\"", "listen = \"localhost\""),
+        2,
+        10,
+        "server.listen",
+        "not a socket address",
+    );
+    rejects(
+        &BASE.replace("path_prefix = \"/v1\"", "path_prefix = \"/v1/../v2\""),
+        10,
+        15,
+        "routes[0].path_prefix",
+        "not in normal form; write `/v2`",
+    );
+    rejects(
+        &BASE.replace(
+            "path_prefix = \"/v1\"",
+            "path = \"/a\"\npath_prefix = \"/v1\"",
+        ),
+        8,
+        1,
+        "routes[0].path",
+        "only one of",
+    );
 }
 
 #[test]
@@ -102,7 +194,10 @@ fn syntax_error_has_position() {
 
 #[test]
 fn missing_file() {
-    let out = Command::new(bin()).args(["validate", "/nonexistent/portcullis.toml"]).output().unwrap();
+    let out = Command::new(bin())
+        .args(["validate", "/nonexistent/portcullis.toml"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read config file"));
 }
@@ -110,12 +205,29 @@ fn missing_file() {
 #[test]
 fn run_refuses_bad_config_with_same_error() {
     let dir = TempDir::new();
-    let path = dir.write("bad.toml", &BASE.replace("upstream = \"chat\"", "upstream = \"nope\""));
-    let out = Command::new(bin()).args(["run", "--config"]).arg(&path).output().unwrap();
+    let path = dir.write(
+        "bad.toml",
+        &BASE.replace("upstream = \"chat\"", "upstream = \"nope\""),
+    );
+    let out = Command::new(bin())
+        .args(["run", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("{}:11:12: key `routes[0].upstream`", path.display())), "{err}");
+    assert!(
+        err.contains(&format!(
+            "{}:11:12: key `routes[0].upstream`",
+            path.display()
+        )),
+        "{err}"
+    );
     // The top-level `--config` form behaves the same.
-    let out = Command::new(bin()).arg("--config").arg(&path).output().unwrap();
+    let out = Command::new(bin())
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }

@@ -51,6 +51,9 @@ struct RawServer {
     /// instead of replacing it (only behind a trusted proxy).
     #[serde(default)]
     trust_forwarded_headers: bool,
+    /// `workers = 2`: worker threads, each with its own event loop and upstream
+    /// connection pools (default: the number of CPUs).
+    workers: Option<Spanned<usize>>,
 }
 
 /// `[[upstreams]]`
@@ -168,6 +171,7 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub max_header_size: usize,
     pub trust_forwarded_headers: bool,
+    pub workers: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -313,6 +317,13 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             .map_or(Duration::from_secs(10), |d| d.0),
         max_header_size: max_header_size as usize,
         trust_forwarded_headers: s.trust_forwarded_headers,
+        workers: match &s.workers {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(w) if (1..=1024).contains(w.get_ref()) => *w.get_ref(),
+            Some(w) => {
+                return Err(src.error(w.span(), "server.workers", "must be between 1 and 1024"))
+            }
+        },
     };
     let default_body = s.max_body_size.map_or(10 << 20, |v| v.0);
 

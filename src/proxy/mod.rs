@@ -24,18 +24,31 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Everything one loaded config needs on the request path; immutable once built.
-pub struct Gateway {
+/// Everything one loaded config needs on the request path; immutable once built and
+/// shared by all workers.
+pub struct Tables {
     pub server: ServerConfig,
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
-    clients: Vec<UpstreamClient>,
     route_names: Vec<Arc<str>>,
+}
+
+/// One worker's view of the gateway: the shared tables plus this worker's own upstream
+/// connection pools, so a pooled connection is always driven by the thread that uses it.
+pub struct Gateway {
+    tables: Arc<Tables>,
+    clients: Vec<UpstreamClient>,
+}
+
+impl std::ops::Deref for Gateway {
+    type Target = Tables;
+    fn deref(&self) -> &Tables {
+        &self.tables
+    }
 }
 
 impl Gateway {
     pub fn new(config: Config) -> Self {
-        let clients = config.upstreams.iter().map(forward::build_client).collect();
         let upstreams = config
             .upstreams
             .into_iter()
@@ -46,13 +59,28 @@ impl Gateway {
             .iter()
             .map(|r| Arc::from(r.name.as_str()))
             .collect();
-        Gateway {
+        let tables = Arc::new(Tables {
             server: config.server,
             router: Router::new(config.routes),
             upstreams,
-            clients,
             route_names,
-        }
+        });
+        Self::with_tables(tables)
+    }
+
+    fn with_tables(tables: Arc<Tables>) -> Self {
+        let clients = tables
+            .upstreams
+            .iter()
+            .map(|u| forward::build_client(&u.config))
+            .collect();
+        Gateway { tables, clients }
+    }
+
+    /// The same tables (balancer state included) with fresh connection pools, for
+    /// another worker thread.
+    pub fn for_worker(&self) -> Self {
+        Self::with_tables(self.tables.clone())
     }
 
     /// Serves one request. Never fails: errors become synthetic responses.

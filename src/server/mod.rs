@@ -1,9 +1,14 @@
 //! Listeners and connections: HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on the same
 //! port, keep-alive, header size and header-read-time limits, and graceful shutdown on
 //! SIGINT/SIGTERM (stop accepting, drain in-flight requests up to `drain_timeout`).
+//!
+//! Thread per core, as nginx does with worker processes: `server.workers` threads each
+//! run their own single-threaded tokio runtime with their own upstream connection pools,
+//! so a request is served start to end on one thread with no cross-thread wake-ups. The
+//! calling runtime accepts connections and deals them out round-robin.
 
 use crate::admin;
-use crate::config::Config;
+use crate::config::{Config, ServerConfig};
 use crate::proxy::Gateway;
 use anyhow::Context as _;
 use hyper::service::service_fn;
@@ -16,50 +21,84 @@ use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+type Accepted = (std::net::TcpStream, SocketAddr);
 
 /// Binds every listener of `config`, announces each on stdout as
 /// `listening on http://ADDR` (tests and scripts read this), then serves until `shutdown`
 /// resolves and in-flight requests have drained.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let gateway = Arc::new(Gateway::new(config));
+    let gateway = Gateway::new(config);
     let server = gateway.server.clone();
-    let (tx, mut rx) = mpsc::channel::<(TcpStream, SocketAddr, Kind)>(1024);
-    let mut acceptors = Vec::new();
-    let mut bound = Vec::new();
+    let mut proxies = Vec::new();
     for addr in &server.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        bound.push((l, Kind::Proxy));
+        proxies.push(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?,
+        );
     }
-    if let Some(addr) = server.admin_listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on admin address {addr}"))?;
-        bound.push((l, Kind::Admin));
-    }
+    let admin_listener = match server.admin_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on admin address {addr}"))?,
+        ),
+        None => None,
+    };
     {
         let mut out = std::io::stdout().lock();
-        for (l, kind) in &bound {
-            let a = l.local_addr()?;
-            match kind {
-                Kind::Proxy => writeln!(out, "listening on http://{a}")?,
-                Kind::Admin => writeln!(out, "admin listening on http://{a}")?,
-            }
-            tracing::info!(address = %a, admin = matches!(kind, Kind::Admin), "listening");
+        for l in &proxies {
+            writeln!(out, "listening on http://{}", l.local_addr()?)?;
+        }
+        if let Some(l) = &admin_listener {
+            writeln!(out, "admin listening on http://{}", l.local_addr()?)?;
         }
         out.flush()?;
     }
-    for (l, kind) in bound {
-        let tx = tx.clone();
+    for l in &proxies {
+        tracing::info!(address = %l.local_addr()?, workers = server.workers, "listening");
+    }
+
+    // Workers.
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut senders = Vec::new();
+    let mut done = Vec::new();
+    for i in 0..server.workers {
+        let (tx, rx) = mpsc::unbounded_channel::<Accepted>();
+        let (done_tx, done_rx) = oneshot::channel::<()>();
+        let gw = gateway.for_worker();
+        let stop = stop_rx.clone();
+        std::thread::Builder::new()
+            .name(format!("portcullis-worker-{i}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("worker runtime");
+                rt.block_on(worker(gw, rx, stop));
+                let _ = done_tx.send(());
+            })
+            .context("cannot start a worker thread")?;
+        senders.push(tx);
+        done.push(done_rx);
+    }
+
+    // Acceptors: deal connections out round-robin.
+    let mut acceptors = Vec::new();
+    for l in proxies {
+        let senders = senders.clone();
         acceptors.push(tokio::spawn(async move {
+            let mut next = 0usize;
             loop {
                 match l.accept().await {
                     Ok((s, peer)) => {
-                        if tx.send((s, peer, kind)).await.is_err() {
+                        let Ok(s) = s.into_std() else { continue };
+                        if senders[next % senders.len()].send((s, peer)).is_err() {
                             return;
                         }
+                        next = next.wrapping_add(1);
                     }
                     // Out of file descriptors and the like: log and keep accepting.
                     Err(e) => {
@@ -70,8 +109,60 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
             }
         }));
     }
-    drop(tx);
+    drop(senders);
+    let admin_graceful = Arc::new(GracefulShutdown::new());
+    if let Some(l) = admin_listener {
+        let gw = Arc::new(gateway.for_worker());
+        let graceful = admin_graceful.clone();
+        let builder = connection_builder(&server);
+        acceptors.push(tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let gw = gw.clone();
+                let svc = service_fn(move |req| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, Infallible>(admin::handle(&gw, req).await) }
+                });
+                let conn =
+                    graceful.watch(builder.serve_connection(TokioIo::new(s), svc).into_owned());
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                });
+            }
+        }));
+    }
 
+    shutdown.await;
+    for a in &acceptors {
+        a.abort();
+    }
+    for a in acceptors {
+        // Wait until each listener is really closed before saying so.
+        let _ = a.await;
+    }
+    println!("shutting down: listeners closed, draining in-flight requests");
+    let _ = std::io::stdout().flush();
+    tracing::info!(drain_timeout = ?server.drain_timeout, "shutting down: no new connections, draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(server.drain_timeout, async {
+        for d in done {
+            let _ = d.await;
+        }
+    })
+    .await;
+    match drained {
+        Ok(()) => tracing::info!("all connections drained"),
+        Err(_) => tracing::warn!("drain timeout passed; closing remaining connections"),
+    }
+    if let Ok(g) = Arc::try_unwrap(admin_graceful) {
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), g.shutdown()).await;
+    }
+    Ok(())
+}
+
+fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -83,65 +174,41 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(server.max_header_size as u32);
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            accepted = rx.recv() => {
-                let Some((stream, peer, kind)) = accepted else { break };
-                let _ = stream.set_nodelay(true);
-                let io = TokioIo::new(stream);
-                match kind {
-                    Kind::Proxy => {
-                        let gw = gateway.clone();
-                        let svc = service_fn(move |req| {
-                            let gw = gw.clone();
-                            async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
-                        });
-                        let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                tracing::debug!(peer = %peer, error = %e, "connection ended with error");
-                            }
-                        });
-                    }
-                    Kind::Admin => {
-                        let gw = gateway.clone();
-                        let svc = service_fn(move |req| {
-                            let gw = gw.clone();
-                            async move { Ok::<_, Infallible>(admin::handle(&gw, req).await) }
-                        });
-                        let conn = graceful.watch(builder.serve_connection(io, svc).into_owned());
-                        tokio::spawn(async move {
-                            let _ = conn.await;
-                        });
-                    }
-                }
-            }
-            _ = &mut shutdown => break,
-        }
-    }
-    for a in &acceptors {
-        a.abort();
-    }
-    for a in acceptors {
-        // Wait until each listener is really closed before saying so.
-        let _ = a.await;
-    }
-    drop(rx);
-    println!("shutting down: listeners closed, draining in-flight requests");
-    tracing::info!(drain_timeout = ?server.drain_timeout, "shutting down: no new connections, draining in-flight requests");
-    match tokio::time::timeout(server.drain_timeout, graceful.shutdown()).await {
-        Ok(()) => tracing::info!("all connections drained"),
-        Err(_) => tracing::warn!("drain timeout passed; closing remaining connections"),
-    }
-    Ok(())
+    builder
 }
 
-#[derive(Clone, Copy)]
-enum Kind {
-    Proxy,
-    Admin,
+/// One worker thread's loop: serve the connections dealt to it until told to stop, then
+/// let its connections finish their in-flight requests.
+async fn worker(
+    gw: Gateway,
+    mut conns: mpsc::UnboundedReceiver<Accepted>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let gw = Arc::new(gw);
+    let builder = connection_builder(&gw.server);
+    let graceful = GracefulShutdown::new();
+    loop {
+        tokio::select! {
+            accepted = conns.recv() => {
+                let Some((stream, peer)) = accepted else { break };
+                let Ok(stream) = TcpStream::from_std(stream) else { continue };
+                let _ = stream.set_nodelay(true);
+                let gw = gw.clone();
+                let svc = service_fn(move |req| {
+                    let gw = gw.clone();
+                    async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
+                });
+                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(peer = %peer, error = %e, "connection ended with error");
+                    }
+                });
+            }
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    graceful.shutdown().await;
 }
 
 /// Resolves on SIGINT or SIGTERM.
