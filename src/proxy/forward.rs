@@ -30,17 +30,17 @@ pub fn build_client(cfg: &UpstreamConfig) -> UpstreamClient {
     b.build(connector)
 }
 
-/// The upstream URI: `http://ENDPOINT/PATH?QUERY`.
-pub fn upstream_uri(
-    authority: &http::uri::Authority,
-    path: &str,
-    query: Option<&str>,
-) -> Result<Uri, ProxyError> {
-    let pq = match query {
+/// `PATH?QUERY` for a rewritten path.
+pub fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, ProxyError> {
+    match query {
         Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
         None => PathAndQuery::try_from(path),
     }
-    .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))?;
+    .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
+}
+
+/// The upstream URI: `http://ENDPOINT/PATH?QUERY`.
+pub fn upstream_uri(authority: &http::uri::Authority, pq: PathAndQuery) -> Result<Uri, ProxyError> {
     Uri::builder()
         .scheme(Scheme::HTTP)
         .authority(authority.clone())

@@ -2,7 +2,7 @@
 //! `X-Forwarded-*` headers are set, and every request carries an `X-Request-Id`.
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 
@@ -12,6 +12,23 @@ pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-p
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// The client end of a connection, computed once per connection.
+pub struct ClientInfo {
+    pub addr: SocketAddr,
+    /// The client IP as a header value, for `X-Forwarded-For`.
+    pub ip_header: HeaderValue,
+}
+
+impl ClientInfo {
+    pub fn new(addr: SocketAddr) -> Self {
+        ClientInfo {
+            addr,
+            ip_header: HeaderValue::from_str(&addr.ip().to_string())
+                .expect("an IP is a valid header value"),
+        }
+    }
+}
 
 /// Removes the hop-by-hop headers of RFC 9110 §7.6.1: `Connection` and every header it
 /// names, `Keep-Alive`, `Proxy-*`, `TE` (kept as `te: trailers` when the client asked for
@@ -53,13 +70,17 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// Sets `X-Forwarded-For`/`-Proto`/`-Host`. With `trust` the client is a trusted proxy:
 /// its `X-Forwarded-For` chain is extended and its `-Proto`/`-Host` kept; otherwise all
 /// three are replaced, so a client cannot forge them.
-pub fn set_forwarded(h: &mut HeaderMap, client: IpAddr, host: Option<&HeaderValue>, trust: bool) {
-    let ip = client.to_string();
+pub fn set_forwarded(
+    h: &mut HeaderMap,
+    client: &ClientInfo,
+    host: Option<&HeaderValue>,
+    trust: bool,
+) {
     let xff = match (trust, h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok())) {
         (true, Some(prev)) if !prev.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prev}, {ip}")).ok()
+            HeaderValue::from_str(&format!("{prev}, {}", client.addr.ip())).ok()
         }
-        _ => HeaderValue::from_str(&ip).ok(),
+        _ => Some(client.ip_header.clone()),
     };
     if let Some(v) = xff {
         h.insert(X_FORWARDED_FOR, v);
@@ -92,7 +113,13 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(crate::upstream::balance::fast_rand_seed);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix:016x}{n:016x}")).expect("hex is a valid header value")
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 32];
+    for (i, b) in buf.iter_mut().enumerate() {
+        let word = if i < 16 { prefix } else { n };
+        *b = HEX[((word >> (60 - 4 * (i % 16))) & 0xf) as usize];
+    }
+    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
 #[cfg(test)]
@@ -125,10 +152,11 @@ mod tests {
     fn forwarded_for_trust() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), None, false);
+        let client = ClientInfo::new("10.0.0.1:5".parse().unwrap());
+        set_forwarded(&mut h, &client, None, false);
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1");
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
-        set_forwarded(&mut h, "10.0.0.1".parse().unwrap(), None, true);
+        set_forwarded(&mut h, &client, None, true);
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "1.2.3.4, 10.0.0.1");
     }
 
@@ -139,6 +167,12 @@ mod tests {
         let b = request_id(&h);
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
+        let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+        assert_eq!(a[..16], b[..16], "same process prefix");
+        assert_eq!(
+            u64::from_str_radix(&b[16..], 16).unwrap(),
+            u64::from_str_radix(&a[16..], 16).unwrap() + 1
+        );
         h.insert(X_REQUEST_ID, HeaderValue::from_static("abc-123"));
         assert_eq!(request_id(&h), "abc-123");
         h.insert(X_REQUEST_ID, HeaderValue::from_static("has space"));

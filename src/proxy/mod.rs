@@ -16,6 +16,7 @@ use access_log::AccessLog;
 use body::{RequestBody, ResponseBody};
 use error::ProxyError;
 use forward::UpstreamClient;
+pub use headers::ClientInfo;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use hyper::body::{Body as _, Incoming};
@@ -87,14 +88,14 @@ impl Gateway {
     pub async fn handle(
         &self,
         req: Request<Incoming>,
-        client: SocketAddr,
+        client: &ClientInfo,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let request_id = headers::request_id(req.headers());
         let log = AccessLog::enabled().then(|| {
             Box::new(AccessLog {
                 start,
-                client,
+                client: client.addr,
                 method: req.method().clone(),
                 path: req.uri().path().to_string(),
                 route: None,
@@ -121,7 +122,7 @@ impl Gateway {
     async fn proxy(
         &self,
         req: Request<Incoming>,
-        client: SocketAddr,
+        client: &ClientInfo,
         request_id: &HeaderValue,
         mut log: Option<Box<AccessLog>>,
     ) -> Result<
@@ -174,11 +175,11 @@ impl Gateway {
             _ if upstream.balance() != crate::config::BalanceKind::ConsistentHash => 0,
             HashKey::Header(name) => match parts.headers.get(name) {
                 Some(v) => hash_bytes(v.as_bytes()),
-                None => hash_ip(client),
+                None => hash_ip(client.addr),
             },
             HashKey::Cookie(name) => cookie(&parts.headers, name)
-                .map_or_else(|| hash_ip(client), |c| hash_bytes(c.as_bytes())),
-            HashKey::ClientAddr => hash_ip(client),
+                .map_or_else(|| hash_ip(client.addr), |c| hash_bytes(c.as_bytes())),
+            HashKey::ClientAddr => hash_ip(client.addr),
         };
         let Some(endpoint) = upstream.pick(key) else {
             fail!(ProxyError::NoEndpoint(upstream.name().to_string()))
@@ -190,7 +191,13 @@ impl Gateway {
 
         // Build the upstream request in place.
         let up_path = router::upstream_path(route, &path);
-        parts.uri = match forward::upstream_uri(&endpoint.authority, up_path, uri.query()) {
+        // An unchanged path is forwarded with the client's own bytes, no copy.
+        let same_path = matches!(path, Cow::Borrowed(_)) && up_path.len() == path.len();
+        let pq = match uri.path_and_query() {
+            Some(pq) if same_path => Ok(pq.clone()),
+            _ => forward::path_and_query(up_path, uri.query()),
+        };
+        parts.uri = match pq.and_then(|pq| forward::upstream_uri(&endpoint.authority, pq)) {
             Ok(u) => u,
             Err(e) => fail!(e),
         };
@@ -199,7 +206,7 @@ impl Gateway {
         headers::strip_hop_by_hop(h);
         headers::set_forwarded(
             h,
-            client.ip(),
+            client,
             host_header.as_ref(),
             self.server.trust_forwarded_headers,
         );
@@ -210,11 +217,7 @@ impl Gateway {
                 h.remove(header::HOST);
             }
             HostPolicy::Target => {
-                h.insert(
-                    header::HOST,
-                    HeaderValue::from_str(endpoint.authority.as_str())
-                        .expect("authority is a valid header"),
-                );
+                h.insert(header::HOST, endpoint.host_header.clone());
             }
             HostPolicy::Preserve => {
                 if let Some(v) = &host_header {

@@ -9,7 +9,7 @@
 
 use crate::admin;
 use crate::config::{Config, ServerConfig};
-use crate::proxy::Gateway;
+use crate::proxy::{ClientInfo, Gateway};
 use anyhow::Context as _;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -194,9 +194,11 @@ async fn worker(
                 let Ok(stream) = TcpStream::from_std(stream) else { continue };
                 let _ = stream.set_nodelay(true);
                 let gw = gw.clone();
+                let client = Arc::new(ClientInfo::new(peer));
                 let svc = service_fn(move |req| {
                     let gw = gw.clone();
-                    async move { Ok::<_, Infallible>(gw.handle(req, peer).await) }
+                    let client = client.clone();
+                    async move { Ok::<_, Infallible>(gw.handle(req, &client).await) }
                 });
                 let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
                 tokio::spawn(async move {

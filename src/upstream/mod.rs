@@ -16,6 +16,8 @@ pub struct Endpoint {
     /// `host:port`
     pub address: Arc<str>,
     pub authority: http::uri::Authority,
+    /// `Host` header value naming this endpoint.
+    pub host_header: http::HeaderValue,
     pub weight: u32,
     /// Requests picked for this endpoint whose response has not finished streaming.
     active: AtomicUsize,
@@ -27,6 +29,7 @@ impl Endpoint {
         Endpoint {
             address: address.into(),
             authority: address.parse().expect("address validated by config"),
+            host_header: http::HeaderValue::from_str(address).expect("address validated by config"),
             weight: weight.max(1),
             active: AtomicUsize::new(0),
             ewma: PeakEwma::new(),
