@@ -91,6 +91,21 @@ pub struct Gateway {
     pub dir: TempDir,
     /// Further stdout lines, read by a thread so the pipe never fills.
     pub stdout: std::sync::mpsc::Receiver<String>,
+    /// Stderr lines (the log), when started with [`Gateway::start_logging`].
+    pub stderr: Option<std::sync::mpsc::Receiver<String>>,
+}
+
+fn line_reader(r: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
 }
 
 impl Gateway {
@@ -101,28 +116,33 @@ impl Gateway {
     }
 
     pub fn start_with(config: &str, extra_args: &[&str]) -> Gateway {
+        Self::spawn(config, &["--log-level", "warn"], extra_args, false)
+    }
+
+    /// Starts with the log (stderr) captured line by line, at `info` with `extra_args`.
+    pub fn start_logging(config: &str, extra_args: &[&str]) -> Gateway {
+        Self::spawn(config, &["--log-level", "info"], extra_args, true)
+    }
+
+    fn spawn(config: &str, level: &[&str], extra_args: &[&str], capture: bool) -> Gateway {
         let dir = TempDir::new();
         let path = dir.write("portcullis.toml", config);
         let mut child = Command::new(bin())
             .args(["run", "--config"])
             .arg(&path)
-            .args(["--log-level", "warn"])
+            .args(level)
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(if capture {
+                Stdio::piped()
+            } else {
+                Stdio::inherit()
+            })
             .spawn()
             .expect("spawn gateway");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let rx = line_reader(child.stdout.take().unwrap());
+        let stderr = child.stderr.take().map(line_reader);
         let mut addr = None;
         let mut admin = None;
         let want_admin = config.contains("admin_listen");
@@ -147,6 +167,20 @@ impl Gateway {
             admin,
             dir,
             stdout: rx,
+            stderr,
+        }
+    }
+
+    /// Waits for a log line containing all of `needles`.
+    pub fn wait_log(&self, needles: &[&str]) -> String {
+        let rx = self.stderr.as_ref().expect("started with start_logging");
+        loop {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("no log line with {needles:?}"));
+            if needles.iter().all(|n| line.contains(n)) {
+                return line;
+            }
         }
     }
 
