@@ -1,0 +1,367 @@
+//! The WebAssembly plugin host (DESIGN §4): one wasmtime engine, components compiled once
+//! (and cached on disk across restarts), linked and type-checked once per plugin, and per
+//! (route, worker) pools of warm, configured instances. Every call runs under the plugin's
+//! CPU deadline (epoch interruption) and memory limit; a failed call discards its instance.
+
+pub mod bindings;
+pub mod host;
+
+use crate::config::{Config, OnError, PluginConfig};
+use bindings::auth::{Auth, AuthPre};
+use bindings::predicate::{Predicate, PredicatePre};
+use bindings::transform::{Transform, TransformPre};
+use bindings::{AuthDecision, Hooks, RequestAction};
+use host::{HostState, RequestRes, ResponseRes};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimitsBuilder};
+
+/// How often the epoch advances: the resolution of plugin timeouts.
+const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// What a plugin is for, read from the world its component implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Auth,
+    Predicate,
+    Transform,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Auth => "auth",
+            Role::Predicate => "predicate",
+            Role::Transform => "transform",
+        }
+    }
+}
+
+enum RolePre {
+    Auth(AuthPre<HostState>),
+    Predicate(PredicatePre<HostState>),
+    Transform(TransformPre<HostState>),
+}
+
+enum RoleInstance {
+    Auth(Auth),
+    Predicate(Predicate),
+    Transform(Transform),
+}
+
+/// The engine and linker shared by every plugin.
+pub struct PluginHost {
+    engine: Engine,
+    linker: Linker<HostState>,
+}
+
+/// A compiled, linked plugin.
+pub struct LoadedPlugin {
+    pub config: PluginConfig,
+    pub name: Arc<str>,
+    pub role: Role,
+    pre: RolePre,
+    ticks: u64,
+}
+
+/// Why a plugin call failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginFailure {
+    Timeout,
+    OutOfMemory,
+    Trap(String),
+}
+
+impl std::fmt::Display for PluginFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginFailure::Timeout => f.write_str("plugin exceeded its timeout"),
+            PluginFailure::OutOfMemory => f.write_str("plugin exceeded its memory limit"),
+            PluginFailure::Trap(m) => write!(f, "plugin trapped: {m}"),
+        }
+    }
+}
+
+fn default_cache_dir() -> PathBuf {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("portcullis")
+        .join("wasm")
+}
+
+impl PluginHost {
+    /// Builds the engine (epoch interruption on, compiled artifacts cached under
+    /// `cache_dir`) and starts the epoch ticker.
+    pub fn new(cache_dir: Option<&Path>) -> anyhow::Result<Self> {
+        let mut cfg = wasmtime::Config::new();
+        cfg.epoch_interruption(true);
+        let mut cache = wasmtime::CacheConfig::new();
+        cache.with_directory(cache_dir.map_or_else(default_cache_dir, Path::to_path_buf));
+        cfg.cache(Some(wasmtime::Cache::new(cache)?));
+        let engine = Engine::new(&cfg)?;
+        let weak = engine.weak();
+        std::thread::Builder::new().name("portcullis-epoch".into()).spawn(move || loop {
+            std::thread::sleep(EPOCH_TICK);
+            match weak.upgrade() {
+                Some(e) => e.increment_epoch(),
+                None => return,
+            }
+        })?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        bindings::auth::portcullis::plugin::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        bindings::auth::portcullis::plugin::host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        Ok(PluginHost { engine, linker })
+    }
+
+    /// Compiles (or loads from the cache) and links one plugin, finding its role.
+    pub fn load(&self, config: &PluginConfig) -> anyhow::Result<LoadedPlugin> {
+        let component = Component::from_file(&self.engine, &config.path)
+            .map_err(|e| anyhow::anyhow!("cannot compile `{}`: {e:#}", config.path.display()))?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| anyhow::anyhow!("cannot link `{}` (it may import something the sandbox does not grant): {e:#}", config.path.display()))?;
+        let (role, pre) = if let Ok(p) = AuthPre::new(pre.clone()) {
+            (Role::Auth, RolePre::Auth(p))
+        } else if let Ok(p) = TransformPre::new(pre.clone()) {
+            (Role::Transform, RolePre::Transform(p))
+        } else if let Ok(p) = PredicatePre::new(pre) {
+            (Role::Predicate, RolePre::Predicate(p))
+        } else {
+            anyhow::bail!("`{}` implements none of the worlds auth, transform, predicate of portcullis:plugin@0.1.0", config.path.display());
+        };
+        let ticks = (config.timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
+        Ok(LoadedPlugin { config: config.clone(), name: Arc::from(config.name.as_str()), role, pre, ticks })
+    }
+}
+
+/// A plugin bound to one route's config.
+pub struct Bound {
+    pub plugin: Arc<LoadedPlugin>,
+    pub route: Arc<str>,
+    config_json: Arc<str>,
+    /// For transforms: the hooks it declared.
+    pub hooks: Hooks,
+    engine: Engine,
+}
+
+struct Warm {
+    store: Store<HostState>,
+    instance: RoleInstance,
+}
+
+impl Bound {
+    /// Binds `plugin` to a route: instantiates it once and runs `configure` (and, for a
+    /// transform, `declare-hooks`), so a bad config fails here with the plugin's words.
+    pub fn new(host: &PluginHost, plugin: Arc<LoadedPlugin>, route: &str, config_json: &str) -> Result<Self, String> {
+        let mut b = Bound {
+            plugin,
+            route: Arc::from(route),
+            config_json: Arc::from(config_json),
+            hooks: Hooks::empty(),
+            engine: host.engine.clone(),
+        };
+        let mut warm = b.instantiate().map_err(|e| e.to_string())?;
+        if let RoleInstance::Transform(t) = &warm.instance {
+            warm.store.set_epoch_deadline(b.plugin.ticks);
+            b.hooks = t.call_declare_hooks(&mut warm.store).map_err(|e| format!("declare-hooks failed: {}", classify(&e)))?;
+            if b.hooks.contains(Hooks::RESPONSE_BODY) {
+                b.hooks |= Hooks::ON_RESPONSE;
+            }
+        }
+        Ok(b)
+    }
+
+    fn instantiate(&self) -> Result<Warm, ConfigureError> {
+        let p = &self.plugin;
+        let limits = StoreLimitsBuilder::new().memory_size(p.config.memory_limit as usize).trap_on_grow_failure(true).build();
+        // The sandbox: no args, env, preopened dirs, sockets or stdin.
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
+        let state = HostState { table: ResourceTable::new(), wasi, limits, plugin: p.name.clone(), route: self.route.clone() };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.set_epoch_deadline(p.ticks);
+        let fail = |e: wasmtime::Error| ConfigureError::Failed(classify(&e));
+        let instance = match &p.pre {
+            RolePre::Auth(pre) => RoleInstance::Auth(pre.instantiate(&mut store).map_err(fail)?),
+            RolePre::Predicate(pre) => RoleInstance::Predicate(pre.instantiate(&mut store).map_err(fail)?),
+            RolePre::Transform(pre) => RoleInstance::Transform(pre.instantiate(&mut store).map_err(fail)?),
+        };
+        store.set_epoch_deadline(p.ticks);
+        let configured = match &instance {
+            RoleInstance::Auth(i) => i.call_configure(&mut store, &self.config_json),
+            RoleInstance::Predicate(i) => i.call_configure(&mut store, &self.config_json),
+            RoleInstance::Transform(i) => i.call_configure(&mut store, &self.config_json),
+        };
+        match configured {
+            Ok(Ok(())) => Ok(Warm { store, instance }),
+            Ok(Err(msg)) => Err(ConfigureError::Rejected(msg)),
+            Err(e) => Err(fail(e)),
+        }
+    }
+}
+
+enum ConfigureError {
+    Rejected(String),
+    Failed(PluginFailure),
+}
+
+impl std::fmt::Display for ConfigureError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigureError::Rejected(m) => write!(f, "rejected its config: {m}"),
+            ConfigureError::Failed(e) => write!(f, "failed while configuring: {e}"),
+        }
+    }
+}
+
+fn classify(e: &wasmtime::Error) -> PluginFailure {
+    match e.downcast_ref::<wasmtime::Trap>() {
+        Some(wasmtime::Trap::Interrupt) => PluginFailure::Timeout,
+        _ if format!("{e:?}").contains("forcing trap when growing memory") => PluginFailure::OutOfMemory,
+        Some(t) => PluginFailure::Trap(t.to_string()),
+        None => PluginFailure::Trap(format!("{e}")),
+    }
+}
+
+/// One worker's warm instances of a [`Bound`] plugin. The mutex is only ever taken by the
+/// worker thread that owns the pool, so it is never contended.
+pub struct Pool {
+    pub bound: Arc<Bound>,
+    idle: Mutex<Vec<Warm>>,
+}
+
+impl Pool {
+    pub fn new(bound: Arc<Bound>) -> Self {
+        Pool { bound, idle: Mutex::new(Vec::new()) }
+    }
+
+    pub fn on_error(&self) -> OnError {
+        self.bound.plugin.config.on_error
+    }
+
+    /// Runs `f` on a warm instance with `req` lent as a borrowed resource; returns the
+    /// (possibly changed) request and the result. A failed call discards the instance.
+    fn call<R>(
+        &self,
+        req: RequestRes,
+        resp: Option<ResponseRes>,
+        f: impl FnOnce(&mut Store<HostState>, &RoleInstance, Resource<RequestRes>, Option<Resource<ResponseRes>>) -> wasmtime::Result<R>,
+    ) -> (RequestRes, Option<ResponseRes>, Result<R, PluginFailure>) {
+        let warm = self.idle.lock().expect("pool lock").pop();
+        let mut warm = match warm {
+            Some(w) => w,
+            None => match self.bound.instantiate() {
+                Ok(w) => w,
+                Err(ConfigureError::Failed(e)) => return (req, resp, Err(e)),
+                Err(ConfigureError::Rejected(m)) => return (req, resp, Err(PluginFailure::Trap(format!("configure rejected: {m}")))),
+            },
+        };
+        let table = &mut warm.store.data_mut().table;
+        let rq = table.push(req).expect("resource table has room");
+        let rs = resp.map(|r| table.push(r).expect("resource table has room"));
+        warm.store.set_epoch_deadline(self.bound.plugin.ticks);
+        let result = f(
+            &mut warm.store,
+            &warm.instance,
+            Resource::new_borrow(rq.rep()),
+            rs.as_ref().map(|r| Resource::new_borrow(r.rep())),
+        );
+        let table = &mut warm.store.data_mut().table;
+        let resp = rs.map(|r| table.delete(r).expect("response handle"));
+        let req = table.delete(rq).expect("request handle");
+        match result {
+            Ok(r) => {
+                let mut idle = self.idle.lock().expect("pool lock");
+                if idle.len() < self.bound.plugin.config.pool_size {
+                    idle.push(warm);
+                }
+                (req, resp, Ok(r))
+            }
+            Err(e) => {
+                let failure = classify(&e);
+                tracing::warn!(plugin = &*self.bound.plugin.name, route = &*self.bound.route, error = %failure, "plugin call failed; instance discarded");
+                (req, resp, Err(failure))
+            }
+        }
+    }
+
+    pub fn authenticate(&self, req: RequestRes) -> (RequestRes, Result<AuthDecision, PluginFailure>) {
+        let (req, _, r) = self.call(req, None, |store, inst, rq, _| match inst {
+            RoleInstance::Auth(a) => a.call_authenticate(store, rq),
+            _ => unreachable!("auth pool holds auth instances"),
+        });
+        (req, r)
+    }
+
+    pub fn matches(&self, req: RequestRes) -> (RequestRes, Result<bool, PluginFailure>) {
+        let (req, _, r) = self.call(req, None, |store, inst, rq, _| match inst {
+            RoleInstance::Predicate(p) => p.call_matches(store, rq),
+            _ => unreachable!("predicate pool holds predicate instances"),
+        });
+        (req, r)
+    }
+
+    pub fn on_request(&self, req: RequestRes) -> (RequestRes, Result<RequestAction, PluginFailure>) {
+        let (req, _, r) = self.call(req, None, |store, inst, rq, _| match inst {
+            RoleInstance::Transform(t) => t.call_on_request(store, rq),
+            _ => unreachable!("transform pool holds transform instances"),
+        });
+        (req, r)
+    }
+
+    pub fn on_response(&self, req: RequestRes, resp: ResponseRes) -> (RequestRes, ResponseRes, Result<(), PluginFailure>) {
+        let (req, resp, r) = self.call(req, Some(resp), |store, inst, rq, rs| match inst {
+            RoleInstance::Transform(t) => t.call_on_response(store, rq, rs.expect("response given")),
+            _ => unreachable!("transform pool holds transform instances"),
+        });
+        (req, resp.expect("response returned"), r)
+    }
+}
+
+/// Every plugin of a config loaded and bound to its routes: `routes[i]` lists the route's
+/// plugins in order. A bad component or a plugin that rejects its config is an error that
+/// names the file position of the route's plugin entry.
+pub struct PluginSet {
+    pub routes: Vec<Vec<Arc<Bound>>>,
+}
+
+impl PluginSet {
+    pub fn load(host: &PluginHost, config: &Config) -> anyhow::Result<Self> {
+        let mut loaded = Vec::with_capacity(config.plugins.len());
+        for p in &config.plugins {
+            let l = host.load(p).map_err(|e| anyhow::anyhow!("{}: plugin `{}`: {e}", config.source.display(), p.name))?;
+            loaded.push(Arc::new(l));
+        }
+        let mut routes = Vec::with_capacity(config.routes.len());
+        for r in &config.routes {
+            let mut bound = Vec::with_capacity(r.plugins.len());
+            for rp in &r.plugins {
+                let plugin = loaded[rp.plugin].clone();
+                let b = Bound::new(host, plugin.clone(), &r.name, &rp.config_json).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}:{}:{}: key `{}`: plugin `{}` on route `{}` {e}",
+                        config.source.display(),
+                        rp.position.0,
+                        rp.position.1,
+                        rp.key,
+                        plugin.name,
+                        r.name
+                    )
+                })?;
+                bound.push(Arc::new(b));
+            }
+            routes.push(bound);
+        }
+        Ok(PluginSet { routes })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.iter().all(Vec::is_empty)
+    }
+}
