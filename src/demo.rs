@@ -228,5 +228,6 @@ pub async fn run(
     println!("  curl http://{gw}/v1/embeddings -d '{{\"input\":[\"hello\",\"world\"]}}'");
     println!("  curl -i http://{gw}/v1/models   # 404 with the JSON error body");
     println!();
-    crate::server::run(config, shutdown).await
+    let plugins = crate::plugin::PluginSet::none(config.routes.len());
+    crate::server::run(config, plugins, shutdown).await
 }

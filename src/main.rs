@@ -67,15 +67,17 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Some(Command::Validate { file }) => match portcullis::config::load(&file) {
-            Ok(c) => {
+            // Plugins are compiled and configured too: a plugin that rejects its
+            // route's config fails validation with its own message.
+            Ok(c) => portcullis::plugin::PluginSet::for_config(&c).map(|_| {
                 println!(
-                    "{}: ok ({} routes, {} upstreams)",
+                    "{}: ok ({} routes, {} upstreams, {} plugins)",
                     file.display(),
                     c.routes.len(),
-                    c.upstreams.len()
+                    c.upstreams.len(),
+                    c.plugins.len()
                 );
-                Ok(())
-            }
+            }),
             Err(e) => Err(anyhow::anyhow!("{e}")),
         },
         Some(Command::Demo { listen }) => rt().block_on(portcullis::demo::run(
@@ -88,10 +90,15 @@ fn main() -> ExitCode {
             )),
             Some(path) => match portcullis::config::load(&path) {
                 Err(e) => Err(anyhow::anyhow!("{e}")),
-                Ok(config) => rt().block_on(portcullis::server::run(
-                    config,
-                    portcullis::server::shutdown_signal(),
-                )),
+                Ok(config) => {
+                    portcullis::plugin::PluginSet::for_config(&config).and_then(|plugins| {
+                        rt().block_on(portcullis::server::run(
+                            config,
+                            plugins,
+                            portcullis::server::shutdown_signal(),
+                        ))
+                    })
+                }
             },
         },
     };

@@ -48,7 +48,10 @@ fn rejects(text: &str, line: usize, col: usize, key: &str, message: &str) {
 fn valid_config_passes() {
     let (ok, out, _) = validate(BASE);
     assert!(ok, "{out}");
-    assert!(out.contains("ok (1 routes, 1 upstreams)"), "{out}");
+    assert!(
+        out.contains("ok (1 routes, 1 upstreams, 0 plugins)"),
+        "{out}"
+    );
 }
 
 #[test]

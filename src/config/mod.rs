@@ -29,6 +29,36 @@ struct RawConfig {
     upstreams: Vec<Spanned<RawUpstream>>,
     #[serde(default)]
     routes: Vec<Spanned<RawRoute>>,
+    #[serde(default)]
+    plugins: Vec<Spanned<RawPlugin>>,
+}
+
+/// `[[plugins]]`: a WebAssembly component, enabled per route by name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    name: Spanned<String>,
+    /// `path = "plugins/api_key.wasm"`, relative to the config file.
+    path: Spanned<String>,
+    /// `memory_limit = "64MiB"`: the guest's linear memories may not grow past this.
+    memory_limit: Option<Size>,
+    /// `timeout = "20ms"`: CPU deadline of one hook call.
+    timeout: Option<Dur>,
+    /// `on_error = "deny" | "allow"`: a trapped, timed-out or out-of-memory call answers
+    /// 500 (deny) or lets the request go on as if the plugin were not there (allow).
+    #[serde(default)]
+    on_error: OnError,
+    /// `pool_size = 8`: warm instances kept per (route, worker).
+    pool_size: Option<usize>,
+}
+
+/// One entry of a route's `plugins = [...]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoutePlugin {
+    name: Spanned<String>,
+    /// Handed to the plugin's `configure` as JSON text.
+    config: Option<toml::Table>,
 }
 
 /// `[server]`
@@ -54,6 +84,9 @@ struct RawServer {
     /// `workers = 2`: worker threads, each with its own event loop and upstream
     /// connection pools (default: the number of CPUs).
     workers: Option<Spanned<usize>>,
+    /// `plugin_cache_dir = "/var/cache/portcullis"`: where compiled plugins are cached
+    /// (default: `$XDG_CACHE_HOME/portcullis/wasm` or `~/.cache/portcullis/wasm`).
+    plugin_cache_dir: Option<String>,
 }
 
 /// `[[upstreams]]`
@@ -120,6 +153,12 @@ struct RawRoute {
     host_rewrite: Option<Spanned<String>>,
     max_body_size: Option<Size>,
     request_timeout: Option<Dur>,
+    /// `plugins = [{ name = "api-key", config = { ... } }]`, run in this order.
+    #[serde(default)]
+    plugins: Vec<Spanned<RawRoutePlugin>>,
+    /// `buffer_request_body = "1MiB"`: buffer request bodies up to this size so plugins
+    /// can read them (larger bodies get 413).
+    buffer_request_body: Option<Size>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -137,6 +176,38 @@ pub enum BalanceKind {
     WeightedLeastConnections,
     P2cEwma,
     ConsistentHash,
+}
+
+/// What a failed plugin call does to its request.
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    #[default]
+    Deny,
+    Allow,
+}
+
+#[derive(Clone, Debug)]
+pub struct PluginConfig {
+    pub name: String,
+    /// Resolved against the config file's folder.
+    pub path: PathBuf,
+    pub memory_limit: u64,
+    pub timeout: Duration,
+    pub on_error: OnError,
+    pub pool_size: usize,
+}
+
+/// A plugin enabled on a route.
+#[derive(Clone, Debug)]
+pub struct RoutePlugin {
+    /// Index into [`Config::plugins`].
+    pub plugin: usize,
+    /// The route's `config` table as JSON text (`{}` when absent).
+    pub config_json: String,
+    /// Where the entry is in the file, for error messages: (line, column), key.
+    pub position: (usize, usize),
+    pub key: String,
 }
 
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -161,6 +232,7 @@ pub struct Config {
     pub server: ServerConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
+    pub plugins: Vec<PluginConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -172,6 +244,7 @@ pub struct ServerConfig {
     pub max_header_size: usize,
     pub trust_forwarded_headers: bool,
     pub workers: usize,
+    pub plugin_cache_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -227,6 +300,9 @@ pub struct RouteConfig {
     pub host: HostPolicy,
     pub max_body_size: u64,
     pub request_timeout: Option<Duration>,
+    pub plugins: Vec<RoutePlugin>,
+    /// Request bodies are buffered (up to this size) for plugins.
+    pub buffer_request_body: Option<u64>,
 }
 
 /// Upper bound of a target weight; keeps the smooth-WRR schedule small.
@@ -317,6 +393,10 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             .map_or(Duration::from_secs(10), |d| d.0),
         max_header_size: max_header_size as usize,
         trust_forwarded_headers: s.trust_forwarded_headers,
+        plugin_cache_dir: s
+            .plugin_cache_dir
+            .as_ref()
+            .map(|d| src.file.parent().unwrap_or(Path::new(".")).join(d)),
         workers: match &s.workers {
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
             Some(w) if (1..=1024).contains(w.get_ref()) => *w.get_ref(),
@@ -417,6 +497,49 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             idle_timeout: u.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
             pool_idle_timeout: u.pool_idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
             pool_max_idle_per_target: u.pool_max_idle_per_target.unwrap_or(256),
+        });
+    }
+
+    let mut plugins = Vec::with_capacity(raw.plugins.len());
+    let mut plugin_index: HashMap<String, usize> = HashMap::new();
+    let base = src.file.parent().unwrap_or(Path::new("."));
+    for (i, p) in raw.plugins.into_iter().enumerate() {
+        let p = p.into_inner();
+        let key = |k: &str| format!("plugins[{i}].{k}");
+        let name = p.name.get_ref().clone();
+        if name.is_empty() {
+            return Err(src.error(p.name.span(), key("name"), "must not be empty"));
+        }
+        if plugin_index.insert(name.clone(), i).is_some() {
+            return Err(src.error(
+                p.name.span(),
+                key("name"),
+                format!("duplicate plugin name `{name}`"),
+            ));
+        }
+        let path = base.join(p.path.get_ref());
+        if !path.is_file() {
+            return Err(src.error(
+                p.path.span(),
+                key("path"),
+                format!("plugin file `{}` does not exist", path.display()),
+            ));
+        }
+        let pool_size = p.pool_size.unwrap_or(8);
+        if !(1..=1024).contains(&pool_size) {
+            return Err(src.error(
+                p.name.span(),
+                key("pool_size"),
+                "must be between 1 and 1024",
+            ));
+        }
+        plugins.push(PluginConfig {
+            name,
+            path,
+            memory_limit: p.memory_limit.map_or(64 << 20, |v| v.0),
+            timeout: p.timeout.map_or(Duration::from_millis(20), |d| d.0),
+            on_error: p.on_error,
+            pool_size,
         });
     }
 
@@ -561,6 +684,32 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             (None, true) => HostPolicy::Preserve,
             (None, false) => HostPolicy::Target,
         };
+        let mut route_plugins = Vec::new();
+        for (j, rp) in r.plugins.iter().enumerate() {
+            let span = rp.span();
+            let rp = rp.get_ref();
+            let k = format!("routes[{i}].plugins[{j}]");
+            let Some(&plugin) = plugin_index.get(rp.name.get_ref()) else {
+                return Err(src.error(
+                    rp.name.span(),
+                    format!("{k}.name"),
+                    format!(
+                        "route `{name}` names unknown plugin `{}`",
+                        rp.name.get_ref()
+                    ),
+                ));
+            };
+            let config_json = match &rp.config {
+                Some(t) => serde_json::to_string(t).expect("a TOML table is valid JSON"),
+                None => "{}".to_string(),
+            };
+            route_plugins.push(RoutePlugin {
+                plugin,
+                config_json,
+                position: src.line_col(span.start),
+                key: k,
+            });
+        }
         routes.push(RouteConfig {
             name,
             path,
@@ -573,6 +722,8 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             host,
             max_body_size: r.max_body_size.map_or(default_body, |v| v.0),
             request_timeout: r.request_timeout.map(|d| d.0),
+            plugins: route_plugins,
+            buffer_request_body: r.buffer_request_body.map(|v| v.0),
         });
     }
     Ok(Config {
@@ -580,6 +731,7 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
         server,
         upstreams,
         routes,
+        plugins,
     })
 }
 

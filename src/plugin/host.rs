@@ -43,19 +43,34 @@ pub struct HostState {
     pub limits: StoreLimits,
     pub plugin: Arc<str>,
     pub route: Arc<str>,
+    /// The CPU deadline of one call, in epoch ticks.
+    pub ticks: u64,
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
 /// Headers the gateway manages itself; plugins may read but not change them.
-const MANAGED: &[&str] = &["content-length", "transfer-encoding", "connection", "keep-alive", "proxy-connection", "te", "trailer", "upgrade"];
+const MANAGED: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
 
 fn header_name(name: &str) -> Result<HeaderName, String> {
-    let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("`{name}` is not a valid header name"))?;
+    let n = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{name}` is not a valid header name"))?;
     if MANAGED.contains(&n.as_str()) {
         return Err(format!("header `{n}` is managed by the gateway"));
     }
@@ -68,7 +83,11 @@ fn header_value(value: &str) -> Result<HeaderValue, String> {
 
 fn get_header(h: &HeaderMap, name: &str) -> Option<String> {
     let n = HeaderName::from_bytes(name.as_bytes()).ok()?;
-    let sep = if n == http::header::COOKIE { "; " } else { ", " };
+    let sep = if n == http::header::COOKIE {
+        "; "
+    } else {
+        ", "
+    };
     let mut out: Option<String> = None;
     for v in h.get_all(&n) {
         let Ok(v) = v.to_str() else { continue };
@@ -85,7 +104,11 @@ fn get_header(h: &HeaderMap, name: &str) -> Option<String> {
 
 fn all_headers(h: &HeaderMap) -> Vec<(String, String)> {
     h.iter()
-        .filter_map(|(n, v)| v.to_str().ok().map(|v| (n.as_str().to_string(), v.to_string())))
+        .filter_map(|(n, v)| {
+            v.to_str()
+                .ok()
+                .map(|v| (n.as_str().to_string(), v.to_string()))
+        })
         .collect()
 }
 
@@ -109,11 +132,16 @@ fn valid_uri_chars(s: &str, allow_question: bool) -> bool {
 
 impl HostState {
     fn req(&self, r: &Resource<RequestRes>) -> &RequestRes {
-        self.table.get(r).expect("request handle is live during the call")
+        self.table
+            .get(r)
+            .expect("request handle is live during the call")
     }
 
     fn req_mut(&mut self, r: &Resource<RequestRes>) -> Result<&mut RequestRes, String> {
-        let req = self.table.get_mut(r).expect("request handle is live during the call");
+        let req = self
+            .table
+            .get_mut(r)
+            .expect("request handle is live during the call");
         if req.read_only {
             return Err("read-only".into());
         }
@@ -121,11 +149,15 @@ impl HostState {
     }
 
     fn resp(&self, r: &Resource<ResponseRes>) -> &ResponseRes {
-        self.table.get(r).expect("response handle is live during the call")
+        self.table
+            .get(r)
+            .expect("response handle is live during the call")
     }
 
     fn resp_mut(&mut self, r: &Resource<ResponseRes>) -> &mut ResponseRes {
-        self.table.get_mut(r).expect("response handle is live during the call")
+        self.table
+            .get_mut(r)
+            .expect("response handle is live during the call")
     }
 }
 
@@ -156,10 +188,20 @@ impl types::HostRequest for HostState {
     fn client_addr(&mut self, r: Resource<RequestRes>) -> String {
         self.req(&r).client.to_string()
     }
-    fn set_header(&mut self, r: Resource<RequestRes>, name: String, value: String) -> Result<(), String> {
+    fn set_header(
+        &mut self,
+        r: Resource<RequestRes>,
+        name: String,
+        value: String,
+    ) -> Result<(), String> {
         set_header(&mut self.req_mut(&r)?.headers, &name, &value, false)
     }
-    fn append_header(&mut self, r: Resource<RequestRes>, name: String, value: String) -> Result<(), String> {
+    fn append_header(
+        &mut self,
+        r: Resource<RequestRes>,
+        name: String,
+        value: String,
+    ) -> Result<(), String> {
         set_header(&mut self.req_mut(&r)?.headers, &name, &value, true)
     }
     fn remove_header(&mut self, r: Resource<RequestRes>, name: String) -> Result<(), String> {
@@ -189,7 +231,9 @@ impl types::HostRequest for HostState {
     fn set_body(&mut self, r: Resource<RequestRes>, body: Vec<u8>) -> Result<(), String> {
         let req = self.req_mut(&r)?;
         if req.body.is_none() {
-            return Err("the route does not buffer request bodies (set buffer_request_body)".into());
+            return Err(
+                "the route does not buffer request bodies (set buffer_request_body)".into(),
+            );
         }
         req.body = Some(Bytes::from(body));
         Ok(())
@@ -211,14 +255,27 @@ impl types::HostResponse for HostState {
         all_headers(&self.resp(&r).headers)
     }
     fn set_status(&mut self, r: Resource<ResponseRes>, status: u16) -> Result<(), String> {
-        let s = StatusCode::from_u16(status).ok().filter(|_| (200..=599).contains(&status)).ok_or(format!("status {status} is not in 200..=599"))?;
+        let s = StatusCode::from_u16(status)
+            .ok()
+            .filter(|_| (200..=599).contains(&status))
+            .ok_or(format!("status {status} is not in 200..=599"))?;
         self.resp_mut(&r).status = s;
         Ok(())
     }
-    fn set_header(&mut self, r: Resource<ResponseRes>, name: String, value: String) -> Result<(), String> {
+    fn set_header(
+        &mut self,
+        r: Resource<ResponseRes>,
+        name: String,
+        value: String,
+    ) -> Result<(), String> {
         set_header(&mut self.resp_mut(&r).headers, &name, &value, false)
     }
-    fn append_header(&mut self, r: Resource<ResponseRes>, name: String, value: String) -> Result<(), String> {
+    fn append_header(
+        &mut self,
+        r: Resource<ResponseRes>,
+        name: String,
+        value: String,
+    ) -> Result<(), String> {
         set_header(&mut self.resp_mut(&r).headers, &name, &value, true)
     }
     fn remove_header(&mut self, r: Resource<ResponseRes>, name: String) -> Result<(), String> {
@@ -232,7 +289,9 @@ impl types::HostResponse for HostState {
     fn set_body(&mut self, r: Resource<ResponseRes>, body: Vec<u8>) -> Result<(), String> {
         let resp = self.resp_mut(&r);
         if resp.body.is_none() {
-            return Err("the response body is not buffered (declare the response-body hook)".into());
+            return Err(
+                "the response body is not buffered (declare the response-body hook)".into(),
+            );
         }
         resp.body = Some(Bytes::from(body));
         Ok(())

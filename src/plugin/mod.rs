@@ -104,17 +104,25 @@ impl PluginHost {
         cfg.cache(Some(wasmtime::Cache::new(cache)?));
         let engine = Engine::new(&cfg)?;
         let weak = engine.weak();
-        std::thread::Builder::new().name("portcullis-epoch".into()).spawn(move || loop {
-            std::thread::sleep(EPOCH_TICK);
-            match weak.upgrade() {
-                Some(e) => e.increment_epoch(),
-                None => return,
-            }
-        })?;
+        std::thread::Builder::new()
+            .name("portcullis-epoch".into())
+            .spawn(move || loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => return,
+                }
+            })?;
         let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        bindings::auth::portcullis::plugin::types::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
-        bindings::auth::portcullis::plugin::host::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)?;
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        bindings::auth::portcullis::plugin::types::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )?;
+        bindings::auth::portcullis::plugin::host::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |s| s,
+        )?;
         Ok(PluginHost { engine, linker })
     }
 
@@ -122,10 +130,12 @@ impl PluginHost {
     pub fn load(&self, config: &PluginConfig) -> anyhow::Result<LoadedPlugin> {
         let component = Component::from_file(&self.engine, &config.path)
             .map_err(|e| anyhow::anyhow!("cannot compile `{}`: {e:#}", config.path.display()))?;
-        let pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| anyhow::anyhow!("cannot link `{}` (it may import something the sandbox does not grant): {e:#}", config.path.display()))?;
+        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+            anyhow::anyhow!(
+                "cannot link `{}` (it may import something the sandbox does not grant): {e:#}",
+                config.path.display()
+            )
+        })?;
         let (role, pre) = if let Ok(p) = AuthPre::new(pre.clone()) {
             (Role::Auth, RolePre::Auth(p))
         } else if let Ok(p) = TransformPre::new(pre.clone()) {
@@ -136,7 +146,13 @@ impl PluginHost {
             anyhow::bail!("`{}` implements none of the worlds auth, transform, predicate of portcullis:plugin@0.1.0", config.path.display());
         };
         let ticks = (config.timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
-        Ok(LoadedPlugin { config: config.clone(), name: Arc::from(config.name.as_str()), role, pre, ticks })
+        Ok(LoadedPlugin {
+            config: config.clone(),
+            name: Arc::from(config.name.as_str()),
+            role,
+            pre,
+            ticks,
+        })
     }
 }
 
@@ -158,7 +174,12 @@ struct Warm {
 impl Bound {
     /// Binds `plugin` to a route: instantiates it once and runs `configure` (and, for a
     /// transform, `declare-hooks`), so a bad config fails here with the plugin's words.
-    pub fn new(host: &PluginHost, plugin: Arc<LoadedPlugin>, route: &str, config_json: &str) -> Result<Self, String> {
+    pub async fn new(
+        host: &PluginHost,
+        plugin: Arc<LoadedPlugin>,
+        route: &str,
+        config_json: &str,
+    ) -> Result<Self, String> {
         let mut b = Bound {
             plugin,
             route: Arc::from(route),
@@ -166,10 +187,13 @@ impl Bound {
             hooks: Hooks::empty(),
             engine: host.engine.clone(),
         };
-        let mut warm = b.instantiate().map_err(|e| e.to_string())?;
+        let mut warm = b.instantiate().await.map_err(|e| e.to_string())?;
         if let RoleInstance::Transform(t) = &warm.instance {
             warm.store.set_epoch_deadline(b.plugin.ticks);
-            b.hooks = t.call_declare_hooks(&mut warm.store).map_err(|e| format!("declare-hooks failed: {}", classify(&e)))?;
+            b.hooks = t
+                .call_declare_hooks(&mut warm.store)
+                .await
+                .map_err(|e| format!("declare-hooks failed: {}", classify(&e)))?;
             if b.hooks.contains(Hooks::RESPONSE_BODY) {
                 b.hooks |= Hooks::ON_RESPONSE;
             }
@@ -177,26 +201,42 @@ impl Bound {
         Ok(b)
     }
 
-    fn instantiate(&self) -> Result<Warm, ConfigureError> {
+    async fn instantiate(&self) -> Result<Warm, ConfigureError> {
         let p = &self.plugin;
-        let limits = StoreLimitsBuilder::new().memory_size(p.config.memory_limit as usize).trap_on_grow_failure(true).build();
+        let limits = StoreLimitsBuilder::new()
+            .memory_size(p.config.memory_limit as usize)
+            .trap_on_grow_failure(true)
+            .build();
         // The sandbox: no args, env, preopened dirs, sockets or stdin.
         let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
-        let state = HostState { table: ResourceTable::new(), wasi, limits, plugin: p.name.clone(), route: self.route.clone() };
+        let state = HostState {
+            table: ResourceTable::new(),
+            wasi,
+            limits,
+            plugin: p.name.clone(),
+            route: self.route.clone(),
+            ticks: p.ticks,
+        };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         store.set_epoch_deadline(p.ticks);
         let fail = |e: wasmtime::Error| ConfigureError::Failed(classify(&e));
         let instance = match &p.pre {
-            RolePre::Auth(pre) => RoleInstance::Auth(pre.instantiate(&mut store).map_err(fail)?),
-            RolePre::Predicate(pre) => RoleInstance::Predicate(pre.instantiate(&mut store).map_err(fail)?),
-            RolePre::Transform(pre) => RoleInstance::Transform(pre.instantiate(&mut store).map_err(fail)?),
+            RolePre::Auth(pre) => {
+                RoleInstance::Auth(pre.instantiate_async(&mut store).await.map_err(fail)?)
+            }
+            RolePre::Predicate(pre) => {
+                RoleInstance::Predicate(pre.instantiate_async(&mut store).await.map_err(fail)?)
+            }
+            RolePre::Transform(pre) => {
+                RoleInstance::Transform(pre.instantiate_async(&mut store).await.map_err(fail)?)
+            }
         };
         store.set_epoch_deadline(p.ticks);
         let configured = match &instance {
-            RoleInstance::Auth(i) => i.call_configure(&mut store, &self.config_json),
-            RoleInstance::Predicate(i) => i.call_configure(&mut store, &self.config_json),
-            RoleInstance::Transform(i) => i.call_configure(&mut store, &self.config_json),
+            RoleInstance::Auth(i) => i.call_configure(&mut store, &self.config_json).await,
+            RoleInstance::Predicate(i) => i.call_configure(&mut store, &self.config_json).await,
+            RoleInstance::Transform(i) => i.call_configure(&mut store, &self.config_json).await,
         };
         match configured {
             Ok(Ok(())) => Ok(Warm { store, instance }),
@@ -223,7 +263,9 @@ impl std::fmt::Display for ConfigureError {
 fn classify(e: &wasmtime::Error) -> PluginFailure {
     match e.downcast_ref::<wasmtime::Trap>() {
         Some(wasmtime::Trap::Interrupt) => PluginFailure::Timeout,
-        _ if format!("{e:?}").contains("forcing trap when growing memory") => PluginFailure::OutOfMemory,
+        _ if format!("{e:?}").contains("forcing trap when growing memory") => {
+            PluginFailure::OutOfMemory
+        }
         Some(t) => PluginFailure::Trap(t.to_string()),
         None => PluginFailure::Trap(format!("{e}")),
     }
@@ -238,90 +280,163 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(bound: Arc<Bound>) -> Self {
-        Pool { bound, idle: Mutex::new(Vec::new()) }
+        Pool {
+            bound,
+            idle: Mutex::new(Vec::new()),
+        }
     }
 
     pub fn on_error(&self) -> OnError {
         self.bound.plugin.config.on_error
     }
 
-    /// Runs `f` on a warm instance with `req` lent as a borrowed resource; returns the
-    /// (possibly changed) request and the result. A failed call discards the instance.
-    fn call<R>(
-        &self,
-        req: RequestRes,
-        resp: Option<ResponseRes>,
-        f: impl FnOnce(&mut Store<HostState>, &RoleInstance, Resource<RequestRes>, Option<Resource<ResponseRes>>) -> wasmtime::Result<R>,
-    ) -> (RequestRes, Option<ResponseRes>, Result<R, PluginFailure>) {
+    /// A warm instance: from the pool, or a new configured one.
+    async fn checkout(&self) -> Result<Warm, PluginFailure> {
         let warm = self.idle.lock().expect("pool lock").pop();
-        let mut warm = match warm {
-            Some(w) => w,
-            None => match self.bound.instantiate() {
-                Ok(w) => w,
-                Err(ConfigureError::Failed(e)) => return (req, resp, Err(e)),
-                Err(ConfigureError::Rejected(m)) => return (req, resp, Err(PluginFailure::Trap(format!("configure rejected: {m}")))),
-            },
-        };
-        let table = &mut warm.store.data_mut().table;
-        let rq = table.push(req).expect("resource table has room");
-        let rs = resp.map(|r| table.push(r).expect("resource table has room"));
-        warm.store.set_epoch_deadline(self.bound.plugin.ticks);
-        let result = f(
-            &mut warm.store,
-            &warm.instance,
-            Resource::new_borrow(rq.rep()),
-            rs.as_ref().map(|r| Resource::new_borrow(r.rep())),
-        );
-        let table = &mut warm.store.data_mut().table;
-        let resp = rs.map(|r| table.delete(r).expect("response handle"));
-        let req = table.delete(rq).expect("request handle");
+        match warm {
+            Some(w) => Ok(w),
+            None => self.bound.instantiate().await.map_err(|e| match e {
+                ConfigureError::Failed(f) => f,
+                ConfigureError::Rejected(m) => {
+                    PluginFailure::Trap(format!("configure rejected: {m}"))
+                }
+            }),
+        }
+    }
+
+    /// Returns a healthy instance to the pool; a failed one is dropped.
+    fn finish<R>(&self, warm: Warm, result: wasmtime::Result<R>) -> Result<R, PluginFailure> {
         match result {
             Ok(r) => {
                 let mut idle = self.idle.lock().expect("pool lock");
                 if idle.len() < self.bound.plugin.config.pool_size {
                     idle.push(warm);
                 }
-                (req, resp, Ok(r))
+                Ok(r)
             }
             Err(e) => {
                 let failure = classify(&e);
                 tracing::warn!(plugin = &*self.bound.plugin.name, route = &*self.bound.route, error = %failure, "plugin call failed; instance discarded");
-                (req, resp, Err(failure))
+                Err(failure)
             }
         }
     }
 
-    pub fn authenticate(&self, req: RequestRes) -> (RequestRes, Result<AuthDecision, PluginFailure>) {
-        let (req, _, r) = self.call(req, None, |store, inst, rq, _| match inst {
-            RoleInstance::Auth(a) => a.call_authenticate(store, rq),
+    pub async fn authenticate(
+        &self,
+        req: RequestRes,
+    ) -> (RequestRes, Result<AuthDecision, PluginFailure>) {
+        let mut warm = match self.checkout().await {
+            Ok(w) => w,
+            Err(e) => return (req, Err(e)),
+        };
+        let rq = lend(&mut warm, req);
+        let r = match &warm.instance {
+            RoleInstance::Auth(a) => {
+                a.call_authenticate(&mut warm.store, Resource::new_borrow(rq.rep()))
+                    .await
+            }
             _ => unreachable!("auth pool holds auth instances"),
-        });
-        (req, r)
+        };
+        let req = warm
+            .store
+            .data_mut()
+            .table
+            .delete(rq)
+            .expect("request handle");
+        (req, self.finish(warm, r))
     }
 
-    pub fn matches(&self, req: RequestRes) -> (RequestRes, Result<bool, PluginFailure>) {
-        let (req, _, r) = self.call(req, None, |store, inst, rq, _| match inst {
-            RoleInstance::Predicate(p) => p.call_matches(store, rq),
+    pub async fn matches(&self, req: RequestRes) -> (RequestRes, Result<bool, PluginFailure>) {
+        let mut warm = match self.checkout().await {
+            Ok(w) => w,
+            Err(e) => return (req, Err(e)),
+        };
+        let rq = lend(&mut warm, req);
+        let r = match &warm.instance {
+            RoleInstance::Predicate(p) => {
+                p.call_matches(&mut warm.store, Resource::new_borrow(rq.rep()))
+                    .await
+            }
             _ => unreachable!("predicate pool holds predicate instances"),
-        });
-        (req, r)
+        };
+        let req = warm
+            .store
+            .data_mut()
+            .table
+            .delete(rq)
+            .expect("request handle");
+        (req, self.finish(warm, r))
     }
 
-    pub fn on_request(&self, req: RequestRes) -> (RequestRes, Result<RequestAction, PluginFailure>) {
-        let (req, _, r) = self.call(req, None, |store, inst, rq, _| match inst {
-            RoleInstance::Transform(t) => t.call_on_request(store, rq),
+    pub async fn on_request(
+        &self,
+        req: RequestRes,
+    ) -> (RequestRes, Result<RequestAction, PluginFailure>) {
+        let mut warm = match self.checkout().await {
+            Ok(w) => w,
+            Err(e) => return (req, Err(e)),
+        };
+        let rq = lend(&mut warm, req);
+        let r = match &warm.instance {
+            RoleInstance::Transform(t) => {
+                t.call_on_request(&mut warm.store, Resource::new_borrow(rq.rep()))
+                    .await
+            }
             _ => unreachable!("transform pool holds transform instances"),
-        });
-        (req, r)
+        };
+        let req = warm
+            .store
+            .data_mut()
+            .table
+            .delete(rq)
+            .expect("request handle");
+        (req, self.finish(warm, r))
     }
 
-    pub fn on_response(&self, req: RequestRes, resp: ResponseRes) -> (RequestRes, ResponseRes, Result<(), PluginFailure>) {
-        let (req, resp, r) = self.call(req, Some(resp), |store, inst, rq, rs| match inst {
-            RoleInstance::Transform(t) => t.call_on_response(store, rq, rs.expect("response given")),
+    pub async fn on_response(
+        &self,
+        req: RequestRes,
+        resp: ResponseRes,
+    ) -> (RequestRes, ResponseRes, Result<(), PluginFailure>) {
+        let mut warm = match self.checkout().await {
+            Ok(w) => w,
+            Err(e) => return (req, resp, Err(e)),
+        };
+        let rq = lend(&mut warm, req);
+        let rs = warm
+            .store
+            .data_mut()
+            .table
+            .push(resp)
+            .expect("resource table has room");
+        let r = match &warm.instance {
+            RoleInstance::Transform(t) => {
+                t.call_on_response(
+                    &mut warm.store,
+                    Resource::new_borrow(rq.rep()),
+                    Resource::new_borrow(rs.rep()),
+                )
+                .await
+            }
             _ => unreachable!("transform pool holds transform instances"),
-        });
-        (req, resp.expect("response returned"), r)
+        };
+        let table = &mut warm.store.data_mut().table;
+        let resp = table.delete(rs).expect("response handle");
+        let req = table.delete(rq).expect("request handle");
+        (req, resp, self.finish(warm, r))
     }
+}
+
+/// Puts the request in the instance's resource table for one call and arms the deadline.
+fn lend(warm: &mut Warm, req: RequestRes) -> Resource<RequestRes> {
+    let ticks = warm.store.data().ticks;
+    warm.store.set_epoch_deadline(ticks);
+    warm.store
+        .data_mut()
+        .table
+        .push(req)
+        .expect("resource table has room")
 }
 
 /// Every plugin of a config loaded and bound to its routes: `routes[i]` lists the route's
@@ -332,10 +447,26 @@ pub struct PluginSet {
 }
 
 impl PluginSet {
-    pub fn load(host: &PluginHost, config: &Config) -> anyhow::Result<Self> {
+    /// Loads the plugins of `config`, starting an engine only when there are any.
+    pub fn for_config(config: &Config) -> anyhow::Result<Self> {
+        if config.plugins.is_empty() {
+            return Ok(Self::none(config.routes.len()));
+        }
+        let host = PluginHost::new(config.server.plugin_cache_dir.as_deref())?;
+        // Instances are async (wasmtime-wasi's host side is); loading runs on a small
+        // runtime of its own, before the gateway's starts.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(Self::load(&host, config))
+    }
+
+    pub async fn load(host: &PluginHost, config: &Config) -> anyhow::Result<Self> {
         let mut loaded = Vec::with_capacity(config.plugins.len());
         for p in &config.plugins {
-            let l = host.load(p).map_err(|e| anyhow::anyhow!("{}: plugin `{}`: {e}", config.source.display(), p.name))?;
+            let l = host.load(p).map_err(|e| {
+                anyhow::anyhow!("{}: plugin `{}`: {e}", config.source.display(), p.name)
+            })?;
             loaded.push(Arc::new(l));
         }
         let mut routes = Vec::with_capacity(config.routes.len());
@@ -343,22 +474,31 @@ impl PluginSet {
             let mut bound = Vec::with_capacity(r.plugins.len());
             for rp in &r.plugins {
                 let plugin = loaded[rp.plugin].clone();
-                let b = Bound::new(host, plugin.clone(), &r.name, &rp.config_json).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}:{}:{}: key `{}`: plugin `{}` on route `{}` {e}",
-                        config.source.display(),
-                        rp.position.0,
-                        rp.position.1,
-                        rp.key,
-                        plugin.name,
-                        r.name
-                    )
-                })?;
+                let b = Bound::new(host, plugin.clone(), &r.name, &rp.config_json)
+                    .await
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "{}:{}:{}: key `{}`: plugin `{}` on route `{}` {e}",
+                            config.source.display(),
+                            rp.position.0,
+                            rp.position.1,
+                            rp.key,
+                            plugin.name,
+                            r.name
+                        )
+                    })?;
                 bound.push(Arc::new(b));
             }
             routes.push(bound);
         }
         Ok(PluginSet { routes })
+    }
+
+    /// No plugins on any of `routes` routes.
+    pub fn none(routes: usize) -> Self {
+        PluginSet {
+            routes: (0..routes).map(|_| Vec::new()).collect(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {

@@ -20,6 +20,8 @@ pub struct AccessLog {
     pub upstream_ms: Option<f64>,
     /// The synthetic error code, when the gateway answered itself.
     pub error: Option<&'static str>,
+    /// The consumer an auth plugin named.
+    pub consumer: Option<String>,
 }
 
 impl AccessLog {
@@ -41,6 +43,7 @@ impl AccessLog {
             duration_ms = self.start.elapsed().as_secs_f64() * 1e3,
             upstream_ms = self.upstream_ms.unwrap_or(-1.0),
             error = self.error.unwrap_or("-"),
+            consumer = self.consumer.as_deref().unwrap_or("-"),
             request_id = self.request_id.to_str().unwrap_or("-"),
         );
     }

@@ -95,6 +95,44 @@ impl Body for RequestBody {
 }
 
 pin_project! {
+    /// The body sent upstream: the client's, streamed, or one buffered for plugins.
+    #[project = UpBodyProj]
+    pub enum UpstreamBody {
+        Stream { #[pin] body: RequestBody },
+        Buffered { #[pin] body: Full<Bytes> },
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.project() {
+            UpBodyProj::Stream { body } => body.poll_frame(cx),
+            UpBodyProj::Buffered { body } => body.poll_frame(cx).map_err(|never| match never {}),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Stream { body } => body.is_end_stream(),
+            UpstreamBody::Buffered { body } => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Stream { body } => body.size_hint(),
+            UpstreamBody::Buffered { body } => body.size_hint(),
+        }
+    }
+}
+
+pin_project! {
     #[project = InnerProj]
     enum Inner {
         Full { #[pin] body: Full<Bytes> },
@@ -152,6 +190,10 @@ impl ResponseBody {
 
     pub fn set_log(&mut self, log: Box<AccessLog>) {
         self.log = Some(log);
+    }
+
+    pub fn take_log(&mut self) -> Option<Box<AccessLog>> {
+        self.log.take()
     }
 }
 

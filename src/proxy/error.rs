@@ -19,6 +19,8 @@ pub enum ProxyError {
     ConnectTimeout,
     UpstreamTimeout,
     Upstream(String),
+    /// A plugin failed (trap, timeout, memory) and its policy is `on_error = "deny"`.
+    PluginFailed(String),
 }
 
 impl ProxyError {
@@ -32,6 +34,7 @@ impl ProxyError {
             ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::ConnectFailed(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -48,6 +51,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::Upstream(_) => "upstream_error",
+            ProxyError::PluginFailed(_) => "plugin_failed",
         }
     }
 
@@ -68,6 +72,7 @@ impl ProxyError {
             ProxyError::ConnectTimeout => "timed out connecting to upstream".into(),
             ProxyError::UpstreamTimeout => "upstream did not answer in time".into(),
             ProxyError::Upstream(e) => format!("upstream failed: {e}"),
+            ProxyError::PluginFailed(p) => format!("plugin `{p}` failed"),
         }
     }
 

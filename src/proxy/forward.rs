@@ -2,7 +2,7 @@
 //! (HTTP/1.1, or prior-knowledge HTTP/2 for gRPC), and the upstream request built from
 //! the client's with the normalized path.
 
-use super::body::{BodyTooLarge, RequestBody};
+use super::body::{BodyTooLarge, UpstreamBody};
 use super::error::ProxyError;
 use crate::config::{Protocol, UpstreamConfig};
 use http::uri::{PathAndQuery, Scheme};
@@ -11,7 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub type UpstreamClient = Client<HttpConnector, RequestBody>;
+pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
 
 pub fn build_client(cfg: &UpstreamConfig) -> UpstreamClient {
     let mut connector = HttpConnector::new();

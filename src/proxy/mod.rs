@@ -8,17 +8,22 @@ pub mod forward;
 pub mod headers;
 pub mod normalize;
 
-use crate::config::{Config, HashKey, HostPolicy, ServerConfig};
-use crate::router::{self, Match, Router};
+use crate::config::{Config, HashKey, HostPolicy, OnError, ServerConfig};
+use crate::plugin::bindings::{AuthDecision, Hooks, Reply, RequestAction};
+use crate::plugin::host::{RequestRes, ResponseRes};
+use crate::plugin::{PluginSet, Pool, Role};
+use crate::router::{self, Check, Router};
 use crate::upstream::balance::hash_bytes;
 use crate::upstream::{ActiveGuard, Upstream};
 use access_log::AccessLog;
-use body::{RequestBody, ResponseBody};
+use body::{RequestBody, ResponseBody, UpstreamBody};
+use bytes::Bytes;
 use error::ProxyError;
 use forward::UpstreamClient;
 pub use headers::ClientInfo;
 use http::header::{self, HeaderValue};
 use http::{Request, Response};
+use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body as _, Incoming};
 use std::borrow::Cow;
 use std::net::SocketAddr;
@@ -32,13 +37,18 @@ pub struct Tables {
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
     route_names: Vec<Arc<str>>,
+    /// `plugins.routes[i]`: the plugins of route `i`, in order.
+    plugins: PluginSet,
 }
 
 /// One worker's view of the gateway: the shared tables plus this worker's own upstream
-/// connection pools, so a pooled connection is always driven by the thread that uses it.
+/// connection pools and plugin instance pools, so pooled connections and instances are
+/// always used by the thread that owns them.
 pub struct Gateway {
     tables: Arc<Tables>,
     clients: Vec<UpstreamClient>,
+    /// `pools[i][k]`: warm instances of route `i`'s `k`-th plugin.
+    pools: Vec<Vec<Pool>>,
 }
 
 impl std::ops::Deref for Gateway {
@@ -48,8 +58,14 @@ impl std::ops::Deref for Gateway {
     }
 }
 
+/// Whether the last chain step let the request through, and the consumer it named.
+enum ChainOutcome {
+    Proceed,
+    Reply(Response<ResponseBody>),
+}
+
 impl Gateway {
-    pub fn new(config: Config) -> Self {
+    pub fn new(config: Config, plugins: PluginSet) -> Self {
         let upstreams = config
             .upstreams
             .into_iter()
@@ -65,6 +81,7 @@ impl Gateway {
             router: Router::new(config.routes),
             upstreams,
             route_names,
+            plugins,
         });
         Self::with_tables(tables)
     }
@@ -75,11 +92,21 @@ impl Gateway {
             .iter()
             .map(|u| forward::build_client(&u.config))
             .collect();
-        Gateway { tables, clients }
+        let pools = tables
+            .plugins
+            .routes
+            .iter()
+            .map(|r| r.iter().map(|b| Pool::new(b.clone())).collect())
+            .collect();
+        Gateway {
+            tables,
+            clients,
+            pools,
+        }
     }
 
-    /// The same tables (balancer state included) with fresh connection pools, for
-    /// another worker thread.
+    /// The same tables (balancer state included) with fresh connection and instance
+    /// pools, for another worker thread.
     pub fn for_worker(&self) -> Self {
         Self::with_tables(self.tables.clone())
     }
@@ -92,7 +119,7 @@ impl Gateway {
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let request_id = headers::request_id(req.headers());
-        let log = AccessLog::enabled().then(|| {
+        let mut log = AccessLog::enabled().then(|| {
             Box::new(AccessLog {
                 start,
                 client: client.addr,
@@ -104,11 +131,17 @@ impl Gateway {
                 request_id: request_id.clone(),
                 upstream_ms: None,
                 error: None,
+                consumer: None,
             })
         });
-        let (mut resp, log) = match self.proxy(req, client, &request_id, log).await {
-            Ok(ok) => ok,
-            Err((e, log)) => (e.to_response(&request_id), log),
+        let mut resp = match self.proxy(req, client, &request_id, &mut log).await {
+            Ok(r) => r,
+            Err(e) => {
+                if let Some(l) = log.as_mut() {
+                    l.error = Some(e.code());
+                }
+                e.to_response(&request_id)
+            }
         };
         resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
         if let Some(mut log) = log {
@@ -118,58 +151,326 @@ impl Gateway {
         resp
     }
 
-    #[allow(clippy::type_complexity)]
     async fn proxy(
         &self,
         req: Request<Incoming>,
         client: &ClientInfo,
         request_id: &HeaderValue,
-        mut log: Option<Box<AccessLog>>,
-    ) -> Result<
-        (Response<ResponseBody>, Option<Box<AccessLog>>),
-        (ProxyError, Option<Box<AccessLog>>),
-    > {
-        macro_rules! fail {
-            ($e:expr) => {{
-                let e = $e;
-                if let Some(l) = log.as_mut() {
-                    l.error = Some(e.code());
-                }
-                return Err((e, log));
-            }};
-        }
+        log: &mut Option<Box<AccessLog>>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
-
         if header_bytes(&parts) > self.server.max_header_size {
-            fail!(ProxyError::HeadersTooLarge);
+            return Err(ProxyError::HeadersTooLarge);
         }
         // The client's URI stays readable while `parts` becomes the upstream request.
         let uri = parts.uri.clone();
-        let path = match normalize::normalize_path(uri.path()) {
-            Ok(p) => p,
-            Err(e) => fail!(ProxyError::BadPath(e)),
-        };
+        let path = normalize::normalize_path(uri.path()).map_err(ProxyError::BadPath)?;
         if let (Some(l), Cow::Owned(p)) = (log.as_mut(), &path) {
             l.path.clone_from(p);
         }
         let host_header = parts.headers.get(header::HOST).cloned();
         let host = request_host(&uri, host_header.as_ref());
-        let route_idx = match self.router.find(&parts, &path, host.as_deref()) {
-            Match::Route(i) => i,
-            Match::NotFound => fail!(ProxyError::NotFound),
-            Match::MethodNotAllowed(ms) => {
-                let allow = ms.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ");
-                fail!(ProxyError::MethodNotAllowed(allow))
+
+        // Route: native match, then the route's predicate plugins.
+        let mut body = Some(body);
+        let mut buffered: Option<Bytes> = None;
+        let mut allowed: Vec<&http::Method> = Vec::new();
+        let mut route_idx = None;
+        for &i in self.router.order() {
+            match self.router.check(i, &parts, &path, host.as_deref()) {
+                Check::No => continue,
+                Check::MethodOnly => {
+                    for m in self.router.methods(i) {
+                        if !allowed.contains(&m) {
+                            allowed.push(m);
+                        }
+                    }
+                    continue;
+                }
+                Check::Yes => {}
             }
+            let predicates = self.pools[i]
+                .iter()
+                .filter(|p| p.bound.plugin.role == Role::Predicate);
+            let mut accepted = true;
+            for pool in predicates {
+                let route = self.router.route(i);
+                if let (Some(limit), None) = (route.buffer_request_body, &buffered) {
+                    buffered = Some(
+                        buffer_body(body.take().expect("body not yet consumed"), limit).await?,
+                    );
+                }
+                let res =
+                    plugin_request(&parts, &path, uri.query(), client, buffered.clone(), true);
+                let (_, verdict) = pool.matches(res).await;
+                match verdict {
+                    Ok(true) => {}
+                    Ok(false) => accepted = false,
+                    Err(e) if pool.on_error() == OnError::Allow => {
+                        tracing::warn!(plugin = &*pool.bound.plugin.name, error = %e, "predicate failed; on_error = allow treats it as matching");
+                    }
+                    Err(_) => {
+                        return Err(ProxyError::PluginFailed(pool.bound.plugin.name.to_string()))
+                    }
+                }
+                if !accepted {
+                    break;
+                }
+            }
+            if accepted {
+                route_idx = Some(i);
+                break;
+            }
+        }
+        let Some(route_idx) = route_idx else {
+            if allowed.is_empty() {
+                return Err(ProxyError::NotFound);
+            }
+            let allow = allowed
+                .iter()
+                .map(|m| m.as_str())
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Err(ProxyError::MethodNotAllowed(allow));
         };
         let route = self.router.route(route_idx);
         if let Some(l) = log.as_mut() {
             l.route = Some(self.route_names[route_idx].clone());
         }
-        if body.size_hint().lower() > route.max_body_size {
-            fail!(ProxyError::BodyTooLarge(route.max_body_size));
+        if let Some(b) = &body {
+            if b.size_hint().lower()
+                > route
+                    .max_body_size
+                    .min(route.buffer_request_body.unwrap_or(u64::MAX))
+            {
+                return Err(ProxyError::BodyTooLarge(
+                    route
+                        .max_body_size
+                        .min(route.buffer_request_body.unwrap_or(u64::MAX)),
+                ));
+            }
         }
 
+        // Request plugins (auth, transform) in route order.
+        let pools = &self.pools[route_idx];
+        let mut new_path: Option<(String, Option<String>)> = None;
+        let mut passed: Vec<&Pool> = Vec::new();
+        let mut for_response: Option<RequestRes> = None;
+        if pools.iter().any(|p| p.bound.plugin.role != Role::Predicate) {
+            if let (Some(limit), None) = (route.buffer_request_body, &buffered) {
+                buffered =
+                    Some(buffer_body(body.take().expect("body not yet consumed"), limit).await?);
+            }
+            parts.headers.remove(X_CONSUMER);
+            let mut res =
+                plugin_request(&parts, &path, uri.query(), client, buffered.take(), false);
+            res.headers = std::mem::take(&mut parts.headers);
+            let outcome = self
+                .request_chain(pools, &mut res, &mut passed, log, request_id)
+                .await;
+            parts.headers = std::mem::take(&mut res.headers);
+            if res.path != *path || res.query.as_deref() != uri.query() {
+                new_path = Some((res.path.clone(), res.query.clone()));
+            }
+            buffered = res.body.take();
+            if passed
+                .iter()
+                .any(|p| p.bound.hooks.contains(Hooks::ON_RESPONSE))
+            {
+                let mut copy = plugin_request(&parts, &path, uri.query(), client, None, true);
+                copy.path.clone_from(&res.path);
+                copy.query.clone_from(&res.query);
+                for_response = Some(copy);
+            }
+            if let ChainOutcome::Reply(reply) = outcome? {
+                return Ok(self
+                    .response_chain(&passed, for_response, reply, request_id)
+                    .await);
+            }
+        }
+
+        let result = self
+            .forward(
+                route_idx,
+                parts,
+                &uri,
+                &path,
+                new_path,
+                host.as_deref(),
+                host_header.as_ref(),
+                client,
+                request_id,
+                body,
+                buffered,
+                log,
+            )
+            .await;
+        if passed
+            .iter()
+            .any(|p| p.bound.hooks.contains(Hooks::ON_RESPONSE))
+        {
+            let resp = result.unwrap_or_else(|e| {
+                if let Some(l) = log.as_mut() {
+                    l.error = Some(e.code());
+                }
+                e.to_response(request_id)
+            });
+            return Ok(self
+                .response_chain(&passed, for_response, resp, request_id)
+                .await);
+        }
+        result
+    }
+
+    /// Runs the route's auth and transform plugins on the request, in order.
+    async fn request_chain<'a>(
+        &self,
+        pools: &'a [Pool],
+        res: &mut RequestRes,
+        passed: &mut Vec<&'a Pool>,
+        log: &mut Option<Box<AccessLog>>,
+        request_id: &HeaderValue,
+    ) -> Result<ChainOutcome, ProxyError> {
+        for pool in pools {
+            let name = &pool.bound.plugin.name;
+            match pool.bound.plugin.role {
+                Role::Predicate => continue,
+                Role::Auth => {
+                    let (back, decision) = pool.authenticate(take_request(res)).await;
+                    *res = back;
+                    match decision {
+                        Ok(AuthDecision::Allow(consumer)) => {
+                            if let Some(c) = consumer {
+                                if let Ok(v) = HeaderValue::from_str(&c) {
+                                    res.headers.insert(X_CONSUMER, v);
+                                }
+                                if let Some(l) = log.as_mut() {
+                                    l.consumer = Some(c);
+                                }
+                            }
+                        }
+                        Ok(AuthDecision::Deny(reply)) => {
+                            return Ok(ChainOutcome::Reply(reply_response(reply, request_id)))
+                        }
+                        Err(e) => plugin_failed(pool, &e)?,
+                    }
+                }
+                Role::Transform => {
+                    if pool.bound.hooks.contains(Hooks::ON_REQUEST) {
+                        let (back, action) = pool.on_request(take_request(res)).await;
+                        *res = back;
+                        match action {
+                            Ok(RequestAction::Proceed) => {}
+                            Ok(RequestAction::Respond(reply)) => {
+                                return Ok(ChainOutcome::Reply(reply_response(reply, request_id)));
+                            }
+                            Err(e) => {
+                                plugin_failed(pool, &e)?;
+                                continue;
+                            }
+                        }
+                    }
+                    passed.push(pool);
+                }
+            }
+            tracing::trace!(plugin = &**name, "plugin passed");
+        }
+        Ok(ChainOutcome::Proceed)
+    }
+
+    /// Runs `on-response` of the transforms the request got past, in reverse order.
+    async fn response_chain(
+        &self,
+        passed: &[&Pool],
+        req: Option<RequestRes>,
+        resp: Response<ResponseBody>,
+        request_id: &HeaderValue,
+    ) -> Response<ResponseBody> {
+        let hooked: Vec<&&Pool> = passed
+            .iter()
+            .rev()
+            .filter(|p| p.bound.hooks.contains(Hooks::ON_RESPONSE))
+            .collect();
+        let Some(mut req) = req else { return resp };
+        if hooked.is_empty() {
+            return resp;
+        }
+        let wants_body = hooked
+            .iter()
+            .any(|p| p.bound.hooks.contains(Hooks::RESPONSE_BODY));
+        let (parts, mut body) = resp.into_parts();
+        let mut log = None;
+        let (body_bytes, mut keep_body) = if wants_body {
+            log = body.take_log();
+            match http_body_util::Limited::new(body, MAX_BUFFERED_RESPONSE)
+                .collect()
+                .await
+            {
+                Ok(c) => (Some(c.to_bytes()), None),
+                Err(_) => {
+                    return ProxyError::Upstream(
+                        "response body too large to buffer for plugins".into(),
+                    )
+                    .to_response(request_id)
+                }
+            }
+        } else {
+            (None, Some(body))
+        };
+        let mut res = ResponseRes {
+            status: parts.status,
+            headers: parts.headers,
+            body: body_bytes,
+        };
+        for pool in hooked {
+            let (rq, rs, r) = pool.on_response(req, res).await;
+            req = rq;
+            res = rs;
+            if let Err(e) = r {
+                if pool.on_error() == OnError::Deny {
+                    return ProxyError::PluginFailed(pool.bound.plugin.name.to_string())
+                        .to_response(request_id);
+                }
+                tracing::warn!(plugin = &*pool.bound.plugin.name, error = %e, "on-response failed; on_error = allow keeps the response");
+            }
+        }
+        let mut out = match (res.body.take(), keep_body.take()) {
+            (Some(bytes), _) => {
+                res.headers.remove(header::CONTENT_LENGTH);
+                res.headers.remove(header::TRANSFER_ENCODING);
+                let mut b = ResponseBody::full(bytes);
+                if let Some(l) = log {
+                    b.set_log(l);
+                }
+                Response::new(b)
+            }
+            (None, Some(b)) => Response::new(b),
+            (None, None) => Response::new(ResponseBody::full(Bytes::new())),
+        };
+        *out.status_mut() = res.status;
+        *out.headers_mut() = res.headers;
+        out
+    }
+
+    // `path` stays a Cow: whether normalization changed it decides if the client's own
+    // path bytes can be forwarded without a copy.
+    #[allow(clippy::too_many_arguments, clippy::ptr_arg)]
+    async fn forward(
+        &self,
+        route_idx: usize,
+        mut parts: http::request::Parts,
+        uri: &http::Uri,
+        path: &Cow<'_, str>,
+        new_path: Option<(String, Option<String>)>,
+        host: Option<&str>,
+        host_header: Option<&HeaderValue>,
+        client: &ClientInfo,
+        request_id: &HeaderValue,
+        body: Option<Incoming>,
+        buffered: Option<Bytes>,
+        log: &mut Option<Box<AccessLog>>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let route = self.router.route(route_idx);
         let upstream = &self.upstreams[route.upstream];
         let key = match upstream.hash_key() {
             _ if upstream.balance() != crate::config::BalanceKind::ConsistentHash => 0,
@@ -182,7 +483,7 @@ impl Gateway {
             HashKey::ClientAddr => hash_ip(client.addr),
         };
         let Some(endpoint) = upstream.pick(key) else {
-            fail!(ProxyError::NoEndpoint(upstream.name().to_string()))
+            return Err(ProxyError::NoEndpoint(upstream.name().to_string()));
         };
         if let Some(l) = log.as_mut() {
             l.endpoint = Some(endpoint.address.clone());
@@ -190,26 +491,23 @@ impl Gateway {
         let guard = ActiveGuard::new(endpoint.clone());
 
         // Build the upstream request in place.
-        let up_path = router::upstream_path(route, &path);
-        // An unchanged path is forwarded with the client's own bytes, no copy.
-        let same_path = matches!(path, Cow::Borrowed(_)) && up_path.len() == path.len();
-        let pq = match uri.path_and_query() {
-            Some(pq) if same_path => Ok(pq.clone()),
-            _ => forward::path_and_query(up_path, uri.query()),
+        let pq = match &new_path {
+            Some((p, q)) => forward::path_and_query(router::upstream_path(route, p), q.as_deref()),
+            None => {
+                let up_path = router::upstream_path(route, path);
+                // An unchanged path is forwarded with the client's own bytes, no copy.
+                let same_path = matches!(path, Cow::Borrowed(_)) && up_path.len() == path.len();
+                match uri.path_and_query() {
+                    Some(pq) if same_path => Ok(pq.clone()),
+                    _ => forward::path_and_query(up_path, uri.query()),
+                }
+            }
         };
-        parts.uri = match pq.and_then(|pq| forward::upstream_uri(&endpoint.authority, pq)) {
-            Ok(u) => u,
-            Err(e) => fail!(e),
-        };
+        parts.uri = pq.and_then(|pq| forward::upstream_uri(&endpoint.authority, pq))?;
         parts.version = forward::version_for(upstream.config.protocol);
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
-        headers::set_forwarded(
-            h,
-            client,
-            host_header.as_ref(),
-            self.server.trust_forwarded_headers,
-        );
+        headers::set_forwarded(h, client, host_header, self.server.trust_forwarded_headers);
         h.insert(headers::X_REQUEST_ID, request_id.clone());
         let is_h2 = upstream.config.protocol == crate::config::Protocol::H2;
         match &route.host {
@@ -220,10 +518,9 @@ impl Gateway {
                 h.insert(header::HOST, endpoint.host_header.clone());
             }
             HostPolicy::Preserve => {
-                if let Some(v) = &host_header {
+                if let Some(v) = host_header {
                     h.insert(header::HOST, v.clone());
-                } else if let Some(a) = host.as_deref().and_then(|a| HeaderValue::from_str(a).ok())
-                {
+                } else if let Some(a) = host.and_then(|a| HeaderValue::from_str(a).ok()) {
                     h.insert(header::HOST, a);
                 }
             }
@@ -231,7 +528,24 @@ impl Gateway {
                 h.insert(header::HOST, v.clone());
             }
         }
-        let up_req = Request::from_parts(parts, RequestBody::new(body, route.max_body_size));
+        let up_body = match (buffered, body) {
+            (Some(bytes), _) => {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                parts.headers.remove(header::TRANSFER_ENCODING);
+                UpstreamBody::Buffered {
+                    body: Full::new(bytes),
+                }
+            }
+            (None, Some(b)) => UpstreamBody::Stream {
+                body: RequestBody::new(b, route.max_body_size),
+            },
+            (None, None) => UpstreamBody::Buffered {
+                body: Full::new(Bytes::new()),
+            },
+        };
+        let up_req = Request::from_parts(parts, up_body);
 
         let timeout = route
             .request_timeout
@@ -240,14 +554,14 @@ impl Gateway {
         let result =
             tokio::time::timeout(timeout, self.clients[route.upstream].request(up_req)).await;
         let resp = match result {
-            Err(_) => fail!(ProxyError::UpstreamTimeout),
+            Err(_) => return Err(ProxyError::UpstreamTimeout),
             Ok(Err(e)) => {
                 let mut err = forward::classify(&e);
                 if let ProxyError::BodyTooLarge(_) = err {
                     err = ProxyError::BodyTooLarge(route.max_body_size);
                 }
                 tracing::warn!(upstream = upstream.name(), endpoint = &*endpoint.address, error = %e, code = err.code(), "upstream request failed");
-                fail!(err)
+                return Err(err);
             }
             Ok(Ok(r)) => r,
         };
@@ -259,8 +573,123 @@ impl Gateway {
         let (mut rparts, rbody) = resp.into_parts();
         headers::strip_hop_by_hop(&mut rparts.headers);
         let body = ResponseBody::upstream(rbody, upstream.config.idle_timeout, guard);
-        Ok((Response::from_parts(rparts, body), log))
+        Ok(Response::from_parts(rparts, body))
     }
+}
+
+/// Responses buffered for `response-body` transforms may not exceed this.
+const MAX_BUFFERED_RESPONSE: usize = 16 << 20;
+
+/// The header carrying the consumer an auth plugin named.
+const X_CONSUMER: header::HeaderName = header::HeaderName::from_static("x-portcullis-consumer");
+
+async fn buffer_body(body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
+    if body.size_hint().lower() > limit {
+        return Err(ProxyError::BodyTooLarge(limit));
+    }
+    match http_body_util::Limited::new(body, limit as usize)
+        .collect()
+        .await
+    {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ProxyError::BodyTooLarge(limit))
+        }
+        Err(_) => Err(ProxyError::BadRequest("request body could not be read")),
+    }
+}
+
+/// The request as a plugin sees it (headers are moved in by the caller when they may change).
+fn plugin_request(
+    parts: &http::request::Parts,
+    path: &str,
+    query: Option<&str>,
+    client: &ClientInfo,
+    body: Option<Bytes>,
+    read_only: bool,
+) -> RequestRes {
+    RequestRes {
+        method: parts.method.clone(),
+        scheme: "http",
+        authority: parts.uri.authority().map(|a| a.to_string()).or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        }),
+        path: path.to_string(),
+        query: query.map(str::to_string),
+        headers: if read_only {
+            parts.headers.clone()
+        } else {
+            http::HeaderMap::new()
+        },
+        client: client.addr.ip(),
+        body,
+        read_only,
+    }
+}
+
+/// Moves the request out to lend it to a plugin call (the call gives it back).
+fn take_request(res: &mut RequestRes) -> RequestRes {
+    std::mem::replace(
+        res,
+        RequestRes {
+            method: http::Method::GET,
+            scheme: "http",
+            authority: None,
+            path: String::new(),
+            query: None,
+            headers: http::HeaderMap::new(),
+            client: std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
+            body: None,
+            read_only: true,
+        },
+    )
+}
+
+fn plugin_failed(pool: &Pool, e: &crate::plugin::PluginFailure) -> Result<(), ProxyError> {
+    match pool.on_error() {
+        OnError::Allow => {
+            tracing::warn!(plugin = &*pool.bound.plugin.name, route = &*pool.bound.route, error = %e, "plugin failed; on_error = allow lets the request through");
+            Ok(())
+        }
+        OnError::Deny => Err(ProxyError::PluginFailed(pool.bound.plugin.name.to_string())),
+    }
+}
+
+/// A plugin's own reply (auth deny, transform respond) as a response.
+fn reply_response(reply: Reply, request_id: &HeaderValue) -> Response<ResponseBody> {
+    let status = http::StatusCode::from_u16(reply.status)
+        .ok()
+        .filter(|s| (200..=599).contains(&s.as_u16()))
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    let mut resp = Response::new(ResponseBody::full(Bytes::from(reply.body)));
+    *resp.status_mut() = status;
+    for (n, v) in reply.headers {
+        if let (Ok(n), Ok(v)) = (
+            header::HeaderName::from_bytes(n.as_bytes()),
+            HeaderValue::from_str(&v),
+        ) {
+            if !matches!(
+                n.as_str(),
+                "content-length"
+                    | "transfer-encoding"
+                    | "connection"
+                    | "keep-alive"
+                    | "proxy-connection"
+                    | "te"
+                    | "trailer"
+                    | "upgrade"
+            ) {
+                resp.headers_mut().append(n, v);
+            }
+        }
+    }
+    resp.headers_mut()
+        .insert(headers::X_REQUEST_ID, request_id.clone());
+    resp
 }
 
 /// Size of the request head as received (name + value + separators per header).

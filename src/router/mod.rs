@@ -48,29 +48,49 @@ impl Router {
         &self.routes
     }
 
+    /// Route indices in precedence order.
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// Whether route `i` matches natively (path, host, headers, query, then method).
+    pub fn check(&self, i: usize, parts: &Parts, path: &str, host: Option<&str>) -> Check {
+        let r = &self.routes[i];
+        if !path_matches(&r.path, path)
+            || !host_matches(&r.hosts, host)
+            || !headers_match(r, parts)
+            || !query_matches(r, parts.uri.query())
+        {
+            return Check::No;
+        }
+        match &r.methods {
+            Some(ms) if !ms.contains(&parts.method) => Check::MethodOnly,
+            _ => Check::Yes,
+        }
+    }
+
+    /// Methods route `i` accepts, for `Allow`.
+    pub fn methods(&self, i: usize) -> &[Method] {
+        self.routes[i].methods.as_deref().unwrap_or(&[])
+    }
+
     /// Matches a request whose path has already been normalized; `host` is lowercase
-    /// without port.
+    /// without port. (Predicate plugins are applied by the proxy on top of this.)
     pub fn find(&self, parts: &Parts, path: &str, host: Option<&str>) -> Match<'_> {
         let mut allowed: Vec<&Method> = Vec::new();
         let mut path_matched = false;
         for &i in &self.order {
-            let r = &self.routes[i];
-            if !path_matches(&r.path, path) || !host_matches(&r.hosts, host) {
-                continue;
-            }
-            if !headers_match(r, parts) || !query_matches(r, parts.uri.query()) {
-                continue;
-            }
-            match &r.methods {
-                Some(ms) if !ms.contains(&parts.method) => {
+            match self.check(i, parts, path, host) {
+                Check::Yes => return Match::Route(i),
+                Check::MethodOnly => {
                     path_matched = true;
-                    for m in ms {
+                    for m in self.methods(i) {
                         if !allowed.contains(&m) {
                             allowed.push(m);
                         }
                     }
                 }
-                _ => return Match::Route(i),
+                Check::No => {}
             }
         }
         if path_matched {
@@ -79,6 +99,15 @@ impl Router {
             Match::NotFound
         }
     }
+}
+
+/// Native match outcome of one route.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Check {
+    Yes,
+    /// Everything but the method matched.
+    MethodOnly,
+    No,
 }
 
 pub fn path_matches(m: &PathMatch, path: &str) -> bool {

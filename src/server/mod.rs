@@ -9,6 +9,7 @@
 
 use crate::admin;
 use crate::config::{Config, ServerConfig};
+use crate::plugin::PluginSet;
 use crate::proxy::{ClientInfo, Gateway};
 use anyhow::Context as _;
 use hyper::service::service_fn;
@@ -28,8 +29,12 @@ type Accepted = (std::net::TcpStream, SocketAddr);
 /// Binds every listener of `config`, announces each on stdout as
 /// `listening on http://ADDR` (tests and scripts read this), then serves until `shutdown`
 /// resolves and in-flight requests have drained.
-pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let gateway = Gateway::new(config);
+pub async fn run(
+    config: Config,
+    plugins: PluginSet,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let gateway = Gateway::new(config, plugins);
     let server = gateway.server.clone();
     let mut proxies = Vec::new();
     for addr in &server.listen {

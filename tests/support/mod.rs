@@ -378,3 +378,22 @@ pub fn config(upstream_extra: &str, targets: &[SocketAddr], routes: &str) -> Str
         t.join(", ")
     )
 }
+
+/// The path of a guest plugin component built from `plugins/` (by `plugins/build.sh`,
+/// run once per test binary; cargo makes repeated builds cheap).
+pub fn plugin(name: &str) -> String {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    BUILT.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(root.join("plugins/build.sh"))
+            .status()
+            .expect("run plugins/build.sh");
+        assert!(status.success(), "plugins/build.sh failed");
+    });
+    let p = root
+        .join("plugins/target/components")
+        .join(format!("{name}.wasm"));
+    assert!(p.is_file(), "{} was not built", p.display());
+    p.display().to_string()
+}

@@ -1,0 +1,285 @@
+//! Plugins through the real binary: auth, predicates, transforms, and hostile guests.
+
+mod support;
+use bytes::Bytes;
+use http_body_util::Full;
+use support::*;
+
+fn plugins_config(up: &Upstream, plugins: &str, routes: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nplugin_cache_dir = \"{cache}\"\n\n[[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"{}\" }}]\n\n{plugins}\n{routes}",
+        up.addr,
+        cache = std::env::temp_dir().join("portcullis-test-wasm-cache").display(),
+    )
+}
+
+fn api_key_plugin() -> String {
+    format!(
+        "[[plugins]]\nname = \"api-key\"\npath = \"{}\"\n",
+        plugin("api-key")
+    )
+}
+
+const PROTECTED: &str = r#"
+[[routes]]
+name = "admin"
+path_prefix = "/admin"
+upstream = "up"
+plugins = [ { name = "api-key", config = { keys = [ { key = "k-123", consumer = "alice" } ] } } ]
+
+[[routes]]
+name = "public"
+path_prefix = "/"
+upstream = "up"
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn api_key_allows_the_right_key_and_names_the_consumer() {
+    let up = Upstream::echo("up").await;
+    let gw = Gateway::start(&plugins_config(&up, &api_key_plugin(), PROTECTED));
+    let c = client();
+    let r = send(
+        &c,
+        req("GET", &gw.url("/admin/x"))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
+    let r = send(
+        &c,
+        req("GET", &gw.url("/admin/x"))
+            .header("x-api-key", "wrong")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 401);
+    assert_eq!(up.hits(), 0, "denied requests never reach the upstream");
+    let r = send(
+        &c,
+        req("GET", &gw.url("/admin/x"))
+            .header("x-api-key", "k-123")
+            .header("x-portcullis-consumer", "mallory")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["headers"]["x-portcullis-consumer"],
+        "alice",
+        "the consumer is the plugin's, not the client's"
+    );
+    // A route without the plugin is untouched.
+    let r = send(
+        &c,
+        req("GET", &gw.url("/open"))
+            .header("x-portcullis-consumer", "mallory")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn respelled_paths_cannot_skip_auth() {
+    let up = Upstream::echo("up").await;
+    let gw = Gateway::start(&plugins_config(&up, &api_key_plugin(), PROTECTED));
+    for path in [
+        "/public/../admin/x",
+        "/%2e%2e/admin/x",
+        "//admin/x",
+        "/./admin/x",
+        "/%61dmin/x",
+    ] {
+        let r = send(
+            &client(),
+            req("GET", &format!("http://{}{path}", gw.addr))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 401, "{path} reached the upstream without a key");
+    }
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn model_router_sends_models_to_different_upstreams() {
+    let gpt = Upstream::echo("gpt").await;
+    let llama = Upstream::echo("llama").await;
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+plugin_cache_dir = "{cache}"
+
+[[plugins]]
+name = "model-router"
+path = "{router}"
+
+[[upstreams]]
+name = "openai"
+targets = [ {{ address = "{gpt}" }} ]
+
+[[upstreams]]
+name = "local"
+targets = [ {{ address = "{llama}" }} ]
+
+[[routes]]
+name = "gpt"
+path = "/v1/chat/completions"
+buffer_request_body = "1MiB"
+upstream = "openai"
+plugins = [ {{ name = "model-router", config = {{ models = ["gpt-*", "o1*"] }} }} ]
+
+[[routes]]
+name = "llama"
+path = "/v1/chat/completions"
+buffer_request_body = "1MiB"
+upstream = "local"
+plugins = [ {{ name = "model-router", config = {{ models = ["llama-*"] }} }} ]
+"#,
+        cache = std::env::temp_dir()
+            .join("portcullis-test-wasm-cache")
+            .display(),
+        router = plugin("model-router"),
+        gpt = gpt.addr,
+        llama = llama.addr,
+    );
+    let gw = Gateway::start(&config);
+    let c = client();
+    let ask = |model: &str| {
+        req("POST", &gw.url("/v1/chat/completions"))
+            .body(Full::new(Bytes::from(format!(
+                "{{\"model\":\"{model}\",\"messages\":[]}}"
+            ))))
+            .unwrap()
+    };
+    let r = send(&c, ask("gpt-4o")).await;
+    assert_eq!(r.json()["upstream"], "gpt");
+    assert_eq!(
+        r.json()["body"],
+        "{\"model\":\"gpt-4o\",\"messages\":[]}",
+        "the buffered body is forwarded intact"
+    );
+    assert_eq!(send(&c, ask("llama-3")).await.json()["upstream"], "llama");
+    assert_eq!(
+        send(&c, ask("mistral-7b")).await.status,
+        404,
+        "no route's predicate holds"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn headers_transform_changes_request_and_response() {
+    let up = Upstream::echo("up").await;
+    let plugins = format!(
+        "[[plugins]]\nname = \"headers\"\npath = \"{}\"\n",
+        plugin("headers")
+    );
+    let routes = r#"
+[[routes]]
+name = "all"
+path_prefix = "/"
+upstream = "up"
+plugins = [ { name = "headers", config = { request = { set = { "x-env" = "prod" }, remove = ["x-internal"] }, response = { set = { "cache-control" = "no-store" }, remove = ["x-upstream"] } } } ]
+"#;
+    let gw = Gateway::start(&plugins_config(&up, &plugins, routes));
+    let r = send(
+        &client(),
+        req("GET", &gw.url("/x"))
+            .header("x-internal", "secret")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    assert_eq!(j["headers"]["x-env"], "prod");
+    assert!(j["headers"].get("x-internal").is_none());
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert!(r.header("x-upstream").is_none());
+}
+
+fn hostile(name: &str, extra: &str) -> String {
+    format!("[[plugins]]\nname = \"{name}\"\npath = \"{}\"\ntimeout = \"50ms\"\nmemory_limit = \"32MiB\"\n{extra}\n", plugin(name))
+}
+
+fn hostile_route(name: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"hostile\"\npath_prefix = \"/h\"\nupstream = \"up\"\nplugins = [ {{ name = \"{name}\" }} ]\n\n[[routes]]\nname = \"ok\"\npath_prefix = \"/\"\nupstream = \"up\"\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_plugins_cost_one_request_not_the_process() {
+    for name in ["loop-forever", "grow-memory", "trap"] {
+        let up = Upstream::echo("up").await;
+        let gw = Gateway::start(&plugins_config(
+            &up,
+            &hostile(name, ""),
+            &hostile_route(name),
+        ));
+        for _ in 0..2 {
+            let r = get(&gw.url("/h")).await;
+            assert_eq!(r.status, 500, "{name}: {:?}", r.body);
+            assert_eq!(r.error_code(), "plugin_failed", "{name}");
+            // The gateway keeps serving other routes.
+            assert_eq!(get(&gw.url("/fine")).await.status, 200, "{name}");
+        }
+        assert_eq!(
+            up.hits(),
+            2,
+            "{name}: only the healthy route reached the upstream"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn on_error_allow_lets_the_request_through() {
+    let up = Upstream::echo("up").await;
+    let gw = Gateway::start(&plugins_config(
+        &up,
+        &hostile("trap", "on_error = \"allow\""),
+        &hostile_route("trap"),
+    ));
+    assert_eq!(get(&gw.url("/h")).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sandbox_grants_no_files_env_or_sockets() {
+    let up = Upstream::echo("up").await;
+    let gw = Gateway::start(&plugins_config(
+        &up,
+        &hostile("escape", ""),
+        &hostile_route("escape"),
+    ));
+    let r = get(&gw.url("/h")).await;
+    assert_eq!(r.status, 403);
+    let j = r.json();
+    assert_eq!(j["escaped"], false, "{j}");
+    for probe in ["read_file", "env_home"] {
+        assert_eq!(j["probes"][probe]["leaked"], false, "{probe}: {j}");
+    }
+}
+
+#[test]
+fn validate_reports_a_plugin_config_error_with_the_plugins_words() {
+    let dir = TempDir::new();
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"127.0.0.1:9\" }}]\n\n{}\n[[routes]]\nname = \"admin\"\npath = \"/admin\"\nupstream = \"up\"\nplugins = [ {{ name = \"api-key\", config = {{ keys = [] }} }} ]\n",
+        api_key_plugin()
+    );
+    let path = dir.write("p.toml", &config);
+    let out = std::process::Command::new(bin())
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:16:13: key `routes[0].plugins[0]`: plugin `api-key` on route `admin` rejected its config:", path.display())), "{err}");
+    assert!(err.contains("keys"), "the plugin's own message: {err}");
+}
