@@ -110,22 +110,24 @@ impl Proc {
                     }
                     seen.push(line);
                 }
-                Err(RecvTimeoutError::Timeout) => panic!(
-                    "{}: no {what} on stdout within {STARTUP_TIMEOUT:?} (exit status: {:?})\n\
-                     stdout so far:\n{}\nstderr:\n{}",
-                    self.name,
-                    self.exit_status(),
-                    seen.join("\n"),
-                    self.stderr()
-                ),
+                Err(RecvTimeoutError::Timeout) => {
+                    let status = self.exit_status();
+                    panic!(
+                        "{}: no {what} on stdout within {STARTUP_TIMEOUT:?} (exit status: {status:?})\n\
+                         stdout so far:\n{}\nstderr:\n{}",
+                        self.name,
+                        seen.join("\n"),
+                        self.stderr()
+                    )
+                }
                 Err(RecvTimeoutError::Disconnected) => {
                     // Stdout closed: give the process a moment to finish exiting.
                     thread::sleep(Duration::from_millis(200));
+                    let status = self.exit_status();
                     panic!(
-                        "{}: stdout closed before {what} (exit status: {:?})\n\
+                        "{}: stdout closed before {what} (exit status: {status:?})\n\
                          stdout:\n{}\nstderr:\n{}",
                         self.name,
-                        self.exit_status(),
                         seen.join("\n"),
                         self.stderr()
                     )
@@ -218,8 +220,9 @@ fn check_results(side: &str, v: &serde_json::Value, context: &dyn Fn() -> String
 }
 
 /// The address in a gateway line `listening on http://127.0.0.1:PORT`.
+/// Anchored at the start, so `admin listening on http://...` does not match.
 fn listening_addr(line: &str) -> Option<SocketAddr> {
-    let rest = &line[line.find("listening on http://")? + "listening on http://".len()..];
+    let rest = line.trim().strip_prefix("listening on http://")?;
     let end = rest
         .find(|c: char| c.is_whitespace() || c == '/')
         .unwrap_or(rest.len());
@@ -294,8 +297,12 @@ fn listening_line_parses() {
         Some("127.0.0.1:8080".parse().unwrap())
     );
     assert_eq!(
-        listening_addr("INFO portcullis: listening on http://127.0.0.1:41234 (main)"),
+        listening_addr("listening on http://127.0.0.1:41234/\r"),
         Some("127.0.0.1:41234".parse().unwrap())
+    );
+    assert_eq!(
+        listening_addr("admin listening on http://127.0.0.1:9000"),
+        None
     );
     assert_eq!(listening_addr("listening on http://nope"), None);
     assert_eq!(listening_addr("starting"), None);
