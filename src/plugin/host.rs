@@ -313,3 +313,85 @@ impl host::Host for HostState {
         }
     }
 }
+
+/// A guest's stdout or stderr: each line becomes a log event tagged with the plugin.
+#[derive(Clone)]
+pub struct GuestOutput {
+    pub plugin: Arc<str>,
+    pub stream: &'static str,
+}
+
+impl wasmtime_wasi::cli::IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl wasmtime_wasi::cli::StdoutStream for GuestOutput {
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(LineLogger {
+            out: self.clone(),
+            line: Vec::new(),
+        })
+    }
+}
+
+/// Longest line kept before it is logged in pieces.
+const MAX_LINE: usize = 4096;
+
+struct LineLogger {
+    out: GuestOutput,
+    line: Vec<u8>,
+}
+
+impl LineLogger {
+    fn emit(&mut self) {
+        if self.line.is_empty() {
+            return;
+        }
+        let text = String::from_utf8_lossy(&self.line);
+        tracing::info!(target: "plugin", plugin = &*self.out.plugin, stream = self.out.stream, "{}", text.trim_end());
+        self.line.clear();
+    }
+}
+
+impl tokio::io::AsyncWrite for LineLogger {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        for &b in buf {
+            if b == b'\n' {
+                self.emit();
+            } else {
+                self.line.push(b);
+                if self.line.len() >= MAX_LINE {
+                    self.emit();
+                }
+            }
+        }
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        self.emit();
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+impl Drop for LineLogger {
+    fn drop(&mut self) {
+        self.emit();
+    }
+}

@@ -208,7 +208,16 @@ impl Bound {
             .trap_on_grow_failure(true)
             .build();
         // The sandbox: no args, env, preopened dirs, sockets or stdin.
-        let wasi = wasmtime_wasi::WasiCtxBuilder::new().build();
+        let wasi = wasmtime_wasi::WasiCtxBuilder::new()
+            .stdout(host::GuestOutput {
+                plugin: p.name.clone(),
+                stream: "stdout",
+            })
+            .stderr(host::GuestOutput {
+                plugin: p.name.clone(),
+                stream: "stderr",
+            })
+            .build();
         let state = HostState {
             table: ResourceTable::new(),
             wasi,
