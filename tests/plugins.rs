@@ -283,3 +283,77 @@ fn validate_reports_a_plugin_config_error_with_the_plugins_words() {
     assert!(err.contains(&format!("{}:16:13: key `routes[0].plugins[0]`: plugin `api-key` on route `admin` rejected its config:", path.display())), "{err}");
     assert!(err.contains("keys"), "the plugin's own message: {err}");
 }
+
+/// An HS256 JWT over `claims`.
+fn hs256(secret: &[u8], claims: serde_json::Value) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(br#"{"alg":"HS256","typ":"JWT","kid":"k1"}"#);
+    let payload = b64.encode(claims.to_string());
+    let signing_input = format!("{header}.{payload}");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(signing_input.as_bytes());
+    format!(
+        "{signing_input}.{}",
+        b64.encode(mac.finalize().into_bytes())
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_accepts_valid_tokens_and_refuses_expired_forged_or_misaddressed_ones() {
+    const SECRET: &str = "0123456789abcdef0123456789abcdef-secret";
+    let up = Upstream::echo("up").await;
+    let plugins = format!(
+        "[[plugins]]\nname = \"jwt\"\npath = \"{}\"\n",
+        plugin("jwt")
+    );
+    let routes = format!(
+        r#"
+[[routes]]
+name = "api"
+path_prefix = "/api"
+upstream = "up"
+plugins = [ {{ name = "jwt", config = {{ keys = [ {{ kid = "k1", secret = "{SECRET}" }} ], issuer = "https://id.test", audience = ["my-api"], leeway = 5 }} }} ]
+"#
+    );
+    let gw = Gateway::start(&plugins_config(&up, &plugins, &routes));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let claims = |exp: i64, aud: &str| serde_json::json!({"sub": "svc-42", "iss": "https://id.test", "aud": aud, "exp": exp, "iat": now});
+    let call = |token: String| {
+        let url = gw.url("/api/x");
+        async move {
+            send(
+                &client(),
+                req("GET", &url)
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+    let ok = call(hs256(SECRET.as_bytes(), claims(now + 300, "my-api"))).await;
+    assert_eq!(ok.status, 200, "{:?}", ok.body);
+    assert_eq!(ok.json()["headers"]["x-portcullis-consumer"], "svc-42");
+    let expired = call(hs256(SECRET.as_bytes(), claims(now - 300, "my-api"))).await;
+    assert_eq!(expired.status, 401, "expired");
+    let forged = call(hs256(
+        b"another-secret-another-secret-another",
+        claims(now + 300, "my-api"),
+    ))
+    .await;
+    assert_eq!(forged.status, 401, "wrong signature");
+    let elsewhere = call(hs256(SECRET.as_bytes(), claims(now + 300, "other-api"))).await;
+    assert_eq!(elsewhere.status, 401, "wrong audience");
+    let none = send(
+        &client(),
+        req("GET", &gw.url("/api/x")).body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(none.status, 401, "no token");
+    assert_eq!(up.hits(), 1, "only the valid token reached the upstream");
+}

@@ -18,7 +18,10 @@ fn deny(keys: &ApiKeys, message: &str) -> AuthDecision {
         status: 401,
         headers: vec![
             ("content-type".into(), "application/json".into()),
-            ("www-authenticate".into(), format!("ApiKey header=\"{}\"", keys.header)),
+            (
+                "www-authenticate".into(),
+                format!("ApiKey header=\"{}\"", keys.header),
+            ),
         ],
         body: support::error_body("unauthorized", message),
     })
@@ -33,9 +36,15 @@ impl Guest for Plugin {
 
     fn authenticate(req: &Request) -> AuthDecision {
         let guard = CONFIG.lock().unwrap();
-        let keys = guard.as_ref().expect("api-key: authenticate called before configure");
+        let keys = guard
+            .as_ref()
+            .expect("api-key: authenticate called before configure");
         let header = req.header(&keys.header);
-        let query = if header.is_none() && keys.query.is_some() { req.query() } else { None };
+        let query = if header.is_none() && keys.query.is_some() {
+            req.query()
+        } else {
+            None
+        };
         match keys.decide(header.as_deref(), query.as_deref()) {
             Outcome::Allow(consumer, source) => {
                 if keys.hide_credentials {
@@ -45,9 +54,15 @@ impl Guest for Plugin {
                         }
                         Source::Query => {
                             let name = keys.query.as_deref().unwrap_or_default();
-                            let rest = support::remove_query_param(query.as_deref().unwrap_or_default(), name);
+                            let rest = support::remove_query_param(
+                                query.as_deref().unwrap_or_default(),
+                                name,
+                            );
                             if let Err(e) = req.set_query(rest.as_deref()) {
-                                log(LogLevel::Warn, &format!("could not hide the API key in the query: {e}"));
+                                log(
+                                    LogLevel::Warn,
+                                    &format!("could not hide the API key in the query: {e}"),
+                                );
                             }
                         }
                     }

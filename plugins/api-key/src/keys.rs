@@ -54,7 +54,9 @@ fn digest(key: &[u8]) -> [u8; 32] {
 impl ApiKeys {
     pub fn from_json(json: &str) -> Result<Self, String> {
         let raw: RawConfig = support::parse_config(json)?;
-        let keys = raw.keys.ok_or("`keys` is required: a list of keys or {key, consumer} tables")?;
+        let keys = raw
+            .keys
+            .ok_or("`keys` is required: a list of keys or {key, consumer} tables")?;
         if keys.is_empty() {
             return Err("`keys` must list at least one key".into());
         }
@@ -65,38 +67,62 @@ impl ApiKeys {
                 serde_json::Value::String(s) => (s.as_str(), None),
                 serde_json::Value::Object(map) => {
                     if let Some(bad) = map.keys().find(|f| *f != "key" && *f != "consumer") {
-                        return Err(format!("keys[{i}]: unknown field `{bad}`, expected `key` or `consumer`"));
+                        return Err(format!(
+                            "keys[{i}]: unknown field `{bad}`, expected `key` or `consumer`"
+                        ));
                     }
-                    let key = map.get("key").and_then(|v| v.as_str()).ok_or(format!("keys[{i}]: `key` (a string) is required"))?;
+                    let key = map
+                        .get("key")
+                        .and_then(|v| v.as_str())
+                        .ok_or(format!("keys[{i}]: `key` (a string) is required"))?;
                     let consumer = match map.get("consumer") {
                         None | Some(serde_json::Value::Null) => None,
                         Some(serde_json::Value::String(c)) if !c.is_empty() => Some(c.clone()),
-                        Some(_) => return Err(format!("keys[{i}]: `consumer` must be a non-empty string")),
+                        Some(_) => {
+                            return Err(format!("keys[{i}]: `consumer` must be a non-empty string"));
+                        }
                     };
                     (key, consumer)
                 }
-                _ => return Err(format!("keys[{i}]: expected a string or a {{key, consumer}} table")),
+                _ => {
+                    return Err(format!(
+                        "keys[{i}]: expected a string or a {{key, consumer}} table"
+                    ));
+                }
             };
             if key.is_empty() {
                 return Err(format!("keys[{i}]: the key is empty"));
             }
             if !support::is_valid_header_value(key) {
-                return Err(format!("keys[{i}]: the key holds whitespace at its ends or control characters"));
+                return Err(format!(
+                    "keys[{i}]: the key holds whitespace at its ends or control characters"
+                ));
             }
             if !seen.insert(key.to_string()) {
                 return Err(format!("keys[{i}]: duplicate key"));
             }
-            entries.push(Entry { digest: digest(key.as_bytes()), consumer });
+            entries.push(Entry {
+                digest: digest(key.as_bytes()),
+                consumer,
+            });
         }
-        let header = support::config_header_name("`header`", raw.header.as_deref().unwrap_or("x-api-key"))?;
+        let header =
+            support::config_header_name("`header`", raw.header.as_deref().unwrap_or("x-api-key"))?;
         if support::is_managed_header(&header) {
             return Err(format!("`header`: {header:?} is managed by the gateway"));
         }
         let query = match raw.query {
-            Some(q) if q.is_empty() => return Err("`query` must be a non-empty parameter name".into()),
+            Some(q) if q.is_empty() => {
+                return Err("`query` must be a non-empty parameter name".into());
+            }
             q => q,
         };
-        Ok(ApiKeys { entries, header, query, hide_credentials: raw.hide_credentials })
+        Ok(ApiKeys {
+            entries,
+            header,
+            query,
+            hide_credentials: raw.hide_credentials,
+        })
     }
 
     /// Looks a presented key up. Runs in time independent of which key (if any) matches.
@@ -143,10 +169,22 @@ mod tests {
     fn allows_known_keys_with_consumers() {
         let c = ApiKeys::from_json(CFG).unwrap();
         assert_eq!(c.header, "x-api-key");
-        assert_eq!(c.decide(Some("k-123"), None), Outcome::Allow(Some("alice".into()), Source::Header));
-        assert_eq!(c.decide(Some("k-456"), None), Outcome::Allow(None, Source::Header));
-        assert_eq!(c.decide(None, Some("x=1&api_key=k-789")), Outcome::Allow(None, Source::Query));
-        assert_eq!(c.decide(None, Some("api_key=k%2D123")), Outcome::Allow(Some("alice".into()), Source::Query));
+        assert_eq!(
+            c.decide(Some("k-123"), None),
+            Outcome::Allow(Some("alice".into()), Source::Header)
+        );
+        assert_eq!(
+            c.decide(Some("k-456"), None),
+            Outcome::Allow(None, Source::Header)
+        );
+        assert_eq!(
+            c.decide(None, Some("x=1&api_key=k-789")),
+            Outcome::Allow(None, Source::Query)
+        );
+        assert_eq!(
+            c.decide(None, Some("api_key=k%2D123")),
+            Outcome::Allow(Some("alice".into()), Source::Query)
+        );
     }
 
     #[test]
@@ -159,7 +197,10 @@ mod tests {
         assert_eq!(c.decide(Some("k-1234"), None), Outcome::Invalid);
         assert_eq!(c.decide(Some("K-123"), None), Outcome::Invalid);
         // The header wins over the query.
-        assert_eq!(c.decide(Some("nope"), Some("api_key=k-123")), Outcome::Invalid);
+        assert_eq!(
+            c.decide(Some("nope"), Some("api_key=k-123")),
+            Outcome::Invalid
+        );
     }
 
     #[test]
@@ -179,7 +220,9 @@ mod tests {
         assert!(err(r#"{"keys": [{"consumer": "x"}]}"#).contains("`key`"));
         assert!(err(r#"{"keys": [{"key": "a", "user": "x"}]}"#).contains("unknown field `user`"));
         assert!(err(r#"{"keys": [3]}"#).contains("keys[0]"));
-        assert!(err(r#"{"keys": ["a"], "header": "bad header"}"#).contains("not a valid header name"));
+        assert!(
+            err(r#"{"keys": ["a"], "header": "bad header"}"#).contains("not a valid header name")
+        );
         assert!(err(r#"{"keys": ["a"], "headers": "x"}"#).contains("unknown field `headers`"));
         assert!(err(r#"{"keys": ["a"], "query": ""}"#).contains("`query`"));
     }

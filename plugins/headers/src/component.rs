@@ -55,7 +55,9 @@ impl Guest for Plugin {
 
     fn declare_hooks() -> Hooks {
         let guard = CONFIG.lock().unwrap();
-        let cfg = guard.as_ref().expect("headers: declare-hooks called before configure");
+        let cfg = guard
+            .as_ref()
+            .expect("headers: declare-hooks called before configure");
         let mut hooks = Hooks::empty();
         if !cfg.request.is_empty() {
             hooks |= Hooks::ON_REQUEST;

@@ -53,7 +53,9 @@ struct RawConfig {
 fn name(side: &str, op: &str, n: &str) -> Result<String, String> {
     let n = support::config_header_name(&format!("{side}.{op}"), n)?;
     if support::is_managed_header(&n) {
-        return Err(format!("{side}.{op}: {n:?} is managed by the gateway and cannot be changed"));
+        return Err(format!(
+            "{side}.{op}: {n:?} is managed by the gateway and cannot be changed"
+        ));
     }
     Ok(n)
 }
@@ -96,7 +98,11 @@ impl Rules {
                         _ => Err(format!("{side}.add: values for {n:?} must be strings")),
                     })
                     .collect::<Result<_, _>>()?,
-                _ => return Err(format!("{side}.add: the value for {n:?} must be a string or a list of strings")),
+                _ => {
+                    return Err(format!(
+                        "{side}.add: the value for {n:?} must be a string or a list of strings"
+                    ));
+                }
             };
             for v in values {
                 let v = value(side, "add", &n, &v)?;
@@ -136,7 +142,11 @@ impl Rules {
         for (from, to) in &self.rename {
             {
                 let all = h.all();
-                let values: Vec<&str> = all.iter().filter(|(n, _)| n == from).map(|(_, v)| v.as_str()).collect();
+                let values: Vec<&str> = all
+                    .iter()
+                    .filter(|(n, _)| n == from)
+                    .map(|(_, v)| v.as_str())
+                    .collect();
                 if values.is_empty() {
                     continue;
                 }
@@ -164,7 +174,10 @@ impl Config {
             response: Rules::from_raw("response", raw.response)?,
         };
         if cfg.request.is_empty() && cfg.response.is_empty() {
-            return Err("no rules: give `request` and/or `response` with remove / rename / set / add".into());
+            return Err(
+                "no rules: give `request` and/or `response` with remove / rename / set / add"
+                    .into(),
+            );
         }
         Ok(cfg)
     }
@@ -200,7 +213,12 @@ mod tests {
     }
 
     fn mock(fields: &[(&str, &str)]) -> Mock {
-        Mock(RefCell::new(fields.iter().map(|(n, v)| (n.to_string(), v.to_string())).collect()))
+        Mock(RefCell::new(
+            fields
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_string()))
+                .collect(),
+        ))
     }
 
     #[test]
@@ -211,20 +229,36 @@ mod tests {
         )
         .unwrap();
         assert!(cfg.response.is_empty());
-        let h = mock(&[("x-internal", "1"), ("x-old", "o1"), ("x-new", "gone"), ("x-old", "o2"), ("x-env", "dev"), ("keep", "k")]);
+        let h = mock(&[
+            ("x-internal", "1"),
+            ("x-old", "o1"),
+            ("x-new", "gone"),
+            ("x-old", "o2"),
+            ("x-env", "dev"),
+            ("keep", "k"),
+        ]);
         let mut warnings = Vec::new();
         cfg.request.apply(&h, &mut |w| warnings.push(w));
         assert!(warnings.is_empty());
         assert_eq!(
             h.all(),
-            [("keep", "k"), ("x-new", "o1"), ("x-new", "o2"), ("x-env", "prod"), ("x-env", "extra"), ("x-tag", "a"), ("x-tag", "b")]
-                .map(|(a, b)| (a.to_string(), b.to_string()))
+            [
+                ("keep", "k"),
+                ("x-new", "o1"),
+                ("x-new", "o2"),
+                ("x-env", "prod"),
+                ("x-env", "extra"),
+                ("x-tag", "a"),
+                ("x-tag", "b")
+            ]
+            .map(|(a, b)| (a.to_string(), b.to_string()))
         );
     }
 
     #[test]
     fn host_refusals_are_warnings() {
-        let cfg = Config::from_json(r#"{"response": {"set": {"x-refused": "1", "x-ok": "2"}}}"#).unwrap();
+        let cfg =
+            Config::from_json(r#"{"response": {"set": {"x-refused": "1", "x-ok": "2"}}}"#).unwrap();
         let h = mock(&[]);
         let mut warnings = Vec::new();
         cfg.response.apply(&h, &mut |w| warnings.push(w));
@@ -237,8 +271,14 @@ mod tests {
         let err = |j: &str| Config::from_json(j).err().unwrap();
         assert!(err("{}").contains("no rules"));
         assert!(err(r#"{"request": {}}"#).contains("no rules"));
-        assert!(err(r#"{"request": {"set": {"bad name": "x"}}}"#).contains("request.set: \"bad name\" is not a valid header name"));
-        assert!(err(r#"{"request": {"set": {"content-length": "1"}}}"#).contains("managed by the gateway"));
+        assert!(
+            err(r#"{"request": {"set": {"bad name": "x"}}}"#)
+                .contains("request.set: \"bad name\" is not a valid header name")
+        );
+        assert!(
+            err(r#"{"request": {"set": {"content-length": "1"}}}"#)
+                .contains("managed by the gateway")
+        );
         assert!(err(r#"{"response": {"remove": ["Transfer-Encoding"]}}"#).contains("managed"));
         assert!(err(r#"{"request": {"set": {"x": "a\r\nb"}}}"#).contains("control characters"));
         assert!(err(r#"{"request": {"add": {"x": 1}}}"#).contains("string or a list"));

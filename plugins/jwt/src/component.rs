@@ -18,11 +18,17 @@ struct Plugin;
 fn deny(reason: Option<&str>) -> AuthDecision {
     let challenge = match reason {
         None => "Bearer realm=\"portcullis\"".to_string(),
-        Some(r) => format!("Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"", r.replace(['"', '\\'], "'")),
+        Some(r) => format!(
+            "Bearer realm=\"portcullis\", error=\"invalid_token\", error_description=\"{}\"",
+            r.replace(['"', '\\'], "'")
+        ),
     };
     AuthDecision::Deny(Reply {
         status: 401,
-        headers: vec![("content-type".into(), "application/json".into()), ("www-authenticate".into(), challenge)],
+        headers: vec![
+            ("content-type".into(), "application/json".into()),
+            ("www-authenticate".into(), challenge),
+        ],
         body: support::error_body("unauthorized", reason.unwrap_or("missing bearer token")),
     })
 }
@@ -36,13 +42,21 @@ impl Guest for Plugin {
 
     fn authenticate(req: &Request) -> AuthDecision {
         let guard = CONFIG.lock().unwrap();
-        let cfg = guard.as_ref().expect("jwt: authenticate called before configure");
+        let cfg = guard
+            .as_ref()
+            .expect("jwt: authenticate called before configure");
         let header = req.header(&cfg.header);
-        let query = if header.is_none() && cfg.query.is_some() { req.query() } else { None };
+        let query = if header.is_none() && cfg.query.is_some() {
+            req.query()
+        } else {
+            None
+        };
         let Some((jwt, source)) = token::extract(cfg, header.as_deref(), query.as_deref()) else {
             return deny(None);
         };
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         match token::verify(cfg, &jwt, now) {
             Ok(consumer) => {
                 if cfg.hide_credentials {
@@ -50,7 +64,13 @@ impl Guest for Plugin {
                         Source::Header => req.remove_header(&cfg.header),
                         Source::Query => {
                             let name = cfg.query.as_deref().unwrap_or_default();
-                            req.set_query(support::remove_query_param(query.as_deref().unwrap_or_default(), name).as_deref())
+                            req.set_query(
+                                support::remove_query_param(
+                                    query.as_deref().unwrap_or_default(),
+                                    name,
+                                )
+                                .as_deref(),
+                            )
                         }
                     };
                     if let Err(e) = hidden {

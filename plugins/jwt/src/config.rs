@@ -140,7 +140,9 @@ fn strings(field: &str, v: Option<Value>) -> Result<Vec<String>, String> {
     list.into_iter()
         .map(|v| match v {
             Value::String(s) if !s.is_empty() => Ok(s),
-            _ => Err(format!("`{field}` must be a string or a list of non-empty strings")),
+            _ => Err(format!(
+                "`{field}` must be a string or a list of non-empty strings"
+            )),
         })
         .collect()
 }
@@ -152,7 +154,10 @@ fn hmac_key(kid: Option<String>, secret: Vec<u8>, what: &str) -> Result<Key, Str
             secret.len()
         ));
     }
-    Ok(Key { kid, material: Material::Hmac(secret) })
+    Ok(Key {
+        kid,
+        material: Material::Hmac(secret),
+    })
 }
 
 fn rsa_key(kid: Option<String>, key: PublicKey, what: &str) -> Result<Key, String> {
@@ -164,14 +169,20 @@ fn rsa_key(kid: Option<String>, key: PublicKey, what: &str) -> Result<Key, Strin
             RSA_BITS.end()
         ));
     }
-    Ok(Key { kid, material: Material::Rsa(Box::new(key)) })
+    Ok(Key {
+        kid,
+        material: Material::Rsa(Box::new(key)),
+    })
 }
 
-fn b64_member(jwk: &serde_json::Map<String, Value>, name: &str, what: &str) -> Result<Vec<u8>, String> {
-    let s = jwk
-        .get(name)
-        .and_then(Value::as_str)
-        .ok_or(format!("{what}: member `{name}` (base64url string) is required"))?;
+fn b64_member(
+    jwk: &serde_json::Map<String, Value>,
+    name: &str,
+    what: &str,
+) -> Result<Vec<u8>, String> {
+    let s = jwk.get(name).and_then(Value::as_str).ok_or(format!(
+        "{what}: member `{name}` (base64url string) is required"
+    ))?;
     B64URL_LENIENT
         .decode(s)
         .map_err(|e| format!("{what}: member `{name}` is not base64url: {e}"))
@@ -179,38 +190,64 @@ fn b64_member(jwk: &serde_json::Map<String, Value>, name: &str, what: &str) -> R
 
 /// Parses one JWK. With `strict`, an unsupported key is an error; otherwise (keys from a
 /// JWKS document) it is skipped with `Ok(None)`.
-fn jwk_key(v: &Value, kid_override: Option<String>, strict: bool, what: &str) -> Result<Option<Key>, String> {
-    let jwk = v.as_object().ok_or(format!("{what}: a JWK must be a JSON object"))?;
-    let unsupported = |why: String| if strict { Err(format!("{what}: {why}")) } else { Ok(None) };
+fn jwk_key(
+    v: &Value,
+    kid_override: Option<String>,
+    strict: bool,
+    what: &str,
+) -> Result<Option<Key>, String> {
+    let jwk = v
+        .as_object()
+        .ok_or(format!("{what}: a JWK must be a JSON object"))?;
+    let unsupported = |why: String| {
+        if strict {
+            Err(format!("{what}: {why}"))
+        } else {
+            Ok(None)
+        }
+    };
     let kid = match jwk.get("kid") {
         None | Some(Value::Null) => kid_override,
         Some(Value::String(k)) => Some(kid_override.unwrap_or_else(|| k.clone())),
         Some(_) => return Err(format!("{what}: `kid` must be a string")),
     };
-    if let Some(u) = jwk.get("use").and_then(Value::as_str) {
-        if u != "sig" {
-            return unsupported(format!("key use {u:?} is not \"sig\""));
-        }
+    if let Some(u) = jwk.get("use").and_then(Value::as_str)
+        && u != "sig"
+    {
+        return unsupported(format!("key use {u:?} is not \"sig\""));
     }
     let alg = jwk.get("alg").and_then(Value::as_str);
     match jwk.get("kty").and_then(Value::as_str) {
         Some("RSA") => {
             if alg.is_some_and(|a| a != "RS256") {
-                return unsupported(format!("RSA key with alg {:?}; only RS256 is supported", alg.unwrap_or_default()));
+                return unsupported(format!(
+                    "RSA key with alg {:?}; only RS256 is supported",
+                    alg.unwrap_or_default()
+                ));
             }
             let n = BoxedUint::from_be_slice_vartime(&b64_member(jwk, "n", what)?);
             let e = BoxedUint::from_be_slice_vartime(&b64_member(jwk, "e", what)?);
-            let key = PublicKey::new_with_size_limits(n, e, RSA_BITS)
-                .map_err(|e| format!("{what}: not a usable RSA public key ({e}); {} to {} bits are accepted", RSA_BITS.start(), RSA_BITS.end()))?;
+            let key = PublicKey::new_with_size_limits(n, e, RSA_BITS).map_err(|e| {
+                format!(
+                    "{what}: not a usable RSA public key ({e}); {} to {} bits are accepted",
+                    RSA_BITS.start(),
+                    RSA_BITS.end()
+                )
+            })?;
             rsa_key(kid, key, what).map(Some)
         }
         Some("oct") => {
             if alg.is_some_and(|a| a != "HS256") {
-                return unsupported(format!("symmetric key with alg {:?}; only HS256 is supported", alg.unwrap_or_default()));
+                return unsupported(format!(
+                    "symmetric key with alg {:?}; only HS256 is supported",
+                    alg.unwrap_or_default()
+                ));
             }
             hmac_key(kid, b64_member(jwk, "k", what)?, what).map(Some)
         }
-        Some(other) => unsupported(format!("key type {other:?} is not supported (RSA and oct are)")),
+        Some(other) => unsupported(format!(
+            "key type {other:?} is not supported (RSA and oct are)"
+        )),
         None => Err(format!("{what}: member `kty` is required")),
     }
 }
@@ -220,16 +257,25 @@ fn raw_key(i: usize, raw: RawKey) -> Result<Key, String> {
         Some(k) => format!("keys[{i}] (kid {k:?})"),
         None => format!("keys[{i}]"),
     };
-    let given = [raw.secret.is_some(), raw.secret_base64.is_some(), raw.pem.is_some(), raw.jwk.is_some()];
+    let given = [
+        raw.secret.is_some(),
+        raw.secret_base64.is_some(),
+        raw.pem.is_some(),
+        raw.jwk.is_some(),
+    ];
     if given.iter().filter(|g| **g).count() != 1 {
-        return Err(format!("{what}: give exactly one of `secret`, `secret_base64`, `pem`, `jwk`"));
+        return Err(format!(
+            "{what}: give exactly one of `secret`, `secret_base64`, `pem`, `jwk`"
+        ));
     }
     if raw.kid.as_deref() == Some("") {
         return Err(format!("{what}: `kid` is empty"));
     }
     let alg = match raw.alg.as_deref() {
         None => None,
-        Some(a) => Some(Alg::parse(a).ok_or(format!("{what}: alg {a:?} is not supported (HS256 and RS256 are)"))?),
+        Some(a) => Some(Alg::parse(a).ok_or(format!(
+            "{what}: alg {a:?} is not supported (HS256 and RS256 are)"
+        ))?),
     };
     let key = if let Some(s) = raw.secret {
         hmac_key(raw.kid, s.into_bytes(), &what)?
@@ -247,12 +293,21 @@ fn raw_key(i: usize, raw: RawKey) -> Result<Key, String> {
             })?;
         rsa_key(raw.kid, key, &what)?
     } else {
-        jwk_key(raw.jwk.as_ref().expect("one of four is set"), raw.kid, true, &what)?.expect("strict")
+        jwk_key(
+            raw.jwk.as_ref().expect("one of four is set"),
+            raw.kid,
+            true,
+            &what,
+        )?
+        .expect("strict")
     };
-    if let Some(a) = alg {
-        if a != key.alg() {
-            return Err(format!("{what}: `alg` {a} does not fit the key, which is for {}", key.alg()));
-        }
+    if let Some(a) = alg
+        && a != key.alg()
+    {
+        return Err(format!(
+            "{what}: `alg` {a} does not fit the key, which is for {}",
+            key.alg()
+        ));
     }
     Ok(key)
 }
@@ -266,7 +321,9 @@ impl Config {
         }
         if let Some(jwks) = raw.jwks {
             let doc = match jwks {
-                Value::String(s) => serde_json::from_str(&s).map_err(|e| format!("`jwks` is not JSON: {e}"))?,
+                Value::String(s) => {
+                    serde_json::from_str(&s).map_err(|e| format!("`jwks` is not JSON: {e}"))?
+                }
                 v => v,
             };
             let list = doc
@@ -280,17 +337,28 @@ impl Config {
                 }
             }
             if keys.len() == before {
-                return Err("`jwks` holds no usable key (RSA for RS256 or oct for HS256, use \"sig\")".into());
+                return Err(
+                    "`jwks` holds no usable key (RSA for RS256 or oct for HS256, use \"sig\")"
+                        .into(),
+                );
             }
         }
         if keys.is_empty() {
-            return Err("no keys: give `keys` (secret, secret_base64, pem or jwk entries) and/or `jwks`".into());
+            return Err(
+                "no keys: give `keys` (secret, secret_base64, pem or jwk entries) and/or `jwks`"
+                    .into(),
+            );
         }
         let leeway = raw.leeway.unwrap_or(DEFAULT_LEEWAY);
         if leeway > MAX_LEEWAY {
-            return Err(format!("`leeway` is {leeway} seconds; at most {MAX_LEEWAY}"));
+            return Err(format!(
+                "`leeway` is {leeway} seconds; at most {MAX_LEEWAY}"
+            ));
         }
-        let header = support::config_header_name("`header`", raw.header.as_deref().unwrap_or("authorization"))?;
+        let header = support::config_header_name(
+            "`header`",
+            raw.header.as_deref().unwrap_or("authorization"),
+        )?;
         if support::is_managed_header(&header) {
             return Err(format!("`header`: {header:?} is managed by the gateway"));
         }
@@ -325,7 +393,9 @@ mod tests {
     const SECRET: &str = "0123456789abcdef0123456789abcdef";
 
     fn err(json: &str) -> String {
-        Config::from_json(json).err().expect("config should be refused")
+        Config::from_json(json)
+            .err()
+            .expect("config should be refused")
     }
 
     #[test]
@@ -366,18 +436,65 @@ mod tests {
         assert!(err("{}").contains("no keys"));
         assert!(err(r#"{"keys": [{"secret": "short"}]}"#).contains("at least 32"));
         assert!(err(r#"{"keys": [{"pem": "nope"}]}"#).contains("not an RSA public key"));
-        assert!(err(&format!(r#"{{"keys": [{{"secret": "{SECRET}", "pem": "x"}}]}}"#)).contains("exactly one"));
-        assert!(err(&format!(r#"{{"keys": [{{"alg": "RS256", "secret": "{SECRET}"}}]}}"#)).contains("does not fit"));
-        assert!(err(&format!(r#"{{"keys": [{{"alg": "ES256", "secret": "{SECRET}"}}]}}"#)).contains("not supported"));
+        assert!(
+            err(&format!(
+                r#"{{"keys": [{{"secret": "{SECRET}", "pem": "x"}}]}}"#
+            ))
+            .contains("exactly one")
+        );
+        assert!(
+            err(&format!(
+                r#"{{"keys": [{{"alg": "RS256", "secret": "{SECRET}"}}]}}"#
+            ))
+            .contains("does not fit")
+        );
+        assert!(
+            err(&format!(
+                r#"{{"keys": [{{"alg": "ES256", "secret": "{SECRET}"}}]}}"#
+            ))
+            .contains("not supported")
+        );
         assert!(err(r#"{"keys": [{"jwk": {"kty": "EC"}}]}"#).contains("not supported"));
-        assert!(err(r#"{"keys": [{"jwk": {"kty": "RSA", "n": "AQAB", "e": "AQAB"}}]}"#).contains("RSA"));
+        assert!(
+            err(r#"{"keys": [{"jwk": {"kty": "RSA", "n": "AQAB", "e": "AQAB"}}]}"#).contains("RSA")
+        );
         assert!(err(r#"{"jwks": {"keys": [{"kty": "EC"}]}}"#).contains("no usable key"));
         assert!(err(r#"{"jwks": [1]}"#).contains("JWKS document"));
-        assert!(err(&format!(r#"{{"keys": [{{"secret": "{SECRET}"}}], "leeway": -1}}"#)).contains("invalid"));
-        assert!(err(&format!(r#"{{"keys": [{{"secret": "{SECRET}"}}], "leeway": 999999}}"#)).contains("at most"));
-        assert!(err(&format!(r#"{{"keys": [{{"secret": "{SECRET}"}}], "audience": 3}}"#)).contains("`audience`"));
-        assert!(err(&format!(r#"{{"keys": [{{"secret": "{SECRET}"}}], "issuer": [""]}}"#)).contains("`issuer`"));
-        assert!(err(&format!(r#"{{"keys": [{{"secret": "{SECRET}"}}], "audiences": "a"}}"#)).contains("unknown field `audiences`"));
-        assert!(err(&format!(r#"{{"keys": [{{"secret": "{SECRET}"}}], "header": "a b"}}"#)).contains("header"));
+        assert!(
+            err(&format!(
+                r#"{{"keys": [{{"secret": "{SECRET}"}}], "leeway": -1}}"#
+            ))
+            .contains("invalid")
+        );
+        assert!(
+            err(&format!(
+                r#"{{"keys": [{{"secret": "{SECRET}"}}], "leeway": 999999}}"#
+            ))
+            .contains("at most")
+        );
+        assert!(
+            err(&format!(
+                r#"{{"keys": [{{"secret": "{SECRET}"}}], "audience": 3}}"#
+            ))
+            .contains("`audience`")
+        );
+        assert!(
+            err(&format!(
+                r#"{{"keys": [{{"secret": "{SECRET}"}}], "issuer": [""]}}"#
+            ))
+            .contains("`issuer`")
+        );
+        assert!(
+            err(&format!(
+                r#"{{"keys": [{{"secret": "{SECRET}"}}], "audiences": "a"}}"#
+            ))
+            .contains("unknown field `audiences`")
+        );
+        assert!(
+            err(&format!(
+                r#"{{"keys": [{{"secret": "{SECRET}"}}], "header": "a b"}}"#
+            ))
+            .contains("header")
+        );
     }
 }

@@ -21,9 +21,14 @@ impl Guest for Plugin {
 
     fn matches(req: &Request) -> bool {
         let guard = CONFIG.lock().unwrap();
-        let cfg = guard.as_ref().expect("model-router: matches called before configure");
+        let cfg = guard
+            .as_ref()
+            .expect("model-router: matches called before configure");
         let Some(body) = req.body() else {
-            log(LogLevel::Warn, "no request body: set `buffer_request_body` on this route; not matching");
+            log(
+                LogLevel::Warn,
+                "no request body: set `buffer_request_body` on this route; not matching",
+            );
             return false;
         };
         match cfg.check(&body) {

@@ -29,15 +29,26 @@ impl Glob {
                     Tok::Star
                 }
                 '?' => Tok::Any,
-                '\\' => Tok::Lit(chars.next().ok_or(format!("pattern {pattern:?} ends with a lone `\\`"))?),
+                '\\' => Tok::Lit(
+                    chars
+                        .next()
+                        .ok_or(format!("pattern {pattern:?} ends with a lone `\\`"))?,
+                ),
                 c => Tok::Lit(c),
             });
         }
-        Ok(Glob { toks, case_insensitive })
+        Ok(Glob {
+            toks,
+            case_insensitive,
+        })
     }
 
     fn eq(&self, a: char, b: char) -> bool {
-        if self.case_insensitive { a.eq_ignore_ascii_case(&b) } else { a == b }
+        if self.case_insensitive {
+            a.eq_ignore_ascii_case(&b)
+        } else {
+            a == b
+        }
     }
 
     /// Classic wildcard matching with one backtrack point (the last `*`): O(n·m) worst

@@ -33,14 +33,18 @@ pub enum Miss {
 impl Config {
     pub fn from_json(json: &str) -> Result<Config, String> {
         let raw: RawConfig = support::parse_config(json)?;
-        let models = raw.models.ok_or("`models` is required: a list of glob patterns such as \"gpt-*\"")?;
+        let models = raw
+            .models
+            .ok_or("`models` is required: a list of glob patterns such as \"gpt-*\"")?;
         if models.is_empty() {
             return Err("`models` must list at least one pattern".into());
         }
         let patterns = models
             .iter()
             .enumerate()
-            .map(|(i, p)| Glob::new(p, raw.case_insensitive).map_err(|e| format!("models[{i}]: {e}")))
+            .map(|(i, p)| {
+                Glob::new(p, raw.case_insensitive).map_err(|e| format!("models[{i}]: {e}"))
+            })
             .collect::<Result<_, _>>()?;
         let field = raw.field.unwrap_or_else(|| "model".into());
         if field.is_empty() {
@@ -52,7 +56,11 @@ impl Config {
     /// Whether the body's field matches one of the patterns.
     pub fn check(&self, body: &[u8]) -> Result<(), Miss> {
         let model = field_of(body, &self.field)?.ok_or(Miss::NoField)?;
-        if self.patterns.iter().any(|p| p.matches(&model)) { Ok(()) } else { Err(Miss::NoMatch(model)) }
+        if self.patterns.iter().any(|p| p.matches(&model)) {
+            Ok(())
+        } else {
+            Err(Miss::NoMatch(model))
+        }
     }
 }
 
@@ -88,7 +96,9 @@ fn field_of(body: &[u8], field: &str) -> Result<Option<String>, Miss> {
         }
     }
     let mut de = serde_json::Deserializer::from_slice(body);
-    let v = Seed(field).deserialize(&mut de).map_err(|_| Miss::NotJson)?;
+    let v = Seed(field)
+        .deserialize(&mut de)
+        .map_err(|_| Miss::NotJson)?;
     de.end().map_err(|_| Miss::NotJson)?;
     Ok(v)
 }
@@ -100,15 +110,27 @@ mod tests {
     #[test]
     fn matches_the_model_field() {
         let c = Config::from_json(r#"{"models": ["gpt-*", "o1*"]}"#).unwrap();
-        assert_eq!(c.check(br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}"#), Ok(()));
+        assert_eq!(
+            c.check(br#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}"#),
+            Ok(())
+        );
         assert_eq!(c.check(br#"{"messages": [], "model": "o1-mini"}"#), Ok(()));
-        assert_eq!(c.check(br#"{"model": "llama-3"}"#), Err(Miss::NoMatch("llama-3".into())));
+        assert_eq!(
+            c.check(br#"{"model": "llama-3"}"#),
+            Err(Miss::NoMatch("llama-3".into()))
+        );
         assert_eq!(c.check(br#"{"messages": []}"#), Err(Miss::NoField));
         assert_eq!(c.check(br#"{"model": 4}"#), Err(Miss::NoField));
-        assert_eq!(c.check(br#"{"nested": {"model": "gpt-4"}}"#), Err(Miss::NoField));
+        assert_eq!(
+            c.check(br#"{"nested": {"model": "gpt-4"}}"#),
+            Err(Miss::NoField)
+        );
         assert_eq!(c.check(b"not json"), Err(Miss::NotJson));
         assert_eq!(c.check(br#"["gpt-4"]"#), Err(Miss::NotJson));
-        assert_eq!(c.check(br#"{"model": "gpt-4"} trailing"#), Err(Miss::NotJson));
+        assert_eq!(
+            c.check(br#"{"model": "gpt-4"} trailing"#),
+            Err(Miss::NotJson)
+        );
         assert_eq!(c.check(b""), Err(Miss::NotJson));
         // Escaped strings in keys and values.
         assert_eq!(c.check(br#"{"mod\u0065l": "gpt-\u0034"}"#), Ok(()));
@@ -116,8 +138,14 @@ mod tests {
 
     #[test]
     fn field_and_case_options() {
-        let c = Config::from_json(r#"{"models": ["LLAMA-*"], "field": "engine", "case_insensitive": true}"#).unwrap();
-        assert_eq!(c.check(br#"{"engine": "llama-3", "model": "gpt-4"}"#), Ok(()));
+        let c = Config::from_json(
+            r#"{"models": ["LLAMA-*"], "field": "engine", "case_insensitive": true}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            c.check(br#"{"engine": "llama-3", "model": "gpt-4"}"#),
+            Ok(())
+        );
         assert_eq!(c.check(br#"{"model": "llama-3"}"#), Err(Miss::NoField));
     }
 

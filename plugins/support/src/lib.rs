@@ -69,12 +69,13 @@ pub fn percent_decode(s: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 2 < b.len()
+            && let (Some(h), Some(l)) = (hex(b[i + 1]), hex(b[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -145,13 +146,22 @@ mod tests {
 
     #[test]
     fn query_params() {
-        assert_eq!(query_param("a=1&api_key=k%2D1&b", "api_key").unwrap(), b"k-1");
+        assert_eq!(
+            query_param("a=1&api_key=k%2D1&b", "api_key").unwrap(),
+            b"k-1"
+        );
         assert_eq!(query_param("a=1&b", "b").unwrap(), b"");
         assert_eq!(query_param("api%5Fkey=x", "api_key").unwrap(), b"x");
         assert!(query_param("a=1", "api_key").is_none());
-        assert_eq!(remove_query_param("a=1&api_key=x&b=%20", "api_key").unwrap(), "a=1&b=%20");
+        assert_eq!(
+            remove_query_param("a=1&api_key=x&b=%20", "api_key").unwrap(),
+            "a=1&b=%20"
+        );
         assert_eq!(remove_query_param("api_key=x", "api_key"), None);
-        assert_eq!(remove_query_param("api_key=x&api_key=y&c", "api_key").unwrap(), "c");
+        assert_eq!(
+            remove_query_param("api_key=x&api_key=y&c", "api_key").unwrap(),
+            "c"
+        );
     }
 
     #[test]
@@ -169,7 +179,8 @@ mod tests {
 
     #[test]
     fn error_body_shape() {
-        let v: serde_json::Value = serde_json::from_slice(&error_body("unauthorized", "no \"key\"")).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&error_body("unauthorized", "no \"key\"")).unwrap();
         assert_eq!(v["error"]["code"], "unauthorized");
         assert_eq!(v["error"]["message"], "no \"key\"");
     }
@@ -240,8 +251,16 @@ pub mod hostile {
             let c = Config::from_json(r#"{"phase": "configure"}"#, &[]).unwrap();
             assert!(!c.triggered(true));
             assert!(Config::from_json(r#"{"phase": "later"}"#, &[]).is_err());
-            assert!(Config::from_json(r#"{"mode": "x"}"#, &[]).unwrap_err().contains("no modes"));
-            assert!(Config::from_json(r#"{"mode": "x"}"#, &["panic"]).unwrap_err().contains("expected one of"));
+            assert!(
+                Config::from_json(r#"{"mode": "x"}"#, &[])
+                    .unwrap_err()
+                    .contains("no modes")
+            );
+            assert!(
+                Config::from_json(r#"{"mode": "x"}"#, &["panic"])
+                    .unwrap_err()
+                    .contains("expected one of")
+            );
             assert!(Config::from_json(r#"{"mode": "panic"}"#, &["panic"]).is_ok());
             assert!(Config::from_json(r#"{"trigger_header": "a b"}"#, &[]).is_err());
         }

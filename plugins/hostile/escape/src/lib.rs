@@ -26,7 +26,14 @@ fn probe(leaked: bool, detail: String) -> Value {
 /// Runs every probe and returns the report.
 pub fn report() -> Value {
     let read_file = match std::fs::read_to_string("/etc/passwd") {
-        Ok(s) => probe(true, format!("read {} bytes; first line {:?}", s.len(), s.lines().next().unwrap_or(""))),
+        Ok(s) => probe(
+            true,
+            format!(
+                "read {} bytes; first line {:?}",
+                s.len(),
+                s.lines().next().unwrap_or("")
+            ),
+        ),
         Err(e) => probe(false, format!("error: {e}")),
     };
     let env_home = match std::env::var("HOME") {
@@ -35,7 +42,9 @@ pub fn report() -> Value {
     };
     let n = std::env::vars_os().count();
     let env_count = probe(n > 0, format!("{n} variables"));
-    let args: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
     let args = probe(!args.is_empty(), format!("{args:?}"));
     let list_root = match std::fs::read_dir("/") {
         Ok(rd) => probe(true, format!("{} entries", rd.count())),
@@ -48,7 +57,9 @@ pub fn report() -> Value {
     let tcp = match std::net::TcpStream::connect("127.0.0.1:1") {
         Ok(_) => probe(true, "connected to 127.0.0.1:1".into()),
         // Refused means the socket was allowed to try: that is a leak too.
-        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => probe(true, format!("connect attempted: {e}")),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            probe(true, format!("connect attempted: {e}"))
+        }
         Err(e) => probe(false, format!("error: {e}")),
     };
     let probes = json!({
@@ -60,7 +71,11 @@ pub fn report() -> Value {
         "write_file": write_file,
         "tcp_connect": tcp,
     });
-    let escaped = probes.as_object().unwrap().values().any(|p| p["leaked"] == true);
+    let escaped = probes
+        .as_object()
+        .unwrap()
+        .values()
+        .any(|p| p["leaked"] == true);
     json!({ "escaped": escaped, "probes": probes })
 }
 
@@ -80,8 +95,8 @@ mod tests {
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use support::hostile::{Config, Phase};
 
@@ -117,7 +132,10 @@ mod component {
             let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
             let guard = CONFIG.lock().unwrap();
             let cfg = guard.as_ref().expect("configured");
-            let present = cfg.trigger_header.as_deref().is_some_and(|h| req.header(h).is_some());
+            let present = cfg
+                .trigger_header
+                .as_deref()
+                .is_some_and(|h| req.header(h).is_some());
             if !cfg.triggered(present) {
                 let _ = req.set_header("x-hostile-instance-calls", &calls.to_string());
                 return AuthDecision::Allow(None);

@@ -8,8 +8,8 @@
 
 #[cfg(target_arch = "wasm32")]
 mod component {
-    use std::sync::atomic::{AtomicU64, Ordering};
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicU64, Ordering};
 
     use support::hostile::{Config, Phase};
 
@@ -48,7 +48,10 @@ mod component {
             let calls = CALLS.fetch_add(1, Ordering::Relaxed) + 1;
             let guard = CONFIG.lock().unwrap();
             let cfg = guard.as_ref().expect("configured");
-            let present = cfg.trigger_header.as_deref().is_some_and(|h| req.header(h).is_some());
+            let present = cfg
+                .trigger_header
+                .as_deref()
+                .is_some_and(|h| req.header(h).is_some());
             if cfg.triggered(present) {
                 grow();
             }
