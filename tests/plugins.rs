@@ -357,3 +357,102 @@ plugins = [ {{ name = "jwt", config = {{ keys = [ {{ kid = "k1", secret = "{SECR
     assert_eq!(none.status, 401, "no token");
     assert_eq!(up.hits(), 1, "only the valid token reached the upstream");
 }
+
+#[test]
+fn compiled_plugins_are_cached_on_disk_across_restarts() {
+    let dir = TempDir::new();
+    let cache = dir.0.join("cache");
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nplugin_cache_dir = \"{}\"\n\n[[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"127.0.0.1:9\" }}]\n\n{}\n[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"up\"\nplugins = [ {{ name = \"api-key\", config = {{ keys = [\"k\"] }} }} ]\n",
+        cache.display(),
+        api_key_plugin()
+    );
+    let path = dir.write("p.toml", &config);
+    let artifacts = || -> Vec<(std::path::PathBuf, std::time::SystemTime)> {
+        let mut out = Vec::new();
+        let mut stack = vec![cache.clone()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_none()
+                    && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+                {
+                    out.push((p.clone(), e.metadata().unwrap().modified().unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    };
+    let validate = || {
+        let out = std::process::Command::new(bin())
+            .arg("validate")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    validate();
+    let first = artifacts();
+    assert!(
+        !first.is_empty(),
+        "the first load writes a compiled artifact"
+    );
+    validate();
+    // A miss would have compiled again and rewritten the artifact.
+    assert_eq!(
+        artifacts(),
+        first,
+        "the second load reused the cached artifact"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trapped_instance_is_replaced_by_a_fresh_one() {
+    // The trap guest traps only on requests with the trigger header; others are allowed
+    // and carry `x-hostile-instance-calls`, which counts calls on the current instance.
+    let up = Upstream::echo("up").await;
+    let plugins = hostile("trap", "pool_size = 1");
+    let routes = "[[routes]]\nname = \"hostile\"\npath_prefix = \"/h\"\nupstream = \"up\"\nplugins = [ { name = \"trap\", config = { trigger_header = \"x-boom\" } } ]\n";
+    let mut config = plugins_config(&up, &plugins, routes);
+    config = config.replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nworkers = 1",
+    );
+    let gw = Gateway::start(&config);
+    let c = client();
+    let calls = |r: &Reply| {
+        r.json()["headers"]["x-hostile-instance-calls"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let a = send(&c, req("GET", &gw.url("/h")).body(Full::default()).unwrap()).await;
+    let b = send(&c, req("GET", &gw.url("/h")).body(Full::default()).unwrap()).await;
+    assert_eq!(
+        (calls(&a), calls(&b)),
+        ("1".to_string(), "2".to_string()),
+        "one warm instance is reused"
+    );
+    let boom = send(
+        &c,
+        req("GET", &gw.url("/h"))
+            .header("x-boom", "1")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(boom.status, 500);
+    let after = send(&c, req("GET", &gw.url("/h")).body(Full::default()).unwrap()).await;
+    assert_eq!(
+        calls(&after),
+        "1",
+        "the trapped instance was discarded and a fresh one serves"
+    );
+}
