@@ -81,6 +81,10 @@ async fn api_key_allows_the_right_key_and_names_the_consumer() {
     )
     .await;
     assert_eq!(r.status, 200);
+    assert!(
+        r.json()["headers"].get("x-portcullis-consumer").is_none(),
+        "a client cannot name itself a consumer"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -280,6 +280,32 @@ fn classify(e: &wasmtime::Error) -> PluginFailure {
     }
 }
 
+/// One call that lends the request to a warm instance of the pool's role: check out,
+/// lend, call `$method`, take the request back, return or discard the instance.
+macro_rules! lent_call {
+    ($pool:ident, $req:ident, $role:ident, $method:ident) => {{
+        let mut warm = match $pool.checkout().await {
+            Ok(w) => w,
+            Err(e) => return ($req, Err(e)),
+        };
+        let rq = lend(&mut warm, $req);
+        let r = match &warm.instance {
+            RoleInstance::$role(i) => {
+                i.$method(&mut warm.store, Resource::new_borrow(rq.rep()))
+                    .await
+            }
+            _ => unreachable!("a pool only holds instances of its plugin's role"),
+        };
+        let req = warm
+            .store
+            .data_mut()
+            .table
+            .delete(rq)
+            .expect("request handle");
+        (req, $pool.finish(warm, r))
+    }};
+}
+
 /// One worker's warm instances of a [`Bound`] plugin. The mutex is only ever taken by the
 /// worker thread that owns the pool, so it is never contended.
 pub struct Pool {
@@ -335,72 +361,18 @@ impl Pool {
         &self,
         req: RequestRes,
     ) -> (RequestRes, Result<AuthDecision, PluginFailure>) {
-        let mut warm = match self.checkout().await {
-            Ok(w) => w,
-            Err(e) => return (req, Err(e)),
-        };
-        let rq = lend(&mut warm, req);
-        let r = match &warm.instance {
-            RoleInstance::Auth(a) => {
-                a.call_authenticate(&mut warm.store, Resource::new_borrow(rq.rep()))
-                    .await
-            }
-            _ => unreachable!("auth pool holds auth instances"),
-        };
-        let req = warm
-            .store
-            .data_mut()
-            .table
-            .delete(rq)
-            .expect("request handle");
-        (req, self.finish(warm, r))
+        lent_call!(self, req, Auth, call_authenticate)
     }
 
     pub async fn matches(&self, req: RequestRes) -> (RequestRes, Result<bool, PluginFailure>) {
-        let mut warm = match self.checkout().await {
-            Ok(w) => w,
-            Err(e) => return (req, Err(e)),
-        };
-        let rq = lend(&mut warm, req);
-        let r = match &warm.instance {
-            RoleInstance::Predicate(p) => {
-                p.call_matches(&mut warm.store, Resource::new_borrow(rq.rep()))
-                    .await
-            }
-            _ => unreachable!("predicate pool holds predicate instances"),
-        };
-        let req = warm
-            .store
-            .data_mut()
-            .table
-            .delete(rq)
-            .expect("request handle");
-        (req, self.finish(warm, r))
+        lent_call!(self, req, Predicate, call_matches)
     }
 
     pub async fn on_request(
         &self,
         req: RequestRes,
     ) -> (RequestRes, Result<RequestAction, PluginFailure>) {
-        let mut warm = match self.checkout().await {
-            Ok(w) => w,
-            Err(e) => return (req, Err(e)),
-        };
-        let rq = lend(&mut warm, req);
-        let r = match &warm.instance {
-            RoleInstance::Transform(t) => {
-                t.call_on_request(&mut warm.store, Resource::new_borrow(rq.rep()))
-                    .await
-            }
-            _ => unreachable!("transform pool holds transform instances"),
-        };
-        let req = warm
-            .store
-            .data_mut()
-            .table
-            .delete(rq)
-            .expect("request handle");
-        (req, self.finish(warm, r))
+        lent_call!(self, req, Transform, call_on_request)
     }
 
     pub async fn on_response(

@@ -170,6 +170,8 @@ impl Gateway {
         }
         let host_header = parts.headers.get(header::HOST).cloned();
         let host = request_host(&uri, host_header.as_ref());
+        // Only an auth plugin may name the consumer; never the client.
+        parts.headers.remove(X_CONSUMER);
 
         // Route: native match, then the route's predicate plugins.
         let mut body = Some(body);
@@ -261,7 +263,6 @@ impl Gateway {
                 buffered =
                     Some(buffer_body(body.take().expect("body not yet consumed"), limit).await?);
             }
-            parts.headers.remove(X_CONSUMER);
             let mut res =
                 plugin_request(&parts, &path, uri.query(), client, buffered.take(), false);
             res.headers = std::mem::take(&mut parts.headers);
