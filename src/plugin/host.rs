@@ -45,6 +45,8 @@ pub struct HostState {
     pub route: Arc<str>,
     /// The CPU deadline of one call, in epoch ticks.
     pub ticks: u64,
+    /// The id of the request being handled, for log lines.
+    pub request_id: Option<HeaderValue>,
 }
 
 impl WasiView for HostState {
@@ -304,12 +306,27 @@ impl types::HostResponse for HostState {
 impl host::Host for HostState {
     fn log(&mut self, level: LogLevel, message: String) {
         let (plugin, route) = (&*self.plugin, &*self.route);
+        let request_id = self
+            .request_id
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("-");
         match level {
-            LogLevel::Trace => tracing::trace!(target: "plugin", plugin, route, "{message}"),
-            LogLevel::Debug => tracing::debug!(target: "plugin", plugin, route, "{message}"),
-            LogLevel::Info => tracing::info!(target: "plugin", plugin, route, "{message}"),
-            LogLevel::Warn => tracing::warn!(target: "plugin", plugin, route, "{message}"),
-            LogLevel::Error => tracing::error!(target: "plugin", plugin, route, "{message}"),
+            LogLevel::Trace => {
+                tracing::trace!(target: "plugin", plugin, route, request_id, "{message}")
+            }
+            LogLevel::Debug => {
+                tracing::debug!(target: "plugin", plugin, route, request_id, "{message}")
+            }
+            LogLevel::Info => {
+                tracing::info!(target: "plugin", plugin, route, request_id, "{message}")
+            }
+            LogLevel::Warn => {
+                tracing::warn!(target: "plugin", plugin, route, request_id, "{message}")
+            }
+            LogLevel::Error => {
+                tracing::error!(target: "plugin", plugin, route, request_id, "{message}")
+            }
         }
     }
 }

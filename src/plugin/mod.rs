@@ -225,6 +225,7 @@ impl Bound {
             plugin: p.name.clone(),
             route: self.route.clone(),
             ticks: p.ticks,
+            request_id: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -413,6 +414,7 @@ impl Pool {
 fn lend(warm: &mut Warm, req: RequestRes) -> Resource<RequestRes> {
     let ticks = warm.store.data().ticks;
     warm.store.set_epoch_deadline(ticks);
+    warm.store.data_mut().request_id = req.headers.get("x-request-id").cloned();
     warm.store
         .data_mut()
         .table

@@ -172,6 +172,10 @@ impl Gateway {
         let host = request_host(&uri, host_header.as_ref());
         // Only an auth plugin may name the consumer; never the client.
         parts.headers.remove(X_CONSUMER);
+        // Plugins and the upstream see the request id the response will carry.
+        parts
+            .headers
+            .insert(headers::X_REQUEST_ID, request_id.clone());
 
         // Route: native match, then the route's predicate plugins.
         let mut body = Some(body);
@@ -300,7 +304,6 @@ impl Gateway {
                 host.as_deref(),
                 host_header.as_ref(),
                 client,
-                request_id,
                 body,
                 buffered,
                 log,
@@ -466,7 +469,6 @@ impl Gateway {
         host: Option<&str>,
         host_header: Option<&HeaderValue>,
         client: &ClientInfo,
-        request_id: &HeaderValue,
         body: Option<Incoming>,
         buffered: Option<Bytes>,
         log: &mut Option<Box<AccessLog>>,
@@ -509,7 +511,6 @@ impl Gateway {
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
         headers::set_forwarded(h, client, host_header, self.server.trust_forwarded_headers);
-        h.insert(headers::X_REQUEST_ID, request_id.clone());
         let is_h2 = upstream.config.protocol == crate::config::Protocol::H2;
         match &route.host {
             HostPolicy::Target if is_h2 => {
