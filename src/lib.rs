@@ -9,5 +9,6 @@ pub mod demo;
 pub mod plugin;
 pub mod proxy;
 pub mod router;
+pub mod scaffold;
 pub mod server;
 pub mod upstream;

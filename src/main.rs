@@ -34,6 +34,26 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
     },
+    /// Plugin tools.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Create a working auth plugin project (with the WIT and a build.sh) in DIR/NAME.
+    New {
+        /// The plugin's language.
+        #[arg(long, value_enum)]
+        lang: portcullis::scaffold::Lang,
+        /// The plugin's name (a-z, 0-9, `-`).
+        name: String,
+        /// Where to create it.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -80,6 +100,15 @@ fn main() -> ExitCode {
             }),
             Err(e) => Err(anyhow::anyhow!("{e}")),
         },
+        Some(Command::Plugin {
+            command: PluginCommand::New { lang, name, dir },
+        }) => portcullis::scaffold::new_plugin(lang, &name, &dir).map(|root| {
+            println!(
+                "created {}; build it with `bash {}/build.sh`",
+                root.display(),
+                root.display()
+            );
+        }),
         Some(Command::Demo { listen }) => rt().block_on(portcullis::demo::run(
             &listen,
             portcullis::server::shutdown_signal(),
