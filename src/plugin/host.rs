@@ -70,7 +70,8 @@ const MANAGED: &[&str] = &[
     "upgrade",
 ];
 
-fn header_name(name: &str) -> Result<HeaderName, String> {
+/// A header name a plugin may set: valid, and not one the gateway manages.
+pub(crate) fn header_name(name: &str) -> Result<HeaderName, String> {
     let n = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("`{name}` is not a valid header name"))?;
     if MANAGED.contains(&n.as_str()) {
@@ -79,7 +80,7 @@ fn header_name(name: &str) -> Result<HeaderName, String> {
     Ok(n)
 }
 
-fn header_value(value: &str) -> Result<HeaderValue, String> {
+pub(crate) fn header_value(value: &str) -> Result<HeaderValue, String> {
     HeaderValue::from_str(value).map_err(|_| "header value holds a control character".to_string())
 }
 

@@ -10,9 +10,9 @@ pub mod normalize;
 
 use crate::config::{Config, HashKey, HostPolicy, OnError, ServerConfig};
 use crate::plugin::bindings::{AuthDecision, Hooks, Reply, RequestAction};
-use crate::plugin::host::{RequestRes, ResponseRes};
+use crate::plugin::host::{self as plugin_host, RequestRes, ResponseRes};
 use crate::plugin::{PluginSet, Pool, Role};
-use crate::router::{self, Check, Router};
+use crate::router::{self, Match, Router};
 use crate::upstream::balance::hash_bytes;
 use crate::upstream::{ActiveGuard, Upstream};
 use access_log::AccessLog;
@@ -180,38 +180,29 @@ impl Gateway {
         // Route: native match, then the route's predicate plugins.
         let mut body = Some(body);
         let mut buffered: Option<Bytes> = None;
-        let mut allowed: Vec<&http::Method> = Vec::new();
         let mut route_idx = None;
-        for &i in self.router.order() {
-            match self.router.check(i, &parts, &path, host.as_deref()) {
-                Check::No => continue,
-                Check::MethodOnly => {
-                    for m in self.router.methods(i) {
-                        if !allowed.contains(&m) {
-                            allowed.push(m);
-                        }
-                    }
-                    continue;
-                }
-                Check::Yes => {}
-            }
-            let predicates = self.pools[i]
+        // The predicates' read-only view of the request, built once if any route has them.
+        let mut view: Option<RequestRes> = None;
+        'routes: for i in self.router.candidates(&parts, &path, host.as_deref()) {
+            let route = self.router.route(i);
+            for pool in self.pools[i]
                 .iter()
-                .filter(|p| p.bound.plugin.role == Role::Predicate);
-            let mut accepted = true;
-            for pool in predicates {
-                let route = self.router.route(i);
+                .filter(|p| p.bound.plugin.role == Role::Predicate)
+            {
                 if let (Some(limit), None) = (route.buffer_request_body, &buffered) {
                     buffered = Some(
                         buffer_body(body.take().expect("body not yet consumed"), limit).await?,
                     );
                 }
-                let res =
-                    plugin_request(&parts, &path, uri.query(), client, buffered.clone(), true);
-                let (_, verdict) = pool.matches(res).await;
+                let mut res = view.take().unwrap_or_else(|| {
+                    plugin_request(&parts, &path, uri.query(), client, None, true)
+                });
+                res.body.clone_from(&buffered);
+                let (back, verdict) = pool.matches(res).await;
+                view = Some(back);
                 match verdict {
                     Ok(true) => {}
-                    Ok(false) => accepted = false,
+                    Ok(false) => continue 'routes,
                     Err(e) if pool.on_error() == OnError::Allow => {
                         tracing::warn!(plugin = &*pool.bound.plugin.name, error = %e, "predicate failed; on_error = allow treats it as matching");
                     }
@@ -219,42 +210,29 @@ impl Gateway {
                         return Err(ProxyError::PluginFailed(pool.bound.plugin.name.to_string()))
                     }
                 }
-                if !accepted {
-                    break;
-                }
             }
-            if accepted {
-                route_idx = Some(i);
-                break;
-            }
+            route_idx = Some(i);
+            break;
         }
         let Some(route_idx) = route_idx else {
-            if allowed.is_empty() {
-                return Err(ProxyError::NotFound);
-            }
-            let allow = allowed
-                .iter()
-                .map(|m| m.as_str())
-                .collect::<Vec<_>>()
-                .join(", ");
-            return Err(ProxyError::MethodNotAllowed(allow));
+            return Err(match self.router.no_match(&parts, &path, host.as_deref()) {
+                Match::MethodNotAllowed(ms) => ProxyError::MethodNotAllowed(
+                    ms.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", "),
+                ),
+                _ => ProxyError::NotFound,
+            });
         };
         let route = self.router.route(route_idx);
         if let Some(l) = log.as_mut() {
             l.route = Some(self.route_names[route_idx].clone());
         }
-        if let Some(b) = &body {
-            if b.size_hint().lower()
-                > route
-                    .max_body_size
-                    .min(route.buffer_request_body.unwrap_or(u64::MAX))
-            {
-                return Err(ProxyError::BodyTooLarge(
-                    route
-                        .max_body_size
-                        .min(route.buffer_request_body.unwrap_or(u64::MAX)),
-                ));
-            }
+        // A body is refused up front when its declared length is over what this route
+        // will take (or buffer).
+        let limit = route
+            .max_body_size
+            .min(route.buffer_request_body.unwrap_or(u64::MAX));
+        if body.as_ref().is_some_and(|b| b.size_hint().lower() > limit) {
+            return Err(ProxyError::BodyTooLarge(limit));
         }
 
         // Request plugins (auth, transform) in route order.
@@ -270,14 +248,10 @@ impl Gateway {
             let mut res =
                 plugin_request(&parts, &path, uri.query(), client, buffered.take(), false);
             res.headers = std::mem::take(&mut parts.headers);
-            let outcome = self
-                .request_chain(pools, &mut res, &mut passed, log, request_id)
-                .await;
+            let outcome = self.request_chain(pools, &mut res, &mut passed, log).await;
             parts.headers = std::mem::take(&mut res.headers);
-            if res.path != *path || res.query.as_deref() != uri.query() {
-                new_path = Some((res.path.clone(), res.query.clone()));
-            }
             buffered = res.body.take();
+            // Response hooks get a read-only copy of the request as it was forwarded.
             if passed
                 .iter()
                 .any(|p| p.bound.hooks.contains(Hooks::ON_RESPONSE))
@@ -286,6 +260,9 @@ impl Gateway {
                 copy.path.clone_from(&res.path);
                 copy.query.clone_from(&res.query);
                 for_response = Some(copy);
+            }
+            if res.path != *path || res.query.as_deref() != uri.query() {
+                new_path = Some((std::mem::take(&mut res.path), res.query.take()));
             }
             if let ChainOutcome::Reply(reply) = outcome? {
                 return Ok(self
@@ -309,10 +286,7 @@ impl Gateway {
                 log,
             )
             .await;
-        if passed
-            .iter()
-            .any(|p| p.bound.hooks.contains(Hooks::ON_RESPONSE))
-        {
+        if for_response.is_some() {
             let resp = result.unwrap_or_else(|e| {
                 if let Some(l) = log.as_mut() {
                     l.error = Some(e.code());
@@ -333,7 +307,6 @@ impl Gateway {
         res: &mut RequestRes,
         passed: &mut Vec<&'a Pool>,
         log: &mut Option<Box<AccessLog>>,
-        request_id: &HeaderValue,
     ) -> Result<ChainOutcome, ProxyError> {
         for pool in pools {
             let name = &pool.bound.plugin.name;
@@ -354,7 +327,7 @@ impl Gateway {
                             }
                         }
                         Ok(AuthDecision::Deny(reply)) => {
-                            return Ok(ChainOutcome::Reply(reply_response(reply, request_id)))
+                            return Ok(ChainOutcome::Reply(reply_response(reply)))
                         }
                         Err(e) => plugin_failed(pool, &e)?,
                     }
@@ -366,7 +339,7 @@ impl Gateway {
                         match action {
                             Ok(RequestAction::Proceed) => {}
                             Ok(RequestAction::Respond(reply)) => {
-                                return Ok(ChainOutcome::Reply(reply_response(reply, request_id)));
+                                return Ok(ChainOutcome::Reply(reply_response(reply)));
                             }
                             Err(e) => {
                                 plugin_failed(pool, &e)?;
@@ -662,35 +635,19 @@ fn plugin_failed(pool: &Pool, e: &crate::plugin::PluginFailure) -> Result<(), Pr
 }
 
 /// A plugin's own reply (auth deny, transform respond) as a response.
-fn reply_response(reply: Reply, request_id: &HeaderValue) -> Response<ResponseBody> {
+fn reply_response(reply: Reply) -> Response<ResponseBody> {
     let status = http::StatusCode::from_u16(reply.status)
         .ok()
         .filter(|s| (200..=599).contains(&s.as_u16()))
         .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     let mut resp = Response::new(ResponseBody::full(Bytes::from(reply.body)));
     *resp.status_mut() = status;
+    // The same rules as the plugin's own header setters: gateway-managed headers are dropped.
     for (n, v) in reply.headers {
-        if let (Ok(n), Ok(v)) = (
-            header::HeaderName::from_bytes(n.as_bytes()),
-            HeaderValue::from_str(&v),
-        ) {
-            if !matches!(
-                n.as_str(),
-                "content-length"
-                    | "transfer-encoding"
-                    | "connection"
-                    | "keep-alive"
-                    | "proxy-connection"
-                    | "te"
-                    | "trailer"
-                    | "upgrade"
-            ) {
-                resp.headers_mut().append(n, v);
-            }
+        if let (Ok(n), Ok(v)) = (plugin_host::header_name(&n), plugin_host::header_value(&v)) {
+            resp.headers_mut().append(n, v);
         }
     }
-    resp.headers_mut()
-        .insert(headers::X_REQUEST_ID, request_id.clone());
     resp
 }
 

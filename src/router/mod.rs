@@ -48,13 +48,8 @@ impl Router {
         &self.routes
     }
 
-    /// Route indices in precedence order.
-    pub fn order(&self) -> &[usize] {
-        &self.order
-    }
-
     /// Whether route `i` matches natively (path, host, headers, query, then method).
-    pub fn check(&self, i: usize, parts: &Parts, path: &str, host: Option<&str>) -> Check {
+    fn check(&self, i: usize, parts: &Parts, path: &str, host: Option<&str>) -> Check {
         let r = &self.routes[i];
         if !path_matches(&r.path, path)
             || !host_matches(&r.hosts, host)
@@ -69,41 +64,53 @@ impl Router {
         }
     }
 
-    /// Methods route `i` accepts, for `Allow`.
-    pub fn methods(&self, i: usize) -> &[Method] {
-        self.routes[i].methods.as_deref().unwrap_or(&[])
+    /// The routes whose native conditions all hold, in precedence order. The proxy runs
+    /// each one's predicate plugins on top and takes the first that accepts.
+    pub fn candidates<'a>(
+        &'a self,
+        parts: &'a Parts,
+        path: &'a str,
+        host: Option<&'a str>,
+    ) -> impl Iterator<Item = usize> + 'a {
+        self.order
+            .iter()
+            .copied()
+            .filter(move |&i| self.check(i, parts, path, host) == Check::Yes)
+    }
+
+    /// The answer when no candidate was taken: 405 with the methods of the routes that
+    /// matched all but the method, else 404. Only the failure path pays for this.
+    pub fn no_match(&self, parts: &Parts, path: &str, host: Option<&str>) -> Match<'_> {
+        let mut allowed: Vec<&Method> = Vec::new();
+        for &i in &self.order {
+            if self.check(i, parts, path, host) == Check::MethodOnly {
+                for m in self.routes[i].methods.as_deref().unwrap_or(&[]) {
+                    if !allowed.contains(&m) {
+                        allowed.push(m);
+                    }
+                }
+            }
+        }
+        if allowed.is_empty() {
+            Match::NotFound
+        } else {
+            Match::MethodNotAllowed(allowed)
+        }
     }
 
     /// Matches a request whose path has already been normalized; `host` is lowercase
     /// without port. (Predicate plugins are applied by the proxy on top of this.)
     pub fn find(&self, parts: &Parts, path: &str, host: Option<&str>) -> Match<'_> {
-        let mut allowed: Vec<&Method> = Vec::new();
-        let mut path_matched = false;
-        for &i in &self.order {
-            match self.check(i, parts, path, host) {
-                Check::Yes => return Match::Route(i),
-                Check::MethodOnly => {
-                    path_matched = true;
-                    for m in self.methods(i) {
-                        if !allowed.contains(&m) {
-                            allowed.push(m);
-                        }
-                    }
-                }
-                Check::No => {}
-            }
-        }
-        if path_matched {
-            Match::MethodNotAllowed(allowed)
-        } else {
-            Match::NotFound
+        match self.candidates(parts, path, host).next() {
+            Some(i) => Match::Route(i),
+            None => self.no_match(parts, path, host),
         }
     }
 }
 
 /// Native match outcome of one route.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Check {
+enum Check {
     Yes,
     /// Everything but the method matched.
     MethodOnly,
