@@ -22,17 +22,8 @@ upstream = "chat"
 fn validate(text: &str) -> (bool, String, String) {
     let dir = TempDir::new();
     let path = dir.write("bad.toml", text);
-    let out = Command::new(bin())
-        .arg("validate")
-        .arg(&path)
-        .output()
-        .unwrap();
-    let all = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), all, path.display().to_string())
+    let (ok, all) = support::validate(&path);
+    (ok, all, path.display().to_string())
 }
 
 /// Asserts that `text` is rejected with `file:LINE:COL: key `KEY`: ...MESSAGE...`.

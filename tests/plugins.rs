@@ -277,13 +277,8 @@ fn validate_reports_a_plugin_config_error_with_the_plugins_words() {
         api_key_plugin()
     );
     let path = dir.write("p.toml", &config);
-    let out = std::process::Command::new(bin())
-        .arg("validate")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let (ok, err) = validate(&path);
+    assert!(!ok);
     assert!(err.contains(&format!("{}:16:13: key `routes[0].plugins[0]`: plugin `api-key` on route `admin` rejected its config:", path.display())), "{err}");
     assert!(err.contains("keys"), "the plugin's own message: {err}");
 }
@@ -390,25 +385,13 @@ fn compiled_plugins_are_cached_on_disk_across_restarts() {
         out.sort();
         out
     };
-    let validate = || {
-        let out = std::process::Command::new(bin())
-            .arg("validate")
-            .arg(&path)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    validate();
+    assert_valid(&path);
     let first = artifacts();
     assert!(
         !first.is_empty(),
         "the first load writes a compiled artifact"
     );
-    validate();
+    assert_valid(&path);
     // A miss would have compiled again and rewritten the artifact.
     assert_eq!(
         artifacts(),

@@ -11,8 +11,15 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Runs `portcullis plugin new` and the scaffold's build.sh; returns the component.
-fn scaffold(lang: &str, name: &str, dir: &TempDir, env: &[(&str, String)]) -> PathBuf {
+/// Runs `portcullis plugin new`, then `prepare` on the new project, then its build.sh;
+/// returns the component.
+fn scaffold(
+    lang: &str,
+    name: &str,
+    dir: &TempDir,
+    env: &[(&str, String)],
+    prepare: impl FnOnce(&Path),
+) -> PathBuf {
     let out = Command::new(bin())
         .args(["plugin", "new", "--lang", lang, name, "--dir"])
         .arg(&dir.0)
@@ -24,6 +31,7 @@ fn scaffold(lang: &str, name: &str, dir: &TempDir, env: &[(&str, String)]) -> Pa
         String::from_utf8_lossy(&out.stderr)
     );
     let project = dir.0.join(name);
+    prepare(&project);
     let mut build = Command::new("bash");
     build.arg(project.join("build.sh"));
     // A cargo running these tests sets variables meant for itself, not for the scaffold.
@@ -75,16 +83,7 @@ async fn check(wasm: &Path, config: &str, good: (&str, &str), consumer: &str) {
     // Compile (and cache) before starting, so startup is quick.
     let dir = TempDir::new();
     let path = dir.write("c.toml", &text);
-    let out = Command::new(bin())
-        .arg("validate")
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_valid(&path);
     let gw = Gateway::start(&text);
     let c = client();
     let r = send(
@@ -113,7 +112,7 @@ async fn check(wasm: &Path, config: &str, good: (&str, &str), consumer: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn rust_scaffold_builds_and_authenticates() {
     let dir = TempDir::new();
-    let wasm = scaffold("rust", "my-auth", &dir, &[]);
+    let wasm = scaffold("rust", "my-auth", &dir, &[], |_| {});
     check(
         &wasm,
         "{ keys = { \"k-123\" = \"alice\" } }",
@@ -133,7 +132,13 @@ async fn python_scaffold_builds_and_authenticates() {
         .join("plugins/target/venv/bin/componentize-py")
         .display()
         .to_string();
-    let wasm = scaffold("python", "py-auth", &dir, &[("COMPONENTIZE_PY", cpy)]);
+    let wasm = scaffold(
+        "python",
+        "py-auth",
+        &dir,
+        &[("COMPONENTIZE_PY", cpy)],
+        |_| {},
+    );
     check(
         &wasm,
         "{ keys = [ { key = \"k-9\", consumer = \"bob\" } ] }",
@@ -150,27 +155,13 @@ async fn js_scaffold_builds_and_authenticates() {
     }
     let dir = TempDir::new();
     // Reuse the pinned componentize-js install instead of downloading it again.
-    let out = Command::new(bin())
-        .args(["plugin", "new", "--lang", "js", "js-auth", "--dir"])
-        .arg(&dir.0)
-        .output()
+    let wasm = scaffold("js", "js-auth", &dir, &[], |project| {
+        std::os::unix::fs::symlink(
+            root().join("plugins/js/bearer/node_modules"),
+            project.join("node_modules"),
+        )
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::os::unix::fs::symlink(
-        root().join("plugins/js/bearer/node_modules"),
-        dir.0.join("js-auth/node_modules"),
-    )
-    .unwrap();
-    let status = Command::new("bash")
-        .arg(dir.0.join("js-auth/build.sh"))
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let wasm = dir.0.join("js-auth/js-auth.wasm");
+    });
     check(
         &wasm,
         "{ tokens = { \"t-1\" = \"carol\" } }",

@@ -397,3 +397,29 @@ pub fn plugin(name: &str) -> String {
     assert!(p.is_file(), "{} was not built", p.display());
     p.display().to_string()
 }
+
+/// Runs `portcullis validate PATH`; returns whether it accepted and its stdout + stderr.
+pub fn validate(path: &std::path::Path) -> (bool, String) {
+    let out = Command::new(bin())
+        .arg("validate")
+        .arg(path)
+        .output()
+        .expect("run portcullis validate");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Asserts that `portcullis validate PATH` accepts the file (compiling and caching its
+/// plugins on the way).
+pub fn assert_valid(path: &std::path::Path) {
+    let (ok, text) = validate(path);
+    assert!(
+        ok,
+        "portcullis validate refused {}:\n{text}",
+        path.display()
+    );
+}
