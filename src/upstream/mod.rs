@@ -3,7 +3,7 @@
 
 pub mod balance;
 
-use crate::config::{BalanceKind, HashKey, UpstreamConfig};
+use crate::config::{BalanceKind, HashKey, TargetConfig, UpstreamConfig};
 use arc_swap::ArcSwap;
 use balance::Selector;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -168,5 +168,38 @@ impl Upstream {
 
     pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
         self.snapshot.load().endpoints.clone()
+    }
+
+    /// Replaces the endpoint set (discovery): the balancer is rebuilt here, off the request
+    /// path, and swapped in whole. Endpoints whose address stays keep their state (active
+    /// requests, latency, health); requests already on a removed endpoint finish on it.
+    /// Returns whether the set changed.
+    pub fn set_endpoints(&self, targets: &[TargetConfig]) -> bool {
+        let old = self.snapshot.load();
+        let unchanged = old.endpoints.len() == targets.len()
+            && old
+                .endpoints
+                .iter()
+                .zip(targets)
+                .all(|(e, t)| *e.address == *t.address && e.weight == t.weight.max(1));
+        if unchanged {
+            return false;
+        }
+        let endpoints: Vec<Arc<Endpoint>> = targets
+            .iter()
+            .map(|t| {
+                old.endpoints
+                    .iter()
+                    .find(|e| *e.address == *t.address && e.weight == t.weight.max(1))
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Endpoint::new(&t.address, t.weight)))
+            })
+            .collect();
+        let selector = Selector::build(self.config.balance, &endpoints);
+        self.snapshot.store(Arc::new(Snapshot {
+            endpoints,
+            selector,
+        }));
+        true
     }
 }
