@@ -1,9 +1,11 @@
 //! The TOML config: the serde model (unknown keys are errors) and its validation into the
 //! runtime [`Config`]. Every error names the file, line, column and key.
 
+pub mod discovery;
 mod error;
 pub mod units;
 
+pub use discovery::DiscoveryConfig;
 pub use error::ConfigError;
 use error::Source;
 
@@ -101,6 +103,9 @@ struct RawUpstream {
     hash_key: Option<Spanned<String>>,
     /// `targets = [{ address = "127.0.0.1:9001", weight = 1 }]`
     targets: Option<Spanned<Vec<RawTarget>>>,
+    /// `discovery = { kind = "dns", name = "api.internal", port = 8080 }`: endpoints from a
+    /// discovery source instead of `targets`.
+    discovery: Option<Spanned<discovery::RawDiscovery>>,
     /// `protocol = "http1" | "h2"` (h2 is prior-knowledge cleartext HTTP/2, for gRPC)
     #[serde(default)]
     protocol: Protocol,
@@ -252,7 +257,9 @@ pub struct UpstreamConfig {
     pub name: String,
     pub balance: BalanceKind,
     pub hash_key: HashKey,
+    /// Static endpoints; empty when `discovery` provides them.
     pub targets: Vec<TargetConfig>,
+    pub discovery: Option<DiscoveryConfig>,
     pub protocol: Protocol,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
@@ -424,51 +431,56 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
                 format!("duplicate upstream name `{name}`"),
             ));
         }
-        let Some(targets_raw) = u.targets else {
-            return Err(src.error(
-                u_span,
-                key("targets"),
-                format!("upstream `{name}` has no `targets`"),
-            ));
-        };
-        if targets_raw.get_ref().is_empty() {
-            return Err(src.error(
-                targets_raw.span(),
-                key("targets"),
-                format!("upstream `{name}` has an empty target list"),
-            ));
-        }
         let mut targets = Vec::new();
-        for (j, t) in targets_raw.into_inner().into_iter().enumerate() {
-            let addr = t.address.get_ref();
-            let valid = match addr.rsplit_once(':') {
-                Some((host, port)) => {
-                    !host.is_empty()
-                        && port.parse::<u16>().is_ok_and(|p| p != 0)
-                        && addr.parse::<http::uri::Authority>().is_ok()
+        let discovery = match (u.targets, u.discovery) {
+            (Some(_), Some(d)) => {
+                return Err(src.error(
+                    d.span(),
+                    key("discovery"),
+                    format!("upstream `{name}` has both `targets` and `discovery`; use one"),
+                ))
+            }
+            (None, None) => {
+                return Err(src.error(
+                    u_span,
+                    key("targets"),
+                    format!("upstream `{name}` has no `targets` (or `discovery`)"),
+                ))
+            }
+            (None, Some(d)) => Some(discovery::validate(src, d, i)?),
+            (Some(targets_raw), None) => {
+                if targets_raw.get_ref().is_empty() {
+                    return Err(src.error(
+                        targets_raw.span(),
+                        key("targets"),
+                        format!("upstream `{name}` has an empty target list"),
+                    ));
                 }
-                None => false,
-            };
-            if !valid {
-                return Err(src.error(
-                    t.address.span(),
-                    format!("upstreams[{i}].targets[{j}].address"),
-                    format!("`{addr}` is not HOST:PORT (e.g. \"127.0.0.1:9001\")"),
-                ));
+                for (j, t) in targets_raw.into_inner().into_iter().enumerate() {
+                    let addr = t.address.get_ref();
+                    check_address(addr).map_err(|m| {
+                        src.error(
+                            t.address.span(),
+                            format!("upstreams[{i}].targets[{j}].address"),
+                            m,
+                        )
+                    })?;
+                    let w = *t.weight.get_ref();
+                    check_weight(w).map_err(|m| {
+                        src.error(
+                            t.weight.span(),
+                            format!("upstreams[{i}].targets[{j}].weight"),
+                            m,
+                        )
+                    })?;
+                    targets.push(TargetConfig {
+                        address: addr.clone(),
+                        weight: w,
+                    });
+                }
+                None
             }
-            let w = *t.weight.get_ref();
-            if !(1..=MAX_WEIGHT).contains(&w) {
-                return Err(src.error(
-                    t.weight.span(),
-                    format!("upstreams[{i}].targets[{j}].weight"),
-                    format!("weight {w} is out of range 1..={MAX_WEIGHT}"),
-                ));
-            }
-            targets.push(TargetConfig {
-                address: addr.clone(),
-                weight: w,
-            });
-        }
+        };
         let hash_key = match &u.hash_key {
             None => HashKey::ClientAddr,
             Some(k) => {
@@ -491,6 +503,7 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             balance: u.balance,
             hash_key,
             targets,
+            discovery,
             protocol: u.protocol,
             connect_timeout: u.connect_timeout.map_or(Duration::from_secs(2), |d| d.0),
             request_timeout: u.request_timeout.map_or(Duration::from_secs(60), |d| d.0),
@@ -733,6 +746,35 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
         routes,
         plugins,
     })
+}
+
+/// Checks an endpoint address: `HOST:PORT` that is a valid URI authority, port 1..=65535.
+/// Used for static targets and for every address a discovery source reports.
+pub fn check_address(addr: &str) -> Result<(), String> {
+    let valid = match addr.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok_and(|p| p != 0)
+                && addr.parse::<http::uri::Authority>().is_ok()
+        }
+        None => false,
+    };
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{addr}` is not HOST:PORT (e.g. \"127.0.0.1:9001\")"
+        ))
+    }
+}
+
+/// Checks an endpoint weight against 1..=[`MAX_WEIGHT`].
+pub fn check_weight(w: u32) -> Result<(), String> {
+    if (1..=MAX_WEIGHT).contains(&w) {
+        Ok(())
+    } else {
+        Err(format!("weight {w} is out of range 1..={MAX_WEIGHT}"))
+    }
 }
 
 fn check_path(src: &Source<'_>, p: &Spanned<String>, key: &str) -> Result<String, ConfigError> {

@@ -14,6 +14,7 @@ pub enum ProxyError {
     MethodNotAllowed(String),
     BodyTooLarge(u64),
     HeadersTooLarge,
+    /// The upstream had no endpoint to pick; the message names it and says why.
     NoEndpoint(String),
     ConnectFailed(String),
     ConnectTimeout,
@@ -67,7 +68,7 @@ impl ProxyError {
                 format!("request body exceeds the route's limit of {limit} bytes")
             }
             ProxyError::HeadersTooLarge => "request headers are too large".into(),
-            ProxyError::NoEndpoint(u) => format!("upstream `{u}` has no available endpoint"),
+            ProxyError::NoEndpoint(reason) => reason.clone(),
             ProxyError::ConnectFailed(e) => format!("cannot connect to upstream: {e}"),
             ProxyError::ConnectTimeout => "timed out connecting to upstream".into(),
             ProxyError::UpstreamTimeout => "upstream did not answer in time".into(),

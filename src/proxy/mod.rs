@@ -459,7 +459,7 @@ impl Gateway {
             HashKey::ClientAddr => hash_ip(client.addr),
         };
         let Some(endpoint) = upstream.pick(key) else {
-            return Err(ProxyError::NoEndpoint(upstream.name().to_string()));
+            return Err(ProxyError::NoEndpoint(upstream.unavailable_reason()));
         };
         if let Some(l) = log.as_mut() {
             l.endpoint = Some(endpoint.address.clone());

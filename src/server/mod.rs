@@ -35,6 +35,8 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let gateway = Gateway::new(config, plugins);
+    // Discovery tasks run on this runtime until `_discovery` is dropped at the end of `run`.
+    let _discovery = crate::discovery::spawn(&gateway.upstreams);
     let server = gateway.server.clone();
     let mut proxies = Vec::new();
     for addr in &server.listen {

@@ -6,7 +6,7 @@ pub mod balance;
 use crate::config::{BalanceKind, HashKey, TargetConfig, UpstreamConfig};
 use arc_swap::ArcSwap;
 use balance::Selector;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -127,6 +127,8 @@ pub struct Snapshot {
 pub struct Upstream {
     pub config: UpstreamConfig,
     snapshot: ArcSwap<Snapshot>,
+    /// Whether the discovery source has reported an endpoint set yet.
+    discovered: AtomicBool,
 }
 
 impl Upstream {
@@ -143,6 +145,7 @@ impl Upstream {
                 endpoints,
                 selector,
             }),
+            discovered: AtomicBool::new(false),
         }
     }
 
@@ -168,6 +171,30 @@ impl Upstream {
 
     pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
         self.snapshot.load().endpoints.clone()
+    }
+
+    /// Why [`Upstream::pick`] found nothing, naming the upstream (the 503's message).
+    pub fn unavailable_reason(&self) -> String {
+        let name = self.name();
+        match &self.config.discovery {
+            None => format!("upstream `{name}` has no available endpoint"),
+            Some(d) if !self.discovered.load(Ordering::Acquire) => format!(
+                "upstream `{name}` has no endpoints yet: its discovery source ({}) has not produced any",
+                d.describe()
+            ),
+            Some(d) => format!(
+                "upstream `{name}` has no endpoints: its discovery source ({}) currently lists none",
+                d.describe()
+            ),
+        }
+    }
+
+    /// Replaces the endpoint set with one a discovery source reported (see
+    /// [`Upstream::set_endpoints`]) and remembers that the source has reported.
+    pub fn set_discovered(&self, targets: &[TargetConfig]) -> bool {
+        let changed = self.set_endpoints(targets);
+        self.discovered.store(true, Ordering::Release);
+        changed
     }
 
     /// Replaces the endpoint set (discovery): the balancer is rebuilt here, off the request

@@ -1,0 +1,103 @@
+//! File discovery: the gateway follows a TOML or JSON endpoint file as it changes, and a
+//! broken or missing file keeps the last good set.
+
+use super::support::{get, Gateway, TempDir, Upstream};
+use super::*;
+
+fn toml_file(ups: &[&Upstream]) -> String {
+    ups.iter()
+        .map(|u| format!("[[endpoints]]\naddress = \"{}\"\nweight = 1\n\n", u.addr))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_follows_changes_and_survives_a_broken_file() {
+    let (a, b, c) = (
+        Upstream::echo("a").await,
+        Upstream::echo("b").await,
+        Upstream::echo("c").await,
+    );
+    let dir = TempDir::new();
+    let path = dir.0.join("endpoints.toml");
+    replace_file(&path, &toml_file(&[&a, &b]));
+    let gw = Gateway::start_logging(
+        &config(
+            "round_robin",
+            &format!(
+                "{{ kind = \"file\", path = \"{}\", interval = \"50ms\" }}",
+                path.display()
+            ),
+        ),
+        &[],
+    );
+    gw.wait_log(&["discovery updated", "upstream=up", "endpoints=2"]);
+    wait_for(&gw, &["a", "b"]).await;
+
+    replace_file(&path, &toml_file(&[&a, &b, &c]));
+    let took = wait_for(&gw, &["a", "b", "c"]).await;
+    eprintln!("file: an added endpoint took {took:?} to get traffic");
+
+    replace_file(&path, &toml_file(&[&b, &c]));
+    wait_for(&gw, &["b", "c"]).await;
+
+    // Half-written: the last good set stays, and the log says why.
+    std::fs::write(&path, "[[endpoints]]\naddress = \"127.0.0.1:").unwrap();
+    let line = gw.wait_log(&["discovery failed", "upstream=up", "endpoints.toml"]);
+    assert!(line.contains("kept_endpoints=2"), "{line}");
+    assert_serving(&gw, &["b", "c"]).await;
+
+    // Gone altogether: still the last good set.
+    std::fs::remove_file(&path).unwrap();
+    assert_serving(&gw, &["b", "c"]).await;
+
+    // Back, with one entry that is not an endpoint: it is skipped, the rest applies.
+    replace_file(
+        &path,
+        &format!("{}[[endpoints]]\naddress = \"nowhere\"\n", toml_file(&[&c])),
+    );
+    gw.wait_log(&["discovery recovered", "upstream=up"]);
+    wait_for(&gw, &["c"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_file_with_weights() {
+    let (a, b) = (Upstream::echo("a").await, Upstream::echo("b").await);
+    let dir = TempDir::new();
+    let path = dir.write(
+        "endpoints.json",
+        &format!(
+            r#"{{"endpoints": [{{"address": "{}", "weight": 1, "metadata": {{"zone": "x"}}}},
+                              {{"address": "{}", "weight": 3}}]}}"#,
+            a.addr, b.addr
+        ),
+    );
+    let gw = Gateway::start(&config(
+        "weighted_round_robin",
+        &format!("{{ kind = \"file\", path = \"{}\" }}", path.display()),
+    ));
+    wait_for(&gw, &["a", "b"]).await;
+    let seen = tally(&gw, 40).await;
+    assert_eq!((seen["a"], seen["b"]), (10, 30), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_endpoints_yet_is_a_clear_503() {
+    let dir = TempDir::new();
+    let gw = Gateway::start(&config(
+        "round_robin",
+        &format!(
+            "{{ kind = \"file\", path = \"{}\" }}",
+            dir.0.join("not-there-yet.json").display()
+        ),
+    ));
+    let r = get(&gw.url("/v1/chat")).await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.error_code(), "no_healthy_endpoint");
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("upstream `up` has no endpoints yet")
+            && msg.contains("has not produced any")
+            && msg.contains("not-there-yet.json"),
+        "{msg}"
+    );
+}
