@@ -225,3 +225,145 @@ fn run_refuses_bad_config_with_same_error() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// BASE with its `targets` line replaced by `line` (the upstream's line 6).
+fn with_discovery(line: &str) -> String {
+    BASE.replace(
+        "targets = [ { address = \"127.0.0.1:9001\", weight = 1 } ]",
+        line,
+    )
+}
+
+#[test]
+fn discovery_kind_errors() {
+    rejects(
+        &with_discovery("discovery = { kind = \"dnss\", name = \"x\" }"),
+        6,
+        22,
+        "upstreams[0].discovery.kind",
+        "unknown discovery kind `dnss` (expected one of dns, file, etcd, zookeeper, consul)",
+    );
+    rejects(
+        &with_discovery("discovery = { name = \"api.internal\" }"),
+        6,
+        13,
+        "upstreams[0].discovery.kind",
+        "discovery needs `kind`",
+    );
+    rejects(
+        &with_discovery(
+            "targets = [ { address = \"127.0.0.1:9001\" } ]\ndiscovery = { kind = \"file\", path = \"e.json\" }",
+        ),
+        7,
+        13,
+        "upstreams[0].discovery",
+        "upstream `chat` has both `targets` and `discovery`; use one",
+    );
+    rejects(
+        &with_discovery(""),
+        4,
+        1,
+        "upstreams[0].targets",
+        "upstream `chat` has no `targets` (or `discovery`)",
+    );
+}
+
+#[test]
+fn discovery_key_errors() {
+    rejects(
+        &with_discovery("discovery = { kind = \"file\", path = \"e.json\", prefix = \"/x\" }"),
+        6,
+        56,
+        "upstreams[0].discovery.prefix",
+        "`prefix` does not apply to discovery kind `file` (its keys: path, format, interval)",
+    );
+    rejects(
+        &with_discovery("discovery = { kind = \"file\", pth = \"e.json\" }"),
+        6,
+        30,
+        "upstreams.pth",
+        "unknown field `pth`",
+    );
+    rejects(
+        &with_discovery("discovery = { kind = \"dns\", name = \"api.internal\" }"),
+        6,
+        36,
+        "upstreams[0].discovery.port",
+        "discovery kind `dns` with `name` needs `port`",
+    );
+    rejects(
+        &with_discovery(
+            "discovery = { kind = \"dns\", srv = \"_http._tcp.api\", min_refresh = \"10s\", max_refresh = \"1s\" }",
+        ),
+        6,
+        88,
+        "upstreams[0].discovery.max_refresh",
+        "max_refresh (1s) is below min_refresh (10s)",
+    );
+    rejects(
+        &with_discovery("discovery = { kind = \"file\", path = \"endpoints\" }"),
+        6,
+        37,
+        "upstreams[0].discovery.path",
+        "cannot tell the format of `endpoints`",
+    );
+    rejects(
+        &with_discovery(
+            "discovery = { kind = \"etcd\", endpoints = [\"https://etcd:2379\"], prefix = \"/s/\" }",
+        ),
+        6,
+        42,
+        "upstreams[0].discovery.endpoints",
+        "`https://etcd:2379` is not supported: only plain http",
+    );
+    rejects(
+        &with_discovery(
+            "discovery = { kind = \"zookeeper\", servers = \"zk:2181\", path = \"services/chat\" }",
+        ),
+        6,
+        63,
+        "upstreams[0].discovery.path",
+        "`services/chat` is not a znode path",
+    );
+    rejects(
+        &with_discovery("discovery = { kind = \"consul\", service = \"chat\", wait = \"1h\" }"),
+        6,
+        57,
+        "upstreams[0].discovery.wait",
+        "must be between 1s and 600s",
+    );
+    rejects(
+        &with_discovery("discovery = { kind = \"consul\", service = \"chat models\" }"),
+        6,
+        42,
+        "upstreams[0].discovery.service",
+        "`chat models` is not a Consul service name",
+    );
+}
+
+#[test]
+fn every_discovery_kind_validates() {
+    let upstreams = [
+        "discovery = { kind = \"dns\", name = \"api.internal\", port = 8080, resolver = \"127.0.0.1:53\", min_refresh = \"500ms\", max_refresh = \"30s\" }",
+        "discovery = { kind = \"dns\", srv = \"_http._tcp.api.internal\" }",
+        "discovery = { kind = \"file\", path = \"endpoints.toml\", interval = \"2s\" }",
+        "discovery = { kind = \"etcd\", endpoints = [\"127.0.0.1:2379\", \"http://10.0.0.2:2379\"], prefix = \"/services/chat/\" }",
+        "discovery = { kind = \"zookeeper\", servers = \"zk1:2181,zk2:2181\", path = \"/services/chat\", session_timeout = \"15s\" }",
+        "discovery = { kind = \"consul\", address = \"127.0.0.1:8500\", service = \"chat\", tag = \"v2\", datacenter = \"dc1\", token = \"t\", wait = \"1m\", passing = true }",
+    ];
+    let mut text = String::from("[server]\nlisten = \"127.0.0.1:0\"\n");
+    for (i, d) in upstreams.iter().enumerate() {
+        text.push_str(&format!("\n[[upstreams]]\nname = \"u{i}\"\n{d}\n"));
+    }
+    let (ok, out, _) = validate(&text);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains("ok (0 routes, 6 upstreams, 0 plugins)"),
+        "{out}"
+    );
+    // The table form works as well as the inline one.
+    let (ok, out, _) = validate(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n[[upstreams]]\nname = \"u\"\n[upstreams.discovery]\nkind = \"file\"\npath = \"e.json\"\n",
+    );
+    assert!(ok, "{out}");
+}

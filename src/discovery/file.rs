@@ -44,6 +44,8 @@ pub(super) async fn run(cfg: FileConfig, mut sink: Sink) {
             Ok(b) => b,
             Err(e) => {
                 sink.failed(format!("cannot read {}: {e}", path.display()));
+                // Whatever comes back is applied, even the content last seen.
+                last = None;
                 continue;
             }
         };

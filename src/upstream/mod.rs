@@ -230,3 +230,50 @@ impl Upstream {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn discovered_upstream(balance: &str) -> Upstream {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"up\"\nbalance = \"{balance}\"\ndiscovery = {{ kind = \"file\", path = \"e.json\" }}\n"
+        );
+        let cfg = crate::config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        Upstream::new(cfg.upstreams.into_iter().next().unwrap())
+    }
+
+    #[test]
+    fn every_balancer_starts_empty_and_takes_discovered_sets() {
+        for balance in [
+            "round_robin",
+            "weighted_round_robin",
+            "least_connections",
+            "weighted_least_connections",
+            "p2c_ewma",
+            "consistent_hash",
+        ] {
+            let u = discovered_upstream(balance);
+            assert!(u.pick(7).is_none(), "{balance}");
+            assert!(
+                u.unavailable_reason().contains("has not produced any"),
+                "{}",
+                u.unavailable_reason()
+            );
+            let t = |a: &str, w| TargetConfig {
+                address: a.into(),
+                weight: w,
+            };
+            assert!(u.set_discovered(&[t("10.0.0.1:80", 1), t("10.0.0.2:80", 3)]));
+            assert!(!u.set_discovered(&[t("10.0.0.1:80", 1), t("10.0.0.2:80", 3)]));
+            assert!(u.pick(7).is_some(), "{balance}");
+            assert!(u.set_discovered(&[]));
+            assert!(u.pick(7).is_none(), "{balance}");
+            assert!(
+                u.unavailable_reason().contains("currently lists none"),
+                "{}",
+                u.unavailable_reason()
+            );
+        }
+    }
+}

@@ -80,14 +80,7 @@ async fn consul_api_responder_follows_the_documented_semantics() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn consul_blocking_queries_follow_health_tags_and_agent_restarts() {
-    let ups = [
-        Upstream::echo("a").await,
-        Upstream::echo("b").await,
-        Upstream::echo("c").await,
-        Upstream::echo("d").await,
-        Upstream::echo("critical").await,
-        Upstream::echo("v1-only").await,
-    ];
+    let ups = echoes(["a", "b", "c", "d", "critical", "v1-only"]).await;
     let [a, b, c, d, critical, v1_only] = &ups;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

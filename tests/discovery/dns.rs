@@ -109,11 +109,7 @@ async fn dns_srv_uses_the_lowest_priority_and_weights() {
     if !installed(DNSMASQ, "dnsmasq-base") {
         return;
     }
-    let (a, b, c) = (
-        Upstream::echo("a").await,
-        Upstream::echo("b").await,
-        Upstream::echo("c").await,
-    );
+    let [a, b, c] = echoes(["a", "b", "c"]).await;
     let srv = |host: &str, up: &Upstream, priority: u16, weight: u16| {
         format!(
             "--srv-host=_http._tcp.models.test,{host},{},{priority},{weight}",

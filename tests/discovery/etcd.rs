@@ -98,12 +98,7 @@ async fn etcd_watch_follows_changes_and_resumes_after_a_restart() {
     if !installed(ETCD, "etcd-server") || !installed(ETCDCTL, "etcd-client") {
         return;
     }
-    let ups = [
-        Upstream::echo("a").await,
-        Upstream::echo("b").await,
-        Upstream::echo("c").await,
-        Upstream::echo("d").await,
-    ];
+    let ups = echoes(["a", "b", "c", "d"]).await;
     let [a, b, c, d] = &ups;
     let dir = TempDir::new();
     let (client_port, peer_port) = (free_port(), free_port());
@@ -111,7 +106,7 @@ async fn etcd_watch_follows_changes_and_resumes_after_a_restart() {
     etcd.ready().await;
     etcd.put("a", &endpoint_json(a));
     etcd.put("b", &b.addr.to_string()); // a bare host:port is accepted too
-    etcd.put("other-prefix-guard", "x"); // under the prefix but not an endpoint: skipped
+    etcd.put("not-an-endpoint", "x"); // under the prefix but not host:port: skipped
     etcd.ctl(&[
         "put",
         "/portcullis/test/upstream-not-ours",

@@ -12,11 +12,7 @@ fn toml_file(ups: &[&Upstream]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn file_follows_changes_and_survives_a_broken_file() {
-    let (a, b, c) = (
-        Upstream::echo("a").await,
-        Upstream::echo("b").await,
-        Upstream::echo("c").await,
-    );
+    let [a, b, c] = echoes(["a", "b", "c"]).await;
     let dir = TempDir::new();
     let path = dir.0.join("endpoints.toml");
     replace_file(&path, &toml_file(&[&a, &b]));
@@ -61,7 +57,7 @@ async fn file_follows_changes_and_survives_a_broken_file() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_file_with_weights() {
-    let (a, b) = (Upstream::echo("a").await, Upstream::echo("b").await);
+    let [a, b] = echoes(["a", "b"]).await;
     let dir = TempDir::new();
     let path = dir.write(
         "endpoints.json",

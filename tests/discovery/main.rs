@@ -35,6 +35,15 @@ pub fn config(balance: &str, discovery: &str) -> String {
     )
 }
 
+/// Echo upstreams answering with their names (`x-upstream`).
+pub async fn echoes<const N: usize>(names: [&'static str; N]) -> [support::Upstream; N] {
+    let mut ups = Vec::with_capacity(N);
+    for name in names {
+        ups.push(support::Upstream::echo(name).await);
+    }
+    ups.try_into().ok().expect("N upstreams")
+}
+
 /// Sends `n` requests; counts who answered (`x-upstream`), or `status N` for other replies.
 pub async fn tally(gw: &Gateway, n: usize) -> BTreeMap<String, usize> {
     let c = client();

@@ -93,12 +93,7 @@ async fn zookeeper_children_follow_registrations_and_sessions() {
     if !installed(JAVA, "zookeeper") || !installed(ZOOKEEPER_JAR, "zookeeper") {
         return;
     }
-    let ups = [
-        Upstream::echo("a").await,
-        Upstream::echo("b").await,
-        Upstream::echo("c").await,
-        Upstream::echo("d").await,
-    ];
+    let ups = echoes(["a", "b", "c", "d"]).await;
     let [a, b, c, d] = &ups;
     let dir = TempDir::new();
     let port = free_port();
