@@ -36,6 +36,12 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let gateway = Gateway::new(config, plugins);
     let server = gateway.server.clone();
+    // Active health checks run on this (the accepting) runtime, off the workers.
+    let health_checks: Vec<_> = gateway
+        .upstreams
+        .iter()
+        .filter_map(crate::upstream::health_check::spawn)
+        .collect();
     let mut proxies = Vec::new();
     for addr in &server.listen {
         proxies.push(
@@ -140,6 +146,9 @@ pub async fn run(
     }
 
     shutdown.await;
+    for h in &health_checks {
+        h.abort();
+    }
     for a in &acceptors {
         a.abort();
     }
