@@ -30,6 +30,9 @@
 #   PORTCULLIS_BIN  gateway binary        [target/release/portcullis]
 #                   (built only when this default path is missing)
 #   SKIP_PORTCULLIS 1 = benchmark only the upstream and nginx           [0]
+#   RESILIENCE      1 = also run a second Portcullis ("resilient") with circuit
+#                   breakers, HTTP health checks and outlier detection on the
+#                   same healthy upstream, and print resilient/portcullis [0]
 #
 # Note: on a 2-core machine wrk, the upstream and the proxy share the cores, so
 # absolute numbers are low; compare the ratios, which is what this is for.
@@ -41,6 +44,7 @@ CONNECTIONS=${CONNECTIONS:-64}
 THREADS=${THREADS:-2}
 WARMUP=${WARMUP:-2s}
 SKIP_PORTCULLIS=${SKIP_PORTCULLIS:-0}
+RESILIENCE=${RESILIENCE:-0}
 DEFAULT_BIN=target/release/portcullis
 BIN=${PORTCULLIS_BIN:-$DEFAULT_BIN}
 
@@ -123,10 +127,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- free ports --------------------------------------------------------------
-read -r UP_PORT NGX_PORT PC_PORT < <(python3 - <<'EOF'
+read -r UP_PORT NGX_PORT PC_PORT RS_PORT < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(3):
+for _ in range(4):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -243,6 +247,22 @@ path_prefix = "/"
 upstream = "up"
 EOF
 
+# The same, with every passive and active protection on (and nothing failing).
+sed "s/127.0.0.1:$PC_PORT/127.0.0.1:$RS_PORT/" "$TMP/portcullis.toml" >"$TMP/portcullis-resilient.toml"
+cat >>"$TMP/portcullis-resilient.toml" <<EOF
+
+[upstreams.circuit_breaker]
+consecutive_failures = 5
+error_ratio = 0.5
+
+[upstreams.health_check]
+path = "/"
+interval = "1s"
+
+[upstreams.outlier_detection]
+consecutive_5xx = 5
+EOF
+
 # --- start servers -----------------------------------------------------------------
 "$NGINX" -t -q -p "$TMP/" -e "$TMP/nginx-test.log" -c "$TMP/upstream-nginx.conf" \
   || die "upstream nginx config invalid"
@@ -262,13 +282,22 @@ declare -A URL=(
   [direct]="http://127.0.0.1:$UP_PORT/"
   [nginx]="http://127.0.0.1:$NGX_PORT/"
 )
-if [[ $SKIP_PORTCULLIS != 1 ]]; then
-  "$BIN" run --config "$TMP/portcullis.toml" --log-level warn >"$TMP/portcullis.log" 2>&1 &
+# start_portcullis TARGET CONFIG PORT DESCRIPTION
+start_portcullis() {
+  local t=$1 conf=$2 port=$3
+  "$BIN" run --config "$conf" --log-level warn >"$TMP/$t.log" 2>&1 &
   PIDS+=("$!")
-  wait_port portcullis "$PC_PORT" "$!" "$TMP/portcullis.log"
-  log "portcullis ($BIN) on 127.0.0.1:$PC_PORT"
-  TARGETS+=(portcullis)
-  URL[portcullis]="http://127.0.0.1:$PC_PORT/"
+  wait_port "$t" "$port" "$!" "$TMP/$t.log"
+  log "$t: $4 on 127.0.0.1:$port"
+  TARGETS+=("$t")
+  URL[$t]="http://127.0.0.1:$port/"
+}
+if [[ $SKIP_PORTCULLIS != 1 ]]; then
+  start_portcullis portcullis "$TMP/portcullis.toml" "$PC_PORT" "$BIN"
+  if [[ $RESILIENCE == 1 ]]; then
+    start_portcullis resilient "$TMP/portcullis-resilient.toml" "$RS_PORT" \
+      "$BIN with breakers, health checks and outlier detection"
+  fi
 fi
 
 for t in "${TARGETS[@]}"; do check_200 "$t" "${URL[$t]}"; done
@@ -348,6 +377,10 @@ summary="$OUT/summary.txt"
          printf "portcullis/nginx  req/s ratio: %s   (higher is better)\n", (nr > 0 ? sprintf("%.3f", pr / nr) : "n/a")
          printf "portcullis/nginx  p99 ratio:   %s   (lower is better)\n",  (np > 0 ? sprintf("%.3f", pp / np) : "n/a")
        }'
+  fi
+  if [[ $RESILIENCE == 1 && $SKIP_PORTCULLIS != 1 ]]; then
+    awk -v r="${MED_RPS[resilient]}" -v p="${MED_RPS[portcullis]}" \
+      'BEGIN { printf "resilient/portcullis req/s ratio: %s   (breakers + health checks + outlier detection; goal >= 0.97)\n", (p > 0 ? sprintf("%.3f", r / p) : "n/a") }'
   fi
   for t in "${TARGETS[@]}"; do
     (( ${ERR[$t]} == 0 )) || echo "WARNING: $t had ${ERR[$t]} socket errors / non-2xx responses"

@@ -181,10 +181,20 @@ name = "chat-models"
 balance = "round_robin"
 targets = [ {{ address = "{}" }}, {{ address = "{}" }} ]
 
+[upstreams.circuit_breaker]
+consecutive_failures = 3
+open_time = "2s"
+
+[upstreams.retry]              # POSTs are retried only when the connection was never made
+attempts = 2
+
 [[upstreams]]
 name = "embedding-models"
 balance = "least_connections"
 targets = [ {{ address = "{}" }}, {{ address = "{}" }} ]
+
+[upstreams.outlier_detection]
+consecutive_gateway_errors = 3
 
 [[routes]]
 name = "chat"

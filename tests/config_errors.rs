@@ -367,3 +367,79 @@ fn every_discovery_kind_validates() {
     );
     assert!(ok, "{out}");
 }
+
+/// BASE with `section` (starting at line 7) inside the upstream.
+fn with_section(section: &str) -> String {
+    BASE.replace("\n[[routes]]", &format!("{section}\n\n[[routes]]"))
+}
+
+#[test]
+fn resilience_sections_are_validated() {
+    rejects(
+        &with_section("[upstreams.circuit_breaker]\nerror_ratio = 1.5"),
+        8,
+        15,
+        "upstreams[0].circuit_breaker.error_ratio",
+        "1.5 is out of range 0..=1",
+    );
+    rejects(
+        &with_section("[upstreams.circuit_breaker]\nopen_time = \"10s\"\nmax_open_time = \"1s\""),
+        9,
+        17,
+        "upstreams[0].circuit_breaker.max_open_time",
+        "must not be less than open_time",
+    );
+    rejects(
+        &with_section("[upstreams.retry]\non = [\"connect\", \"sometimes\"]"),
+        8,
+        18,
+        "upstreams[0].retry.on",
+        "unknown condition `sometimes`",
+    );
+    rejects(
+        &with_section("[upstreams.retry]\nattempts = 0"),
+        8,
+        12,
+        "upstreams[0].retry.attempts",
+        "0 is out of range 1..=10",
+    );
+    rejects(
+        &with_section("[upstreams.health_check]\nkind = \"tcp\"\npath = \"/healthz\""),
+        9,
+        8,
+        "upstreams[0].health_check.path",
+        "only applies to kind = \"http\"",
+    );
+    rejects(
+        &with_section("[upstreams.health_check]\nstatuses = [200, 999]"),
+        8,
+        18,
+        "upstreams[0].health_check.statuses",
+        "999 is not an HTTP status",
+    );
+    rejects(
+        &with_section("[upstreams.outlier_detection]\nmax_ejection_percent = 150"),
+        8,
+        24,
+        "upstreams[0].outlier_detection.max_ejection_percent",
+        "150 is out of range 0..=100",
+    );
+    let (ok, out, _) = validate(&with_section(
+        "[upstreams.outlier_detection]\nconsecutive_errors = 3",
+    ));
+    assert!(!ok);
+    assert!(out.contains("unknown field `consecutive_errors`"), "{out}");
+    assert!(out.contains("bad.toml:8:1"), "{out}");
+}
+
+#[test]
+fn every_resilience_section_together_is_valid() {
+    let text = with_section(
+        "[upstreams.circuit_breaker]\nconsecutive_failures = 5\nerror_ratio = 0.5\nwindow = \"10s\"\nmin_requests = 20\nopen_time = \"5s\"\nmax_open_time = \"1m\"\nhalf_open_probes = 2\nfailure_on = [\"connect\", \"timeout\", \"reset\", \"gateway\", 429]\njitter = 0.1\n\
+         [upstreams.health_check]\nkind = \"http\"\npath = \"/healthz\"\nhost = \"chat.internal\"\nstatuses = [\"2xx\", 301]\ninterval = \"5s\"\ntimeout = \"1s\"\nhealthy_threshold = 2\nunhealthy_threshold = 3\n\
+         [upstreams.outlier_detection]\nconsecutive_5xx = 5\nconsecutive_gateway_errors = 5\nbase_ejection_time = \"30s\"\nmax_ejection_time = \"5m\"\nmax_ejection_percent = 50\n\
+         [upstreams.retry]\nattempts = 3\non = [\"connect\", \"reset\", \"timeout\", 503]\nper_try_timeout = \"2s\"\nbackoff = \"25ms\"\nmax_backoff = \"250ms\"\nbudget_percent = 20.0\nbudget_min_per_second = 10\nbudget_window = \"10s\"",
+    );
+    let (ok, out, _) = validate(&text);
+    assert!(ok, "{out}");
+}

@@ -3,6 +3,7 @@
 
 pub mod discovery;
 mod error;
+pub mod resilience;
 pub mod units;
 
 pub use discovery::DiscoveryConfig;
@@ -119,6 +120,14 @@ struct RawUpstream {
     pool_idle_timeout: Option<Dur>,
     /// `pool_max_idle_per_target = 256`
     pool_max_idle_per_target: Option<usize>,
+    /// `[upstreams.circuit_breaker]`
+    circuit_breaker: Option<Spanned<resilience::RawBreaker>>,
+    /// `[upstreams.health_check]`
+    health_check: Option<Spanned<resilience::RawHealthCheck>>,
+    /// `[upstreams.outlier_detection]`
+    outlier_detection: Option<Spanned<resilience::RawOutlier>>,
+    /// `[upstreams.retry]`
+    retry: Option<Spanned<resilience::RawRetry>>,
 }
 
 #[derive(Deserialize)]
@@ -266,6 +275,10 @@ pub struct UpstreamConfig {
     pub idle_timeout: Duration,
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_target: usize,
+    pub circuit_breaker: Option<resilience::BreakerConfig>,
+    pub health_check: Option<resilience::HealthCheckConfig>,
+    pub outlier_detection: Option<resilience::OutlierConfig>,
+    pub retry: Option<resilience::RetryConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -510,6 +523,26 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             idle_timeout: u.idle_timeout.map_or(Duration::from_secs(60), |d| d.0),
             pool_idle_timeout: u.pool_idle_timeout.map_or(Duration::from_secs(90), |d| d.0),
             pool_max_idle_per_target: u.pool_max_idle_per_target.unwrap_or(256),
+            circuit_breaker: match &u.circuit_breaker {
+                Some(b) => Some(resilience::breaker(src, b, &format!("upstreams[{i}]"))?),
+                None => None,
+            },
+            health_check: match &u.health_check {
+                Some(h) => Some(resilience::health_check(
+                    src,
+                    h,
+                    &format!("upstreams[{i}]"),
+                )?),
+                None => None,
+            },
+            outlier_detection: match &u.outlier_detection {
+                Some(o) => Some(resilience::outlier(src, o, &format!("upstreams[{i}]"))?),
+                None => None,
+            },
+            retry: match &u.retry {
+                Some(r) => Some(resilience::retry(src, r, &format!("upstreams[{i}]"))?),
+                None => None,
+            },
         });
     }
 

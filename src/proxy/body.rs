@@ -42,20 +42,43 @@ impl fmt::Display for IdleTimeout {
 
 impl std::error::Error for IdleTimeout {}
 
-pin_project! {
-    /// The client's request body on its way upstream, failing once it passes `limit`.
-    pub struct RequestBody {
-        #[pin]
-        inner: Incoming,
-        remaining: u64,
-    }
+/// The client's request body on its way upstream, failing once it passes `limit`.
+///
+/// With [`RequestBody::recoverable`], a body that is dropped before it was ever polled
+/// (the connection to the upstream could not be made) is handed back through a channel,
+/// so the request can be retried on another endpoint with the same body. Once polled,
+/// bytes may have left and it is never handed back.
+pub struct RequestBody {
+    inner: Option<Incoming>,
+    remaining: u64,
+    give_back: Option<tokio::sync::oneshot::Sender<Incoming>>,
 }
 
 impl RequestBody {
     pub fn new(inner: Incoming, limit: u64) -> Self {
         RequestBody {
-            inner,
+            inner: Some(inner),
             remaining: limit,
+            give_back: None,
+        }
+    }
+
+    /// A body that comes back on the returned channel if it is dropped unpolled.
+    pub fn recoverable(
+        inner: Incoming,
+        limit: u64,
+    ) -> (Self, tokio::sync::oneshot::Receiver<Incoming>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut body = Self::new(inner, limit);
+        body.give_back = Some(tx);
+        (body, rx)
+    }
+}
+
+impl Drop for RequestBody {
+    fn drop(&mut self) {
+        if let (Some(tx), Some(body)) = (self.give_back.take(), self.inner.take()) {
+            let _ = tx.send(body);
         }
     }
 }
@@ -65,18 +88,22 @@ impl Body for RequestBody {
     type Error = BoxError;
 
     fn poll_frame(
-        self: Pin<&mut Self>,
+        mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        match ready!(this.inner.poll_frame(cx)) {
+        let this = &mut *self;
+        this.give_back = None;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match ready!(Pin::new(inner).poll_frame(cx)) {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
-                    if n > *this.remaining {
+                    if n > this.remaining {
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
                     }
-                    *this.remaining -= n;
+                    this.remaining -= n;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -86,11 +113,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(|b| b.is_end_stream())
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
     }
 }
 
@@ -98,7 +127,7 @@ pin_project! {
     /// The body sent upstream: the client's, streamed, or one buffered for plugins.
     #[project = UpBodyProj]
     pub enum UpstreamBody {
-        Stream { #[pin] body: RequestBody },
+        Stream { body: RequestBody },
         Buffered { #[pin] body: Full<Bytes> },
     }
 }
@@ -112,7 +141,7 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.project() {
-            UpBodyProj::Stream { body } => body.poll_frame(cx),
+            UpBodyProj::Stream { body } => Pin::new(body).poll_frame(cx),
             UpBodyProj::Buffered { body } => body.poll_frame(cx).map_err(|never| match never {}),
         }
     }

@@ -16,6 +16,8 @@ pub enum ProxyError {
     HeadersTooLarge,
     /// The upstream had no endpoint to pick; the message names it and says why.
     NoEndpoint(String),
+    /// Every endpoint is unhealthy, ejected or behind an open circuit breaker.
+    Unavailable(String),
     ConnectFailed(String),
     ConnectTimeout,
     UpstreamTimeout,
@@ -32,7 +34,9 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeadersTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::NoEndpoint(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoint(_) | ProxyError::Unavailable(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::ConnectFailed(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -47,7 +51,8 @@ impl ProxyError {
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::BodyTooLarge(_) => "body_too_large",
             ProxyError::HeadersTooLarge => "headers_too_large",
-            ProxyError::NoEndpoint(_) => "no_healthy_endpoint",
+            ProxyError::NoEndpoint(_) => "no_endpoints",
+            ProxyError::Unavailable(_) => "no_healthy_endpoint",
             ProxyError::ConnectFailed(_) => "upstream_connect_failed",
             ProxyError::ConnectTimeout => "upstream_connect_timeout",
             ProxyError::UpstreamTimeout => "upstream_timeout",
@@ -69,6 +74,9 @@ impl ProxyError {
             }
             ProxyError::HeadersTooLarge => "request headers are too large".into(),
             ProxyError::NoEndpoint(reason) => reason.clone(),
+            ProxyError::Unavailable(u) => format!(
+                "no endpoint of upstream `{u}` is available (all unhealthy, ejected or circuit open)"
+            ),
             ProxyError::ConnectFailed(e) => format!("cannot connect to upstream: {e}"),
             ProxyError::ConnectTimeout => "timed out connecting to upstream".into(),
             ProxyError::UpstreamTimeout => "upstream did not answer in time".into(),

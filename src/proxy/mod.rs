@@ -14,7 +14,7 @@ use crate::plugin::host::{self as plugin_host, RequestRes, ResponseRes};
 use crate::plugin::{PluginSet, Pool, Role};
 use crate::router::{self, Match, Router};
 use crate::upstream::balance::hash_bytes;
-use crate::upstream::{ActiveGuard, Upstream};
+use crate::upstream::{retry, ActiveGuard, Endpoint, NoPick, Outcome, Picked, Upstream};
 use access_log::AccessLog;
 use body::{RequestBody, ResponseBody, UpstreamBody};
 use bytes::Bytes;
@@ -22,7 +22,7 @@ use error::ProxyError;
 use forward::UpstreamClient;
 pub use headers::ClientInfo;
 use http::header::{self, HeaderValue};
-use http::{Request, Response};
+use http::{Method, Request, Response};
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::{Body as _, Incoming};
 use std::borrow::Cow;
@@ -458,15 +458,7 @@ impl Gateway {
                 .map_or_else(|| hash_ip(client.addr), |c| hash_bytes(c.as_bytes())),
             HashKey::ClientAddr => hash_ip(client.addr),
         };
-        let Some(endpoint) = upstream.pick(key) else {
-            return Err(ProxyError::NoEndpoint(upstream.unavailable_reason()));
-        };
-        if let Some(l) = log.as_mut() {
-            l.endpoint = Some(endpoint.address.clone());
-        }
-        let guard = ActiveGuard::new(endpoint.clone());
-
-        // Build the upstream request in place.
+        // The parts of the upstream request that do not depend on the endpoint.
         let pq = match &new_path {
             Some((p, q)) => forward::path_and_query(router::upstream_path(route, p), q.as_deref()),
             None => {
@@ -478,78 +470,295 @@ impl Gateway {
                     _ => forward::path_and_query(up_path, uri.query()),
                 }
             }
-        };
-        parts.uri = pq.and_then(|pq| forward::upstream_uri(&endpoint.authority, pq))?;
+        }?;
         parts.version = forward::version_for(upstream.config.protocol);
         let h = &mut parts.headers;
         headers::strip_hop_by_hop(h);
         headers::set_forwarded(h, client, host_header, self.server.trust_forwarded_headers);
         let is_h2 = upstream.config.protocol == crate::config::Protocol::H2;
-        match &route.host {
-            HostPolicy::Target if is_h2 => {
-                h.remove(header::HOST);
-            }
-            HostPolicy::Target => {
-                h.insert(header::HOST, endpoint.host_header.clone());
-            }
-            HostPolicy::Preserve => {
-                if let Some(v) = host_header {
-                    h.insert(header::HOST, v.clone());
-                } else if let Some(a) = host.and_then(|a| HeaderValue::from_str(a).ok()) {
-                    h.insert(header::HOST, a);
-                }
-            }
-            HostPolicy::Rewrite(v) => {
+        // `None`: the Host header is the endpoint's own, set per try.
+        let fixed_host = match &route.host {
+            HostPolicy::Target => None,
+            HostPolicy::Preserve => host_header
+                .cloned()
+                .or_else(|| host.and_then(|a| HeaderValue::from_str(a).ok())),
+            HostPolicy::Rewrite(v) => Some(v.clone()),
+        };
+        match &fixed_host {
+            Some(v) => {
                 h.insert(header::HOST, v.clone());
             }
+            None if is_h2 => {
+                h.remove(header::HOST);
+            }
+            None => {}
         }
-        let up_body = match (buffered, body) {
+        let mut body = match (buffered, body) {
             (Some(bytes), _) => {
                 parts
                     .headers
                     .insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
                 parts.headers.remove(header::TRANSFER_ENCODING);
-                UpstreamBody::Buffered {
-                    body: Full::new(bytes),
-                }
+                Replay::Bytes(bytes)
             }
-            (None, Some(b)) => UpstreamBody::Stream {
-                body: RequestBody::new(b, route.max_body_size),
-            },
-            (None, None) => UpstreamBody::Buffered {
-                body: Full::new(Bytes::new()),
-            },
+            (None, None) => Replay::Bytes(Bytes::new()),
+            (None, Some(b)) => Replay::Stream(Some(b)),
         };
-        let up_req = Request::from_parts(parts, up_body);
 
-        let timeout = route
+        let retry = upstream.config.retry.as_ref();
+        let attempts = retry.map_or(1, |r| r.attempts);
+        let overall = route
             .request_timeout
             .unwrap_or(upstream.config.request_timeout);
-        let sent = Instant::now();
-        let result =
-            tokio::time::timeout(timeout, self.clients[route.upstream].request(up_req)).await;
-        let resp = match result {
-            Err(_) => return Err(ProxyError::UpstreamTimeout),
-            Ok(Err(e)) => {
-                let mut err = forward::classify(&e);
-                if let ProxyError::BodyTooLarge(_) = err {
-                    err = ProxyError::BodyTooLarge(route.max_body_size);
+        let deadline = tokio::time::Instant::now() + overall;
+        if let Some(b) = &upstream.budget {
+            b.deposit(upstream.clock.now());
+        }
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        let mut template = Some(parts);
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut last_err: Option<ProxyError> = None;
+        for try_no in 1..=attempts {
+            // A retry goes to an endpoint not tried yet; if none is left, any usable one.
+            let picked = match upstream.pick_excluding(key, &tried) {
+                Err(NoPick::Unavailable) if !tried.is_empty() => upstream.pick_excluding(key, &[]),
+                other => other,
+            };
+            let Picked {
+                endpoint,
+                admission,
+            } = match picked {
+                Ok(p) => p,
+                Err(_) if last_err.is_some() => break,
+                Err(NoPick::Empty) => {
+                    return Err(ProxyError::NoEndpoint(upstream.unavailable_reason()))
                 }
-                tracing::warn!(upstream = upstream.name(), endpoint = &*endpoint.address, error = %e, code = err.code(), "upstream request failed");
+                Err(NoPick::Unavailable) => {
+                    return Err(ProxyError::Unavailable(upstream.name().to_string()))
+                }
+            };
+            if let Some(l) = log.as_mut() {
+                l.endpoint = Some(endpoint.address.clone());
+            }
+            let guard = ActiveGuard::new(endpoint.clone());
+
+            // The last possible try takes the template; earlier ones send a copy.
+            let mut parts = if try_no == attempts {
+                template.take().expect("template kept for the last try")
+            } else {
+                clone_parts(template.as_ref().expect("template kept until the last try"))
+            };
+            parts.uri = forward::upstream_uri(&endpoint.authority, pq.clone())?;
+            if fixed_host.is_none() && !is_h2 {
+                parts
+                    .headers
+                    .insert(header::HOST, endpoint.host_header.clone());
+            }
+            let (up_body, give_back) = body.take(route.max_body_size, try_no < attempts);
+            let up_req = Request::from_parts(parts, up_body);
+
+            let now = tokio::time::Instant::now();
+            let left = deadline.saturating_duration_since(now);
+            let per_try = retry
+                .and_then(|r| r.per_try_timeout)
+                .map_or(left, |t| t.min(left));
+            let result =
+                tokio::time::timeout(per_try, self.clients[route.upstream].request(up_req)).await;
+            if let Some(rx) = give_back {
+                body.recover(rx);
+            }
+            let (outcome, err) = match result {
+                Err(_) => (Outcome::Timeout, ProxyError::UpstreamTimeout),
+                Ok(Err(e)) => {
+                    let err = forward::classify(&e);
+                    let outcome = match err {
+                        ProxyError::BodyTooLarge(_) => {
+                            // The client's fault: no endpoint is blamed, no retry.
+                            upstream.record(&endpoint, admission, Outcome::Status(413));
+                            return Err(ProxyError::BodyTooLarge(route.max_body_size));
+                        }
+                        ProxyError::ConnectFailed(_) | ProxyError::ConnectTimeout => {
+                            Outcome::Connect
+                        }
+                        _ => Outcome::Reset,
+                    };
+                    tracing::warn!(upstream = upstream.name(), endpoint = &*endpoint.address, error = %e, code = err.code(), try_no, "upstream request failed");
+                    (outcome, err)
+                }
+                Ok(Ok(resp)) => {
+                    let status = resp.status().as_u16();
+                    upstream.record(&endpoint, admission, Outcome::Status(status));
+                    let retry_status = retry.is_some_and(|r| r.on.status(status));
+                    if !(retry_status
+                        && idempotent
+                        && body.replayable()
+                        && self
+                            .may_retry(
+                                upstream,
+                                try_no,
+                                attempts,
+                                deadline,
+                                endpoint.address.as_ref(),
+                                status,
+                            )
+                            .await)
+                    {
+                        let rtt = now.elapsed();
+                        endpoint.observe_latency(rtt);
+                        if let Some(l) = log.as_mut() {
+                            l.upstream_ms = Some(rtt.as_secs_f64() * 1e3);
+                        }
+                        let (mut rparts, rbody) = resp.into_parts();
+                        headers::strip_hop_by_hop(&mut rparts.headers);
+                        let body =
+                            ResponseBody::upstream(rbody, upstream.config.idle_timeout, guard);
+                        return Ok(Response::from_parts(rparts, body));
+                    }
+                    tried.push(endpoint);
+                    continue;
+                }
+            };
+            upstream.record(&endpoint, admission, outcome);
+            // Failures before the request was sent may be retried for any method; after,
+            // only for idempotent ones.
+            let wanted = retry.is_some_and(|r| match outcome {
+                Outcome::Connect => r.on.connect,
+                Outcome::Timeout => r.on.timeout && idempotent,
+                Outcome::Reset => r.on.reset && idempotent,
+                Outcome::Status(_) => false,
+            });
+            if !(wanted
+                && body.replayable()
+                && self
+                    .may_retry(
+                        upstream,
+                        try_no,
+                        attempts,
+                        deadline,
+                        endpoint.address.as_ref(),
+                        err.code(),
+                    )
+                    .await)
+            {
                 return Err(err);
             }
-            Ok(Ok(r)) => r,
-        };
-        let rtt = sent.elapsed();
-        endpoint.observe_latency(rtt);
-        if let Some(l) = log.as_mut() {
-            l.upstream_ms = Some(rtt.as_secs_f64() * 1e3);
+            last_err = Some(err);
+            tried.push(endpoint);
         }
-        let (mut rparts, rbody) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut rparts.headers);
-        let body = ResponseBody::upstream(rbody, upstream.config.idle_timeout, guard);
-        Ok(Response::from_parts(rparts, body))
+        Err(last_err.unwrap_or(ProxyError::Unavailable(upstream.name().to_string())))
     }
+
+    /// Whether one more try fits: tries left, time left, and the retry budget agrees.
+    /// Waits out the backoff before saying yes.
+    async fn may_retry(
+        &self,
+        upstream: &Upstream,
+        try_no: u32,
+        attempts: u32,
+        deadline: tokio::time::Instant,
+        endpoint: &str,
+        reason: impl std::fmt::Display,
+    ) -> bool {
+        let Some(cfg) = upstream.config.retry.as_ref() else {
+            return false;
+        };
+        if try_no >= attempts || tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        let budget = upstream.budget.as_ref().expect("retry has a budget");
+        if !budget.withdraw(upstream.clock.now()) {
+            tracing::warn!(upstream = upstream.name(), endpoint, reason = %reason, "retry budget exhausted; not retrying");
+            return false;
+        }
+        let pause = retry::backoff(cfg, try_no);
+        tracing::debug!(upstream = upstream.name(), endpoint, reason = %reason, try_no, ?pause, "retrying");
+        if !pause.is_zero() {
+            tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
+        }
+        tokio::time::Instant::now() < deadline
+    }
+}
+
+/// The request body as it can be sent again on a retry.
+enum Replay {
+    /// Empty or buffered: every try sends the same bytes.
+    Bytes(Bytes),
+    /// The client's stream: only sendable while no try has started reading it.
+    Stream(Option<Incoming>),
+}
+
+impl Replay {
+    /// The body for one try; with `keep`, a stream is sent so that it comes back on the
+    /// returned channel if the try never reads it.
+    fn take(
+        &mut self,
+        limit: u64,
+        keep: bool,
+    ) -> (
+        UpstreamBody,
+        Option<tokio::sync::oneshot::Receiver<Incoming>>,
+    ) {
+        match self {
+            Replay::Bytes(b) => (
+                UpstreamBody::Buffered {
+                    body: Full::new(b.clone()),
+                },
+                None,
+            ),
+            Replay::Stream(s) => {
+                let inner = s.take().expect("stream body present when replayable");
+                if keep && !inner.is_end_stream() {
+                    let (body, rx) = RequestBody::recoverable(inner, limit);
+                    (UpstreamBody::Stream { body }, Some(rx))
+                } else if inner.is_end_stream() {
+                    // Nothing to lose: later tries send an empty body.
+                    *self = Replay::Bytes(Bytes::new());
+                    (
+                        UpstreamBody::Stream {
+                            body: RequestBody::new(inner, limit),
+                        },
+                        None,
+                    )
+                } else {
+                    (
+                        UpstreamBody::Stream {
+                            body: RequestBody::new(inner, limit),
+                        },
+                        None,
+                    )
+                }
+            }
+        }
+    }
+
+    /// Takes the stream back after a try that never read it.
+    fn recover(&mut self, mut rx: tokio::sync::oneshot::Receiver<Incoming>) {
+        if let (Replay::Stream(slot), Ok(b)) = (&mut *self, rx.try_recv()) {
+            *slot = Some(b);
+        }
+    }
+
+    fn replayable(&self) -> bool {
+        !matches!(self, Replay::Stream(None))
+    }
+}
+
+/// A copy of a request head for one try (extensions are not carried upstream anyway).
+fn clone_parts(p: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.version_mut() = p.version;
+    *req.headers_mut() = p.headers.clone();
+    req.into_parts().0
 }
 
 /// Responses buffered for `response-body` transforms may not exceed this.

@@ -38,6 +38,12 @@ pub async fn run(
     // Discovery tasks run on this runtime until `_discovery` is dropped at the end of `run`.
     let _discovery = crate::discovery::spawn(&gateway.upstreams);
     let server = gateway.server.clone();
+    // Active health checks run on this (the accepting) runtime, off the workers.
+    let health_checks: Vec<_> = gateway
+        .upstreams
+        .iter()
+        .filter_map(crate::upstream::health_check::spawn)
+        .collect();
     let mut proxies = Vec::new();
     for addr in &server.listen {
         proxies.push(
@@ -142,6 +148,9 @@ pub async fn run(
     }
 
     shutdown.await;
+    for h in &health_checks {
+        h.abort();
+    }
     for a in &acceptors {
         a.abort();
     }

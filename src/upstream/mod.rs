@@ -2,10 +2,18 @@
 //! latency) and the balancer snapshot that the request path reads without locks.
 
 pub mod balance;
+pub mod breaker;
+pub mod health_check;
+pub mod outlier;
+pub mod retry;
+pub mod window;
 
 use crate::config::{BalanceKind, HashKey, TargetConfig, UpstreamConfig};
 use arc_swap::ArcSwap;
 use balance::Selector;
+use breaker::{Admission, Breaker, Transition};
+use outlier::{Outlier, Signal};
+use retry::RetryBudget;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -22,6 +30,11 @@ pub struct Endpoint {
     /// Requests picked for this endpoint whose response has not finished streaming.
     active: AtomicUsize,
     ewma: PeakEwma,
+    /// Present when the upstream has `[upstreams.circuit_breaker]`.
+    pub breaker: Option<Breaker>,
+    pub outlier: Outlier,
+    /// The active health check's verdict (true until a check says otherwise).
+    healthy: AtomicBool,
 }
 
 impl Endpoint {
@@ -33,7 +46,26 @@ impl Endpoint {
             weight: weight.max(1),
             active: AtomicUsize::new(0),
             ewma: PeakEwma::new(),
+            breaker: None,
+            outlier: Outlier::default(),
+            healthy: AtomicBool::new(true),
         }
+    }
+
+    fn for_upstream(config: &UpstreamConfig, address: &str, weight: u32) -> Self {
+        Endpoint {
+            breaker: config.circuit_breaker.as_ref().map(Breaker::new),
+            ..Endpoint::new(address, weight)
+        }
+    }
+
+    pub fn healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Sets the health-check verdict; returns whether it changed.
+    pub fn set_healthy(&self, healthy: bool) -> bool {
+        self.healthy.swap(healthy, Ordering::Relaxed) != healthy
     }
 
     pub fn active(&self) -> usize {
@@ -124,11 +156,44 @@ pub struct Snapshot {
     pub selector: Selector,
 }
 
+/// How one try to an endpoint ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// A response head with this status arrived.
+    Status(u16),
+    /// The connection could not be made (refused, unreachable, connect timeout).
+    Connect,
+    /// No response head within the timeout.
+    Timeout,
+    /// The connection failed after the request was (or may have been) sent.
+    Reset,
+}
+
+/// A picked endpoint and what its breaker must be told when the try ends.
+pub struct Picked {
+    pub endpoint: Arc<Endpoint>,
+    pub admission: Admission,
+}
+
+/// Why no endpoint could be picked.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoPick {
+    /// The upstream has no endpoints at all (discovery has produced none).
+    Empty,
+    /// Every endpoint is unhealthy, ejected, open or already tried.
+    Unavailable,
+}
+
 pub struct Upstream {
     pub config: UpstreamConfig,
     snapshot: ArcSwap<Snapshot>,
     /// Whether the discovery source has reported an endpoint set yet.
     discovered: AtomicBool,
+    pub clock: window::Clock,
+    /// Present when the upstream has `[upstreams.retry]`.
+    pub budget: Option<RetryBudget>,
+    /// Whether any mechanism can make an endpoint unusable (else picks skip the checks).
+    guarded: bool,
 }
 
 impl Upstream {
@@ -136,10 +201,15 @@ impl Upstream {
         let endpoints: Vec<Arc<Endpoint>> = config
             .targets
             .iter()
-            .map(|t| Arc::new(Endpoint::new(&t.address, t.weight)))
+            .map(|t| Arc::new(Endpoint::for_upstream(&config, &t.address, t.weight)))
             .collect();
         let selector = Selector::build(config.balance, &endpoints);
         Upstream {
+            clock: window::Clock::new(),
+            budget: config.retry.as_ref().map(RetryBudget::new),
+            guarded: config.circuit_breaker.is_some()
+                || config.outlier_detection.is_some()
+                || config.health_check.is_some(),
             config,
             snapshot: ArcSwap::from_pointee(Snapshot {
                 endpoints,
@@ -163,10 +233,137 @@ impl Upstream {
 
     /// Picks an endpoint; `key` is the request's hash for consistent hashing.
     pub fn pick(&self, key: u64) -> Option<Arc<Endpoint>> {
+        self.pick_excluding(key, &[]).ok().map(|p| p.endpoint)
+    }
+
+    /// Picks a usable endpoint that is not in `tried` (a retry goes elsewhere when it can)
+    /// and admits the try through its breaker.
+    pub fn pick_excluding(&self, key: u64, tried: &[Arc<Endpoint>]) -> Result<Picked, NoPick> {
         let snap = self.snapshot.load();
-        snap.selector
-            .pick(&snap.endpoints, key)
-            .map(|i| snap.endpoints[i].clone())
+        if snap.endpoints.is_empty() {
+            return Err(NoPick::Empty);
+        }
+        if !self.guarded && tried.is_empty() {
+            let i = snap
+                .selector
+                .pick(&snap.endpoints, key, |_| true)
+                .ok_or(NoPick::Empty)?;
+            return Ok(Picked {
+                endpoint: snap.endpoints[i].clone(),
+                admission: Admission::Normal,
+            });
+        }
+        let now = self.clock.now();
+        // A half-open endpoint whose probe slots a racing request took is skipped too.
+        let mut refused: Vec<usize> = Vec::new();
+        loop {
+            let usable = |i: usize| {
+                let ep = &snap.endpoints[i];
+                !refused.contains(&i)
+                    && !tried.iter().any(|t| Arc::ptr_eq(t, ep))
+                    && self.usable(ep, now)
+            };
+            let Some(i) = snap.selector.pick(&snap.endpoints, key, usable) else {
+                return Err(NoPick::Unavailable);
+            };
+            let endpoint = &snap.endpoints[i];
+            let admission = match (&endpoint.breaker, &self.config.circuit_breaker) {
+                (Some(b), Some(cfg)) => b.admit(cfg),
+                _ => Some(Admission::Normal),
+            };
+            match admission {
+                Some(admission) => {
+                    return Ok(Picked {
+                        endpoint: endpoint.clone(),
+                        admission,
+                    })
+                }
+                None => refused.push(i),
+            }
+        }
+    }
+
+    /// Whether `ep` may take a try now: healthy, not ejected, breaker not open.
+    pub fn usable(&self, ep: &Endpoint, now: u64) -> bool {
+        if !ep.healthy() || ep.outlier.ejected(now) {
+            return false;
+        }
+        match (&ep.breaker, &self.config.circuit_breaker) {
+            (Some(b), Some(cfg)) => {
+                let (ok, t) = b.usable(cfg, now);
+                if let Some(t) = t {
+                    self.log_transition(ep, &t);
+                }
+                ok
+            }
+            _ => true,
+        }
+    }
+
+    /// Feeds the outcome of a try to the endpoint's breaker and outlier detection.
+    pub fn record(&self, ep: &Endpoint, admission: Admission, outcome: Outcome) {
+        if !self.guarded {
+            return;
+        }
+        let now = self.clock.now();
+        if let (Some(b), Some(cfg)) = (&ep.breaker, &self.config.circuit_breaker) {
+            let f = &cfg.failure_on;
+            let failed = match outcome {
+                Outcome::Status(s) => f.status(s),
+                Outcome::Connect => f.connect,
+                Outcome::Timeout => f.timeout,
+                Outcome::Reset => f.reset,
+            };
+            if let Some(t) = b.record(cfg, now, admission, failed) {
+                self.log_transition(ep, &t);
+            }
+        }
+        if let Some(cfg) = &self.config.outlier_detection {
+            let signal = match outcome {
+                Outcome::Status(502..=504)
+                | Outcome::Connect
+                | Outcome::Timeout
+                | Outcome::Reset => Signal::GatewayError,
+                Outcome::Status(500..=599) => Signal::Status5xx,
+                Outcome::Status(_) => Signal::Ok,
+            };
+            if let Some(trigger) = ep.outlier.record(cfg, signal) {
+                let snap = self.snapshot.load();
+                let ejected = snap
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.outlier.ejected(now))
+                    .count();
+                if outlier::may_eject(cfg, ejected, snap.endpoints.len()) {
+                    let time = ep.outlier.eject(cfg, now);
+                    tracing::warn!(
+                        upstream = self.name(),
+                        endpoint = &*ep.address,
+                        reason = %trigger.reason,
+                        ejection_time = ?Duration::from_nanos(time),
+                        "outlier ejected"
+                    );
+                } else {
+                    tracing::warn!(
+                        upstream = self.name(),
+                        endpoint = &*ep.address,
+                        reason = %trigger.reason,
+                        ejected,
+                        max_ejection_percent = cfg.max_ejection_percent,
+                        "outlier not ejected: max_ejection_percent reached"
+                    );
+                }
+            }
+        }
+    }
+
+    fn log_transition(&self, ep: &Endpoint, t: &Transition) {
+        let (from, to) = (t.from.as_str(), t.to.as_str());
+        if t.to == breaker::State::Open {
+            tracing::warn!(upstream = self.name(), endpoint = &*ep.address, from, to, reason = %t.reason, "circuit breaker opened");
+        } else {
+            tracing::info!(upstream = self.name(), endpoint = &*ep.address, from, to, reason = %t.reason, "circuit breaker {to}");
+        }
     }
 
     pub fn endpoints(&self) -> Vec<Arc<Endpoint>> {
@@ -177,7 +374,7 @@ impl Upstream {
     pub fn unavailable_reason(&self) -> String {
         let name = self.name();
         match &self.config.discovery {
-            None => format!("upstream `{name}` has no available endpoint"),
+            None => format!("upstream `{name}` has no endpoints"),
             Some(d) if !self.discovered.load(Ordering::Acquire) => format!(
                 "upstream `{name}` has no endpoints yet: its discovery source ({}) has not produced any",
                 d.describe()
@@ -219,7 +416,9 @@ impl Upstream {
                     .iter()
                     .find(|e| *e.address == *t.address && e.weight == t.weight.max(1))
                     .cloned()
-                    .unwrap_or_else(|| Arc::new(Endpoint::new(&t.address, t.weight)))
+                    .unwrap_or_else(|| {
+                        Arc::new(Endpoint::for_upstream(&self.config, &t.address, t.weight))
+                    })
             })
             .collect();
         let selector = Selector::build(self.config.balance, &endpoints);

@@ -88,7 +88,7 @@ async fn no_endpoints_yet_is_a_clear_503() {
     ));
     let r = get(&gw.url("/v1/chat")).await;
     assert_eq!(r.status, 503);
-    assert_eq!(r.error_code(), "no_healthy_endpoint");
+    assert_eq!(r.error_code(), "no_endpoints");
     let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
     assert!(
         msg.contains("upstream `up` has no endpoints yet")

@@ -34,9 +34,26 @@ impl Ring {
     }
 
     pub fn pick(&self, key: u64) -> usize {
-        let i = self.points.partition_point(|&(p, _)| p < key);
-        let (_, idx) = self.points[if i == self.points.len() { 0 } else { i }];
-        idx as usize
+        self.pick_where(key, |_| true).expect("a ring with points")
+    }
+
+    /// The endpoint owning `key`; if `usable` refuses it, the next one clockwise on the
+    /// ring that it accepts (so only the keys of an unusable endpoint move).
+    pub fn pick_where(&self, key: u64, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let n = self.points.len();
+        let start = self.points.partition_point(|&(p, _)| p < key);
+        let mut refused = u32::MAX;
+        for k in 0..n {
+            let idx = self.points[(start + k) % n].1;
+            if idx == refused {
+                continue;
+            }
+            if usable(idx as usize) {
+                return Some(idx as usize);
+            }
+            refused = idx;
+        }
+        None
     }
 }
 

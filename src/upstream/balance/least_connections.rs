@@ -19,30 +19,51 @@ impl LeastConnections {
         }
     }
 
-    pub fn pick(&self, endpoints: &[Arc<Endpoint>]) -> usize {
-        let loads: Vec<(usize, u32)> = endpoints.iter().map(|e| (e.active(), e.weight)).collect();
-        self.pick_loads(&loads)
-    }
-
     /// `loads[i] = (active, weight)`.
     pub fn pick_loads(&self, loads: &[(usize, u32)]) -> usize {
-        let n = loads.len();
+        self.least(loads.len(), |i| loads[i], |_| true)
+            .expect("at least one endpoint")
+    }
+
+    /// The least loaded endpoint among those `usable` accepts.
+    pub fn pick_where(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        self.least(
+            endpoints.len(),
+            |i| (endpoints[i].active(), endpoints[i].weight),
+            usable,
+        )
+    }
+
+    fn least(
+        &self,
+        n: usize,
+        load: impl Fn(usize) -> (usize, u32),
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let start = self.rotate.fetch_add(1, Ordering::Relaxed) % n;
-        let mut best = start;
-        for k in 1..n {
+        let mut best: Option<(usize, (usize, u32))> = None;
+        for k in 0..n {
             let i = (start + k) % n;
-            let (a, wa) = loads[i];
-            let (b, wb) = loads[best];
-            let less = if self.weighted {
-                (a as u64) * (wb as u64) < (b as u64) * (wa as u64)
-            } else {
-                a < b
+            if !usable(i) {
+                continue;
+            }
+            let (a, wa) = load(i);
+            let less = match best {
+                None => true,
+                Some((_, (b, wb))) if self.weighted => {
+                    (a as u64) * (wb as u64) < (b as u64) * (wa as u64)
+                }
+                Some((_, (b, _))) => a < b,
             };
             if less {
-                best = i;
+                best = Some((i, (a, wa)));
             }
         }
-        best
+        best.map(|(i, _)| i)
     }
 }
 

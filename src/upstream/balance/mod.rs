@@ -51,19 +51,31 @@ impl Selector {
         }
     }
 
-    /// Index of the chosen endpoint, `None` when there is none. `key` is only read by
-    /// consistent hashing.
-    pub fn pick(&self, endpoints: &[Arc<Endpoint>], key: u64) -> Option<usize> {
+    /// Index of the chosen endpoint among those `usable` accepts, `None` when there is
+    /// none. `key` is only read by consistent hashing. With every endpoint usable each
+    /// algorithm picks exactly as it would without the filter; otherwise it takes the
+    /// next usable endpoint in its own order (the next in the rotation or schedule, the
+    /// next point on the hash ring, the least loaded of the usable ones).
+    pub fn pick(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        key: u64,
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         if endpoints.is_empty() {
             return None;
         }
-        Some(match self {
-            Selector::RoundRobin(rr) => rr.pick(endpoints.len()),
-            Selector::WeightedRoundRobin(w) => w.pick(),
-            Selector::LeastConnections(lc) => lc.pick(endpoints),
-            Selector::P2cEwma(p) => p.pick(endpoints),
-            Selector::ConsistentHash(ring) => ring.pick(key),
-        })
+        match self {
+            Selector::RoundRobin(rr) => {
+                let n = endpoints.len();
+                let start = rr.pick(n);
+                (0..n).map(|k| (start + k) % n).find(|&i| usable(i))
+            }
+            Selector::WeightedRoundRobin(w) => w.pick_where(usable),
+            Selector::LeastConnections(lc) => lc.pick_where(endpoints, usable),
+            Selector::P2cEwma(p) => p.pick_where(endpoints, usable),
+            Selector::ConsistentHash(ring) => ring.pick_where(key, usable),
+        }
     }
 }
 

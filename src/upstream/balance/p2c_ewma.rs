@@ -10,18 +10,33 @@ pub struct P2cEwma;
 
 impl P2cEwma {
     pub fn pick(&self, endpoints: &[Arc<Endpoint>]) -> usize {
+        self.pick_where(endpoints, |_| true)
+            .expect("at least one endpoint")
+    }
+
+    /// Two random choices among the endpoints `usable` accepts; the cheaper one wins.
+    pub fn pick_where(
+        &self,
+        endpoints: &[Arc<Endpoint>],
+        usable: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
         let n = endpoints.len();
-        if n == 1 {
-            return 0;
-        }
+        let cost = |i: usize| endpoints[i].latency_ns() * (endpoints[i].active() as f64 + 1.0);
         let r = fast_rand();
         let a = (r % n as u64) as usize;
+        if n == 1 {
+            return usable(0).then_some(0);
+        }
         let b = (a + 1 + ((r >> 32) % (n as u64 - 1)) as usize) % n;
-        let cost = |e: &Endpoint| e.latency_ns() * (e.active() as f64 + 1.0);
-        if cost(&endpoints[b]) < cost(&endpoints[a]) {
-            b
-        } else {
-            a
+        match (usable(a), usable(b)) {
+            (true, true) => Some(if cost(b) < cost(a) { b } else { a }),
+            (true, false) => Some(a),
+            (false, true) => Some(b),
+            // Both samples unusable: the cheapest usable endpoint, scanning from `a`.
+            (false, false) => (0..n)
+                .map(|k| (a + k) % n)
+                .filter(|&i| usable(i))
+                .min_by(|&x, &y| cost(x).total_cmp(&cost(y))),
         }
     }
 }

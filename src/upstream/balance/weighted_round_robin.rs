@@ -47,6 +47,19 @@ impl SmoothWeightedRoundRobin {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.schedule.len();
         self.schedule[i] as usize
     }
+
+    /// The next scheduled endpoint that `usable` accepts.
+    pub fn pick_where(&self, usable: impl Fn(usize) -> bool) -> Option<usize> {
+        let first = self.pick();
+        if usable(first) {
+            return Some(first);
+        }
+        let n = self.schedule.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..n)
+            .map(|k| self.schedule[(start + k) % n] as usize)
+            .find(|&i| usable(i))
+    }
 }
 
 #[cfg(test)]
