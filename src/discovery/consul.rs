@@ -24,8 +24,8 @@ pub(super) async fn run(cfg: ConsulConfig, mut sink: Sink) {
     loop {
         let started = Instant::now();
         match query(&client, &cfg, index).await {
-            Ok((next, entries)) => {
-                index = if next < index { 0 } else { next.max(1) };
+            Ok((answered, entries)) => {
+                index = next_index(index, answered);
                 let found = sink.usable(entries);
                 if !sink.update(found) {
                     return;
@@ -35,12 +35,25 @@ pub(super) async fn run(cfg: ConsulConfig, mut sink: Sink) {
             }
             Err(e) => {
                 sink.failed(e);
+                // After an outage, ask without blocking: the agent may be a new one.
+                index = 0;
                 tokio::time::sleep(backoff.fail()).await;
             }
         }
         if !sink.alive() {
             return;
         }
+    }
+}
+
+/// The index for the next blocking query, from the one sent and the one answered:
+/// reset to 0 when it went backwards, and never 0 otherwise (an agent answering 0 would
+/// make every following query return at once).
+fn next_index(sent: u64, answered: u64) -> u64 {
+    if answered < sent {
+        0
+    } else {
+        answered.max(1)
     }
 }
 
@@ -158,4 +171,37 @@ fn instance(e: ServiceEntry) -> (String, Result<Option<TargetConfig>, String>) {
         .map_or(1, |w| w.passing.clamp(1, i64::from(MAX_WEIGHT)));
     let r = endpoint::check(&endpoint::join_host_port(host, e.service.port), weight).map(Some);
     (name, r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn index_rules() {
+        assert_eq!(next_index(0, 42), 42);
+        assert_eq!(next_index(42, 42), 42);
+        assert_eq!(next_index(42, 43), 43);
+        assert_eq!(next_index(42, 7), 0, "backwards: reset");
+        assert_eq!(next_index(0, 0), 1, "never 0");
+    }
+
+    #[test]
+    fn instances_use_the_node_address_when_the_service_has_none() {
+        let list: Vec<ServiceEntry> = serde_json::from_str(
+            r#"[{"Node": {"Node": "n1", "Address": "10.0.0.1"},
+                 "Service": {"ID": "a", "Address": "", "Port": 80, "Weights": {"Passing": 3, "Warning": 1}}},
+                {"Node": {"Node": "n2", "Address": "10.0.0.2"},
+                 "Service": {"ID": "b", "Address": "fd00::2", "Port": 81}},
+                {"Node": {"Node": "n3", "Address": "10.0.0.3"},
+                 "Service": {"ID": "c", "Address": "", "Port": 0}}]"#,
+        )
+        .unwrap();
+        let got: Vec<_> = list.into_iter().map(instance).collect();
+        let ok = |i: usize| got[i].1.as_ref().unwrap().as_ref().unwrap();
+        assert_eq!((ok(0).address.as_str(), ok(0).weight), ("10.0.0.1:80", 3));
+        assert_eq!((ok(1).address.as_str(), ok(1).weight), ("[fd00::2]:81", 1));
+        assert_eq!(got[2].0, "c on node n3");
+        assert!(got[2].1.is_err());
+    }
 }

@@ -111,7 +111,8 @@ async fn consul_blocking_queries_follow_health_tags_and_agent_restarts() {
     gw.wait_log(&["discovery failed", "upstream=up", "consul"]);
     assert_serving(&gw, &["b", "c"]).await;
 
-    // It comes back with an index far below the gateway's: the gateway resets its index.
+    // It comes back with an index far below the one the gateway had: the gateway follows
+    // the new agent's index.
     let api = ConsulApi::start(
         TcpListener::bind(("127.0.0.1", port)).await.unwrap(),
         "secret",
