@@ -243,7 +243,19 @@ async fn the_admin_token_guards_everything_but_the_probes() {
     ));
     assert_eq!(admin_get(&gw, "/healthz", None).await.status, 200);
     assert_eq!(admin_get(&gw, "/readyz", None).await.status, 200);
-    for path in ["/metrics", "/upstreams", "/config", "/", "/stats"] {
+    assert_eq!(
+        admin_get(&gw, "/", None).await.status,
+        200,
+        "the page holds no data"
+    );
+    for path in [
+        "/metrics",
+        "/upstreams",
+        "/config",
+        "/stats",
+        "/plugins",
+        "/routes",
+    ] {
         let r = admin_get(&gw, path, None).await;
         assert_eq!(r.status, 401, "{path}");
         assert_eq!(r.header("www-authenticate"), Some("Bearer"));

@@ -14,8 +14,9 @@
 //! | `POST /reload` | reload the config file and plugins |
 //! | `GET /` | the dashboard (one self-contained page) |
 //!
-//! With `server.admin_token`, every endpoint but the probes needs
-//! `Authorization: Bearer TOKEN` (the dashboard takes it as `/#token=TOKEN`).
+//! With `server.admin_token`, every endpoint but the probes and the dashboard page needs
+//! `Authorization: Bearer TOKEN` (the dashboard takes it as `/#token=TOKEN` and sends it
+//! with its API calls).
 
 use crate::metrics;
 use crate::plugin::Role;
@@ -33,7 +34,9 @@ const DASHBOARD: &str = include_str!("dashboard.html");
 pub async fn handle(live: &Arc<Live>, req: Request<Incoming>) -> Response<ResponseBody> {
     let path = req.uri().path();
     let method = req.method();
-    let open = matches!(path, "/healthz" | "/readyz");
+    // The probes, and the dashboard page itself (it holds no data; its requests carry
+    // the token).
+    let open = matches!(path, "/healthz" | "/readyz" | "/" | "/dashboard");
     if !open && !authorized(live, &req) {
         let mut r = error(
             StatusCode::UNAUTHORIZED,
@@ -201,7 +204,8 @@ fn upstreams_json(gw: &Gateway) -> Value {
                         "address": &*e.address,
                         "weight": e.weight,
                         "available": u.usable(e, now),
-                        "healthy": e.healthy(),
+                        // null: no active health check configured.
+                        "healthy": u.config.health_check.as_ref().map(|_| e.healthy()),
                         "ejected": e.outlier.ejected(now),
                         "breaker": breaker_state(e),
                         "active_requests": e.active(),
