@@ -7,6 +7,7 @@ pub mod admin;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod metrics;
 pub mod plugin;
 pub mod proxy;
 pub mod router;

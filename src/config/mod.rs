@@ -70,8 +70,14 @@ struct RawRoutePlugin {
 struct RawServer {
     /// `listen = "127.0.0.1:8080"` or `listen = ["127.0.0.1:8080", "[::1]:8080"]`
     listen: Spanned<toml::Value>,
-    /// `admin_listen = "127.0.0.1:9901"`: `GET /healthz`.
+    /// `admin_listen = "127.0.0.1:9901"`: the admin API, metrics and dashboard.
     admin_listen: Option<Spanned<String>>,
+    /// `admin_token = "…"`: bearer token the admin API requires (required when
+    /// `admin_listen` is not a loopback address).
+    admin_token: Option<Spanned<String>>,
+    /// `watch_config = false`: reload when the config file or a plugin file changes.
+    #[serde(default)]
+    watch_config: bool,
     /// `drain_timeout = "30s"`: how long in-flight requests may run after SIGINT/SIGTERM.
     drain_timeout: Option<Dur>,
     /// `header_read_timeout = "10s"`: a client must send a request's whole head in this time.
@@ -243,6 +249,10 @@ pub enum HashKey {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub source: PathBuf,
+    /// A hash of the config text (shown by the admin API and metrics).
+    pub hash: u64,
+    /// The config text as loaded (the admin API shows it, secrets redacted).
+    pub text: std::sync::Arc<str>,
     pub server: ServerConfig,
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
@@ -253,6 +263,8 @@ pub struct Config {
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     pub admin_listen: Option<SocketAddr>,
+    pub admin_token: Option<String>,
+    pub watch_config: bool,
     pub drain_timeout: Duration,
     pub header_read_timeout: Duration,
     pub max_header_size: usize,
@@ -404,9 +416,29 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             "must be between 1KiB and 16MiB",
         ));
     }
+    let admin_token = match (&s.admin_token, admin_listen) {
+        (Some(t), _) if t.get_ref().len() < 16 || t.get_ref().chars().any(|c| c.is_whitespace() || c.is_control()) => {
+            return Err(src.error(
+                t.span(),
+                "server.admin_token",
+                "must be at least 16 characters, without spaces or control characters",
+            ))
+        }
+        (Some(t), _) => Some(t.get_ref().clone()),
+        (None, Some(a)) if !a.ip().is_loopback() => {
+            return Err(src.error(
+                s.admin_listen.as_ref().map_or(server_span.clone(), |a| a.span()),
+                "server.admin_token",
+                format!("admin_listen {a} is not a loopback address: set admin_token so the admin API is not open to the network"),
+            ))
+        }
+        (None, _) => None,
+    };
     let server = ServerConfig {
         listen,
         admin_listen,
+        admin_token,
+        watch_config: s.watch_config,
         drain_timeout: s.drain_timeout.map_or(Duration::from_secs(30), |d| d.0),
         header_read_timeout: s
             .header_read_timeout
@@ -774,6 +806,8 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
     }
     Ok(Config {
         source: src.file.to_path_buf(),
+        hash: crate::upstream::balance::hash_bytes(src.text.as_bytes()),
+        text: src.text.into(),
         server,
         upstreams,
         routes,

@@ -8,9 +8,10 @@
 //! [`Backoff`]. Entries a source lists that are not usable endpoints are skipped with a
 //! warning rather than failing the whole set.
 //!
-//! Tasks hold only a [`Weak`] reference to their upstream and are aborted when the
-//! [`Discovery`] handle is dropped, so they end with the tables (shutdown, or a reload
-//! that replaces them).
+//! Tasks hold only a [`Weak`] reference to their upstream; they are started and aborted
+//! with the tables' other background tasks ([`crate::proxy::Gateway::start_background`]),
+//! so they end at shutdown or when a reload replaces the tables. A reload hands the
+//! endpoints of an unchanged source over to the new tables ([`carry_over`]).
 
 mod consul;
 mod dns;
@@ -31,23 +32,11 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
 
-/// The running discovery tasks of one set of upstreams; dropping it stops them.
-pub struct Discovery {
-    tasks: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Discovery {
-    fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
-    }
-}
-
 /// Starts one discovery task per upstream that has a discovery source, on the current
-/// tokio runtime.
-pub fn spawn(upstreams: &[Arc<Upstream>]) -> Discovery {
-    let tasks = upstreams
+/// tokio runtime. The caller aborts them when the tables they feed are replaced or the
+/// gateway stops (see [`crate::proxy::Gateway::start_background`]).
+pub fn spawn(upstreams: &[Arc<Upstream>]) -> Vec<JoinHandle<()>> {
+    upstreams
         .iter()
         .filter_map(|u| {
             let cfg = u.config.discovery.clone()?;
@@ -63,18 +52,46 @@ pub fn spawn(upstreams: &[Arc<Upstream>]) -> Discovery {
                 }
             }))
         })
-        .collect();
-    Discovery { tasks }
+        .collect()
 }
 
-/// Where a source delivers what it found: applies endpoint sets to the upstream and logs
-/// updates and failures with the upstream's and the source's names.
+/// On reload: each new upstream whose discovery source is the same as a running one's
+/// (same name, same source settings) starts from the running one's endpoints, so a reload
+/// neither empties it until its new task answers nor loses the last good set of a source
+/// that is down.
+pub fn carry_over(running: &[Arc<Upstream>], new: &[Arc<Upstream>]) {
+    for n in new {
+        let Some(d) = &n.config.discovery else {
+            continue;
+        };
+        let same = running
+            .iter()
+            .find(|r| r.name() == n.name() && r.config.discovery.as_ref() == Some(d));
+        if let Some(r) = same.filter(|r| r.has_discovered()) {
+            let targets: Vec<TargetConfig> = r
+                .endpoints()
+                .iter()
+                .map(|e| TargetConfig {
+                    address: e.address.to_string(),
+                    weight: e.weight,
+                })
+                .collect();
+            n.set_discovered(&targets);
+        }
+    }
+}
+
+/// Where a source delivers what it found: applies endpoint sets to the upstream, logs
+/// updates and failures with the upstream's and the source's names, and counts them in
+/// `portcullis_discovery_updates_total` / `portcullis_discovery_errors_total`.
 pub(crate) struct Sink {
     target: Weak<Upstream>,
     upstream: String,
     source: String,
     /// Since when the source has been failing, and when that was last logged at warn.
     failing: Option<(Instant, Instant)>,
+    updates: prometheus::IntCounter,
+    errors: prometheus::IntCounter,
 }
 
 /// A failing source is logged at warn when it starts failing, and again at most this often.
@@ -82,11 +99,15 @@ const FAILURE_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Sink {
     fn new(upstream: &Arc<Upstream>, cfg: &DiscoveryConfig) -> Self {
+        let m = crate::metrics::get();
+        let labels = [upstream.name(), cfg.kind()];
         Sink {
             target: Arc::downgrade(upstream),
             upstream: upstream.name().to_string(),
             source: cfg.describe(),
             failing: None,
+            updates: m.discovery_updates.with_label_values(&labels),
+            errors: m.discovery_errors.with_label_values(&labels),
         }
     }
 
@@ -113,6 +134,7 @@ impl Sink {
             );
         }
         if upstream.set_discovered(&found) {
+            self.updates.inc();
             let addresses: Vec<&str> = found.iter().map(|t| t.address.as_str()).collect();
             tracing::info!(
                 upstream = %self.upstream,
@@ -134,6 +156,7 @@ impl Sink {
 
     /// Reports that the source failed; the last good set stays in use.
     pub fn failed(&mut self, error: impl Display) {
+        self.errors.inc();
         let now = Instant::now();
         let endpoints = self.target.upgrade().map_or(0, |u| u.endpoints().len());
         let log_now = match &mut self.failing {

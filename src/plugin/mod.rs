@@ -164,6 +164,57 @@ pub struct Bound {
     /// For transforms: the hooks it declared.
     pub hooks: Hooks,
     engine: Engine,
+    metrics: PluginMetrics,
+}
+
+/// A plugin's metric handles, resolved once per binding.
+struct PluginMetrics {
+    /// By [`Hook`].
+    duration: [prometheus::Histogram; 4],
+    /// By kind: trap, timeout, memory.
+    failures: [prometheus::IntCounter; 3],
+}
+
+#[derive(Clone, Copy)]
+enum Hook {
+    Authenticate = 0,
+    Matches = 1,
+    OnRequest = 2,
+    OnResponse = 3,
+}
+
+impl PluginMetrics {
+    fn new(plugin: &str) -> Self {
+        let m = crate::metrics::get();
+        let d = |hook| m.plugin_duration.with_label_values(&[plugin, hook]);
+        let f = |kind| m.plugin_failures.with_label_values(&[plugin, kind]);
+        PluginMetrics {
+            duration: [
+                d("authenticate"),
+                d("matches"),
+                d("on_request"),
+                d("on_response"),
+            ],
+            failures: [f("trap"), f("timeout"), f("memory")],
+        }
+    }
+
+    fn observe<R>(
+        &self,
+        hook: Hook,
+        started: std::time::Instant,
+        result: &Result<R, PluginFailure>,
+    ) {
+        self.duration[hook as usize].observe(started.elapsed().as_secs_f64());
+        if let Err(e) = result {
+            let kind = match e {
+                PluginFailure::Trap(_) => 0,
+                PluginFailure::Timeout => 1,
+                PluginFailure::OutOfMemory => 2,
+            };
+            self.failures[kind].inc();
+        }
+    }
 }
 
 struct Warm {
@@ -181,6 +232,7 @@ impl Bound {
         config_json: &str,
     ) -> Result<Self, String> {
         let mut b = Bound {
+            metrics: PluginMetrics::new(&plugin.name),
             plugin,
             route: Arc::from(route),
             config_json: Arc::from(config_json),
@@ -284,10 +336,11 @@ fn classify(e: &wasmtime::Error) -> PluginFailure {
 /// One call that lends the request to a warm instance of the pool's role: check out,
 /// lend, call `$method`, take the request back, return or discard the instance.
 macro_rules! lent_call {
-    ($pool:ident, $req:ident, $role:ident, $method:ident) => {{
+    ($pool:ident, $req:ident, $role:ident, $method:ident, $hook:expr) => {{
+        let started = std::time::Instant::now();
         let mut warm = match $pool.checkout().await {
             Ok(w) => w,
-            Err(e) => return ($req, Err(e)),
+            Err(e) => return ($req, $pool.observed($hook, started, Err(e))),
         };
         let rq = lend(&mut warm, $req);
         let r = match &warm.instance {
@@ -303,7 +356,7 @@ macro_rules! lent_call {
             .table
             .delete(rq)
             .expect("request handle");
-        (req, $pool.finish(warm, r))
+        (req, $pool.observed($hook, started, $pool.finish(warm, r)))
     }};
 }
 
@@ -358,22 +411,38 @@ impl Pool {
         }
     }
 
+    /// Counts a finished call in the plugin's metrics.
+    fn observed<R>(
+        &self,
+        hook: Hook,
+        started: std::time::Instant,
+        result: Result<R, PluginFailure>,
+    ) -> Result<R, PluginFailure> {
+        self.bound.metrics.observe(hook, started, &result);
+        result
+    }
+
+    /// Warm instances pooled right now.
+    pub fn idle(&self) -> usize {
+        self.idle.lock().expect("pool lock").len()
+    }
+
     pub async fn authenticate(
         &self,
         req: RequestRes,
     ) -> (RequestRes, Result<AuthDecision, PluginFailure>) {
-        lent_call!(self, req, Auth, call_authenticate)
+        lent_call!(self, req, Auth, call_authenticate, Hook::Authenticate)
     }
 
     pub async fn matches(&self, req: RequestRes) -> (RequestRes, Result<bool, PluginFailure>) {
-        lent_call!(self, req, Predicate, call_matches)
+        lent_call!(self, req, Predicate, call_matches, Hook::Matches)
     }
 
     pub async fn on_request(
         &self,
         req: RequestRes,
     ) -> (RequestRes, Result<RequestAction, PluginFailure>) {
-        lent_call!(self, req, Transform, call_on_request)
+        lent_call!(self, req, Transform, call_on_request, Hook::OnRequest)
     }
 
     pub async fn on_response(
@@ -381,9 +450,10 @@ impl Pool {
         req: RequestRes,
         resp: ResponseRes,
     ) -> (RequestRes, ResponseRes, Result<(), PluginFailure>) {
+        let started = std::time::Instant::now();
         let mut warm = match self.checkout().await {
             Ok(w) => w,
-            Err(e) => return (req, resp, Err(e)),
+            Err(e) => return (req, resp, self.observed(Hook::OnResponse, started, Err(e))),
         };
         let rq = lend(&mut warm, req);
         let rs = warm
@@ -406,7 +476,8 @@ impl Pool {
         let table = &mut warm.store.data_mut().table;
         let resp = table.delete(rs).expect("response handle");
         let req = table.delete(rq).expect("request handle");
-        (req, resp, self.finish(warm, r))
+        let r = self.finish(warm, r);
+        (req, resp, self.observed(Hook::OnResponse, started, r))
     }
 }
 

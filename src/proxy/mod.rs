@@ -34,9 +34,15 @@ use std::time::Instant;
 /// shared by all workers.
 pub struct Tables {
     pub server: ServerConfig,
+    /// The config text these tables were built from, and its hash.
+    pub config_text: Arc<str>,
+    pub config_hash: u64,
     pub router: Router,
     pub upstreams: Vec<Arc<Upstream>>,
     route_names: Vec<Arc<str>>,
+    /// `route_metrics[i]`: route `i`'s request counters and histogram; the last entry
+    /// counts requests no route took (404, 405, 400).
+    route_metrics: Vec<crate::metrics::RouteMetrics>,
     /// `plugins.routes[i]`: the plugins of route `i`, in order.
     plugins: PluginSet,
 }
@@ -71,16 +77,24 @@ impl Gateway {
             .into_iter()
             .map(|u| Arc::new(Upstream::new(u)))
             .collect();
-        let route_names = config
+        let route_names: Vec<Arc<str>> = config
             .routes
             .iter()
             .map(|r| Arc::from(r.name.as_str()))
             .collect();
+        let route_metrics = route_names
+            .iter()
+            .map(|n| crate::metrics::RouteMetrics::new(n))
+            .chain([crate::metrics::RouteMetrics::new("")])
+            .collect();
         let tables = Arc::new(Tables {
+            config_text: config.text,
+            config_hash: config.hash,
             server: config.server,
             router: Router::new(config.routes),
             upstreams,
             route_names,
+            route_metrics,
             plugins,
         });
         Self::with_tables(tables)
@@ -105,6 +119,28 @@ impl Gateway {
         }
     }
 
+    /// Starts the tables' background tasks (active health checks, service discovery) on
+    /// the current runtime. They hold the upstreams weakly: they end when these tables are
+    /// dropped, or when the caller aborts them (shutdown, reload).
+    pub fn start_background(&self) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut tasks: Vec<_> = self
+            .upstreams
+            .iter()
+            .filter_map(crate::upstream::health_check::spawn)
+            .collect();
+        tasks.extend(crate::discovery::spawn(&self.upstreams));
+        tasks
+    }
+
+    /// This worker's plugin instance pools: `plugin_pools()[route][k]`.
+    pub fn plugin_pools(&self) -> &[Vec<Pool>] {
+        &self.pools
+    }
+
+    pub fn route_name(&self, i: usize) -> &str {
+        &self.route_names[i]
+    }
+
     /// The same tables (balancer state included) with fresh connection and instance
     /// pools, for another worker thread.
     pub fn for_worker(&self) -> Self {
@@ -118,6 +154,7 @@ impl Gateway {
         client: &ClientInfo,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
+        let method = req.method().clone();
         let request_id = headers::request_id(req.headers());
         let mut log = AccessLog::enabled().then(|| {
             Box::new(AccessLog {
@@ -134,7 +171,11 @@ impl Gateway {
                 consumer: None,
             })
         });
-        let mut resp = match self.proxy(req, client, &request_id, &mut log).await {
+        let mut route_idx = None;
+        let mut resp = match self
+            .proxy(req, client, &request_id, &mut log, &mut route_idx)
+            .await
+        {
             Ok(r) => r,
             Err(e) => {
                 if let Some(l) = log.as_mut() {
@@ -144,6 +185,15 @@ impl Gateway {
             }
         };
         resp.headers_mut().insert(headers::X_REQUEST_ID, request_id);
+        let metrics =
+            route_idx.map_or_else(|| self.route_metrics.last(), |i| self.route_metrics.get(i));
+        if let Some(m) = metrics {
+            m.observe(
+                &method,
+                resp.status().as_u16(),
+                start.elapsed().as_secs_f64(),
+            );
+        }
         if let Some(mut log) = log {
             log.status = resp.status();
             resp.body_mut().set_log(log);
@@ -157,6 +207,7 @@ impl Gateway {
         client: &ClientInfo,
         request_id: &HeaderValue,
         log: &mut Option<Box<AccessLog>>,
+        route_out: &mut Option<usize>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (mut parts, body) = req.into_parts();
         if header_bytes(&parts) > self.server.max_header_size {
@@ -223,6 +274,7 @@ impl Gateway {
             });
         };
         let route = self.router.route(route_idx);
+        *route_out = Some(route_idx);
         if let Some(l) = log.as_mut() {
             l.route = Some(self.route_names[route_idx].clone());
         }
@@ -674,10 +726,16 @@ impl Gateway {
             return false;
         }
         let budget = upstream.budget.as_ref().expect("retry has a budget");
+        let metrics = crate::metrics::get();
         if !budget.withdraw(upstream.clock.now()) {
+            metrics
+                .retries_denied
+                .with_label_values(&[upstream.name()])
+                .inc();
             tracing::warn!(upstream = upstream.name(), endpoint, reason = %reason, "retry budget exhausted; not retrying");
             return false;
         }
+        metrics.retries.with_label_values(&[upstream.name()]).inc();
         let pause = retry::backoff(cfg, try_no);
         tracing::debug!(upstream = upstream.name(), endpoint, reason = %reason, try_no, ?pause, "retrying");
         if !pause.is_zero() {

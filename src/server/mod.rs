@@ -7,15 +7,20 @@
 //! so a request is served start to end on one thread with no cross-thread wake-ups. The
 //! calling runtime accepts connections and deals them out round-robin.
 
+mod live;
+
 use crate::admin;
 use crate::config::{Config, ServerConfig};
 use crate::plugin::PluginSet;
 use crate::proxy::{ClientInfo, Gateway};
 use anyhow::Context as _;
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
+pub use live::Live;
+use live::{reload_on_sighup, watch_files};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
@@ -34,16 +39,10 @@ pub async fn run(
     plugins: PluginSet,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let source = config.source.clone();
+    let hash = config.hash;
     let gateway = Gateway::new(config, plugins);
-    // Discovery tasks run on this runtime until `_discovery` is dropped at the end of `run`.
-    let _discovery = crate::discovery::spawn(&gateway.upstreams);
     let server = gateway.server.clone();
-    // Active health checks run on this (the accepting) runtime, off the workers.
-    let health_checks: Vec<_> = gateway
-        .upstreams
-        .iter()
-        .filter_map(crate::upstream::health_check::spawn)
-        .collect();
     let mut proxies = Vec::new();
     for addr in &server.listen {
         proxies.push(
@@ -73,6 +72,7 @@ pub async fn run(
     for l in &proxies {
         tracing::info!(address = %l.local_addr()?, workers = server.workers, "listening");
     }
+    let live = Arc::new(Live::new(source, server.clone(), gateway, hash));
 
     // Workers.
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -81,7 +81,7 @@ pub async fn run(
     for i in 0..server.workers {
         let (tx, rx) = mpsc::unbounded_channel::<Accepted>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
-        let gw = gateway.for_worker();
+        let slot = live.workers[i].clone();
         let stop = stop_rx.clone();
         std::thread::Builder::new()
             .name(format!("portcullis-worker-{i}"))
@@ -90,7 +90,7 @@ pub async fn run(
                     .enable_all()
                     .build()
                     .expect("worker runtime");
-                rt.block_on(worker(gw, rx, stop));
+                rt.block_on(worker(slot, rx, stop));
                 let _ = done_tx.send(());
             })
             .context("cannot start a worker thread")?;
@@ -125,7 +125,7 @@ pub async fn run(
     drop(senders);
     let admin_graceful = Arc::new(GracefulShutdown::new());
     if let Some(l) = admin_listener {
-        let gw = Arc::new(gateway.for_worker());
+        let live = live.clone();
         let graceful = admin_graceful.clone();
         let builder = connection_builder(&server);
         acceptors.push(tokio::spawn(async move {
@@ -133,10 +133,10 @@ pub async fn run(
                 let Ok((s, _)) = l.accept().await else {
                     continue;
                 };
-                let gw = gw.clone();
+                let live = live.clone();
                 let svc = service_fn(move |req| {
-                    let gw = gw.clone();
-                    async move { Ok::<_, Infallible>(admin::handle(&gw, req).await) }
+                    let live = live.clone();
+                    async move { Ok::<_, Infallible>(admin::handle(&live, req).await) }
                 });
                 let conn =
                     graceful.watch(builder.serve_connection(TokioIo::new(s), svc).into_owned());
@@ -147,10 +147,14 @@ pub async fn run(
         }));
     }
 
-    shutdown.await;
-    for h in &health_checks {
-        h.abort();
+    // Reloads: SIGHUP, and (opt-in) changes to the config or plugin files.
+    acceptors.push(tokio::spawn(reload_on_sighup(live.clone())));
+    if server.watch_config {
+        acceptors.push(tokio::spawn(watch_files(live.clone())));
     }
+
+    shutdown.await;
+    live.stop_background();
     for a in &acceptors {
         a.abort();
     }
@@ -196,12 +200,11 @@ fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
 /// One worker thread's loop: serve the connections dealt to it until told to stop, then
 /// let its connections finish their in-flight requests.
 async fn worker(
-    gw: Gateway,
+    slot: Arc<ArcSwap<Gateway>>,
     mut conns: mpsc::UnboundedReceiver<Accepted>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let gw = Arc::new(gw);
-    let builder = connection_builder(&gw.server);
+    let builder = connection_builder(&slot.load().server);
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
@@ -209,10 +212,12 @@ async fn worker(
                 let Some((stream, peer)) = accepted else { break };
                 let Ok(stream) = TcpStream::from_std(stream) else { continue };
                 let _ = stream.set_nodelay(true);
-                let gw = gw.clone();
+                let slot = slot.clone();
                 let client = Arc::new(ClientInfo::new(peer));
                 let svc = service_fn(move |req| {
-                    let gw = gw.clone();
+                    // Each request is served by the gateway current when it arrives; a
+                    // reload swaps the slot and requests in flight finish on the old one.
+                    let gw = slot.load_full();
                     let client = client.clone();
                     async move { Ok::<_, Infallible>(gw.handle(req, &client).await) }
                 });

@@ -78,6 +78,10 @@ async fn run(upstream: Weak<Upstream>) {
         for (ep, result) in results {
             let t = trackers.entry(ep.address.clone()).or_default();
             let passed = result.is_ok();
+            crate::metrics::get()
+                .health_checks
+                .with_label_values(&[up.name(), &ep.address, if passed { "pass" } else { "fail" }])
+                .inc();
             if let Some(verdict) = t.observe(&cfg, ep.healthy(), passed) {
                 ep.set_healthy(verdict);
                 if verdict {

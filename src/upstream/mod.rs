@@ -35,6 +35,29 @@ pub struct Endpoint {
     pub outlier: Outlier,
     /// The active health check's verdict (true until a check says otherwise).
     healthy: AtomicBool,
+    metrics: Option<EndpointMetrics>,
+}
+
+/// An endpoint's metric handles, resolved when the endpoint appears.
+#[derive(Debug)]
+struct EndpointMetrics {
+    duration: prometheus::Histogram,
+    /// connect, timeout, reset, status_5xx
+    errors: [prometheus::IntCounter; 4],
+}
+
+impl EndpointMetrics {
+    fn new(upstream: &str, endpoint: &str) -> Self {
+        let m = crate::metrics::get();
+        let e = |kind| {
+            m.upstream_errors
+                .with_label_values(&[upstream, endpoint, kind])
+        };
+        EndpointMetrics {
+            duration: m.upstream_duration.with_label_values(&[upstream, endpoint]),
+            errors: [e("connect"), e("timeout"), e("reset"), e("status_5xx")],
+        }
+    }
 }
 
 impl Endpoint {
@@ -49,12 +72,14 @@ impl Endpoint {
             breaker: None,
             outlier: Outlier::default(),
             healthy: AtomicBool::new(true),
+            metrics: None,
         }
     }
 
     fn for_upstream(config: &UpstreamConfig, address: &str, weight: u32) -> Self {
         Endpoint {
             breaker: config.circuit_breaker.as_ref().map(Breaker::new),
+            metrics: Some(EndpointMetrics::new(&config.name, address)),
             ..Endpoint::new(address, weight)
         }
     }
@@ -77,9 +102,13 @@ impl Endpoint {
         self.ewma.get()
     }
 
-    /// Feeds one observed latency (time to response head) into the estimate.
+    /// Feeds one observed latency (time to response head) into the estimate and the
+    /// metrics.
     pub fn observe_latency(&self, rtt: Duration) {
         self.ewma.observe(rtt);
+        if let Some(m) = &self.metrics {
+            m.duration.observe(rtt.as_secs_f64());
+        }
     }
 }
 
@@ -302,6 +331,18 @@ impl Upstream {
 
     /// Feeds the outcome of a try to the endpoint's breaker and outlier detection.
     pub fn record(&self, ep: &Endpoint, admission: Admission, outcome: Outcome) {
+        if let Some(m) = &ep.metrics {
+            let kind = match outcome {
+                Outcome::Connect => Some(0),
+                Outcome::Timeout => Some(1),
+                Outcome::Reset => Some(2),
+                Outcome::Status(500..=599) => Some(3),
+                Outcome::Status(_) => None,
+            };
+            if let Some(k) = kind {
+                m.errors[k].inc();
+            }
+        }
         if !self.guarded {
             return;
         }
@@ -336,6 +377,10 @@ impl Upstream {
                     .count();
                 if outlier::may_eject(cfg, ejected, snap.endpoints.len()) {
                     let time = ep.outlier.eject(cfg, now);
+                    crate::metrics::get()
+                        .ejections
+                        .with_label_values(&[self.name(), &ep.address])
+                        .inc();
                     tracing::warn!(
                         upstream = self.name(),
                         endpoint = &*ep.address,
@@ -359,6 +404,10 @@ impl Upstream {
 
     fn log_transition(&self, ep: &Endpoint, t: &Transition) {
         let (from, to) = (t.from.as_str(), t.to.as_str());
+        crate::metrics::get()
+            .breaker_transitions
+            .with_label_values(&[self.name(), &ep.address, to])
+            .inc();
         if t.to == breaker::State::Open {
             tracing::warn!(upstream = self.name(), endpoint = &*ep.address, from, to, reason = %t.reason, "circuit breaker opened");
         } else {
@@ -375,7 +424,7 @@ impl Upstream {
         let name = self.name();
         match &self.config.discovery {
             None => format!("upstream `{name}` has no endpoints"),
-            Some(d) if !self.discovered.load(Ordering::Acquire) => format!(
+            Some(d) if !self.has_discovered() => format!(
                 "upstream `{name}` has no endpoints yet: its discovery source ({}) has not produced any",
                 d.describe()
             ),
@@ -384,6 +433,11 @@ impl Upstream {
                 d.describe()
             ),
         }
+    }
+
+    /// Whether a discovery source has reported an endpoint set to this upstream.
+    pub fn has_discovered(&self) -> bool {
+        self.discovered.load(Ordering::Acquire)
     }
 
     /// Replaces the endpoint set with one a discovery source reported (see

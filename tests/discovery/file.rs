@@ -97,3 +97,47 @@ async fn no_endpoints_yet_is_a_clear_503() {
         "{msg}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_keeps_the_last_good_set_and_restarts_discovery() {
+    let [a, b, c] = echoes(["a", "b", "c"]).await;
+    let dir = TempDir::new();
+    let path = dir.0.join("endpoints.toml");
+    replace_file(&path, &toml_file(&[&a, &b]));
+    let discovery = format!(
+        "{{ kind = \"file\", path = \"{}\", interval = \"50ms\" }}",
+        path.display()
+    );
+    let gw = Gateway::start_logging(
+        &config("round_robin", &discovery).replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"",
+        ),
+        &[],
+    );
+    wait_for(&gw, &["a", "b"]).await;
+
+    // The source breaks, then the config is reloaded: the new tables start from the last
+    // good set instead of empty, and their own discovery task takes over.
+    std::fs::remove_file(&path).unwrap();
+    gw.wait_log(&["discovery failed", "upstream=up"]);
+    let hup = Command::new("kill")
+        .args(["-HUP", &gw.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    gw.wait_log(&["config reloaded"]);
+    assert_serving(&gw, &["a", "b"]).await;
+    replace_file(&path, &toml_file(&[&c]));
+    wait_for(&gw, &["c"]).await;
+
+    let m = super::support::get(&format!("http://{}/metrics", gw.admin.unwrap())).await;
+    let text = String::from_utf8_lossy(&m.body);
+    for want in [
+        "portcullis_discovery_updates_total{source=\"file\",upstream=\"up\"}",
+        "portcullis_discovery_errors_total{source=\"file\",upstream=\"up\"}",
+        "portcullis_upstream_endpoints{upstream=\"up\"} 1",
+    ] {
+        assert!(text.contains(want), "{want} not in:\n{text}");
+    }
+}

@@ -1,0 +1,192 @@
+//! Prometheus metrics (the `prometheus` crate), served by the admin listener at
+//! `/metrics`.
+//!
+//! The request path never looks a metric up by label: routes and endpoints resolve their
+//! handles once, when the tables are built or an endpoint appears, and then only touch
+//! atomics. Gauges that describe live state (in-flight requests, breaker state, health,
+//! pool sizes) are read from that state when the endpoint is scraped.
+
+use prometheus::{
+    exponential_buckets, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter,
+    IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use std::sync::OnceLock;
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub upstream_active: IntGaugeVec,
+    pub breaker_state: IntGaugeVec,
+    pub breaker_transitions: IntCounterVec,
+    pub endpoint_healthy: IntGaugeVec,
+    pub health_checks: IntCounterVec,
+    pub ejections: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub retries_denied: IntCounterVec,
+    pub discovery_updates: IntCounterVec,
+    pub discovery_errors: IntCounterVec,
+    pub discovery_endpoints: IntGaugeVec,
+    pub plugin_duration: HistogramVec,
+    pub plugin_failures: IntCounterVec,
+    pub plugin_instances: IntGaugeVec,
+    pub reloads: IntCounterVec,
+    pub config_info: IntGaugeVec,
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(c.clone()))
+        .expect("metric registered once");
+    c
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    r.register(Box::new(g.clone()))
+        .expect("metric registered once");
+    g
+}
+
+fn histogram(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+    buckets: Vec<f64>,
+) -> HistogramVec {
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels)
+        .expect("valid metric");
+    r.register(Box::new(h.clone()))
+        .expect("metric registered once");
+    h
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let r = Registry::new();
+        // 0.5 ms … ~65 s for requests (LLM calls are long); 10 µs … ~80 ms for plugins.
+        let request_buckets = exponential_buckets(0.0005, 2.0, 18).expect("valid buckets");
+        let plugin_buckets = exponential_buckets(0.00001, 2.0, 14).expect("valid buckets");
+        Metrics {
+            requests: counter(&r, "portcullis_requests_total", "Requests answered, by route, method and status class.", &["route", "method", "status"]),
+            request_duration: histogram(&r, "portcullis_request_duration_seconds", "Time from a request's arrival to its response head being sent, by route.", &["route"], request_buckets.clone()),
+            upstream_duration: histogram(&r, "portcullis_upstream_request_duration_seconds", "Time from sending a try upstream to its response head, by upstream and endpoint.", &["upstream", "endpoint"], request_buckets),
+            upstream_errors: counter(&r, "portcullis_upstream_errors_total", "Failed tries, by upstream, endpoint and kind (connect, timeout, reset, status_5xx).", &["upstream", "endpoint", "kind"]),
+            upstream_active: gauge(&r, "portcullis_upstream_active_requests", "Requests in flight to an endpoint (until their response body has streamed).", &["upstream", "endpoint"]),
+            breaker_state: gauge(&r, "portcullis_circuit_breaker_state", "Circuit breaker state of an endpoint: 0 closed, 1 open, 2 half-open.", &["upstream", "endpoint"]),
+            breaker_transitions: counter(&r, "portcullis_circuit_breaker_transitions_total", "Circuit breaker state changes, by the state entered.", &["upstream", "endpoint", "to"]),
+            endpoint_healthy: gauge(&r, "portcullis_endpoint_healthy", "1 when an endpoint is a balancing candidate (healthy, not ejected, breaker not open).", &["upstream", "endpoint"]),
+            health_checks: counter(&r, "portcullis_health_checks_total", "Active health-check probes, by result (pass, fail).", &["upstream", "endpoint", "result"]),
+            ejections: counter(&r, "portcullis_outlier_ejections_total", "Endpoints ejected by outlier detection.", &["upstream", "endpoint"]),
+            retries: counter(&r, "portcullis_retries_total", "Retries made, by upstream.", &["upstream"]),
+            retries_denied: counter(&r, "portcullis_retry_budget_exhausted_total", "Retries not made because the retry budget was used up.", &["upstream"]),
+            discovery_updates: counter(&r, "portcullis_discovery_updates_total", "Endpoint sets applied from a discovery source.", &["upstream", "source"]),
+            discovery_errors: counter(&r, "portcullis_discovery_errors_total", "Discovery source failures (the last good set is kept).", &["upstream", "source"]),
+            discovery_endpoints: gauge(&r, "portcullis_upstream_endpoints", "Endpoints currently known for an upstream.", &["upstream"]),
+            plugin_duration: histogram(&r, "portcullis_plugin_call_duration_seconds", "Plugin hook calls, by plugin and hook.", &["plugin", "hook"], plugin_buckets),
+            plugin_failures: counter(&r, "portcullis_plugin_failures_total", "Failed plugin calls, by plugin and kind (trap, timeout, memory, error).", &["plugin", "kind"]),
+            plugin_instances: gauge(&r, "portcullis_plugin_pool_instances", "Warm plugin instances pooled, by plugin.", &["plugin"]),
+            reloads: counter(&r, "portcullis_config_reloads_total", "Config reloads, by result (success, failure).", &["result"]),
+            config_info: gauge(&r, "portcullis_config_info", "The loaded config: 1 for its hash.", &["hash"]),
+            registry: r,
+        }
+    }
+
+    /// The text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding of gathered metrics");
+        String::from_utf8(out).expect("text format is UTF-8")
+    }
+}
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(Metrics::new)
+}
+
+/// Status class label of a status code.
+pub fn status_class(status: u16) -> usize {
+    (status / 100).clamp(1, 5) as usize - 1
+}
+
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+pub const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "other",
+];
+
+fn method_index(m: &http::Method) -> usize {
+    match *m {
+        http::Method::GET => 0,
+        http::Method::POST => 1,
+        http::Method::PUT => 2,
+        http::Method::DELETE => 3,
+        http::Method::PATCH => 4,
+        http::Method::HEAD => 5,
+        http::Method::OPTIONS => 6,
+        _ => 7,
+    }
+}
+
+/// One route's request metrics, resolved once: counters per method × status class, and
+/// the duration histogram.
+pub struct RouteMetrics {
+    counters: Vec<IntCounter>,
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    pub fn new(route: &str) -> Self {
+        let m = get();
+        let mut counters = Vec::with_capacity(METHODS.len() * CLASSES.len());
+        for method in METHODS {
+            for class in CLASSES {
+                counters.push(m.requests.with_label_values(&[route, method, class]));
+            }
+        }
+        RouteMetrics {
+            counters,
+            duration: m.request_duration.with_label_values(&[route]),
+        }
+    }
+
+    pub fn observe(&self, method: &http::Method, status: u16, seconds: f64) {
+        self.counters[method_index(method) * CLASSES.len() + status_class(status)].inc();
+        self.duration.observe(seconds);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn route_metrics_count_by_method_and_class() {
+        let r = RouteMetrics::new("metrics-unit-test");
+        r.observe(&http::Method::POST, 201, 0.01);
+        r.observe(&http::Method::POST, 503, 0.02);
+        r.observe(&http::Method::from_bytes(b"PURGE").unwrap(), 404, 0.03);
+        let m = get();
+        let get = |method: &str, class: &str| {
+            m.requests
+                .with_label_values(&["metrics-unit-test", method, class])
+                .get()
+        };
+        assert_eq!(get("POST", "2xx"), 1);
+        assert_eq!(get("POST", "5xx"), 1);
+        assert_eq!(get("other", "4xx"), 1);
+        assert_eq!(get("GET", "2xx"), 0);
+        let text = m.render();
+        assert!(text.contains(
+            "portcullis_requests_total{method=\"POST\",route=\"metrics-unit-test\",status=\"5xx\"} 1"
+        ), "{text}");
+        assert!(text
+            .contains("portcullis_request_duration_seconds_count{route=\"metrics-unit-test\"} 3"));
+    }
+}
