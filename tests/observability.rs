@@ -214,3 +214,36 @@ fn access_log_file_in_a_missing_folder_is_a_config_error() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_names_a_failed_plugin_and_its_policy() {
+    let up = Upstream::echo("up").await;
+    let trap = plugin("trap");
+    let route = |name: &str| {
+        format!("[[routes]]\nname = \"{name}\"\npath = \"/{name}\"\nupstream = \"up\"\nplugins = [ {{ name = \"trap-{name}\" }} ]\n")
+    };
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nplugin_cache_dir = \"{cache}\"\n\n\
+         [[plugins]]\nname = \"trap-deny\"\npath = \"{trap}\"\n\n\
+         [[plugins]]\nname = \"trap-allow\"\npath = \"{trap}\"\non_error = \"allow\"\n\n\
+         [[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"{}\" }}]\n\n{}\n{}",
+        up.addr,
+        route("deny"),
+        route("allow"),
+        cache = std::env::temp_dir()
+            .join("portcullis-test-wasm-cache")
+            .display(),
+    );
+    let gw = Gateway::start_logging(&text, &["--log-format", "json"]);
+    for (path, status, outcome) in [
+        ("/deny", 500, "trap-deny:error"),
+        ("/allow", 200, "trap-allow:error_allowed"),
+    ] {
+        let r = get(&gw.url(path)).await;
+        assert_eq!(r.status, status, "{path}");
+        let rid = r.header("x-request-id").unwrap().to_string();
+        let line = tokio::task::block_in_place(|| gw.wait_log(&["\"target\":\"access\"", &rid]));
+        let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(j["plugin"], outcome, "{line}");
+    }
+}

@@ -512,7 +512,12 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
         Some(a) => {
             let a = a.into_inner();
             let path = base.join(a.path.get_ref());
-            if a.path.get_ref().is_empty() || !path.parent().is_some_and(Path::is_dir) {
+            // `access.log` next to a config given as a bare file name has the parent "".
+            let folder = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if a.path.get_ref().is_empty() || !folder.is_dir() {
                 return Err(src.error(
                     a.path.span(),
                     "server.access_log.path",
@@ -1069,4 +1074,68 @@ fn parse_hash_key(s: &str) -> Result<HashKey, String> {
     Err(format!(
         "`{s}`: expected \"header:NAME\", \"cookie:NAME\" or \"client_addr\""
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(text: &str) -> Result<ServerConfig, ConfigError> {
+        parse(&format!("[server]\n{text}\n"), Path::new("p.toml")).map(|c| c.server)
+    }
+
+    #[test]
+    fn listen_shapes() {
+        let addrs = |s: ServerConfig| -> Vec<String> {
+            s.listen.iter().map(|l| l.address.to_string()).collect()
+        };
+        let one = server("listen = \"127.0.0.1:1\"").unwrap();
+        assert_eq!(addrs(one), ["127.0.0.1:1"]);
+        let table = server("listen = { address = \"127.0.0.1:2\" }").unwrap();
+        assert!(table.listen[0].tls.is_none());
+        let list = server("listen = [\"127.0.0.1:1\", { address = \"[::1]:3\" }]").unwrap();
+        assert_eq!(addrs(list), ["127.0.0.1:1", "[::1]:3"]);
+        let err = server("listen = [\"127.0.0.1:1\", \"nope\"]").unwrap_err();
+        assert_eq!(err.key, "server.listen[1]");
+        assert_eq!(err.position, Some((2, 26)), "points at the entry");
+        let err = server("listen = [{ address = \"nope\" }]").unwrap_err();
+        assert_eq!(err.key, "server.listen[0].address");
+        assert!(server("listen = []")
+            .unwrap_err()
+            .message
+            .contains("at least one"));
+        let err = server("listen = 5").unwrap_err();
+        assert!(err.message.contains("expected an address"), "{err}");
+    }
+
+    #[test]
+    fn access_log_next_to_a_bare_config_file_name() {
+        let s = server("listen = \"127.0.0.1:1\"\naccess_log = { path = \"access.log\" }").unwrap();
+        let file = s.access_log.unwrap();
+        assert_eq!(
+            (file.path.as_path(), file.format),
+            (Path::new("access.log"), AccessLogFormat::Json)
+        );
+        let err =
+            server("listen = \"127.0.0.1:1\"\naccess_log = { path = \"x.log\", format = \"xml\" }")
+                .unwrap_err();
+        assert!(err.message.contains("unknown variant `xml`"), "{err}");
+    }
+
+    #[test]
+    fn target_server_names() {
+        assert!(matches!(
+            target_server_name("models.internal:443"),
+            Some(ServerName::DnsName(_))
+        ));
+        assert!(matches!(
+            target_server_name("10.0.0.1:443"),
+            Some(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            target_server_name("[::1]:443"),
+            Some(ServerName::IpAddress(_))
+        ));
+        assert!(target_server_name("bad_host!:443").is_none());
+    }
 }
