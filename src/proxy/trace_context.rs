@@ -47,10 +47,11 @@ pub fn propagate(h: &mut HeaderMap) -> TraceId {
     let (trace_id, flags) = match parent {
         Some(p) => {
             match tracestate(h) {
-                Some(state) => {
+                TraceState::Keep => {}
+                TraceState::Joined(state) => {
                     h.insert(TRACESTATE, state);
                 }
-                None => {
+                TraceState::Drop => {
                     h.remove(&TRACESTATE);
                 }
             }
@@ -101,32 +102,42 @@ pub fn parse_traceparent(v: &[u8]) -> Option<Parent> {
     })
 }
 
-/// The request's `tracestate` fields joined into one value, when the result is a valid
-/// list (keys and values per the spec's grammar, at most 32 members). An empty list or an
-/// invalid one gives `None`: the header is not forwarded.
-fn tracestate(h: &HeaderMap) -> Option<HeaderValue> {
+/// What becomes of the request's `tracestate` under a valid `traceparent`.
+enum TraceState {
+    /// One valid field (or none): forwarded as it is.
+    Keep,
+    /// Several fields, joined into one valid list.
+    Joined(HeaderValue),
+    /// Empty or invalid (bad keys or values, more than 32 members): not forwarded.
+    Drop,
+}
+
+fn tracestate(h: &HeaderMap) -> TraceState {
     let mut values = h.get_all(&TRACESTATE).iter();
-    let first = values.next()?;
-    let joined;
-    let value = match values.next() {
-        None => first.clone(),
-        Some(second) => {
-            let mut buf = first.as_bytes().to_vec();
-            for v in std::iter::once(second).chain(values) {
-                buf.push(b',');
-                buf.extend_from_slice(v.as_bytes());
-            }
-            joined = HeaderValue::from_bytes(&buf).ok()?;
-            joined
-        }
+    let Some(first) = values.next() else {
+        return TraceState::Keep;
     };
-    valid_tracestate(value.as_bytes()).then_some(value)
+    let Some(second) = values.next() else {
+        return match valid_tracestate(first.as_bytes()) {
+            true => TraceState::Keep,
+            false => TraceState::Drop,
+        };
+    };
+    let mut buf = first.as_bytes().to_vec();
+    for v in std::iter::once(second).chain(values) {
+        buf.push(b',');
+        buf.extend_from_slice(v.as_bytes());
+    }
+    match HeaderValue::from_bytes(&buf) {
+        Ok(joined) if valid_tracestate(&buf) => TraceState::Joined(joined),
+        _ => TraceState::Drop,
+    }
 }
 
 /// Whether `v` is a non-empty, valid `tracestate` list.
 pub fn valid_tracestate(v: &[u8]) -> bool {
     let mut members = 0;
-    let mut keys: Vec<&[u8]> = Vec::new();
+    let mut keys: [&[u8]; MAX_TRACESTATE_MEMBERS] = [&[]; MAX_TRACESTATE_MEMBERS];
     for member in v.split(|&b| b == b',') {
         let member = member.trim_ascii();
         if member.is_empty() {
@@ -136,14 +147,15 @@ pub fn valid_tracestate(v: &[u8]) -> bool {
             return false;
         };
         let (key, value) = (&member[..eq], &member[eq + 1..]);
-        if !valid_key(key) || !valid_value(value) || keys.contains(&key) {
+        if members == MAX_TRACESTATE_MEMBERS
+            || !valid_key(key)
+            || !valid_value(value)
+            || keys[..members].contains(&key)
+        {
             return false;
         }
-        keys.push(key);
+        keys[members] = key;
         members += 1;
-        if members > MAX_TRACESTATE_MEMBERS {
-            return false;
-        }
     }
     members > 0
 }
