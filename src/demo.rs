@@ -226,7 +226,7 @@ pub async fn run(
     ];
     let text = demo_config(listen, chat, embed);
     let config = config::parse(&text, Path::new("<demo>")).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let gw = config.server.listen[0];
+    let gw = config.server.listen[0].address;
     println!(
         "Portcullis demo: chat replicas on {} and {}, embedding replicas on {} and {}",
         chat[0], chat[1], embed[0], embed[1]

@@ -1,7 +1,9 @@
 //! The `portcullis` binary: CLI → config::load → server::run.
 #![forbid(unsafe_code)]
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
+use portcullis::config::{AccessLogFile, AccessLogFormat};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,23 +64,75 @@ enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat, level: &str) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+/// The log on stderr; with `server.access_log` the access lines (target `access`) go to
+/// that file instead, appended by a background thread so the request path never waits on
+/// the disk. The returned guard flushes the file when dropped.
+fn init_logging(
+    format: LogFormat,
+    level: &str,
+    access_file: Option<&AccessLogFile>,
+) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
     use std::io::IsTerminal as _;
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    use tracing_subscriber::filter::{filter_fn, FilterExt as _, Targets};
+    use tracing_subscriber::{fmt, prelude::*, EnvFilter, Layer};
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let stderr = fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => b.init(),
-        LogFormat::Json => b.json().flatten_event(true).init(),
-    }
+    let stderr = match format {
+        LogFormat::Text => stderr.boxed(),
+        LogFormat::Json => stderr.json().flatten_event(true).boxed(),
+    };
+    let Some(file) = access_file else {
+        tracing_subscriber::registry()
+            .with(stderr.with_filter(filter))
+            .init();
+        return Ok(None);
+    };
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&file.path)
+        .with_context(|| {
+            format!(
+                "cannot open the access log `{}` (server.access_log.path)",
+                file.path.display()
+            )
+        })?;
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(true)
+        .thread_name("portcullis-access-log")
+        .finish(out);
+    let lines = fmt::layer().with_ansi(false).with_writer(writer);
+    let lines = match file.format {
+        AccessLogFormat::Text => lines.boxed(),
+        AccessLogFormat::Json => lines.json().flatten_event(true).boxed(),
+    };
+    tracing_subscriber::registry()
+        .with(stderr.with_filter(filter.and(filter_fn(|m| m.target() != "access"))))
+        .with(lines.with_filter(Targets::new().with_target("access", tracing::Level::INFO)))
+        .init();
+    Ok(Some(guard))
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format, &cli.log_level);
+    // `run` loads its config before logging starts: the config may move the access log.
+    let loaded = match (&cli.command, &cli.config) {
+        (Some(Command::Run) | None, Some(path)) => Some(portcullis::config::load(path)),
+        _ => None,
+    };
+    let access_file = match &loaded {
+        Some(Ok(c)) => c.server.access_log.as_ref(),
+        _ => None,
+    };
+    let _flush_on_exit = match init_logging(cli.log_format, &cli.log_level, access_file) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     let rt = || {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -113,11 +167,11 @@ fn main() -> ExitCode {
             &listen,
             portcullis::server::shutdown_signal(),
         )),
-        Some(Command::Run) | None => match cli.config {
+        Some(Command::Run) | None => match loaded {
             None => Err(anyhow::anyhow!(
                 "no config file given: use `portcullis run --config FILE` (or `portcullis demo`)"
             )),
-            Some(path) => match portcullis::config::load(&path) {
+            Some(loaded) => match loaded {
                 Err(e) => Err(anyhow::anyhow!("{e}")),
                 Ok(config) => {
                     portcullis::plugin::PluginSet::for_config(&config).and_then(|plugins| {

@@ -73,3 +73,177 @@ async fn admin_healthz() {
     // The admin port does not proxy.
     assert_eq!(up.hits(), 0);
 }
+
+/// The 32-hex trace id and the 16-hex parent id of a version-00 traceparent.
+fn trace_parts(tp: &str) -> (&str, &str) {
+    assert_eq!(tp.len(), 55, "{tp}");
+    assert!(tp.starts_with("00-") && tp.ends_with("-01"), "{tp}");
+    (&tp[3..35], &tp[36..52])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traceparent_is_propagated_or_started_and_logged() {
+    let up = Upstream::echo("up").await;
+    let gw = Gateway::start_logging(&config("", &[up.addr], ROUTE), &["--log-format", "json"]);
+    let incoming = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let r = send(
+        &client(),
+        req("GET", &gw.url("/v1/traced"))
+            .header("x-request-id", "rid-traced")
+            .header("traceparent", incoming)
+            .header("tracestate", "congo=t61rcWkgMzE")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    let seen = &r.json()["headers"];
+    let (trace, parent) = trace_parts(seen["traceparent"].as_str().unwrap());
+    assert_eq!(trace, "4bf92f3577b34da6a3ce929d0e0e4736", "same trace");
+    assert_ne!(parent, "00f067aa0ba902b7", "the gateway's own span");
+    assert_eq!(seen["tracestate"], "congo=t61rcWkgMzE");
+    let line =
+        tokio::task::block_in_place(|| gw.wait_log(&["\"target\":\"access\"", "rid-traced"]));
+    let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(j["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+
+    // No traceparent (or an invalid one): a new trace starts here.
+    for (rid, tp) in [
+        ("rid-new", None),
+        (
+            "rid-bad",
+            Some("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+        ),
+    ] {
+        let mut b = req("GET", &gw.url("/v1/new")).header("x-request-id", rid);
+        if let Some(tp) = tp {
+            b = b.header("traceparent", tp).header("tracestate", "congo=x");
+        }
+        let r = send(&client(), b.body(Full::default()).unwrap()).await;
+        let seen = &r.json()["headers"];
+        let (trace, parent) = trace_parts(seen["traceparent"].as_str().unwrap());
+        assert!(trace != "0".repeat(32) && parent != "0".repeat(16));
+        assert!(
+            seen.get("tracestate").is_none(),
+            "no tracestate on a new trace"
+        );
+        let line = tokio::task::block_in_place(|| gw.wait_log(&["\"target\":\"access\"", rid]));
+        let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(
+            j["trace_id"], trace,
+            "the logged trace id is the one sent upstream"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_file_has_trace_consumer_plugin_and_upstream_latency() {
+    let up = Upstream::echo("up").await;
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = {{ path = \"access.log\", format = \"json\" }}\n\
+         plugin_cache_dir = \"{cache}\"\n\n\
+         [[plugins]]\nname = \"api-key\"\npath = \"{plugin}\"\n\n\
+         [[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"{}\" }}]\n\n\
+         [[routes]]\nname = \"chat\"\npath_prefix = \"/v1\"\nupstream = \"up\"\n\
+         plugins = [ {{ name = \"api-key\", config = {{ keys = [ {{ key = \"k-123\", consumer = \"alice\" }} ] }} }} ]\n",
+        up.addr,
+        cache = std::env::temp_dir().join("portcullis-test-wasm-cache").display(),
+        plugin = plugin("api-key"),
+    );
+    let gw = Gateway::start(&text);
+    let file = gw.dir.0.join("access.log");
+    let r = keyed_get(&gw, "k-123", "rid-file-1").await;
+    assert_eq!(r.status, 200);
+    let sent = r.json()["headers"]["traceparent"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = keyed_get(&gw, "wrong", "rid-file-2").await;
+    assert_eq!(r.status, 401);
+
+    let ok = wait_file_line(&file, "rid-file-1").await;
+    assert_eq!(ok["target"], "access");
+    assert_eq!(ok["trace_id"], trace_parts(&sent).0);
+    assert_eq!(ok["consumer"], "alice");
+    assert_eq!(ok["plugin"], "-");
+    assert_eq!(ok["status"], 200);
+    assert!(ok["upstream_ms"].as_f64().unwrap() > 0.0, "{ok}");
+    let denied = wait_file_line(&file, "rid-file-2").await;
+    assert_eq!(denied["plugin"], "api-key:deny");
+    assert_eq!(denied["status"], 401);
+    assert_eq!(denied["upstream_ms"], -1.0, "never reached the upstream");
+    assert_eq!(denied["trace_id"].as_str().unwrap().len(), 32);
+}
+
+async fn keyed_get(gw: &Gateway, key: &str, request_id: &str) -> Reply {
+    send(
+        &client(),
+        req("GET", &gw.url("/v1/models"))
+            .header("x-api-key", key)
+            .header("x-request-id", request_id)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+/// The JSON line of the access-log file that mentions `needle`, once it is written (the
+/// file is appended by a background thread).
+async fn wait_file_line(path: &std::path::Path, needle: &str) -> serde_json::Value {
+    for _ in 0..300 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    panic!("no line with {needle} in {}", path.display());
+}
+
+#[test]
+fn access_log_file_in_a_missing_folder_is_a_config_error() {
+    let dir = TempDir::new();
+    let path = dir.write(
+        "p.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\naccess_log = { path = \"no/such/dir/access.log\" }\n",
+    );
+    let (ok, out) = validate(&path);
+    assert!(!ok);
+    assert!(
+        out.contains("p.toml:3:23: key `server.access_log.path`")
+            && out.contains("folder of the access-log file does not exist"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_log_names_a_failed_plugin_and_its_policy() {
+    let up = Upstream::echo("up").await;
+    let trap = plugin("trap");
+    let route = |name: &str| {
+        format!("[[routes]]\nname = \"{name}\"\npath = \"/{name}\"\nupstream = \"up\"\nplugins = [ {{ name = \"trap-{name}\" }} ]\n")
+    };
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nplugin_cache_dir = \"{cache}\"\n\n\
+         [[plugins]]\nname = \"trap-deny\"\npath = \"{trap}\"\n\n\
+         [[plugins]]\nname = \"trap-allow\"\npath = \"{trap}\"\non_error = \"allow\"\n\n\
+         [[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"{}\" }}]\n\n{}\n{}",
+        up.addr,
+        route("deny"),
+        route("allow"),
+        cache = std::env::temp_dir()
+            .join("portcullis-test-wasm-cache")
+            .display(),
+    );
+    let gw = Gateway::start_logging(&text, &["--log-format", "json"]);
+    for (path, status, outcome) in [
+        ("/deny", 500, "trap-deny:error"),
+        ("/allow", 200, "trap-allow:error_allowed"),
+    ] {
+        let r = get(&gw.url(path)).await;
+        assert_eq!(r.status, status, "{path}");
+        let rid = r.header("x-request-id").unwrap().to_string();
+        let line = tokio::task::block_in_place(|| gw.wait_log(&["\"target\":\"access\"", &rid]));
+        let j: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(j["plugin"], outcome, "{line}");
+    }
+}

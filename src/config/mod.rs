@@ -10,12 +10,15 @@ pub use discovery::DiscoveryConfig;
 pub use error::ConfigError;
 use error::Source;
 
+use crate::tls::TlsFileError;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
+use rustls::pki_types::ServerName;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 use toml::Spanned;
 use units::{Dur, Size};
@@ -64,12 +67,111 @@ struct RawRoutePlugin {
     config: Option<toml::Table>,
 }
 
+/// `server.listen`: one entry or a list of them, e.g.
+/// `listen = ["127.0.0.1:8080", { address = "127.0.0.1:8443", cert = "server.pem", key = "server.key" }]`.
+enum RawListen {
+    One(RawListenEntry),
+    Many(Vec<Spanned<RawListenEntry>>),
+}
+
+/// One listener: `"IP:PORT"`, or a table that may carry a certificate and key (PEM) to
+/// terminate TLS on it.
+enum RawListenEntry {
+    Plain(String),
+    Table(RawListenTable),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListenTable {
+    address: Spanned<String>,
+    /// `cert = "server.pem"`: the certificate chain, leaf first (relative to the config file).
+    cert: Option<Spanned<String>>,
+    /// `key = "server.key"`: its private key (PKCS#8, PKCS#1 or SEC1).
+    key: Option<Spanned<String>>,
+}
+
+const LISTEN_EXPECTED: &str =
+    "an address \"IP:PORT\", a table { address, cert, key } or a list of them";
+
+impl<'de> Deserialize<'de> for RawListenEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawListenEntry;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an address \"IP:PORT\" or a table { address, cert, key }")
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawListenEntry, E> {
+                Ok(RawListenEntry::Plain(s.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawListenEntry, A::Error> {
+                RawListenTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawListenEntry::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawListen {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawListen;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(LISTEN_EXPECTED)
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<RawListen, E> {
+                Ok(RawListen::One(RawListenEntry::Plain(s.to_string())))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<RawListen, A::Error> {
+                RawListenTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|t| RawListen::One(RawListenEntry::Table(t)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<RawListen, A::Error> {
+                let mut v = Vec::new();
+                while let Some(e) = seq.next_element()? {
+                    v.push(e);
+                }
+                Ok(RawListen::Many(v))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `server.access_log = { path = "access.log", format = "json" }`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAccessLog {
+    /// Appended to (created when missing); relative to the config file.
+    path: Spanned<String>,
+    #[serde(default)]
+    format: AccessLogFormat,
+}
+
 /// `[server]`
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
-    /// `listen = "127.0.0.1:8080"` or `listen = ["127.0.0.1:8080", "[::1]:8080"]`
-    listen: Spanned<toml::Value>,
+    /// `listen = "127.0.0.1:8080"`, a list of addresses, or TLS listeners as tables:
+    /// `listen = ["127.0.0.1:8080", { address = "127.0.0.1:8443", cert = "s.pem", key = "s.key" }]`
+    listen: Spanned<RawListen>,
+    /// `tls_handshake_timeout = "10s"`: a TLS client must finish its handshake in this time.
+    tls_handshake_timeout: Option<Dur>,
+    /// `access_log = { path = "access.log", format = "json" | "text" }`: access-log lines
+    /// go to this file instead of stderr.
+    access_log: Option<Spanned<RawAccessLog>>,
     /// `admin_listen = "127.0.0.1:9901"`: the admin API, metrics and dashboard.
     admin_listen: Option<Spanned<String>>,
     /// `admin_token = "…"`: bearer token the admin API requires (required when
@@ -134,6 +236,16 @@ struct RawUpstream {
     outlier_detection: Option<Spanned<resilience::RawOutlier>>,
     /// `[upstreams.retry]`
     retry: Option<Spanned<resilience::RawRetry>>,
+    /// `tls = true`: connect to the targets over TLS.
+    #[serde(default)]
+    tls: bool,
+    /// `ca_file = "ca.pem"`: PEM bundle of the roots to trust (default: webpki-roots).
+    ca_file: Option<Spanned<String>>,
+    /// `sni = "models.internal"`: server name sent and verified (default: the target's host).
+    sni: Option<Spanned<String>>,
+    /// `client_cert = "client.pem"`, `client_key = "client.key"`: mutual TLS.
+    client_cert: Option<Spanned<String>>,
+    client_key: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize)]
@@ -230,6 +342,39 @@ pub struct RoutePlugin {
     pub key: String,
 }
 
+/// Line format of an access-log file.
+#[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum AccessLogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+/// `server.access_log`: the access log goes to this file.
+#[derive(Clone, Debug)]
+pub struct AccessLogFile {
+    /// Resolved against the config file's folder.
+    pub path: PathBuf,
+    pub format: AccessLogFormat,
+}
+
+/// One listener; `tls` set when it terminates TLS.
+#[derive(Clone, Debug)]
+pub struct ListenConfig {
+    pub address: SocketAddr,
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+}
+
+/// How an upstream's targets are reached over TLS.
+#[derive(Clone, Debug)]
+pub struct UpstreamTls {
+    /// Roots, client certificate and ALPN (`h2` or `http/1.1`, after `protocol`).
+    pub client: Arc<rustls::ClientConfig>,
+    /// `sni`: the name sent and verified for every target; `None` = each target's host.
+    pub server_name: Option<ServerName<'static>>,
+}
+
 #[derive(Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Protocol {
@@ -261,7 +406,9 @@ pub struct Config {
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
-    pub listen: Vec<SocketAddr>,
+    pub listen: Vec<ListenConfig>,
+    pub tls_handshake_timeout: Duration,
+    pub access_log: Option<AccessLogFile>,
     pub admin_listen: Option<SocketAddr>,
     pub admin_token: Option<String>,
     pub watch_config: bool,
@@ -291,6 +438,7 @@ pub struct UpstreamConfig {
     pub health_check: Option<resilience::HealthCheckConfig>,
     pub outlier_detection: Option<resilience::OutlierConfig>,
     pub retry: Option<resilience::RetryConfig>,
+    pub tls: Option<UpstreamTls>,
 }
 
 #[derive(Clone, Debug)]
@@ -374,35 +522,49 @@ fn parse_addr(src: &Source<'_>, s: &Spanned<String>, key: &str) -> Result<Socket
 fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
     let server_span = raw.server.span();
     let s = raw.server.into_inner();
+    let base = src.file.parent().unwrap_or(Path::new("."));
     let listen_span = s.listen.span();
-    let bad_listen = || {
-        src.error(
-            listen_span.clone(),
-            "server.listen",
-            "expected an address string or a list of them, e.g. \"127.0.0.1:8080\"",
-        )
-    };
-    let listen_raw: Vec<String> = match s.listen.into_inner() {
-        toml::Value::String(a) => vec![a],
-        toml::Value::Array(v) => v
+    let entries = match s.listen.into_inner() {
+        RawListen::One(e) => vec![(listen_span.clone(), "server.listen".to_string(), e)],
+        RawListen::Many(v) => v
             .into_iter()
-            .map(|a| a.as_str().map(str::to_string).ok_or_else(bad_listen))
-            .collect::<Result<_, _>>()?,
-        _ => return Err(bad_listen()),
+            .enumerate()
+            .map(|(i, e)| (e.span(), format!("server.listen[{i}]"), e.into_inner()))
+            .collect(),
     };
-    if listen_raw.is_empty() {
+    if entries.is_empty() {
         return Err(src.error(listen_span, "server.listen", "needs at least one address"));
     }
-    let listen = listen_raw
-        .iter()
-        .map(|a| {
-            parse_addr(
-                src,
-                &Spanned::new(listen_span.clone(), a.clone()),
-                "server.listen",
-            )
-        })
+    let listen = entries
+        .into_iter()
+        .map(|(span, key, e)| listen_entry(src, base, span, &key, e))
         .collect::<Result<Vec<_>, _>>()?;
+    let access_log = match s.access_log {
+        None => None,
+        Some(a) => {
+            let a = a.into_inner();
+            let path = base.join(a.path.get_ref());
+            // `access.log` next to a config given as a bare file name has the parent "".
+            let folder = path
+                .parent()
+                .filter(|p| !p.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            if a.path.get_ref().is_empty() || !folder.is_dir() {
+                return Err(src.error(
+                    a.path.span(),
+                    "server.access_log.path",
+                    format!(
+                        "`{}`: the folder of the access-log file does not exist",
+                        path.display()
+                    ),
+                ));
+            }
+            Some(AccessLogFile {
+                path,
+                format: a.format,
+            })
+        }
+    };
     let admin_listen = s
         .admin_listen
         .as_ref()
@@ -436,6 +598,10 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
     };
     let server = ServerConfig {
         listen,
+        tls_handshake_timeout: s
+            .tls_handshake_timeout
+            .map_or(Duration::from_secs(10), |d| d.0),
+        access_log,
         admin_listen,
         admin_token,
         watch_config: s.watch_config,
@@ -463,7 +629,7 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
     let mut upstream_index: HashMap<String, usize> = HashMap::new();
     for (i, u) in raw.upstreams.into_iter().enumerate() {
         let u_span = u.span();
-        let u = u.into_inner();
+        let mut u = u.into_inner();
         let key = |k: &str| format!("upstreams[{i}].{k}");
         let name = u.name.get_ref().clone();
         if name.is_empty() {
@@ -477,7 +643,7 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
             ));
         }
         let mut targets = Vec::new();
-        let discovery = match (u.targets, u.discovery) {
+        let discovery = match (&u.targets, u.discovery.take()) {
             (Some(_), Some(d)) => {
                 return Err(src.error(
                     d.span(),
@@ -501,7 +667,7 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
                         format!("upstream `{name}` has an empty target list"),
                     ));
                 }
-                for (j, t) in targets_raw.into_inner().into_iter().enumerate() {
+                for (j, t) in targets_raw.get_ref().iter().enumerate() {
                     let addr = t.address.get_ref();
                     check_address(addr).map_err(|m| {
                         src.error(
@@ -543,8 +709,10 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
                 "only applies to balance = \"consistent_hash\"",
             ));
         }
+        let tls = upstream_tls(src, base, i, &u, &targets)?;
         upstreams.push(UpstreamConfig {
             name,
+            tls,
             balance: u.balance,
             hash_key,
             targets,
@@ -580,7 +748,6 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
 
     let mut plugins = Vec::with_capacity(raw.plugins.len());
     let mut plugin_index: HashMap<String, usize> = HashMap::new();
-    let base = src.file.parent().unwrap_or(Path::new("."));
     for (i, p) in raw.plugins.into_iter().enumerate() {
         let p = p.into_inner();
         let key = |k: &str| format!("plugins[{i}].{k}");
@@ -844,6 +1011,144 @@ pub fn check_weight(w: u32) -> Result<(), String> {
     }
 }
 
+/// One `server.listen` entry: its address, and its TLS config when it has `cert`/`key`.
+fn listen_entry(
+    src: &Source<'_>,
+    base: &Path,
+    span: std::ops::Range<usize>,
+    key: &str,
+    entry: RawListenEntry,
+) -> Result<ListenConfig, ConfigError> {
+    let t = match entry {
+        RawListenEntry::Plain(a) => {
+            return Ok(ListenConfig {
+                address: parse_addr(src, &Spanned::new(span, a), key)?,
+                tls: None,
+            })
+        }
+        RawListenEntry::Table(t) => t,
+    };
+    let address = parse_addr(src, &t.address, &format!("{key}.address"))?;
+    let tls = match (&t.cert, &t.key) {
+        (None, None) => None,
+        (Some(cert), Some(k)) => Some(
+            crate::tls::server_config(&base.join(cert.get_ref()), &base.join(k.get_ref()))
+                .map_err(|e| match e {
+                    TlsFileError::Key(m) => src.error(k.span(), format!("{key}.key"), m),
+                    TlsFileError::Cert(m) | TlsFileError::Ca(m) => {
+                        src.error(cert.span(), format!("{key}.cert"), m)
+                    }
+                })?,
+        ),
+        (Some(_), None) => {
+            return Err(src.error(span, format!("{key}.key"), "`cert` needs a `key`"))
+        }
+        (None, Some(_)) => {
+            return Err(src.error(span, format!("{key}.cert"), "`key` needs a `cert`"))
+        }
+    };
+    Ok(ListenConfig { address, tls })
+}
+
+/// An upstream's `tls`, `ca_file`, `sni`, `client_cert` and `client_key`.
+fn upstream_tls(
+    src: &Source<'_>,
+    base: &Path,
+    i: usize,
+    u: &RawUpstream,
+    targets: &[TargetConfig],
+) -> Result<Option<UpstreamTls>, ConfigError> {
+    let key = |k: &str| format!("upstreams[{i}].{k}");
+    if !u.tls {
+        let set = [
+            (&u.ca_file, "ca_file"),
+            (&u.sni, "sni"),
+            (&u.client_cert, "client_cert"),
+            (&u.client_key, "client_key"),
+        ];
+        if let Some((Some(v), k)) = set.into_iter().find(|(v, _)| v.is_some()) {
+            return Err(src.error(v.span(), key(k), "only applies with `tls = true`"));
+        }
+        return Ok(None);
+    }
+    let server_name = match &u.sni {
+        Some(n) => Some(ServerName::try_from(n.get_ref().clone()).map_err(|_| {
+            src.error(
+                n.span(),
+                key("sni"),
+                format!("`{}` is not a DNS name or IP address", n.get_ref()),
+            )
+        })?),
+        None => {
+            // Each target's host is its server name: it must be one.
+            for (j, t) in targets.iter().enumerate() {
+                if target_server_name(&t.address).is_none() {
+                    let span = u
+                        .targets
+                        .as_ref()
+                        .map_or(0..0, |s| s.get_ref()[j].address.span());
+                    return Err(src.error(
+                        span,
+                        format!("upstreams[{i}].targets[{j}].address"),
+                        format!(
+                            "`{}` has no host usable as a TLS server name; set `sni`",
+                            t.address
+                        ),
+                    ));
+                }
+            }
+            None
+        }
+    };
+    let alpn: &[u8] = match u.protocol {
+        Protocol::H2 => b"h2",
+        Protocol::Http1 => b"http/1.1",
+    };
+    let client = match (&u.client_cert, &u.client_key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => Some((base.join(c.get_ref()), base.join(k.get_ref()))),
+        (Some(c), None) => {
+            return Err(src.error(
+                c.span(),
+                key("client_key"),
+                "`client_cert` needs a `client_key`",
+            ))
+        }
+        (None, Some(k)) => {
+            return Err(src.error(
+                k.span(),
+                key("client_cert"),
+                "`client_key` needs a `client_cert`",
+            ))
+        }
+    };
+    let ca_path = u.ca_file.as_ref().map(|c| base.join(c.get_ref()));
+    let config = crate::tls::client_config(
+        ca_path.as_deref(),
+        client.as_ref().map(|(c, k)| (c.as_path(), k.as_path())),
+        alpn,
+    )
+    .map_err(|e| {
+        let (at, k, message) = match e {
+            TlsFileError::Ca(m) => (&u.ca_file, "ca_file", m),
+            TlsFileError::Cert(m) => (&u.client_cert, "client_cert", m),
+            TlsFileError::Key(m) => (&u.client_key, "client_key", m),
+        };
+        src.error(at.as_ref().map_or(0..0, |s| s.span()), key(k), message)
+    })?;
+    Ok(Some(UpstreamTls {
+        client: config,
+        server_name,
+    }))
+}
+
+/// The TLS server name of a `host:port` target: its host (an IPv6 address without brackets).
+pub fn target_server_name(address: &str) -> Option<ServerName<'static>> {
+    let (host, _) = address.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    ServerName::try_from(host.to_string()).ok()
+}
+
 fn check_path(src: &Source<'_>, p: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
     let v = p.get_ref();
     if !v.starts_with('/') {
@@ -878,4 +1183,68 @@ fn parse_hash_key(s: &str) -> Result<HashKey, String> {
     Err(format!(
         "`{s}`: expected \"header:NAME\", \"cookie:NAME\" or \"client_addr\""
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(text: &str) -> Result<ServerConfig, ConfigError> {
+        parse(&format!("[server]\n{text}\n"), Path::new("p.toml")).map(|c| c.server)
+    }
+
+    #[test]
+    fn listen_shapes() {
+        let addrs = |s: ServerConfig| -> Vec<String> {
+            s.listen.iter().map(|l| l.address.to_string()).collect()
+        };
+        let one = server("listen = \"127.0.0.1:1\"").unwrap();
+        assert_eq!(addrs(one), ["127.0.0.1:1"]);
+        let table = server("listen = { address = \"127.0.0.1:2\" }").unwrap();
+        assert!(table.listen[0].tls.is_none());
+        let list = server("listen = [\"127.0.0.1:1\", { address = \"[::1]:3\" }]").unwrap();
+        assert_eq!(addrs(list), ["127.0.0.1:1", "[::1]:3"]);
+        let err = server("listen = [\"127.0.0.1:1\", \"nope\"]").unwrap_err();
+        assert_eq!(err.key, "server.listen[1]");
+        assert_eq!(err.position, Some((2, 26)), "points at the entry");
+        let err = server("listen = [{ address = \"nope\" }]").unwrap_err();
+        assert_eq!(err.key, "server.listen[0].address");
+        assert!(server("listen = []")
+            .unwrap_err()
+            .message
+            .contains("at least one"));
+        let err = server("listen = 5").unwrap_err();
+        assert!(err.message.contains("expected an address"), "{err}");
+    }
+
+    #[test]
+    fn access_log_next_to_a_bare_config_file_name() {
+        let s = server("listen = \"127.0.0.1:1\"\naccess_log = { path = \"access.log\" }").unwrap();
+        let file = s.access_log.unwrap();
+        assert_eq!(
+            (file.path.as_path(), file.format),
+            (Path::new("access.log"), AccessLogFormat::Json)
+        );
+        let err =
+            server("listen = \"127.0.0.1:1\"\naccess_log = { path = \"x.log\", format = \"xml\" }")
+                .unwrap_err();
+        assert!(err.message.contains("unknown variant `xml`"), "{err}");
+    }
+
+    #[test]
+    fn target_server_names() {
+        assert!(matches!(
+            target_server_name("models.internal:443"),
+            Some(ServerName::DnsName(_))
+        ));
+        assert!(matches!(
+            target_server_name("10.0.0.1:443"),
+            Some(ServerName::IpAddress(_))
+        ));
+        assert!(matches!(
+            target_server_name("[::1]:443"),
+            Some(ServerName::IpAddress(_))
+        ));
+        assert!(target_server_name("bad_host!:443").is_none());
+    }
 }

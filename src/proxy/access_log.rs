@@ -1,7 +1,9 @@
 //! The access-log line: one `tracing` event per request (target `access`), written when
 //! the response body has been sent (or the client went away), so it carries the bytes
-//! sent and the full duration. `--log-format json` turns it into JSON lines.
+//! sent and the full duration. `--log-format json` turns it into JSON lines;
+//! `server.access_log` sends the lines to a file instead (see `main.rs`).
 
+use super::trace_context::TraceId;
 use http::{HeaderValue, Method, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +24,12 @@ pub struct AccessLog {
     pub error: Option<&'static str>,
     /// The consumer an auth plugin named.
     pub consumer: Option<String>,
+    /// The W3C trace id this request went upstream with.
+    pub trace_id: TraceId,
+    /// The plugin that decided the request's fate other than by passing it on, and how:
+    /// `deny` (auth), `respond` (a transform answered), `error` (failed; 500) or
+    /// `error_allowed` (failed; `on_error = "allow"` went on without it).
+    pub plugin: Option<(Arc<str>, &'static str)>,
 }
 
 impl AccessLog {
@@ -44,7 +52,21 @@ impl AccessLog {
             upstream_ms = self.upstream_ms.unwrap_or(-1.0),
             error = self.error.unwrap_or("-"),
             consumer = self.consumer.as_deref().unwrap_or("-"),
+            plugin = %PluginOutcome(&self.plugin),
             request_id = self.request_id.to_str().unwrap_or("-"),
+            trace_id = %self.trace_id,
         );
+    }
+}
+
+/// `NAME:OUTCOME`, or `-`.
+struct PluginOutcome<'a>(&'a Option<(Arc<str>, &'static str)>);
+
+impl std::fmt::Display for PluginOutcome<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some((name, outcome)) => write!(f, "{name}:{outcome}"),
+            None => f.write_str("-"),
+        }
     }
 }

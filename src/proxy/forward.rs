@@ -1,17 +1,40 @@
 //! Forwarding to an upstream endpoint: one pooled keep-alive hyper client per upstream
-//! (HTTP/1.1, or prior-knowledge HTTP/2 for gRPC), and the upstream request built from
-//! the client's with the normalized path.
+//! (HTTP/1.1, or prior-knowledge HTTP/2 for gRPC; either over TLS with `tls = true`), and
+//! the upstream request built from the client's with the normalized path.
 
 use super::body::{BodyTooLarge, UpstreamBody};
+use super::connector::TlsConnector;
 use super::error::ProxyError;
 use crate::config::{Protocol, UpstreamConfig};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Uri, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::{Client, ResponseFuture};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-pub type UpstreamClient = Client<HttpConnector, UpstreamBody>;
+/// An upstream's connection pool. Plain upstreams keep the bare `HttpConnector` client,
+/// so TLS costs them nothing.
+pub enum UpstreamClient {
+    Plain(Client<HttpConnector, UpstreamBody>),
+    Tls(Client<TlsConnector, UpstreamBody>),
+}
+
+impl UpstreamClient {
+    pub fn request(&self, req: http::Request<UpstreamBody>) -> ResponseFuture {
+        match self {
+            UpstreamClient::Plain(c) => c.request(req),
+            UpstreamClient::Tls(c) => c.request(req),
+        }
+    }
+
+    /// The scheme of upstream URIs (`:scheme` on HTTP/2).
+    pub fn scheme(&self) -> Scheme {
+        match self {
+            UpstreamClient::Plain(_) => Scheme::HTTP,
+            UpstreamClient::Tls(_) => Scheme::HTTPS,
+        }
+    }
+}
 
 pub fn build_client(cfg: &UpstreamConfig) -> UpstreamClient {
     let mut connector = HttpConnector::new();
@@ -27,7 +50,12 @@ pub fn build_client(cfg: &UpstreamConfig) -> UpstreamClient {
     if cfg.protocol == Protocol::H2 {
         b.http2_only(true);
     }
-    b.build(connector)
+    match &cfg.tls {
+        None => UpstreamClient::Plain(b.build(connector)),
+        Some(tls) => {
+            UpstreamClient::Tls(b.build(TlsConnector::new(connector, tls, cfg.connect_timeout)))
+        }
+    }
 }
 
 /// `PATH?QUERY` for a rewritten path.
@@ -39,10 +67,14 @@ pub fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, P
     .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
 }
 
-/// The upstream URI: `http://ENDPOINT/PATH?QUERY`.
-pub fn upstream_uri(authority: &http::uri::Authority, pq: PathAndQuery) -> Result<Uri, ProxyError> {
+/// The upstream URI: `http://ENDPOINT/PATH?QUERY` (`https` for TLS upstreams).
+pub fn upstream_uri(
+    scheme: Scheme,
+    authority: &http::uri::Authority,
+    pq: PathAndQuery,
+) -> Result<Uri, ProxyError> {
     Uri::builder()
-        .scheme(Scheme::HTTP)
+        .scheme(scheme)
         .authority(authority.clone())
         .path_and_query(pq)
         .build()

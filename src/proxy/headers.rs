@@ -18,14 +18,30 @@ pub struct ClientInfo {
     pub addr: SocketAddr,
     /// The client IP as a header value, for `X-Forwarded-For`.
     pub ip_header: HeaderValue,
+    /// The connection came through a TLS listener.
+    pub tls: bool,
 }
 
 impl ClientInfo {
     pub fn new(addr: SocketAddr) -> Self {
+        Self::with_tls(addr, false)
+    }
+
+    pub fn with_tls(addr: SocketAddr, tls: bool) -> Self {
         ClientInfo {
             addr,
             ip_header: HeaderValue::from_str(&addr.ip().to_string())
                 .expect("an IP is a valid header value"),
+            tls,
+        }
+    }
+
+    /// The scheme the client used: `https` on a TLS listener, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "https"
+        } else {
+            "http"
         }
     }
 }
@@ -86,7 +102,7 @@ pub fn set_forwarded(
         h.insert(X_FORWARDED_FOR, v);
     }
     if !(trust && h.contains_key(&X_FORWARDED_PROTO)) {
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme()));
     }
     if !(trust && h.contains_key(&X_FORWARDED_HOST)) {
         match host {
@@ -158,6 +174,21 @@ mod tests {
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         set_forwarded(&mut h, &client, None, true);
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "1.2.3.4, 10.0.0.1");
+    }
+
+    #[test]
+    fn forwarded_proto_follows_the_listener() {
+        let addr = "10.0.0.1:5".parse().unwrap();
+        for (client, proto) in [
+            (ClientInfo::new(addr), "http"),
+            (ClientInfo::with_tls(addr, true), "https"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("forged"));
+            set_forwarded(&mut h, &client, None, false);
+            assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), proto);
+            assert_eq!(client.scheme(), proto, "what plugins see as the scheme");
+        }
     }
 
     #[test]

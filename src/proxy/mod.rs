@@ -3,10 +3,12 @@
 
 pub mod access_log;
 pub mod body;
+pub mod connector;
 pub mod error;
 pub mod forward;
 pub mod headers;
 pub mod normalize;
+pub mod trace_context;
 
 use crate::config::{Config, HashKey, HostPolicy, OnError, ServerConfig};
 use crate::plugin::bindings::{AuthDecision, Hooks, Reply, RequestAction};
@@ -150,12 +152,14 @@ impl Gateway {
     /// Serves one request. Never fails: errors become synthetic responses.
     pub async fn handle(
         &self,
-        req: Request<Incoming>,
+        mut req: Request<Incoming>,
         client: &ClientInfo,
     ) -> Response<ResponseBody> {
         let start = Instant::now();
         let method = req.method().clone();
         let request_id = headers::request_id(req.headers());
+        // Plugins and the upstream see the traceparent of the gateway's hop.
+        let trace_id = trace_context::propagate(req.headers_mut());
         let mut log = AccessLog::enabled().then(|| {
             Box::new(AccessLog {
                 start,
@@ -169,6 +173,8 @@ impl Gateway {
                 upstream_ms: None,
                 error: None,
                 consumer: None,
+                trace_id,
+                plugin: None,
             })
         });
         let mut route_idx = None;
@@ -256,9 +262,11 @@ impl Gateway {
                     Ok(false) => continue 'routes,
                     Err(e) if pool.on_error() == OnError::Allow => {
                         tracing::warn!(plugin = &*pool.bound.plugin.name, error = %e, "predicate failed; on_error = allow treats it as matching");
+                        log_plugin(log, pool, "error_allowed");
                     }
                     Err(_) => {
-                        return Err(ProxyError::PluginFailed(pool.bound.plugin.name.to_string()))
+                        log_plugin(log, pool, "error");
+                        return Err(ProxyError::PluginFailed(pool.bound.plugin.name.to_string()));
                     }
                 }
             }
@@ -318,7 +326,7 @@ impl Gateway {
             }
             if let ChainOutcome::Reply(reply) = outcome? {
                 return Ok(self
-                    .response_chain(&passed, for_response, reply, request_id)
+                    .response_chain(&passed, for_response, reply, request_id, log)
                     .await);
             }
         }
@@ -346,7 +354,7 @@ impl Gateway {
                 e.to_response(request_id)
             });
             return Ok(self
-                .response_chain(&passed, for_response, resp, request_id)
+                .response_chain(&passed, for_response, resp, request_id, log)
                 .await);
         }
         result
@@ -379,9 +387,10 @@ impl Gateway {
                             }
                         }
                         Ok(AuthDecision::Deny(reply)) => {
-                            return Ok(ChainOutcome::Reply(reply_response(reply)))
+                            log_plugin(log, pool, "deny");
+                            return Ok(ChainOutcome::Reply(reply_response(reply)));
                         }
-                        Err(e) => plugin_failed(pool, &e)?,
+                        Err(e) => plugin_failed(pool, &e, log)?,
                     }
                 }
                 Role::Transform => {
@@ -391,10 +400,11 @@ impl Gateway {
                         match action {
                             Ok(RequestAction::Proceed) => {}
                             Ok(RequestAction::Respond(reply)) => {
+                                log_plugin(log, pool, "respond");
                                 return Ok(ChainOutcome::Reply(reply_response(reply)));
                             }
                             Err(e) => {
-                                plugin_failed(pool, &e)?;
+                                plugin_failed(pool, &e, log)?;
                                 continue;
                             }
                         }
@@ -414,6 +424,7 @@ impl Gateway {
         req: Option<RequestRes>,
         resp: Response<ResponseBody>,
         request_id: &HeaderValue,
+        access: &mut Option<Box<AccessLog>>,
     ) -> Response<ResponseBody> {
         let hooked: Vec<&&Pool> = passed
             .iter()
@@ -457,9 +468,14 @@ impl Gateway {
             res = rs;
             if let Err(e) = r {
                 if pool.on_error() == OnError::Deny {
-                    return ProxyError::PluginFailed(pool.bound.plugin.name.to_string())
-                        .to_response(request_id);
+                    let err = ProxyError::PluginFailed(pool.bound.plugin.name.to_string());
+                    log_plugin(access, pool, "error");
+                    if let Some(l) = access.as_mut() {
+                        l.error = Some(err.code());
+                    }
+                    return err.to_response(request_id);
                 }
+                log_plugin(access, pool, "error_allowed");
                 tracing::warn!(plugin = &*pool.bound.plugin.name, error = %e, "on-response failed; on_error = allow keeps the response");
             }
         }
@@ -557,6 +573,7 @@ impl Gateway {
             (None, Some(b)) => Replay::Stream(Some(b)),
         };
 
+        let scheme = self.clients[route.upstream].scheme();
         let retry = upstream.config.retry.as_ref();
         let attempts = retry.map_or(1, |r| r.attempts);
         let overall = route
@@ -608,7 +625,7 @@ impl Gateway {
             } else {
                 clone_parts(template.as_ref().expect("template kept until the last try"))
             };
-            parts.uri = forward::upstream_uri(&endpoint.authority, pq.clone())?;
+            parts.uri = forward::upstream_uri(scheme.clone(), &endpoint.authority, pq.clone())?;
             if fixed_host.is_none() && !is_h2 {
                 parts
                     .headers
@@ -852,7 +869,7 @@ fn plugin_request(
 ) -> RequestRes {
     RequestRes {
         method: parts.method.clone(),
-        scheme: "http",
+        scheme: client.scheme(),
         authority: parts.uri.authority().map(|a| a.to_string()).or_else(|| {
             parts
                 .headers
@@ -891,13 +908,28 @@ fn take_request(res: &mut RequestRes) -> RequestRes {
     )
 }
 
-fn plugin_failed(pool: &Pool, e: &crate::plugin::PluginFailure) -> Result<(), ProxyError> {
+fn plugin_failed(
+    pool: &Pool,
+    e: &crate::plugin::PluginFailure,
+    log: &mut Option<Box<AccessLog>>,
+) -> Result<(), ProxyError> {
     match pool.on_error() {
         OnError::Allow => {
             tracing::warn!(plugin = &*pool.bound.plugin.name, route = &*pool.bound.route, error = %e, "plugin failed; on_error = allow lets the request through");
+            log_plugin(log, pool, "error_allowed");
             Ok(())
         }
-        OnError::Deny => Err(ProxyError::PluginFailed(pool.bound.plugin.name.to_string())),
+        OnError::Deny => {
+            log_plugin(log, pool, "error");
+            Err(ProxyError::PluginFailed(pool.bound.plugin.name.to_string()))
+        }
+    }
+}
+
+/// Records in the access log which plugin did what to the request.
+fn log_plugin(log: &mut Option<Box<AccessLog>>, pool: &Pool, outcome: &'static str) {
+    if let Some(l) = log.as_mut() {
+        l.plugin = Some((pool.bound.plugin.name.clone(), outcome));
     }
 }
 

@@ -132,7 +132,17 @@ impl Live {
         let config = config::load(&self.source).map_err(|e| e.to_string())?;
         let s = &config.server;
         for (what, same) in [
-            ("server.listen", s.listen == self.started.listen),
+            (
+                "server.listen",
+                s.listen
+                    .iter()
+                    .map(|l| (l.address, l.tls.is_some()))
+                    .eq(self
+                        .started
+                        .listen
+                        .iter()
+                        .map(|l| (l.address, l.tls.is_some()))),
+            ),
             (
                 "server.admin_listen",
                 s.admin_listen == self.started.admin_listen,

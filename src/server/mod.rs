@@ -1,11 +1,13 @@
 //! Listeners and connections: HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on the same
-//! port, keep-alive, header size and header-read-time limits, and graceful shutdown on
+//! port, or TLS (rustls, ALPN `h2`/`http/1.1`) on listeners with a certificate;
+//! keep-alive, header size and header-read-time limits, and graceful shutdown on
 //! SIGINT/SIGTERM (stop accepting, drain in-flight requests up to `drain_timeout`).
 //!
 //! Thread per core, as nginx does with worker processes: `server.workers` threads each
 //! run their own single-threaded tokio runtime with their own upstream connection pools,
 //! so a request is served start to end on one thread with no cross-thread wake-ups. The
-//! calling runtime accepts connections and deals them out round-robin.
+//! calling runtime accepts connections and deals them out round-robin; TLS handshakes
+//! run on the worker that got the connection, so they spread over the cores too.
 
 mod live;
 
@@ -18,7 +20,7 @@ use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 pub use live::Live;
 use live::{reload_on_sighup, watch_files};
 use std::convert::Infallible;
@@ -29,11 +31,16 @@ use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-type Accepted = (std::net::TcpStream, SocketAddr);
+/// An accepted connection, its peer, and the TLS acceptor of its listener if it has one.
+type Accepted = (
+    std::net::TcpStream,
+    SocketAddr,
+    Option<tokio_rustls::TlsAcceptor>,
+);
 
 /// Binds every listener of `config`, announces each on stdout as
-/// `listening on http://ADDR` (tests and scripts read this), then serves until `shutdown`
-/// resolves and in-flight requests have drained.
+/// `listening on http://ADDR` (`https://` for TLS listeners; tests and scripts read this),
+/// then serves until `shutdown` resolves and in-flight requests have drained.
 pub async fn run(
     config: Config,
     plugins: PluginSet,
@@ -44,12 +51,14 @@ pub async fn run(
     let gateway = Gateway::new(config, plugins);
     let server = gateway.server.clone();
     let mut proxies = Vec::new();
-    for addr in &server.listen {
-        proxies.push(
+    for l in &server.listen {
+        let addr = l.address;
+        proxies.push((
             TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?,
-        );
+            l.tls.clone().map(tokio_rustls::TlsAcceptor::from),
+        ));
     }
     let admin_listener = match server.admin_listen {
         Some(addr) => Some(
@@ -61,16 +70,17 @@ pub async fn run(
     };
     {
         let mut out = std::io::stdout().lock();
-        for l in &proxies {
-            writeln!(out, "listening on http://{}", l.local_addr()?)?;
+        for (l, tls) in &proxies {
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            writeln!(out, "listening on {scheme}://{}", l.local_addr()?)?;
         }
         if let Some(l) = &admin_listener {
             writeln!(out, "admin listening on http://{}", l.local_addr()?)?;
         }
         out.flush()?;
     }
-    for l in &proxies {
-        tracing::info!(address = %l.local_addr()?, workers = server.workers, "listening");
+    for (l, tls) in &proxies {
+        tracing::info!(address = %l.local_addr()?, tls = tls.is_some(), workers = server.workers, "listening");
     }
     let live = Arc::new(Live::new(source, server.clone(), gateway, hash));
 
@@ -100,7 +110,7 @@ pub async fn run(
 
     // Acceptors: deal connections out round-robin.
     let mut acceptors = Vec::new();
-    for l in proxies {
+    for (l, tls) in proxies {
         let senders = senders.clone();
         acceptors.push(tokio::spawn(async move {
             let mut next = 0usize;
@@ -108,7 +118,10 @@ pub async fn run(
                 match l.accept().await {
                     Ok((s, peer)) => {
                         let Ok(s) = s.into_std() else { continue };
-                        if senders[next % senders.len()].send((s, peer)).is_err() {
+                        if senders[next % senders.len()]
+                            .send((s, peer, tls.clone()))
+                            .is_err()
+                        {
                             return;
                         }
                         next = next.wrapping_add(1);
@@ -204,34 +217,64 @@ async fn worker(
     mut conns: mpsc::UnboundedReceiver<Accepted>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = connection_builder(&slot.load().server);
+    let builder = Arc::new(connection_builder(&slot.load().server));
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
             accepted = conns.recv() => {
-                let Some((stream, peer)) = accepted else { break };
+                let Some((stream, peer, tls)) = accepted else { break };
                 let Ok(stream) = TcpStream::from_std(stream) else { continue };
                 let _ = stream.set_nodelay(true);
-                let slot = slot.clone();
-                let client = Arc::new(ClientInfo::new(peer));
-                let svc = service_fn(move |req| {
-                    // Each request is served by the gateway current when it arrives; a
-                    // reload swaps the slot and requests in flight finish on the old one.
-                    let gw = slot.load_full();
-                    let client = client.clone();
-                    async move { Ok::<_, Infallible>(gw.handle(req, &client).await) }
-                });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), svc).into_owned());
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(peer = %peer, error = %e, "connection ended with error");
+                match tls {
+                    None => {
+                        tokio::spawn(serve(slot.clone(), &builder, graceful.watcher(), stream, peer, false));
                     }
-                });
+                    Some(acceptor) => {
+                        // The handshake counts as part of the connection for shutdown.
+                        let (slot, builder, watcher) = (slot.clone(), builder.clone(), graceful.watcher());
+                        let timeout = slot.load().server.tls_handshake_timeout;
+                        tokio::spawn(async move {
+                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => serve(slot, &builder, watcher, tls, peer, true).await,
+                                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                                Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                            }
+                        });
+                    }
+                }
             }
             _ = stop.wait_for(|s| *s) => break,
         }
     }
     graceful.shutdown().await;
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one client connection (plain TCP or TLS) until it closes.
+fn serve<IO>(
+    slot: Arc<ArcSwap<Gateway>>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+    io: IO,
+    peer: SocketAddr,
+    tls: bool,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let client = Arc::new(ClientInfo::with_tls(peer, tls));
+    let svc = service_fn(move |req| {
+        // Each request is served by the gateway current when it arrives; a reload swaps
+        // the slot and requests in flight finish on the old one.
+        let gw = slot.load_full();
+        let client = client.clone();
+        async move { Ok::<_, Infallible>(gw.handle(req, &client).await) }
+    });
+    let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
+    async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(peer = %peer, error = %e, "connection ended with error");
+        }
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -86,7 +86,10 @@ pub fn bin() -> &'static str {
 /// The gateway binary running on a config; killed on drop.
 pub struct Gateway {
     pub child: Child,
+    /// The first plain listener (or the first TLS one when there is none).
     pub addr: SocketAddr,
+    /// The first TLS listener (`listening on https://…`), if the config has one.
+    pub tls_addr: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
     pub dir: TempDir,
     /// Further stdout lines, read by a thread so the pipe never fills.
@@ -144,9 +147,15 @@ impl Gateway {
         let rx = line_reader(child.stdout.take().unwrap());
         let stderr = child.stderr.take().map(line_reader);
         let mut addr = None;
+        let mut tls_addr = None;
         let mut admin = None;
         let want_admin = config.contains("admin_listen");
-        while addr.is_none() || (want_admin && admin.is_none()) {
+        // A listener table with a certificate (`{ address = …, cert = … }`).
+        let want_tls = config.contains(" cert = ");
+        while (addr.is_none() && tls_addr.is_none())
+            || (want_admin && admin.is_none())
+            || (want_tls && tls_addr.is_none())
+        {
             let line = rx
                 .recv_timeout(std::time::Duration::from_secs(30))
                 .unwrap_or_else(|_| {
@@ -156,14 +165,17 @@ impl Gateway {
                     )
                 });
             if let Some(a) = line.strip_prefix("listening on http://") {
-                addr = Some(a.parse().unwrap());
+                addr = addr.or(Some(a.parse().unwrap()));
+            } else if let Some(a) = line.strip_prefix("listening on https://") {
+                tls_addr = tls_addr.or(Some(a.parse().unwrap()));
             } else if let Some(a) = line.strip_prefix("admin listening on http://") {
                 admin = Some(a.parse().unwrap());
             }
         }
         Gateway {
             child,
-            addr: addr.unwrap(),
+            addr: addr.or(tls_addr).unwrap(),
+            tls_addr,
             admin,
             dir,
             stdout: rx,
