@@ -9,7 +9,8 @@
 #      worker_processes = number of cores);
 #   4. starts Portcullis in front of the same upstream (builds it with
 #      `cargo build --release` if the default binary is missing);
-#   5. runs wrk against [direct, nginx, portcullis], interleaved, ROUNDS times,
+#   5. runs wrk against [direct, nginx, portcullis], interleaved, ROUNDS times
+#      (even rounds in reverse order; use an even ROUNDS to balance position),
 #      and prints per target the median req/s, p50 and p99 latency (ms) and the
 #      ratios portcullis/nginx for req/s and p99.
 # Both nginx instances run from a temp dir with their own conf/pid/logs; the
@@ -345,7 +346,15 @@ fi
 
 declare -A RPS P50 P99 ERR MED_RPS MED_P99
 for ((r = 1; r <= ROUNDS; r++)); do
-  for t in "${TARGETS[@]}"; do
+  # Even rounds run the targets in reverse order: whichever runs second in a pair is
+  # measured a few percent lower on this box (an A/A run of two identical Portcullis
+  # configs gave 0.91 without this), so the order must not favour anyone.
+  order=("${TARGETS[@]}")
+  if (( r % 2 == 0 )); then
+    order=()
+    for ((k = ${#TARGETS[@]} - 1; k >= 0; k--)); do order+=("${TARGETS[$k]}"); done
+  fi
+  for t in "${order[@]}"; do
     f="$OUT/round$r-$t.txt"
     run_wrk "$t" "$DURATION" "$f"
     read -r rps p50 p99 err < <(parse_wrk "$f") || die "could not parse wrk output $f"
