@@ -116,8 +116,8 @@ pub fn status_class(status: u16) -> usize {
     (status / 100).clamp(1, 5) as usize - 1
 }
 
-pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
-pub const METHODS: [&str; 8] = [
+const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+const METHODS: [&str; 8] = [
     "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "other",
 ];
 
@@ -156,6 +156,19 @@ impl RouteMetrics {
         }
     }
 
+    /// Requests counted so far, and how many of them were 5xx.
+    pub fn totals(&self) -> (u64, u64) {
+        let total = self.counters.iter().map(IntCounter::get).sum();
+        let errors = self
+            .counters
+            .iter()
+            .skip(status_class(500))
+            .step_by(CLASSES.len())
+            .map(IntCounter::get)
+            .sum();
+        (total, errors)
+    }
+
     pub fn observe(&self, method: &http::Method, status: u16, seconds: f64) {
         self.counters[method_index(method) * CLASSES.len() + status_class(status)].inc();
         self.duration.observe(seconds);
@@ -182,6 +195,7 @@ mod tests {
         assert_eq!(get("POST", "5xx"), 1);
         assert_eq!(get("other", "4xx"), 1);
         assert_eq!(get("GET", "2xx"), 0);
+        assert_eq!(r.totals(), (3, 1));
         let text = m.render();
         assert!(text.contains(
             "portcullis_requests_total{method=\"POST\",route=\"metrics-unit-test\",status=\"5xx\"} 1"

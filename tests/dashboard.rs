@@ -52,10 +52,7 @@ fn headless(browser: &PathBuf, url: &str, args: &[&str]) -> std::process::Output
 async fn dashboard_shows_upstreams_and_their_live_state_in_a_browser() {
     let Some(browser) = chromium() else { return };
     let alpha = Upstream::echo("alpha").await;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = closed_addr();
     let token = "dashboard-token-0123456789";
     let gw = Gateway::start(&format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nadmin_token = \"{token}\"\n\n\

@@ -194,20 +194,8 @@ async fn silent_stream_is_cut_at_idle_timeout() {
 
 #[tokio::test]
 async fn connect_timeout_gets_504() {
-    // A listener that never accepts, with its accept queue already full: the kernel
-    // drops further SYNs, so the gateway's connect hangs until connect_timeout.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        let s = tokio::net::TcpSocket::new_v4().unwrap();
-        match tokio::time::timeout(std::time::Duration::from_millis(200), s.connect(addr)).await {
-            Ok(Ok(c)) => fillers.push(c),
-            _ => break, // the queue is full
-        }
-    }
+    // The gateway's connect hangs until connect_timeout.
+    let (listener, _fillers, addr) = black_hole().await;
     let gw = Gateway::start(&config("connect_timeout = \"300ms\"", &[addr], &route("")));
     let r = get(&gw.url("/")).await;
     assert_eq!(r.status, 504, "{:?}", r.body);

@@ -270,27 +270,6 @@ async fn a_hanging_upstream_gets_504_at_the_timeout_and_the_breaker_counts_it() 
     );
 }
 
-/// A listener that never accepts, its queue full: connects to it hang until the timeout.
-async fn black_hole() -> (
-    tokio::net::TcpListener,
-    Vec<tokio::net::TcpStream>,
-    SocketAddr,
-) {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let listener = socket.listen(0).unwrap();
-    let addr = listener.local_addr().unwrap();
-    let mut fillers = Vec::new();
-    for _ in 0..4 {
-        let s = tokio::net::TcpSocket::new_v4().unwrap();
-        match tokio::time::timeout(Duration::from_millis(200), s.connect(addr)).await {
-            Ok(Ok(c)) => fillers.push(c),
-            _ => break,
-        }
-    }
-    (listener, fillers, addr)
-}
-
 #[tokio::test]
 async fn all_replicas_down_answers_503_at_once_once_breakers_are_open() {
     let (_l1, _f1, a) = black_hole().await;
@@ -394,10 +373,7 @@ async fn a_post_is_never_retried_after_its_body_was_sent_but_a_get_is() {
 #[tokio::test]
 async fn a_post_is_retried_when_the_connection_was_never_made() {
     // A port nobody listens on: connect is refused before anything is sent.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let dead = closed_addr();
     let good = Replica::echo("good");
     let gw = Gateway::start(&gateway_config(
         "",

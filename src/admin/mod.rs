@@ -255,76 +255,53 @@ fn routes_json(gw: &Gateway) -> Value {
 
 fn plugins_json(live: &Live) -> Value {
     let gw = live.current();
-    let mut by_name: Vec<(Arc<str>, Value, Vec<String>, usize)> = Vec::new();
+    // One entry per plugin, in order of first use; `routes` and `idle_instances` summed
+    // over every route that enables it and every worker's pool.
+    let mut plugins: Vec<Value> = Vec::new();
     for (i, pools) in gw.plugin_pools().iter().enumerate() {
-        for pool in pools {
+        for (k, pool) in pools.iter().enumerate() {
             let p = &pool.bound.plugin;
             let idle: usize = live
                 .workers()
                 .iter()
-                .map(|w| {
-                    w.load().plugin_pools()[i]
-                        .iter()
-                        .filter(|q| Arc::ptr_eq(&q.bound.plugin, p))
-                        .map(|q| q.idle())
-                        .sum::<usize>()
-                })
+                .map(|w| w.load().plugin_pools()[i][k].idle())
                 .sum();
-            let entry = match by_name.iter_mut().find(|e| e.0 == p.name) {
-                Some(e) => e,
+            let entry = match plugins.iter().position(|v| v["name"] == *p.name) {
+                Some(at) => &mut plugins[at],
                 None => {
-                    by_name.push((
-                        p.name.clone(),
-                        json!({
-                            "name": &*p.name,
-                            "path": p.config.path.display().to_string(),
-                            "role": match p.role { Role::Auth => "auth", Role::Predicate => "predicate", Role::Transform => "transform" },
-                            "memory_limit_bytes": p.config.memory_limit,
-                            "timeout_ms": p.config.timeout.as_secs_f64() * 1e3,
-                            "on_error": format!("{:?}", p.config.on_error).to_lowercase(),
-                            "pool_size": p.config.pool_size,
-                        }),
-                        Vec::new(),
-                        0,
-                    ));
-                    by_name.last_mut().expect("just pushed")
+                    plugins.push(json!({
+                        "name": &*p.name,
+                        "path": p.config.path.display().to_string(),
+                        "role": match p.role { Role::Auth => "auth", Role::Predicate => "predicate", Role::Transform => "transform" },
+                        "memory_limit_bytes": p.config.memory_limit,
+                        "timeout_ms": p.config.timeout.as_secs_f64() * 1e3,
+                        "on_error": format!("{:?}", p.config.on_error).to_lowercase(),
+                        "pool_size": p.config.pool_size,
+                        "routes": [],
+                        "idle_instances": 0,
+                    }));
+                    plugins.last_mut().expect("just pushed")
                 }
             };
-            entry.2.push(gw.route_name(i).to_string());
-            entry.3 += idle;
+            entry["routes"]
+                .as_array_mut()
+                .expect("routes is an array")
+                .push(json!(gw.route_name(i)));
+            entry["idle_instances"] =
+                json!(entry["idle_instances"].as_u64().unwrap_or(0) + idle as u64);
         }
     }
-    let plugins: Vec<Value> = by_name
-        .into_iter()
-        .map(|(_, mut v, routes, idle)| {
-            v["routes"] = json!(routes);
-            v["idle_instances"] = json!(idle);
-            v
-        })
-        .collect();
     json!({ "plugins": plugins })
 }
 
 fn stats_json(gw: &Gateway) -> Value {
-    let m = metrics::get();
     let routes: Vec<Value> = gw
         .router
         .routes()
         .iter()
-        .map(|r| {
-            let (mut total, mut errors) = (0u64, 0u64);
-            for method in metrics::METHODS {
-                for class in metrics::CLASSES {
-                    let n = m
-                        .requests
-                        .get_metric_with_label_values(&[&r.name, method, class])
-                        .map_or(0, |c| c.get());
-                    total += n;
-                    if class == "5xx" {
-                        errors += n;
-                    }
-                }
-            }
+        .enumerate()
+        .map(|(i, r)| {
+            let (total, errors) = gw.route_metrics(i).totals();
             json!({"route": r.name, "requests": total, "errors_5xx": errors})
         })
         .collect();

@@ -139,6 +139,10 @@ impl Gateway {
         &self.pools
     }
 
+    pub fn route_metrics(&self, i: usize) -> &crate::metrics::RouteMetrics {
+        &self.route_metrics[i]
+    }
+
     pub fn route_name(&self, i: usize) -> &str {
         &self.route_names[i]
     }
@@ -644,14 +648,14 @@ impl Gateway {
             if let Some(rx) = give_back {
                 body.recover(rx);
             }
-            let (outcome, err) = match result {
-                Err(_) => (Outcome::Timeout, ProxyError::UpstreamTimeout),
+            let (outcome, attempt) = match result {
+                Err(_) => (Outcome::Timeout, Err(ProxyError::UpstreamTimeout)),
                 Ok(Err(e)) => {
                     let err = forward::classify(&e);
                     let outcome = match err {
                         ProxyError::BodyTooLarge(_) => {
                             // The client's fault: no endpoint is blamed, no retry.
-                            upstream.record(&endpoint, admission, Outcome::Status(413));
+                            upstream.release(&endpoint, admission);
                             return Err(ProxyError::BodyTooLarge(route.max_body_size));
                         }
                         ProxyError::ConnectFailed(_) | ProxyError::ConnectTimeout => {
@@ -660,40 +664,9 @@ impl Gateway {
                         _ => Outcome::Reset,
                     };
                     tracing::warn!(upstream = upstream.name(), endpoint = &*endpoint.address, error = %e, code = err.code(), try_no, "upstream request failed");
-                    (outcome, err)
+                    (outcome, Err(err))
                 }
-                Ok(Ok(resp)) => {
-                    let status = resp.status().as_u16();
-                    upstream.record(&endpoint, admission, Outcome::Status(status));
-                    let retry_status = retry.is_some_and(|r| r.on.status(status));
-                    if !(retry_status
-                        && idempotent
-                        && body.replayable()
-                        && self
-                            .may_retry(
-                                upstream,
-                                try_no,
-                                attempts,
-                                deadline,
-                                endpoint.address.as_ref(),
-                                status,
-                            )
-                            .await)
-                    {
-                        let rtt = now.elapsed();
-                        endpoint.observe_latency(rtt);
-                        if let Some(l) = log.as_mut() {
-                            l.upstream_ms = Some(rtt.as_secs_f64() * 1e3);
-                        }
-                        let (mut rparts, rbody) = resp.into_parts();
-                        headers::strip_hop_by_hop(&mut rparts.headers);
-                        let body =
-                            ResponseBody::upstream(rbody, upstream.config.idle_timeout, guard);
-                        return Ok(Response::from_parts(rparts, body));
-                    }
-                    tried.push(endpoint);
-                    continue;
-                }
+                Ok(Ok(resp)) => (Outcome::Status(resp.status().as_u16()), Ok(resp)),
             };
             upstream.record(&endpoint, admission, outcome);
             // Failures before the request was sent may be retried for any method; after,
@@ -702,9 +675,17 @@ impl Gateway {
                 Outcome::Connect => r.on.connect,
                 Outcome::Timeout => r.on.timeout && idempotent,
                 Outcome::Reset => r.on.reset && idempotent,
-                Outcome::Status(_) => false,
+                Outcome::Status(s) => r.on.status(s) && idempotent,
             });
-            if !(wanted
+            let status;
+            let reason = match &attempt {
+                Ok(resp) => {
+                    status = resp.status();
+                    status.as_str()
+                }
+                Err(e) => e.code(),
+            };
+            let retrying = wanted
                 && body.replayable()
                 && self
                     .may_retry(
@@ -712,14 +693,26 @@ impl Gateway {
                         try_no,
                         attempts,
                         deadline,
-                        endpoint.address.as_ref(),
-                        err.code(),
+                        &endpoint.address,
+                        reason,
                     )
-                    .await)
-            {
-                return Err(err);
+                    .await;
+            match attempt {
+                Ok(resp) if !retrying => {
+                    let rtt = now.elapsed();
+                    endpoint.observe_latency(rtt);
+                    if let Some(l) = log.as_mut() {
+                        l.upstream_ms = Some(rtt.as_secs_f64() * 1e3);
+                    }
+                    let (mut rparts, rbody) = resp.into_parts();
+                    headers::strip_hop_by_hop(&mut rparts.headers);
+                    let body = ResponseBody::upstream(rbody, upstream.config.idle_timeout, guard);
+                    return Ok(Response::from_parts(rparts, body));
+                }
+                Err(err) if !retrying => return Err(err),
+                Err(err) => last_err = Some(err),
+                Ok(_) => {}
             }
-            last_err = Some(err);
             tried.push(endpoint);
         }
         Err(last_err.unwrap_or(ProxyError::Unavailable(upstream.name().to_string())))
@@ -734,7 +727,7 @@ impl Gateway {
         attempts: u32,
         deadline: tokio::time::Instant,
         endpoint: &str,
-        reason: impl std::fmt::Display,
+        reason: &str,
     ) -> bool {
         let Some(cfg) = upstream.config.retry.as_ref() else {
             return false;
@@ -743,18 +736,24 @@ impl Gateway {
             return false;
         }
         let budget = upstream.budget.as_ref().expect("retry has a budget");
-        let metrics = crate::metrics::get();
         if !budget.withdraw(upstream.clock.now()) {
-            metrics
-                .retries_denied
-                .with_label_values(&[upstream.name()])
-                .inc();
-            tracing::warn!(upstream = upstream.name(), endpoint, reason = %reason, "retry budget exhausted; not retrying");
+            tracing::warn!(
+                upstream = upstream.name(),
+                endpoint,
+                reason,
+                "retry budget exhausted; not retrying"
+            );
             return false;
         }
-        metrics.retries.with_label_values(&[upstream.name()]).inc();
         let pause = retry::backoff(cfg, try_no);
-        tracing::debug!(upstream = upstream.name(), endpoint, reason = %reason, try_no, ?pause, "retrying");
+        tracing::debug!(
+            upstream = upstream.name(),
+            endpoint,
+            reason,
+            try_no,
+            ?pause,
+            "retrying"
+        );
         if !pause.is_zero() {
             tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + pause)).await;
         }
@@ -790,26 +789,15 @@ impl Replay {
             ),
             Replay::Stream(s) => {
                 let inner = s.take().expect("stream body present when replayable");
-                if keep && !inner.is_end_stream() {
-                    let (body, rx) = RequestBody::recoverable(inner, limit);
-                    (UpstreamBody::Stream { body }, Some(rx))
-                } else if inner.is_end_stream() {
+                if inner.is_end_stream() {
                     // Nothing to lose: later tries send an empty body.
                     *self = Replay::Bytes(Bytes::new());
-                    (
-                        UpstreamBody::Stream {
-                            body: RequestBody::new(inner, limit),
-                        },
-                        None,
-                    )
-                } else {
-                    (
-                        UpstreamBody::Stream {
-                            body: RequestBody::new(inner, limit),
-                        },
-                        None,
-                    )
+                } else if keep {
+                    let (body, rx) = RequestBody::recoverable(inner, limit);
+                    return (UpstreamBody::Stream { body }, Some(rx));
                 }
+                let body = RequestBody::new(inner, limit);
+                (UpstreamBody::Stream { body }, None)
             }
         }
     }

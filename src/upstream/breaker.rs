@@ -138,6 +138,14 @@ impl Breaker {
         }
     }
 
+    /// Ends an admitted try that says nothing about the endpoint (the client's fault):
+    /// a probe gives its slot back without deciding.
+    pub fn release(&self, admission: Admission) {
+        if admission == Admission::Probe {
+            self.probes.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Records the outcome of an admitted try.
     pub fn record(
         &self,

@@ -145,15 +145,14 @@ async fn probe_inner(cfg: &HealthCheckConfig, ep: &Endpoint) -> Result<(), Strin
     }
 }
 
-/// For tests: a probe interval longer than any test runs.
-#[cfg(test)]
-const FOREVER: std::time::Duration = std::time::Duration::from_secs(3600);
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::resilience::Conditions;
     use std::time::Duration;
+
+    /// A probe interval longer than any test runs.
+    const FOREVER: Duration = Duration::from_secs(3600);
 
     fn cfg() -> HealthCheckConfig {
         HealthCheckConfig {

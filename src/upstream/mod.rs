@@ -235,7 +235,10 @@ impl Upstream {
         let selector = Selector::build(config.balance, &endpoints);
         Upstream {
             clock: window::Clock::new(),
-            budget: config.retry.as_ref().map(RetryBudget::new),
+            budget: config
+                .retry
+                .as_ref()
+                .map(|r| RetryBudget::new(r, &config.name)),
             guarded: config.circuit_breaker.is_some()
                 || config.outlier_detection.is_some()
                 || config.health_check.is_some(),
@@ -326,6 +329,14 @@ impl Upstream {
                 ok
             }
             _ => true,
+        }
+    }
+
+    /// Ends a try whose outcome says nothing about the endpoint (the client's body was
+    /// too large): nothing is counted, a half-open probe slot is given back.
+    pub fn release(&self, ep: &Endpoint, admission: Admission) {
+        if let Some(b) = &ep.breaker {
+            b.release(admission);
         }
     }
 

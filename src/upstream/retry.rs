@@ -14,14 +14,21 @@ pub struct RetryBudget {
     window: Window,
     percent: f64,
     floor: f64,
+    /// `portcullis_retries_total` and `portcullis_retry_budget_exhausted_total` of the
+    /// upstream, resolved once.
+    granted: prometheus::IntCounter,
+    denied: prometheus::IntCounter,
 }
 
 impl RetryBudget {
-    pub fn new(cfg: &RetryConfig) -> Self {
+    pub fn new(cfg: &RetryConfig, upstream: &str) -> Self {
+        let m = crate::metrics::get();
         RetryBudget {
             window: Window::new(cfg.budget_window),
             percent: cfg.budget_percent,
             floor: cfg.budget_min_per_second as f64 * cfg.budget_window.as_secs_f64(),
+            granted: m.retries.with_label_values(&[upstream]),
+            denied: m.retries_denied.with_label_values(&[upstream]),
         }
     }
 
@@ -37,8 +44,10 @@ impl RetryBudget {
         let allowed = self.floor.max(requests as f64 * self.percent / 100.0);
         if (retries as f64) < allowed {
             self.window.add(now, true);
+            self.granted.inc();
             true
         } else {
+            self.denied.inc();
             false
         }
     }
@@ -59,21 +68,21 @@ pub fn backoff(cfg: &RetryConfig, n: u32) -> Duration {
     ceiling.mul_f64(r)
 }
 
-/// For tests: a budget and its clock.
-#[cfg(test)]
-fn budget(percent: f64, floor_per_sec: u32) -> (RetryBudget, super::window::Clock) {
-    let cfg = RetryConfig {
-        budget_percent: percent,
-        budget_min_per_second: floor_per_sec,
-        budget_window: Duration::from_secs(10),
-        ..RetryConfig::default()
-    };
-    (RetryBudget::new(&cfg), super::window::Clock::new())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::window::Clock;
+
+    /// For tests: a budget and its clock.
+    fn budget(percent: f64, floor_per_sec: u32) -> (RetryBudget, Clock) {
+        let cfg = RetryConfig {
+            budget_percent: percent,
+            budget_min_per_second: floor_per_sec,
+            budget_window: Duration::from_secs(10),
+            ..RetryConfig::default()
+        };
+        (RetryBudget::new(&cfg, "retry-unit-test"), Clock::new())
+    }
 
     #[tokio::test(start_paused = true)]
     async fn retries_are_capped_at_the_percentage() {

@@ -19,7 +19,6 @@ mod file;
 mod zookeeper;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -93,11 +92,7 @@ pub async fn assert_serving(gw: &Gateway, want: &[&str]) {
 
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    support::closed_addr().port()
 }
 
 /// Whether the server program `path` is installed. Outside CI a missing one skips the test

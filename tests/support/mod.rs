@@ -435,3 +435,32 @@ pub fn assert_valid(path: &std::path::Path) {
         path.display()
     );
 }
+
+/// An address nobody listens on: connecting to it is refused at once.
+pub fn closed_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A listener that never accepts, with its accept queue already full: the kernel drops
+/// further SYNs, so a connect to it hangs until the connecting side gives up. Keep the
+/// returned listener and sockets alive while it is in use.
+pub async fn black_hole() -> (
+    tokio::net::TcpListener,
+    Vec<tokio::net::TcpStream>,
+    SocketAddr,
+) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        match tokio::time::timeout(std::time::Duration::from_millis(200), s.connect(addr)).await {
+            Ok(Ok(c)) => fillers.push(c),
+            _ => break, // the queue is full
+        }
+    }
+    (listener, fillers, addr)
+}
