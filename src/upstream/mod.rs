@@ -452,7 +452,7 @@ impl Upstream {
     }
 
     /// Replaces the endpoint set with one a discovery source reported (see
-    /// [`Upstream::set_endpoints`]) and remembers that the source has reported.
+    /// `set_endpoints`) and remembers that the source has reported.
     pub fn set_discovered(&self, targets: &[TargetConfig]) -> bool {
         let changed = self.set_endpoints(targets);
         self.discovered.store(true, Ordering::Release);
@@ -463,7 +463,7 @@ impl Upstream {
     /// path, and swapped in whole. Endpoints whose address stays keep their state (active
     /// requests, latency, health); requests already on a removed endpoint finish on it.
     /// Returns whether the set changed.
-    pub fn set_endpoints(&self, targets: &[TargetConfig]) -> bool {
+    fn set_endpoints(&self, targets: &[TargetConfig]) -> bool {
         let old = self.snapshot.load();
         let unchanged = old.endpoints.len() == targets.len()
             && old
