@@ -34,6 +34,9 @@
 #   RESILIENCE      1 = also run a second Portcullis ("resilient") with circuit
 #                   breakers, HTTP health checks and outlier detection on the
 #                   same healthy upstream, and print resilient/portcullis [0]
+#   BASELINE_BIN    another build of the gateway (e.g. the previous commit's
+#                   release binary): run it as "baseline" with the same plain
+#                   config and print portcullis/baseline, a same-run ratio  []
 #
 # Note: on a 2-core machine wrk, the upstream and the proxy share the cores, so
 # absolute numbers are low; compare the ratios, which is what this is for.
@@ -128,10 +131,10 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # --- free ports --------------------------------------------------------------
-read -r UP_PORT NGX_PORT PC_PORT RS_PORT < <(python3 - <<'EOF'
+read -r UP_PORT NGX_PORT PC_PORT RS_PORT BL_PORT < <(python3 - <<'EOF'
 import socket
 socks = []
-for _ in range(4):
+for _ in range(5):
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.bind(("127.0.0.1", 0))
     socks.append(s)
@@ -283,10 +286,10 @@ declare -A URL=(
   [direct]="http://127.0.0.1:$UP_PORT/"
   [nginx]="http://127.0.0.1:$NGX_PORT/"
 )
-# start_portcullis TARGET CONFIG PORT DESCRIPTION
+# start_portcullis TARGET CONFIG PORT DESCRIPTION [BINARY]
 start_portcullis() {
-  local t=$1 conf=$2 port=$3
-  "$BIN" run --config "$conf" --log-level warn >"$TMP/$t.log" 2>&1 &
+  local t=$1 conf=$2 port=$3 bin=${5:-$BIN}
+  "$bin" run --config "$conf" --log-level warn >"$TMP/$t.log" 2>&1 &
   PIDS+=("$!")
   wait_port "$t" "$port" "$!" "$TMP/$t.log"
   log "$t: $4 on 127.0.0.1:$port"
@@ -298,6 +301,11 @@ if [[ $SKIP_PORTCULLIS != 1 ]]; then
   if [[ $RESILIENCE == 1 ]]; then
     start_portcullis resilient "$TMP/portcullis-resilient.toml" "$RS_PORT" \
       "$BIN with breakers, health checks and outlier detection"
+  fi
+  if [[ -n ${BASELINE_BIN:-} ]]; then
+    [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN '$BASELINE_BIN' not found/executable"
+    sed "s/127.0.0.1:$PC_PORT/127.0.0.1:$BL_PORT/" "$TMP/portcullis.toml" >"$TMP/portcullis-baseline.toml"
+    start_portcullis baseline "$TMP/portcullis-baseline.toml" "$BL_PORT" "$BASELINE_BIN" "$BASELINE_BIN"
   fi
 fi
 
@@ -390,6 +398,13 @@ summary="$OUT/summary.txt"
   if [[ $RESILIENCE == 1 && $SKIP_PORTCULLIS != 1 ]]; then
     awk -v r="${MED_RPS[resilient]}" -v p="${MED_RPS[portcullis]}" \
       'BEGIN { printf "resilient/portcullis req/s ratio: %s   (breakers + health checks + outlier detection; goal >= 0.97)\n", (p > 0 ? sprintf("%.3f", r / p) : "n/a") }'
+  fi
+  if [[ -n ${BASELINE_BIN:-} && $SKIP_PORTCULLIS != 1 ]]; then
+    awk -v b="${MED_RPS[baseline]}" -v p="${MED_RPS[portcullis]}" -v bp="${MED_P99[baseline]}" -v pp="${MED_P99[portcullis]}" \
+      'BEGIN {
+         printf "portcullis/baseline req/s ratio: %s   (same run; >= 1 means no loss)\n", (b > 0 ? sprintf("%.3f", p / b) : "n/a")
+         printf "portcullis/baseline p99 ratio:   %s   (lower is better)\n", (bp > 0 ? sprintf("%.3f", pp / bp) : "n/a")
+       }'
   fi
   for t in "${TARGETS[@]}"; do
     (( ${ERR[$t]} == 0 )) || echo "WARNING: $t had ${ERR[$t]} socket errors / non-2xx responses"

@@ -239,5 +239,5 @@ pub async fn run(
     println!("  curl -i http://{gw}/v1/models   # 404 with the JSON error body");
     println!();
     let plugins = crate::plugin::PluginSet::none(config.routes.len());
-    crate::server::run(config, plugins, shutdown).await
+    crate::app::run(config, plugins, shutdown).await
 }

@@ -1,13 +1,18 @@
 //! Portcullis: an API gateway for AI systems. A native core (this crate) listens,
-//! normalizes, routes, balances and forwards; see DESIGN.md §1 for the request path.
+//! normalizes, routes, balances and forwards; docs/architecture.md describes the request
+//! path phase by phase, the threads, who owns what state, and the module map.
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod app;
 pub mod config;
 pub mod demo;
 pub mod discovery;
+pub mod hash;
+pub mod live;
 pub mod metrics;
+pub mod normalize;
 pub mod plugin;
 pub mod proxy;
 pub mod router;
@@ -15,3 +20,6 @@ pub mod scaffold;
 pub mod server;
 pub mod tls;
 pub mod upstream;
+
+/// The boxed error of body and connector types.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

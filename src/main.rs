@@ -1,4 +1,4 @@
-//! The `portcullis` binary: CLI → config::load → server::run.
+//! The `portcullis` binary: CLI → config::load → plugins → app::run.
 #![forbid(unsafe_code)]
 
 use anyhow::Context as _;
@@ -175,7 +175,7 @@ fn main() -> ExitCode {
                 Err(e) => Err(anyhow::anyhow!("{e}")),
                 Ok(config) => {
                     portcullis::plugin::PluginSet::for_config(&config).and_then(|plugins| {
-                        rt().block_on(portcullis::server::run(
+                        rt().block_on(portcullis::app::run(
                             config,
                             plugins,
                             portcullis::server::shutdown_signal(),

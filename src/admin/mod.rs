@@ -18,11 +18,12 @@
 //! `Authorization: Bearer TOKEN` (the dashboard takes it as `/#token=TOKEN` and sends it
 //! with its API calls).
 
+use crate::live::Live;
 use crate::metrics;
 use crate::plugin::Role;
 use crate::proxy::body::ResponseBody;
+use crate::proxy::error::json_error;
 use crate::proxy::Gateway;
-use crate::server::Live;
 use crate::upstream::breaker::State;
 use http::{header, HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -145,7 +146,10 @@ fn json_response(status: StatusCode, v: Value) -> Response<ResponseBody> {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response<ResponseBody> {
-    json_response(status, json!({"error": {"code": code, "message": message}}))
+    let mut r = json_error(status, code, message, None);
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
 }
 
 /// Keys whose values are never shown: anything that looks like a credential.
@@ -230,11 +234,10 @@ fn upstreams_json(gw: &Gateway) -> Value {
 
 fn routes_json(gw: &Gateway) -> Value {
     let routes: Vec<Value> = gw
-        .router
         .routes()
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
+        .map(|entry| {
+            let r = &entry.config;
             let path = match &r.path {
                 crate::config::PathMatch::Exact(p) => json!({"exact": p}),
                 crate::config::PathMatch::Prefix(p) => json!({"prefix": p}),
@@ -246,7 +249,7 @@ fn routes_json(gw: &Gateway) -> Value {
                 "methods": r.methods.as_ref().map(|ms| ms.iter().map(|m| m.as_str()).collect::<Vec<_>>()),
                 "hosts": r.hosts,
                 "upstream": gw.upstreams[r.upstream].name(),
-                "plugins": gw.plugin_pools()[i].iter().map(|p| &*p.bound.plugin.name).collect::<Vec<_>>(),
+                "plugins": entry.plugins.iter().map(|p| &*p.plugin.name).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -258,13 +261,13 @@ fn plugins_json(live: &Live) -> Value {
     // One entry per plugin, in order of first use; `routes` and `idle_instances` summed
     // over every route that enables it and every worker's pool.
     let mut plugins: Vec<Value> = Vec::new();
-    for (i, pools) in gw.plugin_pools().iter().enumerate() {
-        for (k, pool) in pools.iter().enumerate() {
-            let p = &pool.bound.plugin;
+    for route in gw.routes() {
+        for (k, bound) in route.plugins.iter().enumerate() {
+            let p = &bound.plugin;
             let idle: usize = live
                 .workers()
                 .iter()
-                .map(|w| w.load().plugin_pools()[i][k].idle())
+                .map(|w| w.load().pools(route)[k].idle())
                 .sum();
             let entry = match plugins.iter().position(|v| v["name"] == *p.name) {
                 Some(at) => &mut plugins[at],
@@ -286,7 +289,7 @@ fn plugins_json(live: &Live) -> Value {
             entry["routes"]
                 .as_array_mut()
                 .expect("routes is an array")
-                .push(json!(gw.route_name(i)));
+                .push(json!(&*route.name));
             entry["idle_instances"] =
                 json!(entry["idle_instances"].as_u64().unwrap_or(0) + idle as u64);
         }
@@ -296,13 +299,11 @@ fn plugins_json(live: &Live) -> Value {
 
 fn stats_json(gw: &Gateway) -> Value {
     let routes: Vec<Value> = gw
-        .router
         .routes()
         .iter()
-        .enumerate()
-        .map(|(i, r)| {
-            let (total, errors) = gw.route_metrics(i).totals();
-            json!({"route": r.name, "requests": total, "errors_5xx": errors})
+        .map(|r| {
+            let (total, errors) = r.metrics.totals();
+            json!({"route": &*r.name, "requests": total, "errors_5xx": errors})
         })
         .collect();
     json!({ "routes": routes })
@@ -342,8 +343,9 @@ fn refresh_gauges(live: &Live) {
         }
     }
     for w in live.workers() {
-        for pools in w.load().plugin_pools() {
-            for p in pools {
+        let gw = w.load();
+        for route in gw.routes() {
+            for p in gw.pools(route) {
                 m.plugin_instances
                     .with_label_values(&[&p.bound.plugin.name])
                     .add(p.idle() as i64);

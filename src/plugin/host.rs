@@ -10,7 +10,6 @@ use http::{Method, StatusCode};
 use std::net::IpAddr;
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
-use wasmtime::StoreLimits;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 /// The request as lent to a plugin for one call.
@@ -40,13 +39,67 @@ pub struct ResponseRes {
 pub struct HostState {
     pub table: ResourceTable,
     pub wasi: WasiCtx,
-    pub limits: StoreLimits,
+    pub memory: MemoryLimit,
     pub plugin: Arc<str>,
     pub route: Arc<str>,
     /// The CPU deadline of one call, in epoch ticks.
     pub ticks: u64,
     /// The id of the request being handled, for log lines.
     pub request_id: Option<HeaderValue>,
+}
+
+/// The store's memory limit (`memory_limit`). A growth past it traps the call, and the
+/// limiter remembers that it did, so the failure is reported as out-of-memory by this
+/// flag rather than by reading the trap's text.
+pub struct MemoryLimit {
+    bytes: usize,
+    exceeded: bool,
+}
+
+impl MemoryLimit {
+    pub fn new(bytes: usize) -> Self {
+        MemoryLimit {
+            bytes,
+            exceeded: false,
+        }
+    }
+
+    /// Whether a memory growth was refused in this store.
+    pub fn exceeded(&self) -> bool {
+        self.exceeded
+    }
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimit {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.bytes || maximum.is_some_and(|max| desired > max) {
+            self.exceeded = true;
+            wasmtime::bail!(
+                "memory limit of {} bytes reached (asked for {desired})",
+                self.bytes
+            );
+        }
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.exceeded = true;
+        Err(error)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(maximum.is_none_or(|max| desired <= max))
+    }
 }
 
 impl WasiView for HostState {

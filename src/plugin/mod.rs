@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimitsBuilder};
+use wasmtime::{Engine, Store};
 
 /// How often the epoch advances: the resolution of plugin timeouts.
 const EPOCH_TICK: Duration = Duration::from_millis(1);
@@ -67,21 +67,14 @@ pub struct LoadedPlugin {
 }
 
 /// Why a plugin call failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PluginFailure {
+    #[error("plugin exceeded its timeout")]
     Timeout,
+    #[error("plugin exceeded its memory limit")]
     OutOfMemory,
+    #[error("plugin trapped: {0}")]
     Trap(String),
-}
-
-impl std::fmt::Display for PluginFailure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            PluginFailure::Timeout => f.write_str("plugin exceeded its timeout"),
-            PluginFailure::OutOfMemory => f.write_str("plugin exceeded its memory limit"),
-            PluginFailure::Trap(m) => write!(f, "plugin trapped: {m}"),
-        }
-    }
 }
 
 fn default_cache_dir() -> PathBuf {
@@ -245,7 +238,7 @@ impl Bound {
             b.hooks = t
                 .call_declare_hooks(&mut warm.store)
                 .await
-                .map_err(|e| format!("declare-hooks failed: {}", classify(&e)))?;
+                .map_err(|e| format!("declare-hooks failed: {}", classify(&e, &warm.store)))?;
             if b.hooks.contains(Hooks::RESPONSE_BODY) {
                 b.hooks |= Hooks::ON_RESPONSE;
             }
@@ -255,10 +248,6 @@ impl Bound {
 
     async fn instantiate(&self) -> Result<Warm, ConfigureError> {
         let p = &self.plugin;
-        let limits = StoreLimitsBuilder::new()
-            .memory_size(p.config.memory_limit as usize)
-            .trap_on_grow_failure(true)
-            .build();
         // The sandbox: no args, env, preopened dirs, sockets or stdin.
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
             .stdout(host::GuestOutput {
@@ -273,27 +262,30 @@ impl Bound {
         let state = HostState {
             table: ResourceTable::new(),
             wasi,
-            limits,
+            memory: host::MemoryLimit::new(p.config.memory_limit as usize),
             plugin: p.name.clone(),
             route: self.route.clone(),
             ticks: p.ticks,
             request_id: None,
         };
         let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limits);
+        store.limiter(|s| &mut s.memory);
         store.set_epoch_deadline(p.ticks);
-        let fail = |e: wasmtime::Error| ConfigureError::Failed(classify(&e));
         let instance = match &p.pre {
-            RolePre::Auth(pre) => {
-                RoleInstance::Auth(pre.instantiate_async(&mut store).await.map_err(fail)?)
-            }
-            RolePre::Predicate(pre) => {
-                RoleInstance::Predicate(pre.instantiate_async(&mut store).await.map_err(fail)?)
-            }
-            RolePre::Transform(pre) => {
-                RoleInstance::Transform(pre.instantiate_async(&mut store).await.map_err(fail)?)
-            }
+            RolePre::Auth(pre) => pre
+                .instantiate_async(&mut store)
+                .await
+                .map(RoleInstance::Auth),
+            RolePre::Predicate(pre) => pre
+                .instantiate_async(&mut store)
+                .await
+                .map(RoleInstance::Predicate),
+            RolePre::Transform(pre) => pre
+                .instantiate_async(&mut store)
+                .await
+                .map(RoleInstance::Transform),
         };
+        let instance = instance.map_err(|e| ConfigureError::Failed(classify(&e, &store)))?;
         store.set_epoch_deadline(p.ticks);
         let configured = match &instance {
             RoleInstance::Auth(i) => i.call_configure(&mut store, &self.config_json).await,
@@ -303,31 +295,25 @@ impl Bound {
         match configured {
             Ok(Ok(())) => Ok(Warm { store, instance }),
             Ok(Err(msg)) => Err(ConfigureError::Rejected(msg)),
-            Err(e) => Err(fail(e)),
+            Err(e) => Err(ConfigureError::Failed(classify(&e, &store))),
         }
     }
 }
 
+#[derive(Debug, thiserror::Error)]
 enum ConfigureError {
+    #[error("rejected its config: {0}")]
     Rejected(String),
+    #[error("failed while configuring: {0}")]
     Failed(PluginFailure),
 }
 
-impl std::fmt::Display for ConfigureError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ConfigureError::Rejected(m) => write!(f, "rejected its config: {m}"),
-            ConfigureError::Failed(e) => write!(f, "failed while configuring: {e}"),
-        }
-    }
-}
-
-fn classify(e: &wasmtime::Error) -> PluginFailure {
+/// What a failed call was: the memory limiter's flag says out-of-memory, an epoch
+/// interrupt is the CPU deadline, anything else a trap.
+fn classify(e: &wasmtime::Error, store: &Store<HostState>) -> PluginFailure {
     match e.downcast_ref::<wasmtime::Trap>() {
+        _ if store.data().memory.exceeded() => PluginFailure::OutOfMemory,
         Some(wasmtime::Trap::Interrupt) => PluginFailure::Timeout,
-        _ if format!("{e:?}").contains("forcing trap when growing memory") => {
-            PluginFailure::OutOfMemory
-        }
         Some(t) => PluginFailure::Trap(t.to_string()),
         None => PluginFailure::Trap(format!("{e}")),
     }
@@ -404,7 +390,7 @@ impl Pool {
                 Ok(r)
             }
             Err(e) => {
-                let failure = classify(&e);
+                let failure = classify(&e, &warm.store);
                 tracing::warn!(plugin = &*self.bound.plugin.name, route = &*self.bound.route, error = %failure, "plugin call failed; instance discarded");
                 Err(failure)
             }

@@ -1,29 +1,56 @@
 //! Every failure the gateway answers itself, mapped in one place to a status and the JSON
-//! body `{"error":{"code":"…","message":"…","request_id":"…"}}`.
+//! body `{"error":{"code":"…","message":"…","request_id":"…"}}` (the admin API answers
+//! with the same shape, through [`json_error`]).
 
 use super::body::ResponseBody;
-use super::normalize::NormalizeError;
+use crate::normalize::NormalizeError;
+use crate::upstream::classify::TryError;
 use http::{header, HeaderValue, Response, StatusCode};
 
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     /// The path could not be normalized (encoded `/`, NUL, malformed escape…).
+    #[error("{0}")]
     BadPath(NormalizeError),
+    #[error("{0}")]
     BadRequest(&'static str),
+    #[error("no route matches this request")]
     NotFound,
+    #[error("method not allowed here; allowed: {0}")]
     MethodNotAllowed(String),
+    #[error("request body exceeds the route's limit of {0} bytes")]
     BodyTooLarge(u64),
+    #[error("request headers are too large")]
     HeadersTooLarge,
     /// The upstream had no endpoint to pick; the message names it and says why.
+    #[error("{0}")]
     NoEndpoint(String),
     /// Every endpoint is unhealthy, ejected or behind an open circuit breaker.
+    #[error("no endpoint of upstream `{0}` is available (all unhealthy, ejected or circuit open)")]
     Unavailable(String),
+    #[error("cannot connect to upstream: {0}")]
     ConnectFailed(String),
+    #[error("timed out connecting to upstream")]
     ConnectTimeout,
+    #[error("upstream did not answer in time")]
     UpstreamTimeout,
+    #[error("upstream failed: {0}")]
     Upstream(String),
     /// A plugin failed (trap, timeout, memory) and its policy is `on_error = "deny"`.
+    #[error("plugin `{0}` failed")]
     PluginFailed(String),
+}
+
+impl From<TryError> for ProxyError {
+    fn from(e: TryError) -> Self {
+        match e {
+            TryError::ConnectFailed(cause) => ProxyError::ConnectFailed(cause),
+            TryError::ConnectTimeout => ProxyError::ConnectTimeout,
+            TryError::Timeout => ProxyError::UpstreamTimeout,
+            TryError::Failed(cause) => ProxyError::Upstream(cause),
+            TryError::BodyTooLarge => ProxyError::BodyTooLarge(0),
+        }
+    }
 }
 
 impl ProxyError {
@@ -61,46 +88,15 @@ impl ProxyError {
         }
     }
 
-    pub fn message(&self) -> String {
-        match self {
-            ProxyError::BadPath(e) => e.to_string(),
-            ProxyError::BadRequest(m) => (*m).to_string(),
-            ProxyError::NotFound => "no route matches this request".into(),
-            ProxyError::MethodNotAllowed(allow) => {
-                format!("method not allowed here; allowed: {allow}")
-            }
-            ProxyError::BodyTooLarge(limit) => {
-                format!("request body exceeds the route's limit of {limit} bytes")
-            }
-            ProxyError::HeadersTooLarge => "request headers are too large".into(),
-            ProxyError::NoEndpoint(reason) => reason.clone(),
-            ProxyError::Unavailable(u) => format!(
-                "no endpoint of upstream `{u}` is available (all unhealthy, ejected or circuit open)"
-            ),
-            ProxyError::ConnectFailed(e) => format!("cannot connect to upstream: {e}"),
-            ProxyError::ConnectTimeout => "timed out connecting to upstream".into(),
-            ProxyError::UpstreamTimeout => "upstream did not answer in time".into(),
-            ProxyError::Upstream(e) => format!("upstream failed: {e}"),
-            ProxyError::PluginFailed(p) => format!("plugin `{p}` failed"),
-        }
-    }
-
     /// The synthetic response for this error.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<ResponseBody> {
-        let body = serde_json::json!({
-            "error": {
-                "code": self.code(),
-                "message": self.message(),
-                "request_id": request_id.to_str().unwrap_or(""),
-            }
-        });
-        let mut resp = Response::new(ResponseBody::full(body.to_string().into()));
-        *resp.status_mut() = self.status();
-        let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
+        let mut resp = json_error(
+            self.status(),
+            self.code(),
+            &self.to_string(),
+            Some(request_id),
         );
+        let h = resp.headers_mut();
         h.insert(super::headers::X_REQUEST_ID, request_id.clone());
         if let ProxyError::MethodNotAllowed(allow) = self {
             if let Ok(v) = HeaderValue::from_str(allow) {
@@ -113,4 +109,26 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// The error shape of every response the gateway makes itself, proxy and admin alike:
+/// `{"error":{"code","message"[,"request_id"]}}` as `application/json`.
+pub fn json_error(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    request_id: Option<&HeaderValue>,
+) -> Response<ResponseBody> {
+    let mut error = serde_json::json!({ "code": code, "message": message });
+    if let Some(id) = request_id {
+        error["request_id"] = id.to_str().unwrap_or("").into();
+    }
+    let body = serde_json::json!({ "error": error });
+    let mut resp = Response::new(ResponseBody::full(body.to_string().into()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
 }

@@ -1,123 +1,175 @@
-//! Forwarding to an upstream endpoint: one pooled keep-alive hyper client per upstream
-//! (HTTP/1.1, or prior-knowledge HTTP/2 for gRPC; either over TLS with `tls = true`), and
-//! the upstream request built from the client's with the normalized path.
+//! Phase 3, forward: the upstream request is built from the client's (normalized or
+//! rewritten path, hop-by-hop headers stripped, `X-Forwarded-*`, the route's Host policy,
+//! the body streamed or as buffered), handed to the upstream's try loop
+//! ([`crate::upstream::Upstream::call`]), and its response head comes back with the
+//! upstream's body streamed through.
 
-use super::body::{BodyTooLarge, UpstreamBody};
-use super::connector::TlsConnector;
+use super::body::ResponseBody;
+use super::context::{ClientRequest, RequestCtx};
 use super::error::ProxyError;
-use crate::config::{Protocol, UpstreamConfig};
-use http::uri::{PathAndQuery, Scheme};
-use http::{Uri, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::{Client, ResponseFuture};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use super::{headers, Gateway, RouteEntry};
+use crate::config::{BalanceKind, HashKey, HostPolicy, Protocol};
+use crate::hash::hash_bytes;
+use crate::router;
+use crate::upstream::call::{Call, CallError};
+use crate::upstream::classify::TryError;
+use crate::upstream::client::{path_and_query, version_for};
+use crate::upstream::replay::Replay;
+use crate::upstream::Upstream;
+use bytes::Bytes;
+use http::header::{self, HeaderValue};
+use http::uri::PathAndQuery;
+use http::Response;
+use std::net::SocketAddr;
 
-/// An upstream's connection pool. Plain upstreams keep the bare `HttpConnector` client,
-/// so TLS costs them nothing.
-pub enum UpstreamClient {
-    Plain(Client<HttpConnector, UpstreamBody>),
-    Tls(Client<TlsConnector, UpstreamBody>),
-}
+impl Gateway {
+    pub(super) async fn forward(
+        &self,
+        route: &RouteEntry,
+        req: ClientRequest,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let upstream = &self.upstreams[route.config.upstream];
+        let call = self.upstream_request(route, upstream, req, ctx)?;
+        let called = upstream.call(self.client(route), call).await;
+        ctx.endpoint = called.endpoint;
+        let answer = called.result.map_err(|e| match e {
+            CallError::NoEndpoint(reason) => ProxyError::NoEndpoint(reason),
+            CallError::Unavailable(name) => ProxyError::Unavailable(name),
+            CallError::Try(TryError::BodyTooLarge) => {
+                ProxyError::BodyTooLarge(route.config.max_body_size)
+            }
+            CallError::Try(e) => e.into(),
+        })?;
+        ctx.upstream_ms = Some(answer.rtt.as_secs_f64() * 1e3);
+        let (mut parts, body) = answer.response.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        let body = ResponseBody::upstream(body, upstream.config.idle_timeout, answer.guard);
+        Ok(Response::from_parts(parts, body))
+    }
 
-impl UpstreamClient {
-    pub fn request(&self, req: http::Request<UpstreamBody>) -> ResponseFuture {
-        match self {
-            UpstreamClient::Plain(c) => c.request(req),
-            UpstreamClient::Tls(c) => c.request(req),
+    /// The upstream request, everything but the endpoint.
+    fn upstream_request(
+        &self,
+        route: &RouteEntry,
+        upstream: &Upstream,
+        req: ClientRequest,
+        ctx: &RequestCtx<'_>,
+    ) -> Result<Call, ProxyError> {
+        let key = hash_key(upstream, &req.head.headers, ctx.client.addr);
+        let path_and_query = upstream_path(route, &req)?;
+        let host = req.target.host_header.clone().or_else(|| {
+            req.target
+                .host()
+                .and_then(|a| HeaderValue::from_str(a).ok())
+        });
+        let ClientRequest {
+            mut head,
+            target,
+            body,
+            ..
+        } = req;
+        let host_header = target.host_header;
+        head.version = version_for(upstream.config.protocol);
+        let h = &mut head.headers;
+        headers::strip_hop_by_hop(h);
+        headers::set_forwarded(
+            h,
+            ctx.client,
+            host_header.as_ref(),
+            self.server.trust_forwarded_headers,
+        );
+        let is_h2 = upstream.config.protocol == Protocol::H2;
+        // `None`: the Host header is the endpoint's own, set per try.
+        let fixed_host = match &route.config.host {
+            HostPolicy::Target => None,
+            HostPolicy::Preserve => host,
+            HostPolicy::Rewrite(v) => Some(v.clone()),
+        };
+        match &fixed_host {
+            Some(v) => {
+                h.insert(header::HOST, v.clone());
+            }
+            None if is_h2 => {
+                h.remove(header::HOST);
+            }
+            None => {}
         }
+        let body = match (body.buffered, body.stream) {
+            (Some(bytes), _) => {
+                h.insert(header::CONTENT_LENGTH, HeaderValue::from(bytes.len()));
+                h.remove(header::TRANSFER_ENCODING);
+                Replay::Bytes(bytes)
+            }
+            (None, None) => Replay::Bytes(Bytes::new()),
+            (None, Some(b)) => Replay::Stream(Some(b)),
+        };
+        Ok(Call {
+            head,
+            path_and_query,
+            endpoint_host: fixed_host.is_none() && !is_h2,
+            body,
+            body_limit: route.config.max_body_size,
+            key,
+            timeout: route
+                .config
+                .request_timeout
+                .unwrap_or(upstream.config.request_timeout),
+        })
     }
+}
 
-    /// The scheme of upstream URIs (`:scheme` on HTTP/2).
-    pub fn scheme(&self) -> Scheme {
-        match self {
-            UpstreamClient::Plain(_) => Scheme::HTTP,
-            UpstreamClient::Tls(_) => Scheme::HTTPS,
+/// The path and query sent upstream: the route's prefix stripped; an unchanged path is
+/// forwarded with the client's own bytes, no copy.
+fn upstream_path(route: &RouteEntry, req: &ClientRequest) -> Result<PathAndQuery, ProxyError> {
+    let bad = || ProxyError::BadRequest("request target cannot be forwarded");
+    match &req.rewritten {
+        Some((p, q)) => {
+            path_and_query(router::upstream_path(&route.config, p), q.as_deref()).ok_or_else(bad)
         }
-    }
-}
-
-pub fn build_client(cfg: &UpstreamConfig) -> UpstreamClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(cfg.connect_timeout));
-    connector.enforce_http(true);
-    let mut b = Client::builder(TokioExecutor::new());
-    b.pool_idle_timeout(cfg.pool_idle_timeout)
-        .pool_max_idle_per_host(cfg.pool_max_idle_per_target)
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .set_host(false);
-    if cfg.protocol == Protocol::H2 {
-        b.http2_only(true);
-    }
-    match &cfg.tls {
-        None => UpstreamClient::Plain(b.build(connector)),
-        Some(tls) => {
-            UpstreamClient::Tls(b.build(TlsConnector::new(connector, tls, cfg.connect_timeout)))
-        }
-    }
-}
-
-/// `PATH?QUERY` for a rewritten path.
-pub fn path_and_query(path: &str, query: Option<&str>) -> Result<PathAndQuery, ProxyError> {
-    match query {
-        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
-        None => PathAndQuery::try_from(path),
-    }
-    .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
-}
-
-/// The upstream URI: `http://ENDPOINT/PATH?QUERY` (`https` for TLS upstreams).
-pub fn upstream_uri(
-    scheme: Scheme,
-    authority: &http::uri::Authority,
-    pq: PathAndQuery,
-) -> Result<Uri, ProxyError> {
-    Uri::builder()
-        .scheme(scheme)
-        .authority(authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| ProxyError::BadRequest("request target cannot be forwarded"))
-}
-
-pub fn version_for(protocol: Protocol) -> Version {
-    match protocol {
-        Protocol::Http1 => Version::HTTP_11,
-        Protocol::H2 => Version::HTTP_2,
-    }
-}
-
-/// Maps a client error to the synthetic response it deserves.
-pub fn classify(err: &hyper_util::client::legacy::Error) -> ProxyError {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    let mut timed_out = false;
-    while let Some(e) = source {
-        if e.is::<BodyTooLarge>() {
-            return ProxyError::BodyTooLarge(0);
-        }
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                timed_out = true;
+        None => {
+            let t = &req.target;
+            let up_path = router::upstream_path(&route.config, t.path());
+            let same_path = t.path_unchanged() && up_path.len() == t.path().len();
+            match t.uri.path_and_query() {
+                Some(pq) if same_path => Ok(pq.clone()),
+                _ => path_and_query(up_path, t.uri.query()).ok_or_else(bad),
             }
         }
-        source = e.source();
-    }
-    if err.is_connect() {
-        if timed_out {
-            ProxyError::ConnectTimeout
-        } else {
-            ProxyError::ConnectFailed(root_cause(err))
-        }
-    } else {
-        ProxyError::Upstream(root_cause(err))
     }
 }
 
-fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut e = err;
-    while let Some(next) = e.source() {
-        e = next;
+/// The request's consistent-hash key (0 when the upstream balances otherwise).
+fn hash_key(upstream: &Upstream, h: &http::HeaderMap, client: SocketAddr) -> u64 {
+    if upstream.balance() != BalanceKind::ConsistentHash {
+        return 0;
     }
-    e.to_string()
+    match upstream.hash_key() {
+        HashKey::Header(name) => h
+            .get(name)
+            .map_or_else(|| hash_ip(client), |v| hash_bytes(v.as_bytes())),
+        HashKey::Cookie(name) => {
+            cookie(h, name).map_or_else(|| hash_ip(client), |c| hash_bytes(c.as_bytes()))
+        }
+        HashKey::ClientAddr => hash_ip(client),
+    }
+}
+
+fn hash_ip(client: SocketAddr) -> u64 {
+    match client.ip() {
+        std::net::IpAddr::V4(ip) => hash_bytes(&ip.octets()),
+        std::net::IpAddr::V6(ip) => hash_bytes(&ip.octets()),
+    }
+}
+
+fn cookie<'a>(h: &'a http::HeaderMap, name: &str) -> Option<&'a str> {
+    h.get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            v.split(';').find_map(|kv| {
+                let (k, val) = kv.trim().split_once('=')?;
+                (k == name).then_some(val)
+            })
+        })
 }

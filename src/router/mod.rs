@@ -14,25 +14,28 @@
 use crate::config::{PathMatch, RouteConfig};
 use http::request::Parts;
 use http::Method;
+use std::borrow::Borrow;
 
-pub struct Router {
-    /// Indices into the config's routes, in precedence order.
+pub struct Router<R = RouteConfig> {
+    /// Indices into `routes`, in precedence order.
     order: Vec<usize>,
-    routes: Vec<RouteConfig>,
+    routes: Vec<R>,
 }
 
 /// The outcome of matching.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Match<'a> {
-    Route(usize),
+pub enum Match<'a, R> {
+    Route(&'a R),
     MethodNotAllowed(Vec<&'a Method>),
     NotFound,
 }
 
-impl Router {
-    pub fn new(routes: Vec<RouteConfig>) -> Self {
+/// The router holds whatever the request path keeps per route (`R`), as long as it
+/// carries the route's config.
+impl<R: Borrow<RouteConfig>> Router<R> {
+    pub fn new(routes: Vec<R>) -> Self {
         let mut order: Vec<usize> = (0..routes.len()).collect();
-        order.sort_by_key(|&i| match &routes[i].path {
+        order.sort_by_key(|&i| match &routes[i].borrow().path {
             PathMatch::Exact(_) => (0, 0, i),
             PathMatch::Prefix(p) => (1, usize::MAX - p.len(), i),
             PathMatch::Regex(_) => (2, 0, i),
@@ -40,17 +43,14 @@ impl Router {
         Router { order, routes }
     }
 
-    pub fn route(&self, i: usize) -> &RouteConfig {
-        &self.routes[i]
-    }
-
-    pub fn routes(&self) -> &[RouteConfig] {
+    /// The routes, in config order.
+    pub fn routes(&self) -> &[R] {
         &self.routes
     }
 
     /// Whether route `i` matches natively (path, host, headers, query, then method).
     fn check(&self, i: usize, parts: &Parts, path: &str, host: Option<&str>) -> Check {
-        let r = &self.routes[i];
+        let r: &RouteConfig = self.routes[i].borrow();
         if !path_matches(&r.path, path)
             || !host_matches(&r.hosts, host)
             || !headers_match(r, parts)
@@ -66,25 +66,26 @@ impl Router {
 
     /// The routes whose native conditions all hold, in precedence order. The proxy runs
     /// each one's predicate plugins on top and takes the first that accepts.
-    pub fn candidates<'a>(
-        &'a self,
+    pub fn candidates<'s: 'a, 'a>(
+        &'s self,
         parts: &'a Parts,
         path: &'a str,
         host: Option<&'a str>,
-    ) -> impl Iterator<Item = usize> + 'a {
+    ) -> impl Iterator<Item = &'s R> + 'a {
         self.order
             .iter()
             .copied()
             .filter(move |&i| self.check(i, parts, path, host) == Check::Yes)
+            .map(|i| &self.routes[i])
     }
 
     /// The answer when no candidate was taken: 405 with the methods of the routes that
     /// matched all but the method, else 404. Only the failure path pays for this.
-    pub fn no_match(&self, parts: &Parts, path: &str, host: Option<&str>) -> Match<'_> {
+    pub fn no_match(&self, parts: &Parts, path: &str, host: Option<&str>) -> Match<'_, R> {
         let mut allowed: Vec<&Method> = Vec::new();
         for &i in &self.order {
             if self.check(i, parts, path, host) == Check::MethodOnly {
-                for m in self.routes[i].methods.as_deref().unwrap_or(&[]) {
+                for m in self.routes[i].borrow().methods.as_deref().unwrap_or(&[]) {
                     if !allowed.contains(&m) {
                         allowed.push(m);
                     }
@@ -100,9 +101,9 @@ impl Router {
 
     /// Matches a request whose path has already been normalized; `host` is lowercase
     /// without port. (Predicate plugins are applied by the proxy on top of this.)
-    pub fn find(&self, parts: &Parts, path: &str, host: Option<&str>) -> Match<'_> {
+    pub fn find(&self, parts: &Parts, path: &str, host: Option<&str>) -> Match<'_, R> {
         match self.candidates(parts, path, host).next() {
-            Some(i) => Match::Route(i),
+            Some(r) => Match::Route(r),
             None => self.no_match(parts, path, host),
         }
     }
@@ -203,7 +204,7 @@ mod tests {
         let (parts, ()) = b.body(()).unwrap().into_parts();
         let host = parts.headers.get("host").and_then(|h| h.to_str().ok());
         match r.find(&parts, parts.uri.path(), host) {
-            Match::Route(i) => Some(r.route(i).name.clone()),
+            Match::Route(route) => Some(route.name.clone()),
             Match::MethodNotAllowed(_) => Some("405".into()),
             Match::NotFound => None,
         }
@@ -295,7 +296,7 @@ upstream = "u"
     #[test]
     fn strip_prefix() {
         let r = router("[[routes]]\nname = \"s\"\npath_prefix = \"/api\"\nstrip_prefix = true\nupstream = \"u\"\n");
-        let route = r.route(0);
+        let route = &r.routes()[0];
         assert_eq!(upstream_path(route, "/api/v1/x"), "/v1/x");
         assert_eq!(upstream_path(route, "/api"), "/");
     }

@@ -9,20 +9,17 @@
 //! calling runtime accepts connections and deals them out round-robin; TLS handshakes
 //! run on the worker that got the connection, so they spread over the cores too.
 
-mod live;
-
-use crate::admin;
-use crate::config::{Config, ServerConfig};
-use crate::plugin::PluginSet;
+use crate::config::ServerConfig;
+use crate::proxy::body::ResponseBody;
 use crate::proxy::{ClientInfo, Gateway};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
-pub use live::Live;
-use live::{reload_on_sighup, watch_files};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
@@ -38,18 +35,21 @@ type Accepted = (
     Option<tokio_rustls::TlsAcceptor>,
 );
 
-/// Binds every listener of `config`, announces each on stdout as
+/// Binds every listener of `server`, announces each on stdout as
 /// `listening on http://ADDR` (`https://` for TLS listeners; tests and scripts read this),
-/// then serves until `shutdown` resolves and in-flight requests have drained.
-pub async fn run(
-    config: Config,
-    plugins: PluginSet,
+/// then serves until `shutdown` resolves and in-flight requests have drained. Worker `i`
+/// serves each request with the gateway in `workers[i]` at that moment; the admin
+/// listener, if configured, serves `admin`.
+pub async fn run<A, F>(
+    server: &ServerConfig,
+    workers: &[Arc<ArcSwap<Gateway>>],
+    admin: A,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let source = config.source.clone();
-    let hash = config.hash;
-    let gateway = Gateway::new(config, plugins);
-    let server = gateway.server.clone();
+) -> anyhow::Result<()>
+where
+    A: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
+    F: Future<Output = Response<ResponseBody>> + Send + 'static,
+{
     let mut proxies = Vec::new();
     for l in &server.listen {
         let addr = l.address;
@@ -82,16 +82,15 @@ pub async fn run(
     for (l, tls) in &proxies {
         tracing::info!(address = %l.local_addr()?, tls = tls.is_some(), workers = server.workers, "listening");
     }
-    let live = Arc::new(Live::new(source, server.clone(), gateway, hash));
 
     // Workers.
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut senders = Vec::new();
     let mut done = Vec::new();
-    for i in 0..server.workers {
+    for (i, slot) in workers.iter().enumerate() {
         let (tx, rx) = mpsc::unbounded_channel::<Accepted>();
         let (done_tx, done_rx) = oneshot::channel::<()>();
-        let slot = live.workers[i].clone();
+        let slot = slot.clone();
         let stop = stop_rx.clone();
         std::thread::Builder::new()
             .name(format!("portcullis-worker-{i}"))
@@ -138,18 +137,17 @@ pub async fn run(
     drop(senders);
     let admin_graceful = Arc::new(GracefulShutdown::new());
     if let Some(l) = admin_listener {
-        let live = live.clone();
         let graceful = admin_graceful.clone();
-        let builder = connection_builder(&server);
+        let builder = connection_builder(server);
         acceptors.push(tokio::spawn(async move {
             loop {
                 let Ok((s, _)) = l.accept().await else {
                     continue;
                 };
-                let live = live.clone();
+                let admin = admin.clone();
                 let svc = service_fn(move |req| {
-                    let live = live.clone();
-                    async move { Ok::<_, Infallible>(admin::handle(&live, req).await) }
+                    let answer = admin(req);
+                    async move { Ok::<_, Infallible>(answer.await) }
                 });
                 let conn =
                     graceful.watch(builder.serve_connection(TokioIo::new(s), svc).into_owned());
@@ -160,14 +158,7 @@ pub async fn run(
         }));
     }
 
-    // Reloads: SIGHUP, and (opt-in) changes to the config or plugin files.
-    acceptors.push(tokio::spawn(reload_on_sighup(live.clone())));
-    if server.watch_config {
-        acceptors.push(tokio::spawn(watch_files(live.clone())));
-    }
-
     shutdown.await;
-    live.stop_background();
     for a in &acceptors {
         a.abort();
     }

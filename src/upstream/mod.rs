@@ -1,10 +1,19 @@
 //! Upstreams: their endpoints, the per-endpoint load signals (active requests, peak-EWMA
-//! latency) and the balancer snapshot that the request path reads without locks.
+//! latency) and the balancer snapshot that the request path reads without locks; and
+//! every resilience decision about a request to them — the try loop ([`call`]), the one
+//! classifier of a try's outcome ([`classify`]), breakers, outlier detection, health
+//! checks and the retry budget.
 
 pub mod balance;
+pub mod body;
 pub mod breaker;
+pub mod call;
+pub mod classify;
+pub mod client;
+pub mod connector;
 pub mod health_check;
 pub mod outlier;
+pub mod replay;
 pub mod retry;
 pub mod window;
 
@@ -12,7 +21,9 @@ use crate::config::{BalanceKind, HashKey, TargetConfig, UpstreamConfig};
 use arc_swap::ArcSwap;
 use balance::Selector;
 use breaker::{Admission, Breaker, Transition};
-use outlier::{Outlier, Signal};
+use classify::ErrorKind;
+pub use classify::Outcome;
+use outlier::Outlier;
 use retry::RetryBudget;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -42,20 +53,19 @@ pub struct Endpoint {
 #[derive(Debug)]
 struct EndpointMetrics {
     duration: prometheus::Histogram,
-    /// connect, timeout, reset, status_5xx
+    /// By [`ErrorKind`].
     errors: [prometheus::IntCounter; 4],
 }
 
 impl EndpointMetrics {
     fn new(upstream: &str, endpoint: &str) -> Self {
         let m = crate::metrics::get();
-        let e = |kind| {
-            m.upstream_errors
-                .with_label_values(&[upstream, endpoint, kind])
-        };
         EndpointMetrics {
             duration: m.upstream_duration.with_label_values(&[upstream, endpoint]),
-            errors: [e("connect"), e("timeout"), e("reset"), e("status_5xx")],
+            errors: ErrorKind::ALL.map(|kind| {
+                m.upstream_errors
+                    .with_label_values(&[upstream, endpoint, kind.as_str()])
+            }),
         }
     }
 }
@@ -183,19 +193,6 @@ impl PeakEwma {
 pub struct Snapshot {
     pub endpoints: Vec<Arc<Endpoint>>,
     pub selector: Selector,
-}
-
-/// How one try to an endpoint ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// A response head with this status arrived.
-    Status(u16),
-    /// The connection could not be made (refused, unreachable, connect timeout).
-    Connect,
-    /// No response head within the timeout.
-    Timeout,
-    /// The connection failed after the request was (or may have been) sent.
-    Reset,
 }
 
 /// A picked endpoint and what its breaker must be told when the try ends.
@@ -332,84 +329,72 @@ impl Upstream {
         }
     }
 
-    /// Ends a try whose outcome says nothing about the endpoint (the client's body was
-    /// too large): nothing is counted, a half-open probe slot is given back.
-    pub fn release(&self, ep: &Endpoint, admission: Admission) {
-        if let Some(b) = &ep.breaker {
-            b.release(admission);
-        }
-    }
-
-    /// Feeds the outcome of a try to the endpoint's breaker and outlier detection.
+    /// Feeds the outcome of a try to the endpoint's error metrics, breaker and outlier
+    /// detection. A try that says nothing about the endpoint (the client's body failed
+    /// it) counts nowhere; a half-open probe slot it held is given back.
     pub fn record(&self, ep: &Endpoint, admission: Admission, outcome: Outcome) {
-        if let Some(m) = &ep.metrics {
-            let kind = match outcome {
-                Outcome::Connect => Some(0),
-                Outcome::Timeout => Some(1),
-                Outcome::Reset => Some(2),
-                Outcome::Status(500..=599) => Some(3),
-                Outcome::Status(_) => None,
-            };
-            if let Some(k) = kind {
-                m.errors[k].inc();
-            }
+        if let (Some(m), Some(kind)) = (&ep.metrics, outcome.error_kind()) {
+            m.errors[kind as usize].inc();
         }
         if !self.guarded {
             return;
         }
         let now = self.clock.now();
         if let (Some(b), Some(cfg)) = (&ep.breaker, &self.config.circuit_breaker) {
-            let f = &cfg.failure_on;
-            let failed = match outcome {
-                Outcome::Status(s) => f.status(s),
-                Outcome::Connect => f.connect,
-                Outcome::Timeout => f.timeout,
-                Outcome::Reset => f.reset,
-            };
-            if let Some(t) = b.record(cfg, now, admission, failed) {
-                self.log_transition(ep, &t);
+            match outcome.breaker_failure(&cfg.failure_on) {
+                Some(failed) => {
+                    if let Some(t) = b.record(cfg, now, admission, failed) {
+                        self.log_transition(ep, &t);
+                    }
+                }
+                None => b.release(admission),
             }
         }
-        if let Some(cfg) = &self.config.outlier_detection {
-            let signal = match outcome {
-                Outcome::Status(502..=504)
-                | Outcome::Connect
-                | Outcome::Timeout
-                | Outcome::Reset => Signal::GatewayError,
-                Outcome::Status(500..=599) => Signal::Status5xx,
-                Outcome::Status(_) => Signal::Ok,
-            };
+        if let (Some(cfg), Some(signal)) =
+            (&self.config.outlier_detection, outcome.outlier_signal())
+        {
             if let Some(trigger) = ep.outlier.record(cfg, signal) {
-                let snap = self.snapshot.load();
-                let ejected = snap
-                    .endpoints
-                    .iter()
-                    .filter(|e| e.outlier.ejected(now))
-                    .count();
-                if outlier::may_eject(cfg, ejected, snap.endpoints.len()) {
-                    let time = ep.outlier.eject(cfg, now);
-                    crate::metrics::get()
-                        .ejections
-                        .with_label_values(&[self.name(), &ep.address])
-                        .inc();
-                    tracing::warn!(
-                        upstream = self.name(),
-                        endpoint = &*ep.address,
-                        reason = %trigger.reason,
-                        ejection_time = ?Duration::from_nanos(time),
-                        "outlier ejected"
-                    );
-                } else {
-                    tracing::warn!(
-                        upstream = self.name(),
-                        endpoint = &*ep.address,
-                        reason = %trigger.reason,
-                        ejected,
-                        max_ejection_percent = cfg.max_ejection_percent,
-                        "outlier not ejected: max_ejection_percent reached"
-                    );
-                }
+                self.eject(ep, cfg, now, &trigger.reason);
             }
+        }
+    }
+
+    /// Ejects `ep` unless `max_ejection_percent` of the endpoints are out already.
+    fn eject(
+        &self,
+        ep: &Endpoint,
+        cfg: &crate::config::resilience::OutlierConfig,
+        now: u64,
+        reason: &str,
+    ) {
+        let snap = self.snapshot.load();
+        let ejected = snap
+            .endpoints
+            .iter()
+            .filter(|e| e.outlier.ejected(now))
+            .count();
+        if outlier::may_eject(cfg, ejected, snap.endpoints.len()) {
+            let time = ep.outlier.eject(cfg, now);
+            crate::metrics::get()
+                .ejections
+                .with_label_values(&[self.name(), &ep.address])
+                .inc();
+            tracing::warn!(
+                upstream = self.name(),
+                endpoint = &*ep.address,
+                reason,
+                ejection_time = ?Duration::from_nanos(time),
+                "outlier ejected"
+            );
+        } else {
+            tracing::warn!(
+                upstream = self.name(),
+                endpoint = &*ep.address,
+                reason,
+                ejected,
+                max_ejection_percent = cfg.max_ejection_percent,
+                "outlier not ejected: max_ejection_percent reached"
+            );
         }
     }
 

@@ -10,6 +10,7 @@
 use crate::config::{self, ServerConfig};
 use crate::plugin::PluginSet;
 use crate::proxy::Gateway;
+use crate::upstream::Upstream;
 use arc_swap::ArcSwap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -19,7 +20,7 @@ use tokio::task::JoinHandle;
 
 pub struct Live {
     /// One slot per worker thread.
-    pub(super) workers: Vec<Arc<ArcSwap<Gateway>>>,
+    workers: Vec<Arc<ArcSwap<Gateway>>>,
     /// The admin listener's view.
     admin: ArcSwap<Gateway>,
     source: PathBuf,
@@ -79,14 +80,15 @@ impl Live {
     }
 
     fn start_background(&self, gateway: &Gateway) {
-        let tasks = gateway.start_background();
+        let tasks = background_tasks(&gateway.upstreams);
         let old = std::mem::replace(&mut *self.background.lock().expect("lock"), tasks);
         for t in old {
             t.abort();
         }
     }
 
-    pub(super) fn stop_background(&self) {
+    /// Ends the background tasks (at shutdown).
+    pub fn stop_background(&self) {
         for t in self.background.lock().expect("lock").drain(..) {
             t.abort();
         }
@@ -178,6 +180,18 @@ impl Live {
     }
 }
 
+/// Starts the background tasks of a set of upstreams (active health checks, service
+/// discovery) on the current runtime. They hold the upstreams weakly: they end when the
+/// tables are dropped, or when aborted (shutdown, reload).
+fn background_tasks(upstreams: &[Arc<Upstream>]) -> Vec<JoinHandle<()>> {
+    let mut tasks: Vec<_> = upstreams
+        .iter()
+        .filter_map(crate::upstream::health_check::spawn)
+        .collect();
+    tasks.extend(crate::discovery::spawn(upstreams));
+    tasks
+}
+
 fn set_config_hash(hash: u64) {
     let g = &crate::metrics::get().config_info;
     g.reset();
@@ -185,7 +199,7 @@ fn set_config_hash(hash: u64) {
 }
 
 /// Reloads on every SIGHUP.
-pub(super) async fn reload_on_sighup(live: Arc<Live>) {
+pub async fn reload_on_sighup(live: Arc<Live>) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hup) = signal(SignalKind::hangup()) else {
         tracing::warn!("cannot install the SIGHUP handler; reload with POST /reload");
@@ -216,7 +230,7 @@ fn fingerprint(source: &std::path::Path) -> Vec<(PathBuf, Option<(u64, SystemTim
 
 /// `server.watch_config`: polls the config file and the plugin files it names once a
 /// second and reloads when any of them changed.
-pub(super) async fn watch_files(live: Arc<Live>) {
+pub async fn watch_files(live: Arc<Live>) {
     let mut last = fingerprint(live.source());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -1,0 +1,40 @@
+//! Phase 4, respond: where a failure becomes its synthetic response (the only place), and
+//! where every response gets its request id, is counted in the route's metrics and takes
+//! the access-log record along (written when its body has been sent).
+
+use super::body::ResponseBody;
+use super::context::RequestCtx;
+use super::error::ProxyError;
+use super::headers;
+use http::Response;
+
+impl RequestCtx<'_> {
+    /// The response for a failure; the access log records its code.
+    pub fn fail(&mut self, e: ProxyError) -> Response<ResponseBody> {
+        self.error = Some(e.code());
+        e.to_response(&self.request_id)
+    }
+
+    /// Finishes the response: the request id, the route's metrics (the unrouted
+    /// counters when no route took it), the access-log record.
+    pub fn finish(
+        mut self,
+        unrouted: &crate::metrics::RouteMetrics,
+        result: Result<Response<ResponseBody>, ProxyError>,
+    ) -> Response<ResponseBody> {
+        let mut resp = result.unwrap_or_else(|e| self.fail(e));
+        let status = resp.status();
+        resp.headers_mut()
+            .insert(headers::X_REQUEST_ID, self.request_id.clone());
+        let metrics = self.route.map_or(unrouted, |r| &r.metrics);
+        metrics.observe(
+            &self.method,
+            status.as_u16(),
+            self.start.elapsed().as_secs_f64(),
+        );
+        if let Some(log) = self.access_log(status) {
+            resp.body_mut().set_log(log);
+        }
+        resp
+    }
+}

@@ -1,0 +1,419 @@
+//! One request to an upstream: pick an endpoint, send a try, classify how it ended, feed
+//! that to the endpoint's breaker and outlier detection, and decide — once per try —
+//! whether to try again (`[upstreams.retry]`: conditions, idempotency, a replayable body,
+//! tries and time left, the retry budget, backoff).
+
+use super::classify::{Outcome, TryError};
+use super::client::{upstream_uri, SendTry};
+use super::replay::Replay;
+use super::{retry, ActiveGuard, Endpoint, NoPick, Picked, Upstream};
+use http::uri::PathAndQuery;
+use http::{header, Method, Request, Response};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// A request as the proxy hands it to an upstream: everything but the endpoint.
+pub struct Call {
+    /// The head to send; its URI is set per try to the endpoint's.
+    pub head: http::request::Parts,
+    pub path_and_query: PathAndQuery,
+    /// Whether each try carries the endpoint's own `Host` (HTTP/1 with the route's
+    /// `host = target` policy).
+    pub endpoint_host: bool,
+    pub body: Replay,
+    /// The route's `max_body_size`, applied to a streamed body as it is sent.
+    pub body_limit: u64,
+    /// The request's consistent-hash key (0 for other balancers).
+    pub key: u64,
+    /// The whole call's time limit, retries included.
+    pub timeout: Duration,
+}
+
+/// A response head from an endpoint.
+pub struct Answer<B> {
+    pub response: Response<B>,
+    /// Counts the request against the endpoint until the response body is done.
+    pub guard: ActiveGuard,
+    /// Time from sending the try to its response head.
+    pub rtt: Duration,
+}
+
+/// Why a call got no response.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The upstream has no endpoints at all; the message says why.
+    #[error("{0}")]
+    NoEndpoint(String),
+    /// Every endpoint is unhealthy, ejected or behind an open breaker.
+    #[error("no endpoint of upstream `{0}` is available")]
+    Unavailable(String),
+    /// The last try failed.
+    #[error(transparent)]
+    Try(#[from] TryError),
+}
+
+/// How a call ended, and the last endpoint it tried (for the access log).
+pub struct Called<B> {
+    pub endpoint: Option<Arc<str>>,
+    pub result: Result<Answer<B>, CallError>,
+}
+
+/// Methods whose request may be sent twice (RFC 9110 §9.2.2).
+pub fn idempotent(method: &Method) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
+}
+
+impl Upstream {
+    /// Sends `call` through `client`, retrying as the upstream's policy allows.
+    pub async fn call<C: SendTry>(&self, client: &C, mut call: Call) -> Called<C::Body> {
+        let retry = self.config.retry.as_ref();
+        let attempts = retry.map_or(1, |r| r.attempts);
+        let deadline = Instant::now() + call.timeout;
+        if let Some(b) = &self.budget {
+            b.deposit(self.clock.now());
+        }
+        let idempotent = idempotent(&call.head.method);
+        let mut template = Some(call.head);
+        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+        let mut last: Option<TryError> = None;
+        let mut endpoint_name = None;
+        let done = |endpoint_name, result| Called {
+            endpoint: endpoint_name,
+            result,
+        };
+        for try_no in 1..=attempts {
+            // A retry goes to an endpoint not tried yet; if none is left, any usable one.
+            let picked = match self.pick_excluding(call.key, &tried) {
+                Err(NoPick::Unavailable) if !tried.is_empty() => self.pick_excluding(call.key, &[]),
+                other => other,
+            };
+            let Picked {
+                endpoint,
+                admission,
+            } = match picked {
+                Ok(p) => p,
+                Err(_) if last.is_some() => break,
+                Err(NoPick::Empty) => {
+                    return done(None, Err(CallError::NoEndpoint(self.unavailable_reason())))
+                }
+                Err(NoPick::Unavailable) => {
+                    return done(None, Err(CallError::Unavailable(self.name().into())))
+                }
+            };
+            endpoint_name = Some(endpoint.address.clone());
+            let guard = ActiveGuard::new(endpoint.clone());
+
+            // The last possible try takes the template; earlier ones send a copy.
+            let mut head = if try_no == attempts {
+                template.take().expect("template kept for the last try")
+            } else {
+                clone_head(template.as_ref().expect("template kept until the last try"))
+            };
+            head.uri = upstream_uri(
+                client.scheme(),
+                &endpoint.authority,
+                call.path_and_query.clone(),
+            );
+            if call.endpoint_host {
+                head.headers
+                    .insert(header::HOST, endpoint.host_header.clone());
+            }
+            let (body, give_back) = call.body.take(call.body_limit, try_no < attempts);
+
+            let sent = Instant::now();
+            let left = deadline.saturating_duration_since(sent);
+            let per_try = retry
+                .and_then(|r| r.per_try_timeout)
+                .map_or(left, |t| t.min(left));
+            let attempt =
+                tokio::time::timeout(per_try, client.send(Request::from_parts(head, body)))
+                    .await
+                    .unwrap_or(Err(TryError::Timeout));
+            if let Some(rx) = give_back {
+                call.body.recover(rx);
+            }
+            let outcome = match &attempt {
+                Ok(resp) => Outcome::Status(resp.status().as_u16()),
+                Err(e) => e.outcome(),
+            };
+            if let (Err(e), false) = (&attempt, outcome == Outcome::ClientBody) {
+                tracing::warn!(upstream = self.name(), endpoint = &*endpoint.address, error = %e, try_no, "upstream request failed");
+            }
+            self.record(&endpoint, admission, outcome);
+            let retrying = retry.is_some_and(|r| outcome.retryable(&r.on, idempotent))
+                && call.body.replayable()
+                && self
+                    .may_retry(try_no, attempts, deadline, &endpoint.address, outcome)
+                    .await;
+            match attempt {
+                Ok(response) if !retrying => {
+                    let rtt = sent.elapsed();
+                    endpoint.observe_latency(rtt);
+                    let answer = Answer {
+                        response,
+                        guard,
+                        rtt,
+                    };
+                    return done(endpoint_name, Ok(answer));
+                }
+                Err(e) if !retrying => return done(endpoint_name, Err(e.into())),
+                Err(e) => last = Some(e),
+                // A status the policy retries: the response is dropped unread.
+                Ok(_) => {}
+            }
+            tried.push(endpoint);
+        }
+        let err = last.map_or_else(|| CallError::Unavailable(self.name().into()), Into::into);
+        done(endpoint_name, Err(err))
+    }
+
+    /// Whether one more try fits: tries left, time left, and the retry budget agrees.
+    /// Waits out the backoff before saying yes.
+    async fn may_retry(
+        &self,
+        try_no: u32,
+        attempts: u32,
+        deadline: Instant,
+        endpoint: &str,
+        outcome: Outcome,
+    ) -> bool {
+        let (Some(cfg), Some(budget)) = (self.config.retry.as_ref(), self.budget.as_ref()) else {
+            return false;
+        };
+        if try_no >= attempts || Instant::now() >= deadline {
+            return false;
+        }
+        if !budget.withdraw(self.clock.now()) {
+            tracing::warn!(
+                upstream = self.name(),
+                endpoint,
+                ?outcome,
+                "retry budget exhausted; not retrying"
+            );
+            return false;
+        }
+        let pause = retry::backoff(cfg, try_no);
+        tracing::debug!(
+            upstream = self.name(),
+            endpoint,
+            ?outcome,
+            try_no,
+            ?pause,
+            "retrying"
+        );
+        if !pause.is_zero() {
+            tokio::time::sleep_until(deadline.min(Instant::now() + pause)).await;
+        }
+        Instant::now() < deadline
+    }
+}
+
+/// A copy of a request head for one try (extensions are not carried upstream anyway).
+fn clone_head(p: &http::request::Parts) -> http::request::Parts {
+    let mut req = Request::new(());
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = p.uri.clone();
+    *req.version_mut() = p.version;
+    *req.headers_mut() = p.headers.clone();
+    req.into_parts().0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::upstream::body::UpstreamBody;
+    use bytes::Bytes;
+    use http_body_util::BodyExt as _;
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    /// Scripted endpoints: each try takes the next reply (after its delay) and records
+    /// which endpoint it went to and the body it carried.
+    #[derive(Default)]
+    struct Script {
+        replies: Mutex<VecDeque<(Duration, Result<u16, TryError>)>>,
+        seen: Mutex<Vec<(String, Bytes)>>,
+    }
+
+    impl Script {
+        fn new(replies: impl IntoIterator<Item = (u64, Result<u16, TryError>)>) -> Self {
+            Script {
+                replies: Mutex::new(
+                    replies
+                        .into_iter()
+                        .map(|(ms, r)| (Duration::from_millis(ms), r))
+                        .collect(),
+                ),
+                ..Script::default()
+            }
+        }
+
+        fn seen(&self) -> Vec<(String, Bytes)> {
+            self.seen.lock().unwrap().clone()
+        }
+    }
+
+    impl SendTry for Script {
+        type Body = ();
+
+        async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<()>, TryError> {
+            let (delay, reply) = self
+                .replies
+                .lock()
+                .unwrap()
+                .pop_front()
+                .expect("a scripted reply");
+            let to = req.uri().authority().unwrap().to_string();
+            if reply == Err(TryError::ConnectFailed("refused".into())) {
+                // Nothing was sent: the body is not read.
+                self.seen.lock().unwrap().push((to, Bytes::new()));
+            } else {
+                let body = req.into_body().collect().await.map(|c| c.to_bytes());
+                self.seen
+                    .lock()
+                    .unwrap()
+                    .push((to, body.unwrap_or_default()));
+            }
+            tokio::time::sleep(delay).await;
+            reply.map(|s| {
+                let mut r = Response::new(());
+                *r.status_mut() = http::StatusCode::from_u16(s).unwrap();
+                r
+            })
+        }
+
+        fn scheme(&self) -> http::uri::Scheme {
+            http::uri::Scheme::HTTP
+        }
+    }
+
+    fn upstream(sections: &str) -> Upstream {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"10.0.0.1:80\" }}, {{ address = \"10.0.0.2:80\" }}]\n{sections}\n"
+        );
+        let cfg = crate::config::parse(&text, std::path::Path::new("t.toml")).unwrap();
+        Upstream::new(cfg.upstreams.into_iter().next().unwrap())
+    }
+
+    fn call(method: Method, body: &'static str, timeout_ms: u64) -> Call {
+        let mut head = Request::new(()).into_parts().0;
+        head.method = method;
+        Call {
+            head,
+            path_and_query: PathAndQuery::from_static("/x"),
+            endpoint_host: true,
+            body: Replay::Bytes(Bytes::from_static(body.as_bytes())),
+            body_limit: 1 << 20,
+            key: 0,
+            timeout: Duration::from_millis(timeout_ms),
+        }
+    }
+
+    const RETRY: &str = "[upstreams.retry]\nattempts = 3\non = [\"connect\", \"timeout\", \"reset\", 503]\nbackoff = \"0ms\"\nbudget_percent = 100.0\nbudget_min_per_second = 100\n";
+
+    fn refused() -> Result<u16, TryError> {
+        Err(TryError::ConnectFailed("refused".into()))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_connection_is_retried_elsewhere_for_any_method_with_its_body() {
+        let up = upstream(RETRY);
+        let script = Script::new([(0, refused()), (0, Ok(200))]);
+        let called = up.call(&script, call(Method::POST, "payload", 1000)).await;
+        assert_eq!(called.result.unwrap().response.status(), 200);
+        let seen = script.seen();
+        assert_eq!(seen.len(), 2);
+        assert_ne!(seen[0].0, seen[1].0, "the retry went to the other endpoint");
+        assert_eq!(seen[1].1, "payload");
+        assert_eq!(called.endpoint.as_deref(), Some(&*seen[1].0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retryable_status_is_retried_only_for_idempotent_methods() {
+        let up = upstream(RETRY);
+        let script = Script::new([(0, Ok(503)), (0, Ok(200))]);
+        let get = up.call(&script, call(Method::GET, "", 1000)).await;
+        assert_eq!(get.result.unwrap().response.status(), 200);
+        let script = Script::new([(0, Ok(503)), (0, Ok(200))]);
+        let post = up.call(&script, call(Method::POST, "", 1000)).await;
+        assert_eq!(post.result.unwrap().response.status(), 503);
+        assert_eq!(script.seen().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_try_times_out_per_try_and_the_call_stops_at_its_deadline() {
+        let up = upstream(&format!("{RETRY}per_try_timeout = \"100ms\"\n"));
+        let script = Script::new([(500, Ok(200)), (500, Ok(200)), (500, Ok(200))]);
+        let started = Instant::now();
+        let called = up.call(&script, call(Method::GET, "", 250)).await;
+        assert!(matches!(
+            called.result,
+            Err(CallError::Try(TryError::Timeout))
+        ));
+        assert_eq!(script.seen().len(), 3, "100 + 100 + the 50 ms left");
+        assert_eq!(started.elapsed(), Duration::from_millis(250));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn without_a_retry_section_one_try_decides() {
+        let up = upstream("");
+        let script = Script::new([(0, refused())]);
+        let called = up.call(&script, call(Method::GET, "", 1000)).await;
+        assert!(matches!(
+            called.result,
+            Err(CallError::Try(TryError::ConnectFailed(_)))
+        ));
+        assert_eq!(script.seen().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_exhausted_budget_stops_retries() {
+        let up = upstream(
+            "[upstreams.retry]\nattempts = 5\non = [\"connect\"]\nbackoff = \"0ms\"\nbudget_percent = 0.0\nbudget_min_per_second = 0\n",
+        );
+        let script = Script::new([(0, refused()), (0, Ok(200))]);
+        let called = up.call(&script, call(Method::GET, "", 1000)).await;
+        assert!(called.result.is_err());
+        assert_eq!(script.seen().len(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn backoff_pauses_between_tries_within_its_cap() {
+        let up = upstream(
+            "[upstreams.retry]\nattempts = 3\non = [\"connect\"]\nbackoff = \"100ms\"\nmax_backoff = \"150ms\"\nbudget_percent = 100.0\nbudget_min_per_second = 100\n",
+        );
+        let script = Script::new([(0, refused()), (0, refused()), (0, Ok(200))]);
+        let started = Instant::now();
+        let called = up.call(&script, call(Method::GET, "", 10_000)).await;
+        assert_eq!(called.result.unwrap().response.status(), 200);
+        // Full jitter: each pause is below its ceiling (100 ms, then 150 ms).
+        assert!(
+            started.elapsed() <= Duration::from_millis(250),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clients_oversized_body_is_not_retried_nor_held_against_the_endpoint() {
+        let up = upstream(&format!(
+            "{RETRY}[upstreams.circuit_breaker]\nconsecutive_failures = 1\n"
+        ));
+        let script = Script::new([(0, Err(TryError::BodyTooLarge))]);
+        let called = up.call(&script, call(Method::PUT, "", 1000)).await;
+        assert!(matches!(
+            called.result,
+            Err(CallError::Try(TryError::BodyTooLarge))
+        ));
+        assert_eq!(script.seen().len(), 1);
+        let now = up.clock.now();
+        assert!(
+            up.endpoints().iter().all(|e| up.usable(e, now)),
+            "no breaker opened"
+        );
+    }
+}

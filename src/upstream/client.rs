@@ -1,0 +1,103 @@
+//! An upstream's connection pool: one pooled keep-alive hyper client per upstream and
+//! worker thread (HTTP/1.1, or prior-knowledge HTTP/2 for gRPC; either over TLS with
+//! `tls = true`), and [`SendTry`], the one operation the retry loop needs of it.
+
+use super::body::UpstreamBody;
+use super::classify::{self, TryError};
+use super::connector::TlsConnector;
+use crate::config::{Protocol, UpstreamConfig};
+use http::uri::{PathAndQuery, Scheme};
+use http::{Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use std::future::Future;
+
+/// Sends one try to an endpoint (the request's URI names it) and classifies a failure.
+/// The retry loop ([`super::Upstream::call`]) is written against this, so it can be
+/// tested with scripted endpoints.
+pub trait SendTry {
+    type Body;
+    fn send(
+        &self,
+        req: Request<UpstreamBody>,
+    ) -> impl Future<Output = Result<Response<Self::Body>, TryError>>;
+    /// The scheme of upstream URIs (`:scheme` on HTTP/2).
+    fn scheme(&self) -> Scheme;
+}
+
+/// An upstream's connection pool. Plain upstreams keep the bare `HttpConnector` client,
+/// so TLS costs them nothing.
+pub enum UpstreamClient {
+    Plain(Client<HttpConnector, UpstreamBody>),
+    Tls(Client<TlsConnector, UpstreamBody>),
+}
+
+impl UpstreamClient {
+    pub fn new(cfg: &UpstreamConfig) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.enforce_http(true);
+        let mut b = Client::builder(TokioExecutor::new());
+        b.pool_idle_timeout(cfg.pool_idle_timeout)
+            .pool_max_idle_per_host(cfg.pool_max_idle_per_target)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .set_host(false);
+        if cfg.protocol == Protocol::H2 {
+            b.http2_only(true);
+        }
+        match &cfg.tls {
+            None => UpstreamClient::Plain(b.build(connector)),
+            Some(tls) => {
+                UpstreamClient::Tls(b.build(TlsConnector::new(connector, tls, cfg.connect_timeout)))
+            }
+        }
+    }
+}
+
+impl SendTry for UpstreamClient {
+    type Body = Incoming;
+
+    async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, TryError> {
+        let sent = match self {
+            UpstreamClient::Plain(c) => c.request(req).await,
+            UpstreamClient::Tls(c) => c.request(req).await,
+        };
+        sent.map_err(|e| classify::client_error(&e))
+    }
+
+    fn scheme(&self) -> Scheme {
+        match self {
+            UpstreamClient::Plain(_) => Scheme::HTTP,
+            UpstreamClient::Tls(_) => Scheme::HTTPS,
+        }
+    }
+}
+
+/// `PATH?QUERY` for a rewritten path; `None` if it is not a valid request target.
+pub fn path_and_query(path: &str, query: Option<&str>) -> Option<PathAndQuery> {
+    match query {
+        Some(q) => PathAndQuery::try_from(format!("{path}?{q}")),
+        None => PathAndQuery::try_from(path),
+    }
+    .ok()
+}
+
+/// The upstream URI: `http://ENDPOINT/PATH?QUERY` (`https` for TLS upstreams).
+pub fn upstream_uri(scheme: Scheme, authority: &http::uri::Authority, pq: PathAndQuery) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority.clone());
+    parts.path_and_query = Some(pq);
+    Uri::from_parts(parts).expect("scheme, authority and path are each valid")
+}
+
+pub fn version_for(protocol: Protocol) -> Version {
+    match protocol {
+        Protocol::Http1 => Version::HTTP_11,
+        Protocol::H2 => Version::HTTP_2,
+    }
+}
