@@ -973,7 +973,7 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
     }
     Ok(Config {
         source: src.file.to_path_buf(),
-        hash: crate::upstream::balance::hash_bytes(src.text.as_bytes()),
+        hash: crate::hash::hash_bytes(src.text.as_bytes()),
         text: src.text.into(),
         server,
         upstreams,
@@ -1155,7 +1155,7 @@ fn check_path(src: &Source<'_>, p: &Spanned<String>, key: &str) -> Result<String
         return Err(src.error(p.span(), key, format!("`{v}` must start with `/`")));
     }
     // Routes match normalized paths, so a route written un-normalized could never match.
-    match crate::proxy::normalize::normalize_path(v) {
+    match crate::normalize::normalize_path(v) {
         Ok(n) if n == v.as_str() => Ok(v.clone()),
         Ok(n) => Err(src.error(
             p.span(),

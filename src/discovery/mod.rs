@@ -243,7 +243,7 @@ impl Backoff {
     pub fn fail(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
-        let jitter = (crate::upstream::balance::fast_rand() % 41) as f64 / 100.0 + 0.8;
+        let jitter = (crate::hash::fast_rand() % 41) as f64 / 100.0 + 0.8;
         d.mul_f64(jitter)
     }
 

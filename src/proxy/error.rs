@@ -2,7 +2,7 @@
 //! body `{"error":{"code":"…","message":"…","request_id":"…"}}`.
 
 use super::body::ResponseBody;
-use super::normalize::NormalizeError;
+use crate::normalize::NormalizeError;
 use http::{header, HeaderValue, Response, StatusCode};
 
 #[derive(Debug)]

@@ -7,15 +7,15 @@ pub mod connector;
 pub mod error;
 pub mod forward;
 pub mod headers;
-pub mod normalize;
 pub mod trace_context;
 
 use crate::config::{Config, HashKey, HostPolicy, OnError, ServerConfig};
+use crate::hash::hash_bytes;
+use crate::normalize;
 use crate::plugin::bindings::{AuthDecision, Hooks, Reply, RequestAction};
 use crate::plugin::host::{self as plugin_host, RequestRes, ResponseRes};
 use crate::plugin::{PluginSet, Pool, Role};
 use crate::router::{self, Match, Router};
-use crate::upstream::balance::hash_bytes;
 use crate::upstream::{retry, ActiveGuard, Endpoint, NoPick, Outcome, Picked, Upstream};
 use access_log::AccessLog;
 use body::{RequestBody, ResponseBody, UpstreamBody};
