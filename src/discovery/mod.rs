@@ -12,17 +12,22 @@
 //! with the tables' other background tasks ([`crate::proxy::Gateway::start_background`]),
 //! so they end at shutdown or when a reload replaces the tables. A reload hands the
 //! endpoints of an unchanged source over to the new tables ([`carry_over`]).
+//!
+//! Each source is one file (its task) with its `config.rs` next to it (its keys as written,
+//! their validation and its validated config); [`config`] dispatches on `kind`.
 
-mod consul;
-mod dns;
+pub mod config;
+pub mod consul;
+pub mod dns;
 pub mod endpoint;
-mod etcd;
-mod file;
-mod zookeeper;
+pub mod etcd;
+pub mod file;
+pub mod zookeeper;
 
-use crate::config::{DiscoveryConfig, TargetConfig};
+use crate::config::TargetConfig;
 use crate::upstream::Upstream;
 use bytes::Bytes;
+use config::DiscoveryConfig;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
