@@ -182,6 +182,75 @@ fn route(
     if r.strip_prefix && !matches!(path, PathMatch::Prefix(_)) {
         return Err(cx.error_at_table("strip_prefix", "needs `path_prefix`"));
     }
+    let (methods, hosts, headers) = matchers(cx, &r)?;
+    let Some(upstream) = upstreams
+        .iter()
+        .position(|u| u.name == *r.upstream.get_ref())
+    else {
+        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        return Err(cx.error(
+            r.upstream.span(),
+            "upstream",
+            format!(
+                "route `{name}` names unknown upstream `{}` (known: {})",
+                r.upstream.get_ref(),
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    };
+    let host = match (&r.host_rewrite, r.preserve_host) {
+        (Some(h), false) => HostPolicy::Rewrite(
+            HeaderValue::from_str(h.get_ref())
+                .ok()
+                .filter(|_| h.get_ref().parse::<http::uri::Authority>().is_ok())
+                .ok_or_else(|| {
+                    cx.error(
+                        h.span(),
+                        "host_rewrite",
+                        format!("`{}` is not a host", h.get_ref()),
+                    )
+                })?,
+        ),
+        (Some(h), true) => {
+            return Err(cx.error(
+                h.span(),
+                "host_rewrite",
+                "cannot be combined with preserve_host = true",
+            ))
+        }
+        (None, true) => HostPolicy::Preserve,
+        (None, false) => HostPolicy::Target,
+    };
+    let route_plugins = plugin_chain(cx, &name, &r.plugins, plugins)?;
+    Ok(RouteConfig {
+        name,
+        path,
+        methods,
+        hosts,
+        headers,
+        query: r.query.into_iter().collect(),
+        strip_prefix: r.strip_prefix,
+        upstream,
+        host,
+        max_body_size: r.max_body_size.map_or(default_body, |v| v.0),
+        request_timeout: r.request_timeout.map(|d| d.0),
+        plugins: route_plugins,
+        buffer_request_body: r.buffer_request_body.map(|v| v.0),
+    })
+}
+
+/// What a request must carry besides its path: `methods`, `hosts`, `headers`.
+type Matchers = (
+    Option<Vec<Method>>,
+    Vec<String>,
+    Vec<(HeaderName, HeaderValue)>,
+);
+
+fn matchers(cx: &Section<'_>, r: &RawRoute) -> Result<Matchers, ConfigError> {
     let methods = match &r.methods {
         None => None,
         Some(ms) => {
@@ -237,50 +306,18 @@ fn route(
         })?;
         headers.push((hn, hv));
     }
-    let Some(upstream) = upstreams
-        .iter()
-        .position(|u| u.name == *r.upstream.get_ref())
-    else {
-        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-        return Err(cx.error(
-            r.upstream.span(),
-            "upstream",
-            format!(
-                "route `{name}` names unknown upstream `{}` (known: {})",
-                r.upstream.get_ref(),
-                if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
-                }
-            ),
-        ));
-    };
-    let host = match (&r.host_rewrite, r.preserve_host) {
-        (Some(h), false) => HostPolicy::Rewrite(
-            HeaderValue::from_str(h.get_ref())
-                .ok()
-                .filter(|_| h.get_ref().parse::<http::uri::Authority>().is_ok())
-                .ok_or_else(|| {
-                    cx.error(
-                        h.span(),
-                        "host_rewrite",
-                        format!("`{}` is not a host", h.get_ref()),
-                    )
-                })?,
-        ),
-        (Some(h), true) => {
-            return Err(cx.error(
-                h.span(),
-                "host_rewrite",
-                "cannot be combined with preserve_host = true",
-            ))
-        }
-        (None, true) => HostPolicy::Preserve,
-        (None, false) => HostPolicy::Target,
-    };
+    Ok((methods, hosts, headers))
+}
+
+/// `plugins = [...]` of route `name`: each names a `[[plugins]]` entry.
+fn plugin_chain(
+    cx: &Section<'_>,
+    name: &str,
+    raw: &[Spanned<RawRoutePlugin>],
+    plugins: &[PluginConfig],
+) -> Result<Vec<RoutePlugin>, ConfigError> {
     let mut route_plugins = Vec::new();
-    for (j, rp) in r.plugins.iter().enumerate() {
+    for (j, rp) in raw.iter().enumerate() {
         let span = rp.span();
         let rp = rp.get_ref();
         let k = format!("plugins[{j}]");
@@ -305,21 +342,7 @@ fn route(
             key: cx.key(&k),
         });
     }
-    Ok(RouteConfig {
-        name,
-        path,
-        methods,
-        hosts,
-        headers,
-        query: r.query.into_iter().collect(),
-        strip_prefix: r.strip_prefix,
-        upstream,
-        host,
-        max_body_size: r.max_body_size.map_or(default_body, |v| v.0),
-        request_timeout: r.request_timeout.map(|d| d.0),
-        plugins: route_plugins,
-        buffer_request_body: r.buffer_request_body.map(|v| v.0),
-    })
+    Ok(route_plugins)
 }
 
 fn check_path(cx: &Section<'_>, p: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
