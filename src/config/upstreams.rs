@@ -185,8 +185,7 @@ fn upstream(
     name: String,
     mut u: RawUpstream,
 ) -> Result<UpstreamConfig, ConfigError> {
-    let mut targets = Vec::new();
-    let discovery = match (&u.targets, u.discovery.take()) {
+    let (targets, discovery) = match (&u.targets, u.discovery.take()) {
         (Some(_), Some(d)) => {
             return Err(cx.error(
                 d.span(),
@@ -202,30 +201,12 @@ fn upstream(
         }
         (None, Some(d)) => {
             let table = cx.table("discovery", d.span());
-            Some(discovery::validate(&table, d.into_inner())?)
+            (
+                Vec::new(),
+                Some(discovery::validate(&table, d.into_inner())?),
+            )
         }
-        (Some(targets_raw), None) => {
-            if targets_raw.get_ref().is_empty() {
-                return Err(cx.error(
-                    targets_raw.span(),
-                    "targets",
-                    format!("upstream `{name}` has an empty target list"),
-                ));
-            }
-            for (j, t) in targets_raw.get_ref().iter().enumerate() {
-                let addr = t.address.get_ref();
-                check_address(addr)
-                    .map_err(|m| cx.error(t.address.span(), &format!("targets[{j}].address"), m))?;
-                let w = *t.weight.get_ref();
-                check_weight(w)
-                    .map_err(|m| cx.error(t.weight.span(), &format!("targets[{j}].weight"), m))?;
-                targets.push(TargetConfig {
-                    address: addr.clone(),
-                    weight: w,
-                });
-            }
-            None
-        }
+        (Some(t), None) => (static_targets(cx, &name, t)?, None),
     };
     let hash_key = match &u.hash_key {
         None => HashKey::ClientAddr,
@@ -277,6 +258,35 @@ fn upstream(
             .map(|r| resilience::retry(cx, r))
             .transpose()?,
     })
+}
+
+/// `targets = [...]` of upstream `name`: at least one, each a valid address and weight.
+fn static_targets(
+    cx: &Section<'_>,
+    name: &str,
+    raw: &Spanned<Vec<RawTarget>>,
+) -> Result<Vec<TargetConfig>, ConfigError> {
+    if raw.get_ref().is_empty() {
+        return Err(cx.error(
+            raw.span(),
+            "targets",
+            format!("upstream `{name}` has an empty target list"),
+        ));
+    }
+    let mut targets = Vec::new();
+    for (j, t) in raw.get_ref().iter().enumerate() {
+        let addr = t.address.get_ref();
+        check_address(addr)
+            .map_err(|m| cx.error(t.address.span(), &format!("targets[{j}].address"), m))?;
+        let w = *t.weight.get_ref();
+        check_weight(w)
+            .map_err(|m| cx.error(t.weight.span(), &format!("targets[{j}].weight"), m))?;
+        targets.push(TargetConfig {
+            address: addr.clone(),
+            weight: w,
+        });
+    }
+    Ok(targets)
 }
 
 /// Checks an endpoint address: `HOST:PORT` that is a valid URI authority, port 1..=65535.
