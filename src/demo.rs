@@ -131,7 +131,7 @@ async fn embeddings(req: Request<Incoming>, replica: &'static str) -> Response<D
         .enumerate()
         .map(|(i, s)| {
             // A deterministic toy embedding: 8 dimensions from the text's hash.
-            let h = crate::upstream::balance::hash_bytes(s.as_bytes());
+            let h = crate::hash::hash_bytes(s.as_bytes());
             let v: Vec<f64> = (0..8)
                 .map(|k| (((h >> (k * 8)) & 0xff) as f64 / 127.5) - 1.0)
                 .collect();

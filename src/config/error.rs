@@ -73,9 +73,15 @@ impl Source<'_> {
     /// the error's span points at (or into) from the text around it.
     pub fn toml_error(&self, err: &toml::de::Error) -> ConfigError {
         let message = err.message().trim().to_string();
-        let Some(span) = err.span() else {
-            return self.whole_file_error(message);
-        };
+        match err.span() {
+            Some(span) => self.value_error(span, message),
+            None => self.whole_file_error(message),
+        }
+    }
+
+    /// An error about the value at `span` (its type, as serde reports it), naming the key
+    /// found in the text around it, as [`Source::toml_error`] does.
+    pub fn value_error(&self, span: Range<usize>, message: impl Into<String>) -> ConfigError {
         let key = self.key_at(span.clone());
         self.error(span, key, message)
     }

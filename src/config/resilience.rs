@@ -3,11 +3,10 @@
 //! validation (DESIGN §6). A section that is present turns its mechanism on; every key in
 //! it has a default.
 
-use super::error::Source;
+use super::section::{span_or, Section};
 use super::units::Dur;
 use super::ConfigError;
 use serde::Deserialize;
-use std::ops::Range;
 use std::time::Duration;
 use toml::Spanned;
 
@@ -18,28 +17,45 @@ use toml::Spanned;
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawBreaker {
+    /// `consecutive_failures = 5`: trip after this many failures in a row.
     consecutive_failures: Option<Spanned<u32>>,
+    /// `error_ratio = 0.5`: or when failures / requests over `window` reach this (0: off).
     error_ratio: Option<Spanned<f64>>,
+    /// `window = "10s"`
     window: Option<Spanned<Dur>>,
+    /// `min_requests = 20`: requests the window needs before the ratio counts.
     min_requests: Option<Spanned<u32>>,
+    /// `open_time = "5s"`: open this long, doubled after each failed probe …
     open_time: Option<Spanned<Dur>>,
+    /// `max_open_time = "60s"`: … up to this.
     max_open_time: Option<Spanned<Dur>>,
+    /// `half_open_probes = 1`: requests let through at once when half-open.
     half_open_probes: Option<Spanned<u32>>,
+    /// `failure_on = ["connect", "timeout", "reset", "5xx", "gateway", 429]`
     failure_on: Option<Spanned<Vec<Spanned<Condition>>>>,
+    /// `jitter = 0.1`: open times spread by ±10%.
     jitter: Option<Spanned<f64>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawHealthCheck {
+    /// `kind = "http" | "tcp"`: GET `path`, or connect only.
     #[serde(default)]
     kind: HealthCheckKindRaw,
+    /// `path = "/healthz"`
     path: Option<Spanned<String>>,
+    /// `host = "chat.internal"`: Host of the check (default: the endpoint's address).
     host: Option<Spanned<String>>,
+    /// `statuses = ["2xx", 301]`: healthy answers.
     statuses: Option<Spanned<Vec<Spanned<Condition>>>>,
+    /// `interval = "5s"`
     interval: Option<Spanned<Dur>>,
+    /// `timeout = "1s"` (default: the smaller of 1s and `interval`).
     timeout: Option<Spanned<Dur>>,
+    /// `healthy_threshold = 2`: passes in a row to become healthy again.
     healthy_threshold: Option<Spanned<u32>>,
+    /// `unhealthy_threshold = 3`: failures in a row to become unhealthy.
     unhealthy_threshold: Option<Spanned<u32>>,
 }
 
@@ -54,23 +70,36 @@ enum HealthCheckKindRaw {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawOutlier {
+    /// `consecutive_5xx = 5`: eject after this many 5xx in a row (0: off).
     consecutive_5xx: Option<Spanned<u32>>,
+    /// `consecutive_gateway_errors = 5`: or this many 502/503/504/connect/reset/timeout.
     consecutive_gateway_errors: Option<Spanned<u32>>,
+    /// `base_ejection_time = "30s"`: ejected for this × the number of ejections …
     base_ejection_time: Option<Spanned<Dur>>,
+    /// `max_ejection_time = "300s"`: … at most this.
     max_ejection_time: Option<Spanned<Dur>>,
+    /// `max_ejection_percent = 50`: never eject beyond this share of the endpoints.
     max_ejection_percent: Option<Spanned<u32>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRetry {
+    /// `attempts = 2`: tries in all, the first included.
     attempts: Option<Spanned<u32>>,
+    /// `on = ["connect", "timeout", "reset", 502, 503, 504]`: same words as `failure_on`.
     on: Option<Spanned<Vec<Spanned<Condition>>>>,
+    /// `per_try_timeout = "2s"`
     per_try_timeout: Option<Spanned<Dur>>,
+    /// `backoff = "25ms"`: pause before retry n is random below backoff × 2^(n-1) …
     backoff: Option<Spanned<Dur>>,
+    /// `max_backoff = "250ms"`: … capped here.
     max_backoff: Option<Spanned<Dur>>,
+    /// `budget_percent = 20.0`: retries at most this share of the requests …
     budget_percent: Option<Spanned<f64>>,
+    /// `budget_min_per_second = 10`: … but always this many per second.
     budget_min_per_second: Option<Spanned<u32>>,
+    /// `budget_window = "10s"`
     budget_window: Option<Spanned<Dur>>,
 }
 
@@ -225,66 +254,9 @@ impl Default for RetryConfig {
 // Validation.
 // ---------------------------------------------------------------------------------------
 
-fn range_u32(
-    src: &Source<'_>,
-    v: &Option<Spanned<u32>>,
-    key: &str,
-    range: std::ops::RangeInclusive<u32>,
-    default: u32,
-) -> Result<u32, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) if range.contains(s.get_ref()) => Ok(*s.get_ref()),
-        Some(s) => Err(src.error(
-            s.span(),
-            key,
-            format!(
-                "{} is out of range {}..={}",
-                s.get_ref(),
-                range.start(),
-                range.end()
-            ),
-        )),
-    }
-}
-
-fn fraction(
-    src: &Source<'_>,
-    v: &Option<Spanned<f64>>,
-    key: &str,
-    max: f64,
-) -> Result<Option<f64>, ConfigError> {
-    match v {
-        None => Ok(None),
-        Some(s) if (0.0..=max).contains(s.get_ref()) => Ok(Some(*s.get_ref())),
-        Some(s) => Err(src.error(
-            s.span(),
-            key,
-            format!("{} is out of range 0..={max}", s.get_ref()),
-        )),
-    }
-}
-
-fn duration(
-    src: &Source<'_>,
-    v: &Option<Spanned<Dur>>,
-    key: &str,
-    default: Duration,
-) -> Result<Duration, ConfigError> {
-    match v {
-        None => Ok(default),
-        Some(s) if s.get_ref().0.is_zero() => Err(src.error(s.span(), key, "must be more than 0")),
-        Some(s) => Ok(s.get_ref().0),
-    }
-}
-
-fn span_of<T>(v: &Option<Spanned<T>>, fallback: &Range<usize>) -> Range<usize> {
-    v.as_ref().map_or(fallback.clone(), |s| s.span())
-}
-
 /// Parses a list of conditions; `words` says which keywords this list accepts.
 fn conditions(
-    src: &Source<'_>,
+    cx: &Section<'_>,
     list: &Spanned<Vec<Spanned<Condition>>>,
     key: &str,
     words: &[&str],
@@ -294,7 +266,7 @@ fn conditions(
         match item.get_ref() {
             Condition::Status(s) if (100..=599).contains(s) => c.statuses.push(*s),
             Condition::Status(s) => {
-                return Err(src.error(
+                return Err(cx.error(
                     item.span(),
                     key,
                     format!("{s} is not an HTTP status (100..=599)"),
@@ -311,7 +283,7 @@ fn conditions(
                 _ => unreachable!("keyword list and match agree"),
             },
             Condition::Word(w) => {
-                return Err(src.error(
+                return Err(cx.error(
                     item.span(),
                     key,
                     format!(
@@ -332,74 +304,64 @@ fn conditions(
 const FAILURE_WORDS: &[&str] = &["connect", "timeout", "reset", "5xx", "gateway"];
 
 pub(super) fn breaker(
-    src: &Source<'_>,
+    upstream: &Section<'_>,
     raw: &Spanned<RawBreaker>,
-    prefix: &str,
 ) -> Result<BreakerConfig, ConfigError> {
+    let cx = upstream.table("circuit_breaker", raw.span());
     let r = raw.get_ref();
-    let key = |k: &str| format!("{prefix}.circuit_breaker.{k}");
     let d = BreakerConfig::default();
-    let open_time = duration(src, &r.open_time, &key("open_time"), d.open_time)?;
-    let max_open_time = duration(
-        src,
-        &r.max_open_time,
-        &key("max_open_time"),
-        d.max_open_time.max(open_time),
-    )?;
+    let open_time = cx
+        .positive(&r.open_time, "open_time")?
+        .unwrap_or(d.open_time);
+    let max_open_time = cx
+        .positive(&r.max_open_time, "max_open_time")?
+        .unwrap_or(d.max_open_time.max(open_time));
     if max_open_time < open_time {
-        return Err(src.error(
-            span_of(&r.max_open_time, &raw.span()),
-            key("max_open_time"),
+        return Err(cx.error(
+            span_or(&r.max_open_time, &cx.span),
+            "max_open_time",
             "must not be less than open_time",
         ));
     }
     let failure_on = match &r.failure_on {
         None => d.failure_on,
-        Some(l) => conditions(src, l, &key("failure_on"), FAILURE_WORDS)?,
+        Some(l) => conditions(&cx, l, "failure_on", FAILURE_WORDS)?,
     };
     Ok(BreakerConfig {
-        consecutive_failures: range_u32(
-            src,
-            &r.consecutive_failures,
-            &key("consecutive_failures"),
-            1..=1_000_000,
-            d.consecutive_failures,
-        )?,
-        error_ratio: match &r.error_ratio {
+        consecutive_failures: cx
+            .range(
+                &r.consecutive_failures,
+                "consecutive_failures",
+                1..=1_000_000,
+            )?
+            .unwrap_or(d.consecutive_failures),
+        // 0 turns the ratio off.
+        error_ratio: match cx.range(&r.error_ratio, "error_ratio", 0.0..=1.0)? {
             None => d.error_ratio,
-            Some(_) => {
-                fraction(src, &r.error_ratio, &key("error_ratio"), 1.0)?.filter(|&x| x > 0.0)
-            }
+            Some(x) => Some(x).filter(|&x| x > 0.0),
         },
-        window: duration(src, &r.window, &key("window"), d.window)?,
-        min_requests: range_u32(
-            src,
-            &r.min_requests,
-            &key("min_requests"),
-            1..=1_000_000,
-            d.min_requests,
-        )?,
+        window: cx.positive(&r.window, "window")?.unwrap_or(d.window),
+        min_requests: cx
+            .range(&r.min_requests, "min_requests", 1..=1_000_000)?
+            .unwrap_or(d.min_requests),
         open_time,
         max_open_time,
-        half_open_probes: range_u32(
-            src,
-            &r.half_open_probes,
-            &key("half_open_probes"),
-            1..=1000,
-            d.half_open_probes,
-        )?,
+        half_open_probes: cx
+            .range(&r.half_open_probes, "half_open_probes", 1..=1000)?
+            .unwrap_or(d.half_open_probes),
         failure_on,
-        jitter: fraction(src, &r.jitter, &key("jitter"), 1.0)?.unwrap_or(d.jitter),
+        jitter: cx
+            .range(&r.jitter, "jitter", 0.0..=1.0)?
+            .unwrap_or(d.jitter),
     })
 }
 
 pub(super) fn health_check(
-    src: &Source<'_>,
+    upstream: &Section<'_>,
     raw: &Spanned<RawHealthCheck>,
-    prefix: &str,
 ) -> Result<HealthCheckConfig, ConfigError> {
+    let cx = upstream.table("health_check", raw.span());
     let r = raw.get_ref();
-    let key = |k: &str| format!("{prefix}.health_check.{k}");
     let kind = match r.kind {
         HealthCheckKindRaw::Tcp => {
             for (name, set) in [
@@ -408,7 +370,7 @@ pub(super) fn health_check(
                 ("statuses", r.statuses.as_ref().map(|s| s.span())),
             ] {
                 if let Some(span) = set {
-                    return Err(src.error(span, key(name), "only applies to kind = \"http\""));
+                    return Err(cx.error(span, name, "only applies to kind = \"http\""));
                 }
             }
             HealthCheckKind::Tcp
@@ -423,16 +385,16 @@ pub(super) fn health_check(
                     p.get_ref().clone()
                 }
                 Some(p) => {
-                    return Err(src.error(
+                    return Err(cx.error(
                         p.span(),
-                        key("path"),
+                        "path",
                         format!("`{}` is not a request path starting with `/`", p.get_ref()),
                     ))
                 }
             };
             if let Some(h) = &r.host {
                 if http::HeaderValue::from_str(h.get_ref()).is_err() || h.get_ref().is_empty() {
-                    return Err(src.error(h.span(), key("host"), "not a valid Host header value"));
+                    return Err(cx.error(h.span(), "host", "not a valid Host header value"));
                 }
             }
             let statuses = match &r.statuses {
@@ -441,9 +403,9 @@ pub(super) fn health_check(
                     ..Conditions::default()
                 },
                 Some(l) => {
-                    let c = conditions(src, l, &key("statuses"), &["2xx", "3xx"])?;
+                    let c = conditions(&cx, l, "statuses", &["2xx", "3xx"])?;
                     if c.statuses.is_empty() {
-                        return Err(src.error(l.span(), key("statuses"), "must not be empty"));
+                        return Err(cx.error(l.span(), "statuses", "must not be empty"));
                     }
                     c
                 }
@@ -455,95 +417,70 @@ pub(super) fn health_check(
             }
         }
     };
-    let interval = duration(src, &r.interval, &key("interval"), Duration::from_secs(5))?;
-    let timeout = duration(
-        src,
-        &r.timeout,
-        &key("timeout"),
-        Duration::from_secs(1).min(interval),
-    )?;
+    let interval = cx
+        .positive(&r.interval, "interval")?
+        .unwrap_or(Duration::from_secs(5));
+    let timeout = cx
+        .positive(&r.timeout, "timeout")?
+        .unwrap_or(Duration::from_secs(1).min(interval));
     Ok(HealthCheckConfig {
         kind,
         interval,
         timeout,
-        healthy_threshold: range_u32(
-            src,
-            &r.healthy_threshold,
-            &key("healthy_threshold"),
-            1..=1000,
-            2,
-        )?,
-        unhealthy_threshold: range_u32(
-            src,
-            &r.unhealthy_threshold,
-            &key("unhealthy_threshold"),
-            1..=1000,
-            3,
-        )?,
+        healthy_threshold: cx
+            .range(&r.healthy_threshold, "healthy_threshold", 1..=1000)?
+            .unwrap_or(2),
+        unhealthy_threshold: cx
+            .range(&r.unhealthy_threshold, "unhealthy_threshold", 1..=1000)?
+            .unwrap_or(3),
     })
 }
 
 pub(super) fn outlier(
-    src: &Source<'_>,
+    upstream: &Section<'_>,
     raw: &Spanned<RawOutlier>,
-    prefix: &str,
 ) -> Result<OutlierConfig, ConfigError> {
+    let cx = upstream.table("outlier_detection", raw.span());
     let r = raw.get_ref();
-    let key = |k: &str| format!("{prefix}.outlier_detection.{k}");
     let d = OutlierConfig::default();
-    let base = duration(
-        src,
-        &r.base_ejection_time,
-        &key("base_ejection_time"),
-        d.base_ejection_time,
-    )?;
-    let max = duration(
-        src,
-        &r.max_ejection_time,
-        &key("max_ejection_time"),
-        d.max_ejection_time.max(base),
-    )?;
+    let base = cx
+        .positive(&r.base_ejection_time, "base_ejection_time")?
+        .unwrap_or(d.base_ejection_time);
+    let max = cx
+        .positive(&r.max_ejection_time, "max_ejection_time")?
+        .unwrap_or(d.max_ejection_time.max(base));
     if max < base {
-        return Err(src.error(
-            span_of(&r.max_ejection_time, &raw.span()),
-            key("max_ejection_time"),
+        return Err(cx.error(
+            span_or(&r.max_ejection_time, &cx.span),
+            "max_ejection_time",
             "must not be less than base_ejection_time",
         ));
     }
     Ok(OutlierConfig {
-        consecutive_5xx: range_u32(
-            src,
-            &r.consecutive_5xx,
-            &key("consecutive_5xx"),
-            0..=1_000_000,
-            d.consecutive_5xx,
-        )?,
-        consecutive_gateway_errors: range_u32(
-            src,
-            &r.consecutive_gateway_errors,
-            &key("consecutive_gateway_errors"),
-            0..=1_000_000,
-            d.consecutive_gateway_errors,
-        )?,
+        consecutive_5xx: cx
+            .range(&r.consecutive_5xx, "consecutive_5xx", 0..=1_000_000)?
+            .unwrap_or(d.consecutive_5xx),
+        consecutive_gateway_errors: cx
+            .range(
+                &r.consecutive_gateway_errors,
+                "consecutive_gateway_errors",
+                0..=1_000_000,
+            )?
+            .unwrap_or(d.consecutive_gateway_errors),
         base_ejection_time: base,
         max_ejection_time: max,
-        max_ejection_percent: range_u32(
-            src,
-            &r.max_ejection_percent,
-            &key("max_ejection_percent"),
-            0..=100,
-            d.max_ejection_percent,
-        )?,
+        max_ejection_percent: cx
+            .range(&r.max_ejection_percent, "max_ejection_percent", 0..=100)?
+            .unwrap_or(d.max_ejection_percent),
     })
 }
 
 pub(super) fn retry(
-    src: &Source<'_>,
+    upstream: &Section<'_>,
     raw: &Spanned<RawRetry>,
-    prefix: &str,
 ) -> Result<RetryConfig, ConfigError> {
+    let cx = upstream.table("retry", raw.span());
     let r = raw.get_ref();
-    let key = |k: &str| format!("{prefix}.retry.{k}");
     let d = RetryConfig::default();
     let backoff = match &r.backoff {
         None => d.backoff,
@@ -552,45 +489,33 @@ pub(super) fn retry(
     let max_backoff = match &r.max_backoff {
         None => d.max_backoff.max(backoff),
         Some(b) if b.get_ref().0 < backoff => {
-            return Err(src.error(
-                b.span(),
-                key("max_backoff"),
-                "must not be less than backoff",
-            ))
+            return Err(cx.error(b.span(), "max_backoff", "must not be less than backoff"))
         }
         Some(b) => b.get_ref().0,
     };
     Ok(RetryConfig {
-        attempts: range_u32(src, &r.attempts, &key("attempts"), 1..=10, d.attempts)?,
+        attempts: cx
+            .range(&r.attempts, "attempts", 1..=10)?
+            .unwrap_or(d.attempts),
         on: match &r.on {
             None => d.on,
-            Some(l) => conditions(src, l, &key("on"), FAILURE_WORDS)?,
+            Some(l) => conditions(&cx, l, "on", FAILURE_WORDS)?,
         },
-        per_try_timeout: match &r.per_try_timeout {
-            None => None,
-            Some(_) => Some(duration(
-                src,
-                &r.per_try_timeout,
-                &key("per_try_timeout"),
-                Duration::ZERO,
-            )?),
-        },
+        per_try_timeout: cx.positive(&r.per_try_timeout, "per_try_timeout")?,
         backoff,
         max_backoff,
-        budget_percent: fraction(src, &r.budget_percent, &key("budget_percent"), 100.0)?
+        budget_percent: cx
+            .range(&r.budget_percent, "budget_percent", 0.0..=100.0)?
             .unwrap_or(d.budget_percent),
-        budget_min_per_second: range_u32(
-            src,
-            &r.budget_min_per_second,
-            &key("budget_min_per_second"),
-            0..=1_000_000,
-            d.budget_min_per_second,
-        )?,
-        budget_window: duration(
-            src,
-            &r.budget_window,
-            &key("budget_window"),
-            d.budget_window,
-        )?,
+        budget_min_per_second: cx
+            .range(
+                &r.budget_min_per_second,
+                "budget_min_per_second",
+                0..=1_000_000,
+            )?
+            .unwrap_or(d.budget_min_per_second),
+        budget_window: cx
+            .positive(&r.budget_window, "budget_window")?
+            .unwrap_or(d.budget_window),
     })
 }

@@ -12,6 +12,16 @@ pub struct Dur(pub Duration);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
 
+impl Dur {
+    pub const fn secs(s: u64) -> Dur {
+        Dur(Duration::from_secs(s))
+    }
+
+    pub const fn millis(ms: u64) -> Dur {
+        Dur(Duration::from_millis(ms))
+    }
+}
+
 fn split_number(s: &str) -> Option<(f64, &str)> {
     let s = s.trim();
     let end = s
@@ -88,6 +98,18 @@ impl fmt::Display for Dur {
     }
 }
 
+/// In the largest binary unit that divides it (`16MiB`), else in bytes (`1000B`).
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (unit, n) in [("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if self.0 >= n && self.0 % n == 0 {
+                return write!(f, "{}{unit}", self.0 / n);
+            }
+        }
+        write!(f, "{}B", self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +134,19 @@ mod tests {
         assert_eq!(parse_size("1GB").unwrap(), 1_000_000_000);
         for bad in ["", "MiB", "1.3B", "12 elephants", "-5"] {
             assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes_display_as_written() {
+        for (n, shown) in [
+            (1024, "1KiB"),
+            (16 << 20, "16MiB"),
+            (1 << 30, "1GiB"),
+            (1000, "1000B"),
+        ] {
+            assert_eq!(Size(n).to_string(), shown);
+            assert_eq!(parse_size(shown).unwrap(), n);
         }
     }
 }

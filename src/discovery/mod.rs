@@ -9,20 +9,25 @@
 //! warning rather than failing the whole set.
 //!
 //! Tasks hold only a [`Weak`] reference to their upstream; they are started and aborted
-//! with the tables' other background tasks ([`crate::proxy::Gateway::start_background`]),
+//! with the tables' other background tasks ([`crate::live::Live`]),
 //! so they end at shutdown or when a reload replaces the tables. A reload hands the
 //! endpoints of an unchanged source over to the new tables ([`carry_over`]).
+//!
+//! Each source is one file (its task) with its `config.rs` next to it (its keys as written,
+//! their validation and its validated config); [`config`] dispatches on `kind`.
 
-mod consul;
-mod dns;
+pub mod config;
+pub mod consul;
+pub mod dns;
 pub mod endpoint;
-mod etcd;
-mod file;
-mod zookeeper;
+pub mod etcd;
+pub mod file;
+pub mod zookeeper;
 
-use crate::config::{DiscoveryConfig, TargetConfig};
+use crate::config::TargetConfig;
 use crate::upstream::Upstream;
 use bytes::Bytes;
+use config::DiscoveryConfig;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -34,7 +39,7 @@ use tokio::task::JoinHandle;
 
 /// Starts one discovery task per upstream that has a discovery source, on the current
 /// tokio runtime. The caller aborts them when the tables they feed are replaced or the
-/// gateway stops (see [`crate::proxy::Gateway::start_background`]).
+/// gateway stops (see [`crate::live::Live`]).
 pub fn spawn(upstreams: &[Arc<Upstream>]) -> Vec<JoinHandle<()>> {
     upstreams
         .iter()
@@ -243,7 +248,7 @@ impl Backoff {
     pub fn fail(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
-        let jitter = (crate::upstream::balance::fast_rand() % 41) as f64 / 100.0 + 0.8;
+        let jitter = (crate::hash::fast_rand() % 41) as f64 / 100.0 + 0.8;
         d.mul_f64(jitter)
     }
 

@@ -127,7 +127,7 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
     }
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(crate::upstream::balance::fast_rand_seed);
+    let prefix = *PREFIX.get_or_init(crate::hash::fast_rand_seed);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];

@@ -239,7 +239,7 @@ impl Breaker {
         let base = nanos(cfg.open_time) as f64 * 2f64.powi(trips.min(62) as i32);
         let capped = base.min(nanos(cfg.max_open_time) as f64);
         let spread = if cfg.jitter > 0.0 {
-            let r = (super::balance::fast_rand() >> 11) as f64 / (1u64 << 53) as f64;
+            let r = (crate::hash::fast_rand() >> 11) as f64 / (1u64 << 53) as f64;
             1.0 + cfg.jitter * (2.0 * r - 1.0)
         } else {
             1.0

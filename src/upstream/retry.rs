@@ -64,7 +64,7 @@ pub fn backoff(cfg: &RetryConfig, n: u32) -> Duration {
         .backoff
         .saturating_mul(1 << (n.saturating_sub(1)).min(20))
         .min(cfg.max_backoff);
-    let r = (super::balance::fast_rand() >> 11) as f64 / (1u64 << 53) as f64;
+    let r = (crate::hash::fast_rand() >> 11) as f64 / (1u64 << 53) as f64;
     ceiling.mul_f64(r)
 }
 

@@ -2,17 +2,7 @@
 //! `160 × weight` points derived from its address only, so removing one endpoint remaps
 //! only the keys that were on it.
 
-/// FNV-1a followed by a splitmix64 finalizer: stable across runs and platforms.
-pub fn hash_bytes(data: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in data {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    h ^ (h >> 31)
-}
+use crate::hash::hash_bytes;
 
 pub struct Ring {
     /// (point, endpoint index), sorted by point.

@@ -7,7 +7,7 @@ mod p2c_ewma;
 mod round_robin;
 mod weighted_round_robin;
 
-pub use consistent_hash::{hash_bytes, Ring};
+pub use consistent_hash::Ring;
 pub use least_connections::LeastConnections;
 pub use p2c_ewma::P2cEwma;
 pub use round_robin::RoundRobin;
@@ -77,29 +77,4 @@ impl Selector {
             Selector::ConsistentHash(ring) => ring.pick_where(key, usable),
         }
     }
-}
-
-/// A small, fast per-thread pseudo-random generator (xorshift64*), seeded from the
-/// standard library's random hasher keys. Not for cryptography.
-pub(crate) fn fast_rand() -> u64 {
-    use std::cell::Cell;
-    thread_local! {
-        static STATE: Cell<u64> = Cell::new(fast_rand_seed() | 1);
-    }
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        s.set(x);
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    })
-}
-
-/// A random 64-bit seed from the standard library's per-process hasher keys.
-pub(crate) fn fast_rand_seed() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(0x9E37_79B9_7F4A_7C15);
-    h.finish()
 }

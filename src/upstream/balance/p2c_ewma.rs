@@ -2,7 +2,7 @@
 //! endpoints at random and take the one with the lower `latency × (active + 1)`.
 //! Endpoints without a latency sample yet cost 0, so new endpoints are tried early.
 
-use super::fast_rand;
+use crate::hash::fast_rand;
 use crate::upstream::Endpoint;
 use std::sync::Arc;
 

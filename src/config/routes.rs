@@ -1,0 +1,363 @@
+//! `[[routes]]`: which requests a route takes (path, methods, hosts, headers, query), the
+//! upstream it sends them to, the Host it sends, its limits and its plugin chain.
+
+use super::error::{ConfigError, Source};
+use super::plugins::PluginConfig;
+use super::section::Section;
+use super::units::{Dur, Size};
+use super::upstreams::UpstreamConfig;
+use http::{HeaderName, HeaderValue, Method};
+use regex::Regex;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+use toml::Spanned;
+
+// ---------------------------------------------------------------------------------------
+// As written.
+// ---------------------------------------------------------------------------------------
+
+/// `[[routes]]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRoute {
+    /// `name = "chat"`: unique among routes (metrics and logs use it).
+    name: Spanned<String>,
+    /// `path = "/v1/models"`: exactly this path (one of `path`, `path_prefix`, `path_regex`).
+    path: Option<Spanned<String>>,
+    /// `path_prefix = "/v1"`: this path and everything below it.
+    path_prefix: Option<Spanned<String>>,
+    /// `path_regex = "^/v[0-9]+/models"`: searched, so anchor it.
+    path_regex: Option<Spanned<String>>,
+    /// `methods = ["GET", "POST"]` (default: every method).
+    methods: Option<Vec<Spanned<String>>>,
+    /// `hosts = ["api.example.com", "*.example.com"]` (default: any host).
+    #[serde(default)]
+    hosts: Vec<Spanned<String>>,
+    /// `headers = { "x-tenant" = "acme" }`: headers the request must carry with these values.
+    #[serde(default)]
+    headers: BTreeMap<String, Spanned<String>>,
+    /// `query = { plan = "pro" }`: query parameters the request must carry.
+    #[serde(default)]
+    query: BTreeMap<String, String>,
+    /// `strip_prefix = false`: forward the path without `path_prefix`.
+    #[serde(default)]
+    strip_prefix: bool,
+    /// `upstream = "chat"`: the `[[upstreams]]` name requests go to.
+    upstream: Spanned<String>,
+    /// `preserve_host = false`: send the client's Host instead of the target's address.
+    #[serde(default)]
+    preserve_host: bool,
+    /// `host_rewrite = "api.internal"`: send this Host to the upstream.
+    host_rewrite: Option<Spanned<String>>,
+    /// `max_body_size = "10MiB"` (default: `server.max_body_size`; 413 beyond).
+    max_body_size: Option<Size>,
+    /// `request_timeout = "60s"` (default: the upstream's).
+    request_timeout: Option<Dur>,
+    /// `plugins = [{ name = "api-key", config = { ... } }]`, run in this order.
+    #[serde(default)]
+    plugins: Vec<Spanned<RawRoutePlugin>>,
+    /// `buffer_request_body = "1MiB"`: buffer request bodies up to this size so plugins
+    /// can read them (larger bodies get 413).
+    buffer_request_body: Option<Size>,
+}
+
+/// One entry of a route's `plugins = [...]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoutePlugin {
+    /// `name = "api-key"`: a `[[plugins]]` name.
+    name: Spanned<String>,
+    /// `config = { header = "x-api-key" }`: handed to the plugin's `configure` as JSON text.
+    config: Option<toml::Table>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Validated.
+// ---------------------------------------------------------------------------------------
+
+#[derive(Clone, Debug)]
+pub enum PathMatch {
+    Exact(String),
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Clone, Debug)]
+pub enum HostPolicy {
+    /// Host = the target's address (default).
+    Target,
+    /// Host = the client's Host.
+    Preserve,
+    /// Host = this value.
+    Rewrite(HeaderValue),
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteConfig {
+    pub name: String,
+    pub path: PathMatch,
+    pub methods: Option<Vec<Method>>,
+    /// Lowercase host names; `*.example.com` matches any subdomain.
+    pub hosts: Vec<String>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub query: Vec<(String, String)>,
+    pub strip_prefix: bool,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub host: HostPolicy,
+    pub max_body_size: u64,
+    pub request_timeout: Option<Duration>,
+    pub plugins: Vec<RoutePlugin>,
+    /// Request bodies are buffered (up to this size) for plugins.
+    pub buffer_request_body: Option<u64>,
+}
+
+/// A plugin enabled on a route.
+#[derive(Clone, Debug)]
+pub struct RoutePlugin {
+    /// Index into [`Config::plugins`].
+    pub plugin: usize,
+    /// The route's `config` table as JSON text (`{}` when absent).
+    pub config_json: String,
+    /// Where the entry is in the file, for error messages: (line, column), key.
+    pub position: (usize, usize),
+    pub key: String,
+}
+
+// ---------------------------------------------------------------------------------------
+// Validation.
+// ---------------------------------------------------------------------------------------
+
+/// Validates `[[routes]]` against the upstreams and plugins they name; route names must
+/// be unique. `default_body` is `server.max_body_size`.
+pub(super) fn validate(
+    src: &Source<'_>,
+    raw: Vec<Spanned<RawRoute>>,
+    upstreams: &[UpstreamConfig],
+    plugins: &[PluginConfig],
+    default_body: u64,
+) -> Result<Vec<RouteConfig>, ConfigError> {
+    let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.len());
+    for (i, r) in raw.into_iter().enumerate() {
+        let cx = Section::new(src, format!("routes[{i}]"), r.span());
+        let r = r.into_inner();
+        let name = cx.name(&r.name, "route", routes.iter().map(|q| q.name.as_str()))?;
+        routes.push(route(&cx, name, r, upstreams, plugins, default_body)?);
+    }
+    Ok(routes)
+}
+
+/// One route, its name already checked.
+fn route(
+    cx: &Section<'_>,
+    name: String,
+    r: RawRoute,
+    upstreams: &[UpstreamConfig],
+    plugins: &[PluginConfig],
+    default_body: u64,
+) -> Result<RouteConfig, ConfigError> {
+    let path = match (&r.path, &r.path_prefix, &r.path_regex) {
+        (Some(p), None, None) => PathMatch::Exact(check_path(cx, p, "path")?),
+        (None, Some(p), None) => PathMatch::Prefix(check_path(cx, p, "path_prefix")?),
+        (None, None, Some(p)) => PathMatch::Regex(
+            Regex::new(p.get_ref())
+                .map_err(|e| cx.error(p.span(), "path_regex", format!("invalid regex: {e}")))?,
+        ),
+        (None, None, None) => {
+            return Err(cx.error_at_table(
+                "path",
+                format!("route `{name}` needs one of `path`, `path_prefix` or `path_regex`"),
+            ))
+        }
+        _ => {
+            return Err(cx.error_at_table(
+                "path",
+                format!(
+                    "route `{name}` may have only one of `path`, `path_prefix` and `path_regex`"
+                ),
+            ))
+        }
+    };
+    if r.strip_prefix && !matches!(path, PathMatch::Prefix(_)) {
+        return Err(cx.error_at_table("strip_prefix", "needs `path_prefix`"));
+    }
+    let (methods, hosts, headers) = matchers(cx, &r)?;
+    let Some(upstream) = upstreams
+        .iter()
+        .position(|u| u.name == *r.upstream.get_ref())
+    else {
+        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+        return Err(cx.error(
+            r.upstream.span(),
+            "upstream",
+            format!(
+                "route `{name}` names unknown upstream `{}` (known: {})",
+                r.upstream.get_ref(),
+                if known.is_empty() {
+                    "none".into()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    };
+    let host = match (&r.host_rewrite, r.preserve_host) {
+        (Some(h), false) => HostPolicy::Rewrite(
+            HeaderValue::from_str(h.get_ref())
+                .ok()
+                .filter(|_| h.get_ref().parse::<http::uri::Authority>().is_ok())
+                .ok_or_else(|| {
+                    cx.error(
+                        h.span(),
+                        "host_rewrite",
+                        format!("`{}` is not a host", h.get_ref()),
+                    )
+                })?,
+        ),
+        (Some(h), true) => {
+            return Err(cx.error(
+                h.span(),
+                "host_rewrite",
+                "cannot be combined with preserve_host = true",
+            ))
+        }
+        (None, true) => HostPolicy::Preserve,
+        (None, false) => HostPolicy::Target,
+    };
+    let route_plugins = plugin_chain(cx, &name, &r.plugins, plugins)?;
+    Ok(RouteConfig {
+        name,
+        path,
+        methods,
+        hosts,
+        headers,
+        query: r.query.into_iter().collect(),
+        strip_prefix: r.strip_prefix,
+        upstream,
+        host,
+        max_body_size: r.max_body_size.map_or(default_body, |v| v.0),
+        request_timeout: r.request_timeout.map(|d| d.0),
+        plugins: route_plugins,
+        buffer_request_body: r.buffer_request_body.map(|v| v.0),
+    })
+}
+
+/// What a request must carry besides its path: `methods`, `hosts`, `headers`.
+type Matchers = (
+    Option<Vec<Method>>,
+    Vec<String>,
+    Vec<(HeaderName, HeaderValue)>,
+);
+
+fn matchers(cx: &Section<'_>, r: &RawRoute) -> Result<Matchers, ConfigError> {
+    let methods = match &r.methods {
+        None => None,
+        Some(ms) => {
+            if ms.is_empty() {
+                return Err(cx.error_at_table(
+                    "methods",
+                    "must not be empty (leave it out to allow every method)",
+                ));
+            }
+            let mut out = Vec::new();
+            for m in ms {
+                let up = m.get_ref().to_ascii_uppercase();
+                let method = Method::from_bytes(up.as_bytes()).map_err(|_| {
+                    cx.error(
+                        m.span(),
+                        "methods",
+                        format!("`{}` is not an HTTP method", m.get_ref()),
+                    )
+                })?;
+                out.push(method);
+            }
+            Some(out)
+        }
+    };
+    let mut hosts = Vec::new();
+    for h in &r.hosts {
+        let v = h.get_ref().to_ascii_lowercase();
+        let bare = v.strip_prefix("*.").unwrap_or(&v);
+        if bare.is_empty() || bare.parse::<http::uri::Authority>().is_err() || bare.contains('*') {
+            return Err(cx.error(
+                h.span(),
+                "hosts",
+                format!("`{}` is not a host name (or `*.domain`)", h.get_ref()),
+            ));
+        }
+        hosts.push(v);
+    }
+    let mut headers = Vec::new();
+    for (n, v) in &r.headers {
+        let hn = HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
+            cx.error(
+                v.span(),
+                &format!("headers.{n}"),
+                format!("`{n}` is not a header name"),
+            )
+        })?;
+        let hv = HeaderValue::from_str(v.get_ref()).map_err(|_| {
+            cx.error(
+                v.span(),
+                &format!("headers.{n}"),
+                "not a valid header value",
+            )
+        })?;
+        headers.push((hn, hv));
+    }
+    Ok((methods, hosts, headers))
+}
+
+/// `plugins = [...]` of route `name`: each names a `[[plugins]]` entry.
+fn plugin_chain(
+    cx: &Section<'_>,
+    name: &str,
+    raw: &[Spanned<RawRoutePlugin>],
+    plugins: &[PluginConfig],
+) -> Result<Vec<RoutePlugin>, ConfigError> {
+    let mut route_plugins = Vec::new();
+    for (j, rp) in raw.iter().enumerate() {
+        let span = rp.span();
+        let rp = rp.get_ref();
+        let k = format!("plugins[{j}]");
+        let Some(plugin) = plugins.iter().position(|p| p.name == *rp.name.get_ref()) else {
+            return Err(cx.error(
+                rp.name.span(),
+                &format!("{k}.name"),
+                format!(
+                    "route `{name}` names unknown plugin `{}`",
+                    rp.name.get_ref()
+                ),
+            ));
+        };
+        let config_json = match &rp.config {
+            Some(t) => serde_json::to_string(t).expect("a TOML table is valid JSON"),
+            None => "{}".to_string(),
+        };
+        route_plugins.push(RoutePlugin {
+            plugin,
+            config_json,
+            position: cx.src.line_col(span.start),
+            key: cx.key(&k),
+        });
+    }
+    Ok(route_plugins)
+}
+
+fn check_path(cx: &Section<'_>, p: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+    let v = p.get_ref();
+    if !v.starts_with('/') {
+        return Err(cx.error(p.span(), key, format!("`{v}` must start with `/`")));
+    }
+    // Routes match normalized paths, so a route written un-normalized could never match.
+    match crate::normalize::normalize_path(v) {
+        Ok(n) if n == v.as_str() => Ok(v.clone()),
+        Ok(n) => Err(cx.error(
+            p.span(),
+            key,
+            format!("`{v}` is not in normal form; write `{n}`"),
+        )),
+        Err(e) => Err(cx.error(p.span(), key, format!("`{v}`: {e}"))),
+    }
+}
