@@ -2,9 +2,10 @@
 //! runtime [`Config`]. Every error names the file, line, column and key.
 //!
 //! Each section is read and validated by its own file — [`server`], [`upstreams`] (with
-//! [`resilience`] and, per source, `discovery/<kind>/config.rs`), [`plugins`], [`routes`] —
+//! [`resilience`] and [`discovery`], one file per source), [`plugins`], [`routes`] —
 //! all wording their errors through one [`section::Section`].
 
+pub mod discovery;
 pub(crate) mod error;
 mod plugins;
 pub mod resilience;
@@ -14,7 +15,7 @@ mod server;
 pub mod units;
 mod upstreams;
 
-pub use crate::discovery::config::DiscoveryConfig;
+pub use discovery::DiscoveryConfig;
 pub use error::ConfigError;
 pub use plugins::{OnError, PluginConfig};
 pub use routes::{HostPolicy, PathMatch, RouteConfig, RoutePlugin};

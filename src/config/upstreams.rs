@@ -2,11 +2,11 @@
 //! balanced, connection timeouts and pools, TLS to the targets, and the resilience
 //! sections (validated in [`super::resilience`]).
 
+use super::discovery::{self, DiscoveryConfig, RawDiscovery};
 use super::error::{ConfigError, Source};
 use super::resilience::{self, BreakerConfig, HealthCheckConfig, OutlierConfig, RetryConfig};
 use super::section::Section;
 use super::units::Dur;
-use crate::discovery::config::{self as discovery, DiscoveryConfig, RawDiscovery};
 use crate::tls::TlsFileError;
 use http::HeaderName;
 use rustls::pki_types::ServerName;

@@ -7,10 +7,8 @@
 //! constantly cannot make a busy loop. An instance's address is `Service.Address`, or
 //! `Node.Address` when that is empty; its weight is `Service.Weights.Passing`.
 
-pub mod config;
-
-use self::config::ConsulConfig;
 use super::{endpoint, Backoff, HttpClient, Sink};
+use crate::config::discovery::consul::ConsulConfig;
 use crate::config::{TargetConfig, MAX_WEIGHT};
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};

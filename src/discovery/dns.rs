@@ -5,10 +5,8 @@
 //! good set stays), since a transient NXDOMAIN is far more common than a service that
 //! really has no instance.
 
-pub mod config;
-
-use self::config::{DnsConfig, DnsQuery, IpFamily};
 use super::{endpoint, Backoff, Sink};
+use crate::config::discovery::dns::{DnsConfig, DnsQuery, IpFamily};
 use crate::config::{TargetConfig, MAX_WEIGHT};
 use hickory_resolver::config::{
     LookupIpStrategy, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,

@@ -7,10 +7,8 @@
 //! The gateway is part of every etcd v3 server (on by default since 3.3), so this needs
 //! nothing beyond the HTTP client the gateway already has: no gRPC stack, no protoc.
 
-pub mod config;
-
-use self::config::EtcdConfig;
 use super::{endpoint, preview, Backoff, HttpClient, Sink};
+use crate::config::discovery::etcd::EtcdConfig;
 use crate::config::TargetConfig;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;

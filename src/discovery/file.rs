@@ -3,11 +3,9 @@
 //! replaced by rename, symlink swaps (Kubernetes ConfigMaps) and network filesystems
 //! alike. A file that cannot be read or parsed is reported and the last good set stays.
 
-pub mod config;
-
-use self::config::{FileConfig, FileFormat};
 use super::endpoint::{self, Entry};
 use super::Sink;
+use crate::config::discovery::file::{FileConfig, FileFormat};
 use crate::config::TargetConfig;
 use serde::Deserialize;
 use std::collections::BTreeMap;

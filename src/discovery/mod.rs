@@ -9,14 +9,13 @@
 //! warning rather than failing the whole set.
 //!
 //! Tasks hold only a [`Weak`] reference to their upstream; they are started and aborted
-//! with the tables' other background tasks ([`crate::live::Live`]),
+//! with the tables' other background tasks (`Live` (`src/live.rs`)),
 //! so they end at shutdown or when a reload replaces the tables. A reload hands the
 //! endpoints of an unchanged source over to the new tables ([`carry_over`]).
 //!
 //! Each source is one file (its task) with its `config.rs` next to it (its keys as written,
 //! their validation and its validated config); [`config`] dispatches on `kind`.
 
-pub mod config;
 pub mod consul;
 pub mod dns;
 pub mod endpoint;
@@ -24,10 +23,10 @@ pub mod etcd;
 pub mod file;
 pub mod zookeeper;
 
+use crate::config::DiscoveryConfig;
 use crate::config::TargetConfig;
 use crate::upstream::Upstream;
 use bytes::Bytes;
-use config::DiscoveryConfig;
 use http_body_util::Full;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -39,7 +38,7 @@ use tokio::task::JoinHandle;
 
 /// Starts one discovery task per upstream that has a discovery source, on the current
 /// tokio runtime. The caller aborts them when the tables they feed are replaced or the
-/// gateway stops (see [`crate::live::Live`]).
+/// gateway stops (see `Live` (`src/live.rs`)).
 pub fn spawn(upstreams: &[Arc<Upstream>]) -> Vec<JoinHandle<()>> {
     upstreams
         .iter()

@@ -11,10 +11,8 @@
 //! - an endpoint JSON `{"address": "host:port", "weight": N}`, or `host:port` as text;
 //! - empty, with the child's name `host:port` itself.
 
-pub mod config;
-
-use self::config::ZookeeperConfig;
 use super::{endpoint, Backoff, Sink};
+use crate::config::discovery::zookeeper::ZookeeperConfig;
 use crate::config::TargetConfig;
 use tokio::task::JoinSet;
 use zookeeper_client::{Client, Error, EventType, SessionState};

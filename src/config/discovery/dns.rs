@@ -1,10 +1,10 @@
 //! `discovery = { kind = "dns", … }`: the keys as written and their validation into
 //! [`DnsConfig`].
 
+use crate::config::discovery::source_keys;
 use crate::config::section::Section;
 use crate::config::units::Dur;
 use crate::config::ConfigError;
-use crate::discovery::config::source_keys;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 use toml::Spanned;

@@ -1,15 +1,21 @@
 //! `discovery = { kind = "…", … }` of an upstream: the table as written and its validation
 //! into [`DiscoveryConfig`]. This file only dispatches on `kind`; each source declares its
-//! keys, validates them and defines its validated config in its own `<source>/config.rs`.
+//! keys, validates them and defines its validated config in its own file here
+//! (`config/discovery/<source>.rs`), as the resilience sections do in `config/resilience.rs`.
 //!
-//! Adding a source: its `config.rs` (keys with [`source_keys!`], `validate`, `describe`),
-//! its runtime next to it, a line in [`KINDS`] and a variant here, and its `run` in
-//! [`super::spawn`].
+//! Adding a source: its config file here (keys with [`source_keys!`], `validate`,
+//! `describe`), a line in [`KINDS`] and a variant here; its runtime in
+//! `src/discovery/<source>.rs` and its `run` in `discovery::spawn`.
 
-use super::{consul, dns, etcd, file, zookeeper};
-use crate::config::error::Source;
-use crate::config::section::Section;
-use crate::config::ConfigError;
+pub mod consul;
+pub mod dns;
+pub mod etcd;
+pub mod file;
+pub mod zookeeper;
+
+use super::error::Source;
+use super::section::Section;
+use super::ConfigError;
 use serde::de::{DeserializeOwned, Deserializer, MapAccess, Visitor};
 use serde::Deserialize;
 use std::sync::LazyLock;
@@ -18,20 +24,20 @@ use toml::Spanned;
 /// Where an upstream's endpoints come from, when not from static `targets`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum DiscoveryConfig {
-    Dns(dns::config::DnsConfig),
-    File(file::config::FileConfig),
-    Etcd(etcd::config::EtcdConfig),
-    Zookeeper(zookeeper::config::ZookeeperConfig),
-    Consul(consul::config::ConsulConfig),
+    Dns(dns::DnsConfig),
+    File(file::FileConfig),
+    Etcd(etcd::EtcdConfig),
+    Zookeeper(zookeeper::ZookeeperConfig),
+    Consul(consul::ConsulConfig),
 }
 
 /// Each kind and the keys it accepts besides `kind`.
 const KINDS: &[(&str, &[&str])] = &[
-    ("dns", dns::config::RawDns::KEYS),
-    ("file", file::config::RawFile::KEYS),
-    ("etcd", etcd::config::RawEtcd::KEYS),
-    ("zookeeper", zookeeper::config::RawZookeeper::KEYS),
-    ("consul", consul::config::RawConsul::KEYS),
+    ("dns", dns::RawDns::KEYS),
+    ("file", file::RawFile::KEYS),
+    ("etcd", etcd::RawEtcd::KEYS),
+    ("zookeeper", zookeeper::RawZookeeper::KEYS),
+    ("consul", consul::RawConsul::KEYS),
 ];
 
 impl DiscoveryConfig {
@@ -103,26 +109,16 @@ pub(crate) fn validate(
         entries: raw.keys,
     };
     Ok(match kind.get_ref().as_str() {
-        "dns" => DiscoveryConfig::Dns(dns::config::validate(
+        "dns" => DiscoveryConfig::Dns(dns::validate(cx, dns::RawDns::read(&mut keys)?)?),
+        "file" => DiscoveryConfig::File(file::validate(cx, file::RawFile::read(&mut keys)?)?),
+        "etcd" => DiscoveryConfig::Etcd(etcd::validate(cx, etcd::RawEtcd::read(&mut keys)?)?),
+        "zookeeper" => DiscoveryConfig::Zookeeper(zookeeper::validate(
             cx,
-            dns::config::RawDns::read(&mut keys)?,
+            zookeeper::RawZookeeper::read(&mut keys)?,
         )?),
-        "file" => DiscoveryConfig::File(file::config::validate(
-            cx,
-            file::config::RawFile::read(&mut keys)?,
-        )?),
-        "etcd" => DiscoveryConfig::Etcd(etcd::config::validate(
-            cx,
-            etcd::config::RawEtcd::read(&mut keys)?,
-        )?),
-        "zookeeper" => DiscoveryConfig::Zookeeper(zookeeper::config::validate(
-            cx,
-            zookeeper::config::RawZookeeper::read(&mut keys)?,
-        )?),
-        "consul" => DiscoveryConfig::Consul(consul::config::validate(
-            cx,
-            consul::config::RawConsul::read(&mut keys)?,
-        )?),
+        "consul" => {
+            DiscoveryConfig::Consul(consul::validate(cx, consul::RawConsul::read(&mut keys)?)?)
+        }
         _ => unreachable!("kind checked against KINDS"),
     })
 }
@@ -282,7 +278,7 @@ macro_rules! source_keys {
             pub(crate) const KEYS: &'static [&'static str] = &[$(stringify!($field)),*];
 
             pub(crate) fn read(
-                keys: &mut $crate::discovery::config::Keys<'_>,
+                keys: &mut $crate::config::discovery::Keys<'_>,
             ) -> Result<Self, $crate::config::ConfigError> {
                 Ok($name {
                     $( $field: keys.take(stringify!($field))?, )*

@@ -1,10 +1,10 @@
 //! `discovery = { kind = "zookeeper", … }`: the keys as written and their validation into
 //! [`ZookeeperConfig`].
 
+use crate::config::discovery::source_keys;
 use crate::config::section::Section;
 use crate::config::units::Dur;
 use crate::config::ConfigError;
-use crate::discovery::config::source_keys;
 use std::time::Duration;
 
 source_keys! {

@@ -1,10 +1,10 @@
 //! `discovery = { kind = "file", … }`: the keys as written and their validation into
 //! [`FileConfig`].
 
+use crate::config::discovery::source_keys;
 use crate::config::section::Section;
 use crate::config::units::Dur;
 use crate::config::ConfigError;
-use crate::discovery::config::source_keys;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

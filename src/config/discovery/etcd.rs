@@ -1,9 +1,9 @@
 //! `discovery = { kind = "etcd", … }`: the keys as written and their validation into
 //! [`EtcdConfig`].
 
+use crate::config::discovery::{http_base, source_keys};
 use crate::config::section::Section;
 use crate::config::ConfigError;
-use crate::discovery::config::{http_base, source_keys};
 use toml::Spanned;
 
 source_keys! {

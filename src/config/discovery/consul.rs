@@ -1,10 +1,10 @@
 //! `discovery = { kind = "consul", … }`: the keys as written and their validation into
 //! [`ConsulConfig`].
 
+use crate::config::discovery::{http_base, source_keys};
 use crate::config::section::Section;
 use crate::config::units::Dur;
 use crate::config::ConfigError;
-use crate::discovery::config::{http_base, source_keys};
 use std::time::Duration;
 use toml::Spanned;
 
