@@ -1,11 +1,10 @@
 //! `portcullis plugin new`: each language's scaffold builds into a component that the
 //! gateway runs as an auth plugin (right key 200 with its consumer, anything else 401).
 
-mod support;
+use crate::support::*;
 use http_body_util::Full;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::*;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -3,8 +3,8 @@
 //! for added and removed children, the server going away, and a fresh server (which no
 //! longer knows the gateway's session) forcing a new session and a new listing.
 
-use super::support::{Gateway, TempDir, Upstream};
 use super::*;
+use crate::support::{Gateway, TempDir, Upstream};
 use std::path::PathBuf;
 use zookeeper_client::{Acls, Client, CreateMode};
 

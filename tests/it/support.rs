@@ -1,6 +1,5 @@
 //! Shared pieces of the integration tests: the real gateway binary started on a config,
 //! real upstream servers on 127.0.0.1:0, and a plain hyper client.
-#![allow(dead_code)]
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -274,10 +273,6 @@ impl Upstream {
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
     }
-
-    pub fn stop(&self) {
-        self.task.abort();
-    }
 }
 
 impl Drop for Upstream {
@@ -392,7 +387,7 @@ pub fn config(upstream_extra: &str, targets: &[SocketAddr], routes: &str) -> Str
 }
 
 /// The path of a guest plugin component built from `plugins/` (by `plugins/build.sh`,
-/// run once per test binary; cargo makes repeated builds cheap).
+/// run once per test process; cargo makes repeated builds cheap).
 pub fn plugin(name: &str) -> String {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));

@@ -8,9 +8,6 @@
 //! Every wait is for an event: traffic reaching exactly the expected replicas, or a log
 //! line — never a fixed sleep.
 
-#[path = "../support/mod.rs"]
-mod support;
-
 mod consul;
 mod consul_api;
 mod dns;
@@ -18,11 +15,11 @@ mod etcd;
 mod file;
 mod zookeeper;
 
+use crate::support::{self, client, send, Gateway};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{client, send, Gateway};
 
 /// How long any one awaited change may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(45);

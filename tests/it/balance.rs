@@ -1,10 +1,9 @@
 //! Load balancing through the gateway to real upstream servers.
 
-mod support;
+use crate::support::*;
 use http_body_util::Full;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use support::*;
 use tokio::sync::{mpsc, Notify};
 
 fn one_route(balance: &str, targets: &[(SocketAddr, u32)], extra: &str) -> String {

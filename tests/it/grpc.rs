@@ -1,8 +1,8 @@
-//! gRPC end to end: a real grpcio server (tests/grpc/server.py) behind the
-//! gateway, driven by a real grpcio client (tests/grpc/client.py), both
+//! gRPC end to end: a real grpcio server (tests/it/grpc/server.py) behind the
+//! gateway, driven by a real grpcio client (tests/it/grpc/client.py), both
 //! plaintext HTTP/2 (h2c).
 //!
-//! Needs `python3` with `grpcio` (`pip install -r tests/grpc/requirements.txt`).
+//! Needs `python3` with `grpcio` (`pip install -r tests/it/grpc/requirements.txt`).
 //! Without it the test prints a skip reason and passes, except when the `CI`
 //! environment variable is set: there it must run, so it fails.
 
@@ -19,9 +19,7 @@ const PYTHON: &str = "python3";
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn grpc_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("grpc")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/grpc")
 }
 
 /// A scratch directory under the system temp dir, removed on drop.
@@ -163,12 +161,12 @@ fn python_grpc_available() -> bool {
     if std::env::var_os("CI").is_some() {
         panic!(
             "{reason}\nCI is set, so the gRPC end-to-end test must run: \
-             pip install -r tests/grpc/requirements.txt"
+             pip install -r tests/it/grpc/requirements.txt"
         );
     }
     eprintln!(
         "SKIPPED grpc end-to-end test: {reason}\n\
-         (install with: pip install -r tests/grpc/requirements.txt)"
+         (install with: pip install -r tests/it/grpc/requirements.txt)"
     );
     false
 }

@@ -1,8 +1,7 @@
 //! The access log (text and JSON) and the admin listener.
 
-mod support;
+use crate::support::*;
 use http_body_util::Full;
-use support::*;
 
 const ROUTE: &str = "[[routes]]\nname = \"chat\"\npath_prefix = \"/v1\"\nupstream = \"up\"\n";
 

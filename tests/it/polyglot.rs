@@ -5,12 +5,11 @@
 //! When the toolchains cannot be installed (no python3/node, no network) the tests print why
 //! and pass, unless the environment variable `CI` is set: then they fail.
 
-mod support;
+use crate::support::*;
 use http_body_util::Full;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
-use support::*;
 
 /// Where compiled plugins are cached between test runs: the components are 12-18 MB and take
 /// 10-20 s to compile the first time.

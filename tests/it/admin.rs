@@ -1,12 +1,10 @@
 //! The admin listener: metrics, the JSON admin API, its token, and hot reload under load.
 
-mod support;
-
+use crate::support::*;
 use http_body_util::Full;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
 
 fn admin_url(gw: &Gateway, path: &str) -> String {
     format!("http://{}{}", gw.admin.expect("admin listener"), path)

@@ -1,8 +1,7 @@
 //! Circuit breakers, health checks, outlier detection and retries through the real
 //! binary, against real upstream servers that are killed and restarted.
 
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -10,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
 
 /// A replica on its own thread and runtime: [`Replica::kill`] drops the runtime, which
 /// closes the listener *and* every open connection, as a crashed process would.
