@@ -176,6 +176,7 @@ async fn weighted_least_connections_uses_weights() {
 async fn p2c_ewma_prefers_the_fast_endpoint() {
     let fast = Upstream::echo("fast").await;
     let slow = Upstream::start(|req| async move {
+        // Deliberately slow: the latency is what p2c_ewma must learn, not an awaited event.
         tokio::time::sleep(std::time::Duration::from_millis(40)).await;
         echo_response("slow", req).await
     })

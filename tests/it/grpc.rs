@@ -15,6 +15,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::support::poll_blocking;
+
 const PYTHON: &str = "python3";
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -119,9 +121,8 @@ impl Proc {
                     )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    // Stdout closed: give the process a moment to finish exiting.
-                    thread::sleep(Duration::from_millis(200));
-                    let status = self.exit_status();
+                    // Stdout closed: the process is exiting; wait (a little) for its status.
+                    let status = poll_blocking(Duration::from_secs(5), || self.exit_status());
                     panic!(
                         "{}: stdout closed before {what} (exit status: {status:?})\n\
                          stdout:\n{}\nstderr:\n{}",

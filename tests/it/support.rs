@@ -1,5 +1,6 @@
 //! Shared pieces of the integration tests: the real gateway binary started on a config,
-//! real upstream servers on 127.0.0.1:0, and a plain hyper client.
+//! real upstream servers on 127.0.0.1:0, a plain hyper client, and waits on conditions
+//! (never a fixed sleep where an event can be awaited).
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -17,10 +18,58 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 
 pub use portcullis::demo::ChannelBody;
+
+/// How long a test waits for something to happen before it fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// How often a condition is polled.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Polls `check` every `every` until it returns `Ok`; after `deadline` it panics, naming
+/// `what` and the last `Err`.
+pub async fn until_ok<T, E: std::fmt::Debug>(
+    what: &str,
+    deadline: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(e) if start.elapsed() >= deadline => {
+                panic!("timed out after {deadline:?} waiting for {what} (last check: {e:?})")
+            }
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
+}
+
+/// Polls `cond` every few milliseconds until it holds; panics naming `what` after
+/// `deadline`.
+pub async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let check = async || if cond() { Ok(()) } else { Err("false") };
+    until_ok(what, deadline, POLL, check).await
+}
+
+/// Blocks, polling `check` every few milliseconds, until it returns `Some` or `deadline`
+/// has passed (`None`): for a thread outside the tokio runtime.
+pub fn poll_blocking<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if start.elapsed() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
 
 pub type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -155,14 +204,12 @@ impl Gateway {
             || (want_admin && admin.is_none())
             || (want_tls && tls_addr.is_none())
         {
-            let line = rx
-                .recv_timeout(std::time::Duration::from_secs(30))
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "gateway did not announce its listener (exit: {:?})",
-                        child.try_wait()
-                    )
-                });
+            let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+                panic!(
+                    "gateway did not announce its listener (exit: {:?})",
+                    child.try_wait()
+                )
+            });
             if let Some(a) = line.strip_prefix("listening on http://") {
                 addr = addr.or(Some(a.parse().unwrap()));
             } else if let Some(a) = line.strip_prefix("listening on https://") {
@@ -187,7 +234,7 @@ impl Gateway {
         let rx = self.stderr.as_ref().expect("started with start_logging");
         loop {
             let line = rx
-                .recv_timeout(std::time::Duration::from_secs(30))
+                .recv_timeout(WAIT)
                 .unwrap_or_else(|_| panic!("no log line with {needles:?}"));
             if needles.iter().all(|n| line.contains(n)) {
                 return line;
