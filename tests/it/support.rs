@@ -452,6 +452,38 @@ pub fn plugin(name: &str) -> String {
     p.display().to_string()
 }
 
+/// Runs `plugins/build-polyglot.sh` once per test process: the scaffold and polyglot tests
+/// both need what it installs, and two runs at once would race on its venv and
+/// node_modules. `Err` carries the reason when the toolchains cannot be had (exit 2).
+pub fn build_polyglot() -> Result<(), String> {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let out = Command::new("bash")
+                .arg(root.join("plugins/build-polyglot.sh"))
+                .output()
+                .expect("run plugins/build-polyglot.sh");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            match out.status.code() {
+                Some(0) => Ok(()),
+                // The script's code for "toolchain not installed and cannot be installed".
+                Some(2) => {
+                    let reason = stderr
+                        .lines()
+                        .find_map(|l| l.split_once("toolchain unavailable: ").map(|(_, r)| r))
+                        .unwrap_or(stderr.trim());
+                    Err(reason.to_string())
+                }
+                _ => panic!(
+                    "plugins/build-polyglot.sh failed ({}):\n{stderr}",
+                    out.status
+                ),
+            }
+        })
+        .clone()
+}
+
 /// Runs `portcullis validate PATH`; returns whether it accepted and its stdout + stderr.
 pub fn validate(path: &std::path::Path) -> (bool, String) {
     let out = Command::new(bin())
