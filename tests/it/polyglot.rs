@@ -5,12 +5,10 @@
 //! When the toolchains cannot be installed (no python3/node, no network) the tests print why
 //! and pass, unless the environment variable `CI` is set: then they fail.
 
-mod support;
+use crate::support::*;
 use http_body_util::Full;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::OnceLock;
-use support::*;
 
 /// Where compiled plugins are cached between test runs: the components are 12-18 MB and take
 /// 10-20 s to compile the first time.
@@ -50,33 +48,14 @@ fn gateway_config(upstream: &str, py: &Path, js: &Path) -> String {
     )
 }
 
-/// Builds both components once per test binary, then compiles them into the on-disk cache
+/// Builds both components once per test process, then compiles them into the on-disk cache
 /// with `portcullis validate` (no listener timeout there), so that each gateway started
 /// afterwards loads them in about a second. `None` = skip (reason printed).
 fn components() -> Option<(PathBuf, PathBuf)> {
     static BUILT: OnceLock<Result<(PathBuf, PathBuf), String>> = OnceLock::new();
     let built = BUILT.get_or_init(|| {
+        build_polyglot()?;
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
-            .arg(root.join("plugins/build-polyglot.sh"))
-            .output()
-            .expect("run plugins/build-polyglot.sh");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        match out.status.code() {
-            Some(0) => {}
-            // The script's code for "toolchain not installed and cannot be installed".
-            Some(2) => {
-                let reason = stderr
-                    .lines()
-                    .find_map(|l| l.split_once("toolchain unavailable: ").map(|(_, r)| r))
-                    .unwrap_or(stderr.trim());
-                return Err(reason.to_string());
-            }
-            _ => panic!(
-                "plugins/build-polyglot.sh failed ({}):\n{stderr}",
-                out.status
-            ),
-        }
         let dir = root.join("plugins/target/components");
         let (py, js) = (dir.join("python-api-key.wasm"), dir.join("js-bearer.wasm"));
         assert!(

@@ -2,8 +2,8 @@
 //! initial keys, a put and a delete seen through the watch, and an etcd restart on the
 //! same data dir, after which the watch resumes.
 
-use super::support::{Gateway, TempDir, Upstream};
 use super::*;
+use crate::support::{Gateway, TempDir, Upstream};
 use std::path::PathBuf;
 
 const ETCD: &str = "/usr/bin/etcd";

@@ -4,8 +4,8 @@
 //! and comes back with a lower index.
 
 use super::consul_api::{ConsulApi, Instance};
-use super::support::{client, get, send, Gateway, Upstream};
 use super::*;
+use crate::support::{client, get, send, Gateway, Upstream};
 use http_body_util::Full;
 use tokio::net::TcpListener;
 

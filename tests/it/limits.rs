@@ -1,9 +1,8 @@
 //! Limits and timeouts: 413, 431, dribbling clients, 502/504 from upstream failures.
 
-mod support;
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
-use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

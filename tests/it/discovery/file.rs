@@ -1,8 +1,8 @@
 //! File discovery: the gateway follows a TOML or JSON endpoint file as it changes, and a
 //! broken or missing file keeps the last good set.
 
-use super::support::{get, Gateway, TempDir, Upstream};
 use super::*;
+use crate::support::{get, Gateway, TempDir, Upstream};
 
 fn toml_file(ups: &[&Upstream]) -> String {
     ups.iter()

@@ -1,9 +1,8 @@
 //! Process lifecycle: graceful shutdown drains in-flight requests; the demo works.
 
-mod support;
+use crate::support::*;
 use std::sync::Arc;
 use std::time::Duration;
-use support::*;
 use tokio::sync::{mpsc, Notify};
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,6 @@
 //! Shared pieces of the integration tests: the real gateway binary started on a config,
-//! real upstream servers on 127.0.0.1:0, and a plain hyper client.
-#![allow(dead_code)]
+//! real upstream servers on 127.0.0.1:0, a plain hyper client, and waits on conditions
+//! (never a fixed sleep where an event can be awaited).
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -18,10 +18,58 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 
 pub use portcullis::demo::ChannelBody;
+
+/// How long a test waits for something to happen before it fails.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// How often a condition is polled.
+const POLL: Duration = Duration::from_millis(5);
+
+/// Polls `check` every `every` until it returns `Ok`; after `deadline` it panics, naming
+/// `what` and the last `Err`.
+pub async fn until_ok<T, E: std::fmt::Debug>(
+    what: &str,
+    deadline: Duration,
+    every: Duration,
+    mut check: impl AsyncFnMut() -> Result<T, E>,
+) -> T {
+    let start = Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(e) if start.elapsed() >= deadline => {
+                panic!("timed out after {deadline:?} waiting for {what} (last check: {e:?})")
+            }
+            Err(_) => tokio::time::sleep(every).await,
+        }
+    }
+}
+
+/// Polls `cond` every few milliseconds until it holds; panics naming `what` after
+/// `deadline`.
+pub async fn wait_until(what: &str, deadline: Duration, mut cond: impl FnMut() -> bool) {
+    let check = async || if cond() { Ok(()) } else { Err("false") };
+    until_ok(what, deadline, POLL, check).await
+}
+
+/// Blocks, polling `check` every few milliseconds, until it returns `Some` or `deadline`
+/// has passed (`None`): for a thread outside the tokio runtime.
+pub fn poll_blocking<T>(deadline: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if start.elapsed() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL);
+    }
+}
 
 pub type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
@@ -156,14 +204,12 @@ impl Gateway {
             || (want_admin && admin.is_none())
             || (want_tls && tls_addr.is_none())
         {
-            let line = rx
-                .recv_timeout(std::time::Duration::from_secs(30))
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "gateway did not announce its listener (exit: {:?})",
-                        child.try_wait()
-                    )
-                });
+            let line = rx.recv_timeout(WAIT).unwrap_or_else(|_| {
+                panic!(
+                    "gateway did not announce its listener (exit: {:?})",
+                    child.try_wait()
+                )
+            });
             if let Some(a) = line.strip_prefix("listening on http://") {
                 addr = addr.or(Some(a.parse().unwrap()));
             } else if let Some(a) = line.strip_prefix("listening on https://") {
@@ -188,7 +234,7 @@ impl Gateway {
         let rx = self.stderr.as_ref().expect("started with start_logging");
         loop {
             let line = rx
-                .recv_timeout(std::time::Duration::from_secs(30))
+                .recv_timeout(WAIT)
                 .unwrap_or_else(|_| panic!("no log line with {needles:?}"));
             if needles.iter().all(|n| line.contains(n)) {
                 return line;
@@ -273,10 +319,6 @@ impl Upstream {
 
     pub fn hits(&self) -> usize {
         self.hits.load(Ordering::SeqCst)
-    }
-
-    pub fn stop(&self) {
-        self.task.abort();
     }
 }
 
@@ -392,7 +434,7 @@ pub fn config(upstream_extra: &str, targets: &[SocketAddr], routes: &str) -> Str
 }
 
 /// The path of a guest plugin component built from `plugins/` (by `plugins/build.sh`,
-/// run once per test binary; cargo makes repeated builds cheap).
+/// run once per test process; cargo makes repeated builds cheap).
 pub fn plugin(name: &str) -> String {
     static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -408,6 +450,38 @@ pub fn plugin(name: &str) -> String {
         .join(format!("{name}.wasm"));
     assert!(p.is_file(), "{} was not built", p.display());
     p.display().to_string()
+}
+
+/// Runs `plugins/build-polyglot.sh` once per test process: the scaffold and polyglot tests
+/// both need what it installs, and two runs at once would race on its venv and
+/// node_modules. `Err` carries the reason when the toolchains cannot be had (exit 2).
+pub fn build_polyglot() -> Result<(), String> {
+    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+            let out = Command::new("bash")
+                .arg(root.join("plugins/build-polyglot.sh"))
+                .output()
+                .expect("run plugins/build-polyglot.sh");
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            match out.status.code() {
+                Some(0) => Ok(()),
+                // The script's code for "toolchain not installed and cannot be installed".
+                Some(2) => {
+                    let reason = stderr
+                        .lines()
+                        .find_map(|l| l.split_once("toolchain unavailable: ").map(|(_, r)| r))
+                        .unwrap_or(stderr.trim());
+                    Err(reason.to_string())
+                }
+                _ => panic!(
+                    "plugins/build-polyglot.sh failed ({}):\n{stderr}",
+                    out.status
+                ),
+            }
+        })
+        .clone()
 }
 
 /// Runs `portcullis validate PATH`; returns whether it accepted and its stdout + stderr.

@@ -1,9 +1,8 @@
 //! Plugins through the real binary: auth, predicates, transforms, and hostile guests.
 
-mod support;
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
-use support::*;
 
 fn plugins_config(up: &Upstream, plugins: &str, routes: &str) -> String {
     format!(

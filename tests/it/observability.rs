@@ -1,8 +1,7 @@
 //! The access log (text and JSON) and the admin listener.
 
-mod support;
+use crate::support::*;
 use http_body_util::Full;
-use support::*;
 
 const ROUTE: &str = "[[routes]]\nname = \"chat\"\npath_prefix = \"/v1\"\nupstream = \"up\"\n";
 
@@ -189,14 +188,18 @@ async fn keyed_get(gw: &Gateway, key: &str, request_id: &str) -> Reply {
 /// The JSON line of the access-log file that mentions `needle`, once it is written (the
 /// file is appended by a background thread).
 async fn wait_file_line(path: &std::path::Path, needle: &str) -> serde_json::Value {
-    for _ in 0..300 {
+    let what = format!("a line with {needle} in {}", path.display());
+    let every = std::time::Duration::from_millis(20);
+    let line = until_ok(&what, WAIT, every, async || {
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-            return serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    panic!("no line with {needle} in {}", path.display());
+        let line = text
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_string);
+        line.ok_or("not written yet")
+    })
+    .await;
+    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
 #[test]

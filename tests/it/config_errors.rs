@@ -1,9 +1,8 @@
 //! `portcullis validate` and `run` on bad configs: each error names file, line, column
 //! and key, and `run` refuses to start on the same errors.
 
-mod support;
+use crate::support::{self, bin, TempDir};
 use std::process::Command;
-use support::{bin, TempDir};
 
 const BASE: &str = r#"[server]
 listen = "127.0.0.1:0"

@@ -2,11 +2,9 @@
 //! against a running gateway; the rendered DOM must show the upstreams, their endpoints
 //! and their live states. A screenshot is kept at `target/artifacts/dashboard.png`.
 
-mod support;
-
+use crate::support::*;
 use std::path::PathBuf;
 use std::process::Command;
-use support::*;
 
 /// The chromium binary, or `None` (outside CI only) with the reason printed.
 fn chromium() -> Option<PathBuf> {

@@ -1,9 +1,8 @@
 //! Routing, path normalization and header handling through the real binary.
 
-mod support;
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
-use support::*;
 
 async fn two_upstreams() -> (Upstream, Upstream, Gateway) {
     let public = Upstream::echo("public").await;

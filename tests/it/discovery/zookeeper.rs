@@ -3,8 +3,8 @@
 //! for added and removed children, the server going away, and a fresh server (which no
 //! longer knows the gateway's session) forcing a new session and a new listing.
 
-use super::support::{Gateway, TempDir, Upstream};
 use super::*;
+use crate::support::{Gateway, TempDir, Upstream};
 use std::path::PathBuf;
 use zookeeper_client::{Acls, Client, CreateMode};
 
@@ -50,23 +50,20 @@ impl ZooKeeper {
     /// Connects a client of the test's own (waiting for the server to come up).
     async fn client(&mut self) -> Client {
         let servers = format!("127.0.0.1:{}", self.port);
-        let start = Instant::now();
-        loop {
+        let every = Duration::from_millis(100);
+        crate::support::until_ok("zookeeper to come up", DEADLINE, every, async || {
             let connected = Client::connector()
                 .with_session_timeout(Duration::from_secs(5))
                 .with_connection_timeout(Duration::from_millis(500))
                 .with_fail_eagerly()
                 .connect(&servers)
                 .await;
-            match connected {
-                Ok(c) => return c,
-                Err(e) => {
-                    self.server.assert_running(&self.log);
-                    assert!(start.elapsed() < DEADLINE, "zookeeper did not come up: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
+            if connected.is_err() {
+                self.server.assert_running(&self.log);
             }
-        }
+            connected
+        })
+        .await
     }
 }
 

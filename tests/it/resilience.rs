@@ -1,8 +1,7 @@
 //! Circuit breakers, health checks, outlier detection and retries through the real
 //! binary, against real upstream servers that are killed and restarted.
 
-mod support;
-
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
@@ -10,7 +9,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::*;
 
 /// A replica on its own thread and runtime: [`Replica::kill`] drops the runtime, which
 /// closes the listener *and* every open connection, as a crashed process would.
@@ -138,15 +136,6 @@ async fn gets(c: &HttpClient, gw: &Gateway, n: usize) -> Vec<u16> {
     out
 }
 
-/// Polls `cond` until it holds (panics after 30 s).
-async fn until(what: &str, cond: impl Fn() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-}
-
 fn failures(statuses: &[u16]) -> usize {
     statuses.iter().filter(|&&s| s != 200).count()
 }
@@ -182,11 +171,11 @@ async fn with_retries_a_killed_replica_costs_no_get_and_comes_back_after_a_probe
         }));
     }
     // Let b serve some traffic first, then kill it mid-stream.
-    until("b served 20 requests", || b.hits() >= 20).await;
+    wait_until("b served 20 requests", WAIT, || b.hits() >= 20).await;
     b.kill();
     gw.wait_log(&["circuit breaker opened", &b.addr.to_string()]);
     let before_restart = a.hits() + c.hits();
-    until("a and c served 100 more", || {
+    wait_until("a and c served 100 more", WAIT, || {
         a.hits() + c.hits() >= before_restart + 100
     })
     .await;
@@ -194,7 +183,7 @@ async fn with_retries_a_killed_replica_costs_no_get_and_comes_back_after_a_probe
     let b_hits = b.hits();
     b.restart(echo_handler("b"));
     gw.wait_log(&["circuit breaker closed", &b.addr.to_string()]);
-    until("b serves again", || b.hits() >= b_hits + 20).await;
+    wait_until("b serves again", WAIT, || b.hits() >= b_hits + 20).await;
     stop.store(true, Ordering::SeqCst);
     let mut all = Vec::new();
     for t in clients {

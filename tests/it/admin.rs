@@ -1,12 +1,10 @@
 //! The admin listener: metrics, the JSON admin API, its token, and hot reload under load.
 
-mod support;
-
+use crate::support::*;
 use http_body_util::Full;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use support::*;
+use std::time::Instant;
 
 fn admin_url(gw: &Gateway, path: &str) -> String {
     format!("http://{}{}", gw.admin.expect("admin listener"), path)
@@ -334,9 +332,10 @@ async fn reloads_under_load_lose_no_request_and_switch_routes() {
     for i in 0..10 {
         // Reload while requests flow: let 300 complete between reloads.
         let before = done.load(Ordering::SeqCst);
-        while done.load(Ordering::SeqCst) < before + 300 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+        wait_until("300 more requests", WAIT, || {
+            done.load(Ordering::SeqCst) >= before + 300
+        })
+        .await;
         let (text, want) = if i % 2 == 0 {
             (&config_b, "beta")
         } else {
@@ -368,9 +367,10 @@ async fn reloads_under_load_lose_no_request_and_switch_routes() {
     }
     // Keep the load running past the last reload, then stop it.
     let before = done.load(Ordering::SeqCst);
-    while done.load(Ordering::SeqCst) < before + 300 {
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    wait_until("300 more requests", WAIT, || {
+        done.load(Ordering::SeqCst) >= before + 300
+    })
+    .await;
     stop.store(true, Ordering::SeqCst);
     let mut total = 0;
     for t in load {

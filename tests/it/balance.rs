@@ -1,10 +1,9 @@
 //! Load balancing through the gateway to real upstream servers.
 
-mod support;
+use crate::support::*;
 use http_body_util::Full;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use support::*;
 use tokio::sync::{mpsc, Notify};
 
 fn one_route(balance: &str, targets: &[(SocketAddr, u32)], extra: &str) -> String {
@@ -177,6 +176,7 @@ async fn weighted_least_connections_uses_weights() {
 async fn p2c_ewma_prefers_the_fast_endpoint() {
     let fast = Upstream::echo("fast").await;
     let slow = Upstream::start(|req| async move {
+        // Deliberately slow: the latency is what p2c_ewma must learn, not an awaited event.
         tokio::time::sleep(std::time::Duration::from_millis(40)).await;
         echo_response("slow", req).await
     })

@@ -5,11 +5,8 @@
 //! server is not installed is skipped with a message, except in CI (`CI` set), where it
 //! fails: `.ci/run` installs them.
 //!
-//! Every wait is for an event: traffic reaching exactly the expected replicas, or a log
-//! line — never a fixed sleep.
-
-#[path = "../support/mod.rs"]
-mod support;
+//! Every wait is for an event: traffic reaching exactly the expected replicas (polled with
+//! `support::until_ok`), or a log line — never a fixed sleep.
 
 mod consul;
 mod consul_api;
@@ -18,11 +15,11 @@ mod etcd;
 mod file;
 mod zookeeper;
 
+use crate::support::{self, client, send, Gateway};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{client, send, Gateway};
 
 /// How long any one awaited change may take before the test fails.
 pub const DEADLINE: Duration = Duration::from_secs(45);
@@ -69,18 +66,18 @@ pub async fn tally(gw: &Gateway, n: usize) -> BTreeMap<String, usize> {
 pub async fn wait_for(gw: &Gateway, want: &[&str]) -> Duration {
     let start = Instant::now();
     let want: BTreeSet<String> = want.iter().map(|s| s.to_string()).collect();
-    loop {
+    let what = format!("traffic to reach exactly {want:?}");
+    support::until_ok(&what, DEADLINE, Duration::from_millis(20), async || {
         let seen = tally(gw, 3 * want.len() + 3).await;
         let got: BTreeSet<String> = seen.keys().cloned().collect();
         if got == want {
-            return start.elapsed();
+            Ok(())
+        } else {
+            Err(seen)
         }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "traffic never reached exactly {want:?}; last saw {seen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    start.elapsed()
 }
 
 /// Asserts that (still) exactly `want` answer.
@@ -167,11 +164,15 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let start = Instant::now();
-    while !ready().await {
-        assert!(start.elapsed() < DEADLINE, "{what} did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let what = format!("{what} to become ready");
+    support::until_ok(&what, DEADLINE, Duration::from_millis(50), async || {
+        if ready().await {
+            Ok(())
+        } else {
+            Err("not ready")
+        }
+    })
+    .await
 }
 
 /// Writes `text` to `path` atomically (a temp file renamed over it), as the README advises.

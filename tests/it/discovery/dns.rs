@@ -2,8 +2,8 @@
 //! reloaded with SIGHUP) and SRV records (priority and weight; dnsmasq restarted with new
 //! records on the same port).
 
-use super::support::{echo_response, Gateway, TempDir, Upstream};
 use super::*;
+use crate::support::{echo_response, Gateway, TempDir, Upstream};
 use std::path::PathBuf;
 
 const DNSMASQ: &str = "/usr/sbin/dnsmasq";

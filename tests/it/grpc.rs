@@ -1,8 +1,8 @@
-//! gRPC end to end: a real grpcio server (tests/grpc/server.py) behind the
-//! gateway, driven by a real grpcio client (tests/grpc/client.py), both
+//! gRPC end to end: a real grpcio server (tests/it/grpc/server.py) behind the
+//! gateway, driven by a real grpcio client (tests/it/grpc/client.py), both
 //! plaintext HTTP/2 (h2c).
 //!
-//! Needs `python3` with `grpcio` (`pip install -r tests/grpc/requirements.txt`).
+//! Needs `python3` with `grpcio` (`pip install -r tests/it/grpc/requirements.txt`).
 //! Without it the test prints a skip reason and passes, except when the `CI`
 //! environment variable is set: there it must run, so it fails.
 
@@ -15,13 +15,13 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::support::poll_blocking;
+
 const PYTHON: &str = "python3";
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn grpc_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests")
-        .join("grpc")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/it/grpc")
 }
 
 /// A scratch directory under the system temp dir, removed on drop.
@@ -121,9 +121,8 @@ impl Proc {
                     )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    // Stdout closed: give the process a moment to finish exiting.
-                    thread::sleep(Duration::from_millis(200));
-                    let status = self.exit_status();
+                    // Stdout closed: the process is exiting; wait (a little) for its status.
+                    let status = poll_blocking(Duration::from_secs(5), || self.exit_status());
                     panic!(
                         "{}: stdout closed before {what} (exit status: {status:?})\n\
                          stdout:\n{}\nstderr:\n{}",
@@ -163,12 +162,12 @@ fn python_grpc_available() -> bool {
     if std::env::var_os("CI").is_some() {
         panic!(
             "{reason}\nCI is set, so the gRPC end-to-end test must run: \
-             pip install -r tests/grpc/requirements.txt"
+             pip install -r tests/it/grpc/requirements.txt"
         );
     }
     eprintln!(
         "SKIPPED grpc end-to-end test: {reason}\n\
-         (install with: pip install -r tests/grpc/requirements.txt)"
+         (install with: pip install -r tests/it/grpc/requirements.txt)"
     );
     false
 }

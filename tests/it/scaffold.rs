@@ -1,11 +1,10 @@
 //! `portcullis plugin new`: each language's scaffold builds into a component that the
 //! gateway runs as an auth plugin (right key 200 with its consumer, anything else 401).
 
-mod support;
+use crate::support::*;
 use http_body_util::Full;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use support::*;
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -58,17 +57,15 @@ fn scaffold(
 /// The Python and JavaScript toolchains, installed by plugins/build-polyglot.sh; `None`
 /// (with the reason printed) when they cannot be had outside CI.
 fn polyglot_toolchains() -> Option<()> {
-    let status = Command::new("bash")
-        .arg(root().join("plugins/build-polyglot.sh"))
-        .status()
-        .unwrap();
-    match status.code() {
-        Some(0) => Some(()),
-        Some(2) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED: the Python/JavaScript plugin toolchains are unavailable (plugins/build-polyglot.sh exit 2)");
+    match build_polyglot() {
+        Ok(()) => Some(()),
+        Err(reason) if std::env::var_os("CI").is_none() => {
+            eprintln!(
+                "SKIPPED: the Python/JavaScript plugin toolchains are unavailable ({reason})"
+            );
             None
         }
-        _ => panic!("plugins/build-polyglot.sh failed: {status:?}"),
+        Err(reason) => panic!("plugins/build-polyglot.sh failed in CI: {reason}"),
     }
 }
 

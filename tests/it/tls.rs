@@ -3,7 +3,7 @@
 //! a private CA and SNI, mutual TLS to an upstream, and bad certificate files as config
 //! errors.
 
-mod support;
+use crate::support::*;
 use bytes::Bytes;
 use http::{Request, Version};
 use http_body_util::{BodyExt as _, Full};
@@ -16,7 +16,6 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use support::*;
 use tokio::net::{TcpListener, TcpStream};
 
 /// A private CA and the files of the certificates it issued, in a scratch directory.

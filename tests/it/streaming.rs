@@ -1,11 +1,10 @@
 //! Streaming without buffering: SSE events reach the client one by one, and HTTP/2
 //! trailers (gRPC status) pass through.
 
-mod support;
+use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use std::sync::Arc;
-use support::*;
 use tokio::sync::{mpsc, Mutex};
 
 #[tokio::test]

@@ -1,0 +1,23 @@
+//! The integration tests: one test binary, so the gateway library and wasmtime are linked
+//! once for all of them. Each module starts the real `portcullis` binary on
+//! `127.0.0.1:0` in front of real servers; `support` holds what they share. Run one area
+//! with `cargo test --test it MODULE::` (for example `cargo test --test it discovery::`).
+
+mod support;
+
+mod admin;
+mod balance;
+mod config_errors;
+mod dashboard;
+mod discovery;
+mod grpc;
+mod lifecycle;
+mod limits;
+mod observability;
+mod plugins;
+mod polyglot;
+mod proxy;
+mod resilience;
+mod scaffold;
+mod streaming;
+mod tls;
