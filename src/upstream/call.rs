@@ -77,24 +77,16 @@ impl Upstream {
             b.deposit(self.clock.now());
         }
         let idempotent = idempotent(&call.head.method);
-        let mut template = Some(call.head);
+        let mut template = Some(std::mem::replace(&mut call.head, empty_head()));
         let mut tried: Vec<Arc<Endpoint>> = Vec::new();
         let mut last: Option<TryError> = None;
         let mut endpoint_name = None;
-        let done = |endpoint_name, result| Called {
-            endpoint: endpoint_name,
-            result,
-        };
+        let done = |endpoint, result| Called { endpoint, result };
         for try_no in 1..=attempts {
-            // A retry goes to an endpoint not tried yet; if none is left, any usable one.
-            let picked = match self.pick_excluding(call.key, &tried) {
-                Err(NoPick::Unavailable) if !tried.is_empty() => self.pick_excluding(call.key, &[]),
-                other => other,
-            };
             let Picked {
                 endpoint,
                 admission,
-            } = match picked {
+            } = match self.pick_next(call.key, &tried) {
                 Ok(p) => p,
                 Err(_) if last.is_some() => break,
                 Err(NoPick::Empty) => {
@@ -106,36 +98,18 @@ impl Upstream {
             };
             endpoint_name = Some(endpoint.address.clone());
             let guard = ActiveGuard::new(endpoint.clone());
-
             // The last possible try takes the template; earlier ones send a copy.
-            let mut head = if try_no == attempts {
-                template.take().expect("template kept for the last try")
-            } else {
-                clone_head(template.as_ref().expect("template kept until the last try"))
+            let head = match try_no == attempts {
+                true => template.take().expect("template kept for the last try"),
+                false => clone_head(template.as_ref().expect("template kept until the last try")),
             };
-            head.uri = upstream_uri(
-                client.scheme(),
-                &endpoint.authority,
-                call.path_and_query.clone(),
-            );
-            if call.endpoint_host {
-                head.headers
-                    .insert(header::HOST, endpoint.host_header.clone());
-            }
-            let (body, give_back) = call.body.take(call.body_limit, try_no < attempts);
-
+            let bounds = TryBounds {
+                deadline,
+                per_try: retry.and_then(|r| r.per_try_timeout),
+                keep_body: try_no < attempts,
+            };
             let sent = Instant::now();
-            let left = deadline.saturating_duration_since(sent);
-            let per_try = retry
-                .and_then(|r| r.per_try_timeout)
-                .map_or(left, |t| t.min(left));
-            let attempt =
-                tokio::time::timeout(per_try, client.send(Request::from_parts(head, body)))
-                    .await
-                    .unwrap_or(Err(TryError::Timeout));
-            if let Some(rx) = give_back {
-                call.body.recover(rx);
-            }
+            let attempt = Self::send_try(client, &mut call, head, &endpoint, bounds).await;
             let outcome = match &attempt {
                 Ok(resp) => Outcome::Status(resp.status().as_u16()),
                 Err(e) => e.outcome(),
@@ -169,6 +143,45 @@ impl Upstream {
         }
         let err = last.map_or_else(|| CallError::Unavailable(self.name().into()), Into::into);
         done(endpoint_name, Err(err))
+    }
+
+    /// A retry goes to an endpoint not tried yet; if none is left, any usable one.
+    fn pick_next(&self, key: u64, tried: &[Arc<Endpoint>]) -> Result<Picked, NoPick> {
+        match self.pick_excluding(key, tried) {
+            Err(NoPick::Unavailable) if !tried.is_empty() => self.pick_excluding(key, &[]),
+            other => other,
+        }
+    }
+
+    /// One try to `endpoint`: its URI (and `Host`), the body, the per-try timeout within
+    /// the call's deadline. A streamed body the try never read is taken back.
+    async fn send_try<C: SendTry>(
+        client: &C,
+        call: &mut Call,
+        mut head: http::request::Parts,
+        endpoint: &Endpoint,
+        bounds: TryBounds,
+    ) -> Result<Response<C::Body>, TryError> {
+        head.uri = upstream_uri(
+            client.scheme(),
+            &endpoint.authority,
+            call.path_and_query.clone(),
+        );
+        if call.endpoint_host {
+            head.headers
+                .insert(header::HOST, endpoint.host_header.clone());
+        }
+        let (body, give_back) = call.body.take(call.body_limit, bounds.keep_body);
+        let left = bounds.deadline.saturating_duration_since(Instant::now());
+        let limit = bounds.per_try.map_or(left, |t| t.min(left));
+        let sent = client.send(Request::from_parts(head, body));
+        let attempt = tokio::time::timeout(limit, sent)
+            .await
+            .unwrap_or(Err(TryError::Timeout));
+        if let Some(rx) = give_back {
+            call.body.recover(rx);
+        }
+        attempt
     }
 
     /// Whether one more try fits: tries left, time left, and the retry budget agrees.
@@ -210,6 +223,19 @@ impl Upstream {
         }
         Instant::now() < deadline
     }
+}
+
+/// What bounds one try: the call's deadline, the per-try timeout, and whether a streamed
+/// body must come back if the try never reads it (a later try may need it).
+struct TryBounds {
+    deadline: Instant,
+    per_try: Option<Duration>,
+    keep_body: bool,
+}
+
+/// A placeholder head (the call's own is taken as the template of its tries).
+fn empty_head() -> http::request::Parts {
+    Request::new(()).into_parts().0
 }
 
 /// A copy of a request head for one try (extensions are not carried upstream anyway).
