@@ -54,10 +54,9 @@ async fn echo_on(name: &'static str, ip: &str, port: u16) -> Upstream {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs dnsmasq (apt-get install dnsmasq-base; .ci/run installs it)"]
 async fn dns_a_records_follow_the_zone() {
-    if !installed(DNSMASQ, "dnsmasq-base") {
-        return;
-    }
+    require(DNSMASQ, "dnsmasq-base");
     // One port, three loopback addresses: A records carry only the address.
     let first = tokio::net::TcpListener::bind("127.0.0.2:0").await.unwrap();
     let port = first.local_addr().unwrap().port();
@@ -105,10 +104,9 @@ async fn dns_a_records_follow_the_zone() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs dnsmasq (apt-get install dnsmasq-base; .ci/run installs it)"]
 async fn dns_srv_uses_the_lowest_priority_and_weights() {
-    if !installed(DNSMASQ, "dnsmasq-base") {
-        return;
-    }
+    require(DNSMASQ, "dnsmasq-base");
     let [a, b, c] = echoes(["a", "b", "c"]).await;
     let srv = |host: &str, up: &Upstream, priority: u16, weight: u16| {
         format!(

@@ -1,9 +1,10 @@
 //! Service discovery through the gateway binary, against real servers: dnsmasq, etcd,
 //! ZooKeeper, a watched file, and a Consul health-API responder (no Consul binary can be
 //! installed here; `consul_api.rs` follows Consul's documented API). Each test starts its
-//! own servers on free ports in a temp dir and stops them when it ends. A test whose
-//! server is not installed is skipped with a message, except in CI (`CI` set), where it
-//! fails: `.ci/run` installs them.
+//! own servers on free ports in a temp dir and stops them when it ends. The tests that
+//! need a server are `#[ignore = "needs …"]`: `cargo test` reports them ignored, and
+//! `cargo test -- --include-ignored` (what `.ci/run` runs, after installing them) fails if
+//! one is missing.
 //!
 //! Every wait is for an event: traffic reaching exactly the expected replicas (polled with
 //! `support::until_ok`), or a log line — never a fixed sleep.
@@ -92,19 +93,14 @@ pub fn free_port() -> u16 {
     support::closed_addr().port()
 }
 
-/// Whether the server program `path` is installed. Outside CI a missing one skips the test
-/// with a message; in CI it is an error, since `.ci/run` installs it.
-pub fn installed(path: &str, package: &str) -> bool {
-    if Path::new(path).exists() {
-        return true;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "{path} is missing in CI: `.ci/run` should have installed the Debian package {package}"
-        );
-    }
-    eprintln!("SKIPPED: {path} is not installed (apt-get install {package}; .ci/run does this)");
-    false
+/// Fails the test when the server program `path` is missing. The tests that need one are
+/// `#[ignore]`d, so they run only when asked for (`cargo test -- --include-ignored`, as
+/// `.ci/run` does after installing the Debian packages): then a missing one is an error.
+pub fn require(path: &str, package: &str) {
+    assert!(
+        Path::new(path).exists(),
+        "{path} is not installed: apt-get install {package} (.ci/run does this)"
+    );
 }
 
 /// A server process, killed and reaped on drop.

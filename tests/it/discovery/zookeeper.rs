@@ -86,10 +86,10 @@ fn curator(u: &Upstream, id: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs ZooKeeper (apt-get install zookeeper; .ci/run installs it)"]
 async fn zookeeper_children_follow_registrations_and_sessions() {
-    if !installed(JAVA, "zookeeper") || !installed(ZOOKEEPER_JAR, "zookeeper") {
-        return;
-    }
+    require(JAVA, "zookeeper");
+    require(ZOOKEEPER_JAR, "zookeeper");
     let ups = echoes(["a", "b", "c", "d"]).await;
     let [a, b, c, d] = &ups;
     let dir = TempDir::new();
