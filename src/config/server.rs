@@ -273,7 +273,12 @@ pub(super) fn validate(
             .map_or(Duration::from_secs(10), |d| d.0),
         max_header_size: max_header_size as usize,
         trust_forwarded_headers: s.trust_forwarded_headers,
-        plugin_cache_dir: s.plugin_cache_dir.as_ref().map(|d| base.join(d)),
+        // Relative to the config file like every other path, and absolute (wasmtime's
+        // cache refuses a relative directory).
+        plugin_cache_dir: s.plugin_cache_dir.as_ref().map(|d| {
+            let dir = base.join(d);
+            std::path::absolute(&dir).unwrap_or(dir)
+        }),
         workers: cx
             .between(&s.workers, "workers", 1..=1024)?
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
@@ -368,6 +373,14 @@ mod tests {
 
     fn server(text: &str) -> Result<ServerConfig, ConfigError> {
         parse(&format!("[server]\n{text}\n"), Path::new("p.toml")).map(|c| c.server)
+    }
+
+    #[test]
+    fn a_relative_plugin_cache_dir_is_next_to_the_config_and_absolute() {
+        let s = server("listen = \"127.0.0.1:0\"\nplugin_cache_dir = \"cache\"").unwrap();
+        let dir = s.plugin_cache_dir.unwrap();
+        assert!(dir.is_absolute(), "{}", dir.display());
+        assert_eq!(dir, std::env::current_dir().unwrap().join("cache"));
     }
 
     #[test]
