@@ -7,7 +7,7 @@
 use super::body::ResponseBody;
 use super::context::{ClientRequest, RequestCtx};
 use super::error::ProxyError;
-use super::{headers, Gateway, RouteEntry};
+use super::{headers, Gateway, RouteEntry, WorkerUpstream};
 use crate::config::{BalanceKind, HashKey, HostPolicy, Protocol};
 use crate::hash::hash_bytes;
 use crate::router;
@@ -29,9 +29,9 @@ impl Gateway {
         req: ClientRequest,
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let upstream = &self.upstreams[route.config.upstream];
+        let WorkerUpstream { upstream, client } = self.upstream(route);
         let call = self.upstream_request(route, upstream, req, ctx)?;
-        let called = upstream.call(self.client(route), call).await;
+        let called = upstream.call(client, call).await;
         ctx.endpoint = called.endpoint;
         let answer = called.result.map_err(|e| match e {
             CallError::NoEndpoint(reason) => ProxyError::NoEndpoint(reason),

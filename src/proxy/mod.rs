@@ -78,6 +78,12 @@ pub struct WorkerRoute {
     pub pools: Vec<Pool>,
 }
 
+/// One worker's state of an upstream: the upstream and this worker's connection pool to it.
+pub struct WorkerUpstream {
+    pub upstream: Arc<Upstream>,
+    pub client: UpstreamClient,
+}
+
 /// One worker's view of the gateway: the shared tables plus this worker's own upstream
 /// connection pools and plugin instance pools, so pooled connections and instances are
 /// always used by the thread that owns them.
@@ -85,8 +91,8 @@ pub struct Gateway {
     tables: Arc<Tables>,
     /// By route index.
     routes: Vec<WorkerRoute>,
-    /// By upstream index: each upstream's connection pool on this worker.
-    clients: Vec<UpstreamClient>,
+    /// By upstream index.
+    upstreams: Vec<WorkerUpstream>,
 }
 
 impl std::ops::Deref for Gateway {
@@ -128,10 +134,13 @@ impl Gateway {
     }
 
     fn with_tables(tables: Arc<Tables>) -> Self {
-        let clients = tables
+        let upstreams = tables
             .upstreams
             .iter()
-            .map(|u| UpstreamClient::new(&u.config))
+            .map(|u| WorkerUpstream {
+                upstream: u.clone(),
+                client: UpstreamClient::new(&u.config),
+            })
             .collect();
         let routes = tables
             .routes()
@@ -143,7 +152,7 @@ impl Gateway {
         Gateway {
             tables,
             routes,
-            clients,
+            upstreams,
         }
     }
 
@@ -158,9 +167,9 @@ impl Gateway {
         &self.routes[route.index].pools
     }
 
-    /// This worker's connection pool to the upstream of `route`.
-    fn client(&self, route: &RouteEntry) -> &UpstreamClient {
-        &self.clients[route.config.upstream]
+    /// The upstream of `route`, with this worker's connection pool to it.
+    fn upstream(&self, route: &RouteEntry) -> &WorkerUpstream {
+        &self.upstreams[route.config.upstream]
     }
 
     /// Serves one request. Never fails: errors become synthetic responses.
