@@ -10,6 +10,7 @@ mod balance;
 mod config_errors;
 mod dashboard;
 mod discovery;
+mod examples;
 mod grpc;
 mod lifecycle;
 mod limits;

@@ -19,14 +19,14 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A private CA and the files of the certificates it issued, in a scratch directory.
-struct Pki {
-    dir: TempDir,
+pub(crate) struct Pki {
+    pub(crate) dir: TempDir,
     issuer: Issuer<'static, KeyPair>,
     ca_pem: String,
 }
 
 impl Pki {
-    fn new() -> Pki {
+    pub(crate) fn new() -> Pki {
         let key = KeyPair::generate().unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -43,13 +43,13 @@ impl Pki {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.0.join(name)
     }
 
     /// Issues a certificate for `names` (DNS names or IPs) and writes `NAME.pem` and
     /// `NAME.key`; `client` makes it a client-authentication certificate.
-    fn issue(&self, name: &str, names: &[&str], client: bool) -> (PathBuf, PathBuf) {
+    pub(crate) fn issue(&self, name: &str, names: &[&str], client: bool) -> (PathBuf, PathBuf) {
         let key = KeyPair::generate().unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
