@@ -11,6 +11,7 @@ mod config_errors;
 mod dashboard;
 mod discovery;
 mod grpc;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod observability;
