@@ -141,6 +141,11 @@ pub(super) struct RawServer {
     /// instead of replacing it (only behind a trusted proxy).
     #[serde(default)]
     trust_forwarded_headers: bool,
+    /// `allow_underscores_in_headers = false`: pass request header names containing `_`
+    /// on (by default they are dropped, as nginx does: CGI-style frameworks read
+    /// `X_Portcullis_Consumer` as `X-Portcullis-Consumer`).
+    #[serde(default)]
+    allow_underscores_in_headers: bool,
     /// `workers = 2`: worker threads, each with its own event loop and upstream
     /// connection pools (default: the number of CPUs).
     workers: Option<Spanned<usize>>,
@@ -189,6 +194,7 @@ pub struct ServerConfig {
     pub header_read_timeout: Duration,
     pub max_header_size: usize,
     pub trust_forwarded_headers: bool,
+    pub allow_underscores_in_headers: bool,
     pub workers: usize,
     pub plugin_cache_dir: Option<PathBuf>,
 }
@@ -273,6 +279,7 @@ pub(super) fn validate(
             .map_or(Duration::from_secs(10), |d| d.0),
         max_header_size: max_header_size as usize,
         trust_forwarded_headers: s.trust_forwarded_headers,
+        allow_underscores_in_headers: s.allow_underscores_in_headers,
         // Relative to the config file like every other path, and absolute (wasmtime's
         // cache refuses a relative directory).
         plugin_cache_dir: s.plugin_cache_dir.as_ref().map(|d| {

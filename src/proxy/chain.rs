@@ -215,12 +215,12 @@ pub(super) fn plugin_request(
     RequestRes {
         method: head.method.clone(),
         scheme: client.scheme(),
-        authority: head.uri.authority().map(|a| a.to_string()).or_else(|| {
-            head.headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        }),
+        authority: req
+            .target
+            .authority
+            .as_ref()
+            .and_then(|a| a.to_str().ok())
+            .map(str::to_string),
         path: req.target.path().to_string(),
         query: req.target.uri.query().map(str::to_string),
         headers: if read_only {

@@ -8,6 +8,7 @@ use super::headers::{self, ClientInfo};
 use super::trace_context::{self, TraceId};
 use super::RouteEntry;
 use crate::config::ServerConfig;
+use crate::upstream::classify::ClientBodyFault;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri};
@@ -98,16 +99,19 @@ pub struct ClientRequest {
 }
 
 /// Where the client's request is going: the URI as received, the normalized path and
-/// the host.
+/// the request's one authority.
 pub struct Target {
     /// The client's URI, unchanged (the head's is replaced per try).
     pub uri: Uri,
     /// The normalized path when normalizing changed it (else it is `uri.path()`).
     normalized: Option<String>,
-    /// The Host header as received.
-    pub host_header: Option<HeaderValue>,
-    /// The host, lowercased, when lowercasing changed it.
-    host_lower: Option<String>,
+    /// The request's one authority (`host[:port]`): the absolute-form URI's or HTTP/2
+    /// `:authority`, else the Host header; validated, host lowercased, a trailing dot
+    /// removed. It is what routes match, what plugins see (as Host too), what
+    /// `preserve_host` forwards and what `X-Forwarded-Host` says.
+    pub authority: Option<HeaderValue>,
+    /// Where the host ends in `authority` (the port, if any, follows).
+    host_end: usize,
 }
 
 /// The client's request body.
@@ -143,10 +147,15 @@ impl ClientRequest {
         if let (Some(p), Some(log)) = (&normalized, ctx.log_path.as_mut()) {
             log.clone_from(p);
         }
-        let host_header = head.headers.get(header::HOST).cloned();
-        let host_lower = request_host(&uri, host_header.as_ref())
-            .filter(|h| h.bytes().any(|b| b.is_ascii_uppercase()))
-            .map(|h| h.to_ascii_lowercase());
+        let (authority, host_end) = match request_authority(&head)? {
+            Some((a, end)) => (Some(a), end),
+            None => (None, 0),
+        };
+        // RFC 9112 §3.2.2: the Host a proxy passes on is the target's authority.
+        match &authority {
+            Some(a) => head.headers.insert(header::HOST, a.clone()),
+            None => head.headers.remove(header::HOST),
+        };
         head.headers.remove(X_CONSUMER);
         head.headers
             .insert(headers::X_REQUEST_ID, ctx.request_id.clone());
@@ -155,8 +164,8 @@ impl ClientRequest {
             target: Target {
                 uri,
                 normalized,
-                host_header,
-                host_lower,
+                authority,
+                host_end,
             },
             body: ClientBody {
                 stream: Some(body),
@@ -178,13 +187,10 @@ impl Target {
         self.normalized.is_none()
     }
 
-    /// The request's host, lowercase and without port: from the URI (HTTP/2, absolute
-    /// form) or the Host header.
+    /// The request's host, lowercase, without port or trailing dot: what routes match.
     pub fn host(&self) -> Option<&str> {
-        match &self.host_lower {
-            Some(h) => Some(h),
-            None => request_host(&self.uri, self.host_header.as_ref()),
-        }
+        let a = self.authority.as_ref()?;
+        std::str::from_utf8(&a.as_bytes()[..self.host_end]).ok()
     }
 }
 
@@ -214,7 +220,12 @@ async fn buffer_body(body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ProxyError::BodyTooLarge(limit))
         }
-        Err(_) => Err(ProxyError::BadRequest("request body could not be read")),
+        Err(e) => Err(
+            match crate::upstream::body::ClientBodyFailed::new(e).fault {
+                ClientBodyFault::Malformed => ProxyError::MalformedBody,
+                ClientBodyFault::Gone => ProxyError::ClientClosed,
+            },
+        ),
     }
 }
 
@@ -227,16 +238,151 @@ fn header_bytes(head: &http::request::Parts) -> usize {
         + head.uri.path_and_query().map_or(0, |p| p.as_str().len())
 }
 
-/// The host as received, without port (not yet lowercased).
-fn request_host<'a>(uri: &'a Uri, host_header: Option<&'a HeaderValue>) -> Option<&'a str> {
-    match uri.authority() {
-        Some(a) => Some(a.host()),
-        None => {
-            let v = host_header?.to_str().ok()?;
-            Some(match v.rfind(':') {
-                Some(i) if !v.ends_with(']') => &v[..i],
-                _ => v,
-            })
+/// The request's one authority and where its host ends (RFC 9112 §3.2, §3.2.2;
+/// RFC 9113 §8.3.1): the URI's (absolute form, HTTP/2 `:authority`) replaces Host; over
+/// HTTP/2 a `host` that differs from `:authority` is malformed; HTTP/1.1 needs exactly one
+/// Host, and no request may carry two. The value must be a `host[:port]`.
+fn request_authority(
+    head: &http::request::Parts,
+) -> Result<Option<(HeaderValue, usize)>, ProxyError> {
+    let mut hosts = head.headers.get_all(header::HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err(ProxyError::BadHost("more than one Host header"));
+    }
+    if host.is_none() && head.version == http::Version::HTTP_11 {
+        return Err(ProxyError::BadHost(
+            "an HTTP/1.1 request needs a Host header",
+        ));
+    }
+    let raw: &[u8] = match (head.uri.authority(), host) {
+        (Some(a), Some(h))
+            if head.version == http::Version::HTTP_2
+                && !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) =>
+        {
+            return Err(ProxyError::BadHost(":authority and host differ"));
         }
+        (Some(a), _) => a.as_str().as_bytes(),
+        (None, Some(h)) => h.as_bytes(),
+        (None, None) => return Ok(None),
+    };
+    let bad = || ProxyError::BadHost("the request's host is not a valid host[:port]");
+    let (host_len, port_at) = split_authority(raw).ok_or_else(bad)?;
+    let mut host = &raw[..host_len];
+    if host.len() > 1 && host.ends_with(b".") && !host.starts_with(b"[") {
+        host = &host[..host.len() - 1];
+    }
+    if host.ends_with(b".") {
+        return Err(bad());
+    }
+    let port = port_at.map_or(&b""[..], |p| &raw[p..]);
+    let unchanged = host.len() == host_len && !host.iter().any(u8::is_ascii_uppercase);
+    let value = match (unchanged, head.uri.authority().is_some()) {
+        (true, false) => host_header_clone(raw),
+        _ => {
+            let mut v = host.to_ascii_lowercase();
+            v.extend_from_slice(port);
+            HeaderValue::from_bytes(&v).map_err(|_| bad())?
+        }
+    };
+    Ok(Some((value, host.len())))
+}
+
+fn host_header_clone(raw: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(raw).expect("a validated authority is a valid header value")
+}
+
+/// Splits a `host[:port]` (a reg-name of letters, digits, `-`, `.`, `_`, or an IP
+/// literal in brackets; a port of 1–5 digits): the host's length and where the `:port`
+/// starts. `None` when it is not one (`a:80:80`, `u@a`, `a,b`, empty).
+pub fn split_authority(a: &[u8]) -> Option<(usize, Option<usize>)> {
+    let host_len = if a.first() == Some(&b'[') {
+        let close = a.iter().position(|&b| b == b']')?;
+        let inside = &a[1..close];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|&b| b.is_ascii_hexdigit() || b == b':' || b == b'.')
+        {
+            return None;
+        }
+        close + 1
+    } else {
+        let end = a.iter().position(|&b| b == b':').unwrap_or(a.len());
+        let host = &a[..end];
+        if host.is_empty()
+            || !host
+                .iter()
+                .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+        {
+            return None;
+        }
+        end
+    };
+    match &a[host_len..] {
+        [] => Some((host_len, None)),
+        [b':', port @ ..]
+            if (1..=5).contains(&port.len())
+                && port.iter().all(u8::is_ascii_digit)
+                && std::str::from_utf8(port).ok()?.parse::<u16>().is_ok() =>
+        {
+            Some((host_len, Some(host_len)))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(version: http::Version, uri: &str, hosts: &[&str]) -> http::request::Parts {
+        let mut b = Request::builder().version(version).uri(uri);
+        for h in hosts {
+            b = b.header(header::HOST, *h);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    fn authority(version: http::Version, uri: &str, hosts: &[&str]) -> Result<String, String> {
+        match request_authority(&head(version, uri, hosts)) {
+            Ok(Some((v, end))) => {
+                let v = v.to_str().unwrap().to_string();
+                Ok(format!("{}|{}", &v[..end], v))
+            }
+            Ok(None) => Ok("none".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    #[test]
+    fn one_authority_per_request() {
+        use http::Version as V;
+        // Absolute form: the URI's authority replaces Host.
+        assert_eq!(
+            authority(V::HTTP_11, "http://other.example/h", &["secure.example"]).unwrap(),
+            "other.example|other.example"
+        );
+        assert_eq!(
+            authority(V::HTTP_11, "/h", &["Secure.Example.:8080"]).unwrap(),
+            "secure.example|secure.example:8080"
+        );
+        assert_eq!(
+            authority(V::HTTP_11, "/h", &["[::1]:80"]).unwrap(),
+            "[::1]|[::1]:80"
+        );
+        assert_eq!(authority(V::HTTP_10, "/h", &[]).unwrap(), "none");
+        assert!(authority(V::HTTP_11, "/h", &[]).is_err(), "1.1 needs Host");
+        assert!(authority(V::HTTP_11, "http://a/h", &[]).is_err());
+        assert!(authority(V::HTTP_11, "/h", &["a", "b"]).is_err());
+        assert!(authority(V::HTTP_10, "/h", &["a", "a"]).is_err());
+        assert!(authority(V::HTTP_2, "http://a/h", &["b"]).is_err());
+        assert_eq!(authority(V::HTTP_2, "http://a/h", &["A"]).unwrap(), "a|a");
+        for bad in [
+            "a:80:80", "u@a", "a,b", "", ".", "a:", "a:99999", "a b", "[zz]", "a/b",
+        ] {
+            assert!(authority(V::HTTP_11, "/h", &[bad]).is_err(), "{bad:?}");
+        }
+        assert!(authority(V::HTTP_11, "http://u@a/h", &["a"]).is_err());
     }
 }

@@ -4,8 +4,15 @@
 
 use super::body::ResponseBody;
 use crate::normalize::NormalizeError;
-use crate::upstream::classify::TryError;
+use crate::upstream::classify::{ClientBodyFault, TryError};
 use http::{header, HeaderValue, Response, StatusCode};
+
+/// nginx's "client closed request": the client left before the gateway could answer; it
+/// is what the access log and metrics record.
+pub const CLIENT_CLOSED_REQUEST: StatusCode = match StatusCode::from_u16(499) {
+    Ok(s) => s,
+    Err(_) => panic!("499 is a valid status"),
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
@@ -14,6 +21,19 @@ pub enum ProxyError {
     BadPath(NormalizeError),
     #[error("{0}")]
     BadRequest(&'static str),
+    /// The request's authority (Host, `:authority`, absolute-form URI) is missing,
+    /// repeated, contradictory or not a valid `host[:port]`.
+    #[error("{0}")]
+    BadHost(&'static str),
+    /// A `Transfer-Encoding` other than `chunked` alone (RFC 9112 §6.1: 501).
+    #[error("transfer coding not implemented: only `chunked` is accepted")]
+    UnsupportedTransferEncoding,
+    /// The client's body framing was malformed (a bad chunk).
+    #[error("request body is malformed")]
+    MalformedBody,
+    /// The client went away before its request body was complete.
+    #[error("client closed the request before its body was complete")]
+    ClientClosed,
     #[error("no route matches this request")]
     NotFound,
     #[error("method not allowed here; allowed: {0}")]
@@ -49,6 +69,8 @@ impl From<TryError> for ProxyError {
             TryError::Timeout => ProxyError::UpstreamTimeout,
             TryError::Failed(cause) => ProxyError::Upstream(cause),
             TryError::BodyTooLarge => ProxyError::BodyTooLarge(0),
+            TryError::ClientBody(ClientBodyFault::Malformed) => ProxyError::MalformedBody,
+            TryError::ClientBody(ClientBodyFault::Gone) => ProxyError::ClientClosed,
         }
     }
 }
@@ -56,7 +78,12 @@ impl From<TryError> for ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ProxyError::BadPath(_) | ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath(_)
+            | ProxyError::BadRequest(_)
+            | ProxyError::BadHost(_)
+            | ProxyError::MalformedBody => StatusCode::BAD_REQUEST,
+            ProxyError::UnsupportedTransferEncoding => StatusCode::NOT_IMPLEMENTED,
+            ProxyError::ClientClosed => CLIENT_CLOSED_REQUEST,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
             ProxyError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -74,6 +101,10 @@ impl ProxyError {
         match self {
             ProxyError::BadPath(_) => "bad_path",
             ProxyError::BadRequest(_) => "bad_request",
+            ProxyError::BadHost(_) => "bad_host",
+            ProxyError::UnsupportedTransferEncoding => "unsupported_transfer_encoding",
+            ProxyError::MalformedBody => "malformed_body",
+            ProxyError::ClientClosed => "client_closed_request",
             ProxyError::NotFound => "route_not_found",
             ProxyError::MethodNotAllowed(_) => "method_not_allowed",
             ProxyError::BodyTooLarge(_) => "body_too_large",
@@ -103,8 +134,15 @@ impl ProxyError {
                 h.insert(header::ALLOW, v);
             }
         }
-        if matches!(self, ProxyError::BodyTooLarge(_)) {
-            // The rest of the body was not read; the connection cannot be reused.
+        if matches!(
+            self,
+            ProxyError::BodyTooLarge(_)
+                | ProxyError::MalformedBody
+                | ProxyError::ClientClosed
+                | ProxyError::UnsupportedTransferEncoding
+        ) {
+            // The rest of the body was not read (or cannot be framed); the connection
+            // cannot be reused.
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp

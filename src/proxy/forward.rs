@@ -1,6 +1,6 @@
 //! Phase 3, forward: the upstream request is built from the client's (normalized or
-//! rewritten path, hop-by-hop headers stripped, `X-Forwarded-*`, the route's Host policy,
-//! the body streamed or as buffered), handed to the upstream's try loop
+//! rewritten path, `X-Forwarded-*`, the route's Host policy applied to the request's one
+//! authority, the body streamed or as buffered), handed to the upstream's try loop
 //! ([`crate::upstream::Upstream::call`]), and its response head comes back with the
 //! upstream's body streamed through.
 
@@ -58,25 +58,21 @@ impl Gateway {
     ) -> Result<Call, ProxyError> {
         let key = hash_key(upstream, &req.head.headers, ctx.client.addr);
         let path_and_query = upstream_path(route, &req)?;
-        let host = req.target.host_header.clone().or_else(|| {
-            req.target
-                .host()
-                .and_then(|a| HeaderValue::from_str(a).ok())
-        });
         let ClientRequest {
             mut head,
             target,
             body,
             ..
         } = req;
-        let host_header = target.host_header;
+        let host = target.authority;
         head.version = version_for(upstream.config.protocol);
+        // The client's hop-by-hop headers were stripped before anything else
+        // (`headers::clean_request`); plugins cannot set them.
         let h = &mut head.headers;
-        headers::strip_hop_by_hop(h);
         headers::set_forwarded(
             h,
             ctx.client,
-            host_header.as_ref(),
+            host.as_ref(),
             self.server.trust_forwarded_headers,
         );
         let is_h2 = upstream.config.protocol == Protocol::H2;

@@ -1,6 +1,9 @@
-//! Header rules of forwarding: hop-by-hop headers are stripped both ways, the
-//! `X-Forwarded-*` headers are set, and every request carries an `X-Request-Id`.
+//! Header rules of forwarding: the client's hop-by-hop headers (and names with `_`) are
+//! removed before anything else reads the request, hop-by-hop headers are stripped from
+//! responses, the `X-Forwarded-*` headers are set, and every request carries an
+//! `X-Request-Id`.
 
+use super::error::ProxyError;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -43,6 +46,44 @@ impl ClientInfo {
         } else {
             "http"
         }
+    }
+}
+
+/// The first thing done to a client's request head, before the gateway reads or adds
+/// anything: its hop-by-hop headers and the headers its `Connection` names are removed
+/// (so `Connection: x-request-id` cannot remove what the gateway adds later), and names
+/// with `_` are dropped unless `allow_underscores`. A `Transfer-Encoding` other than
+/// `chunked` alone is refused (RFC 9112 §6.1: 501), since only `chunked` is decoded.
+pub fn clean_request(h: &mut HeaderMap, allow_underscores: bool) -> Result<(), ProxyError> {
+    let coding_ok = chunked_alone(h);
+    strip_hop_by_hop(h);
+    if !allow_underscores && h.keys().any(|n| n.as_str().contains('_')) {
+        let named: Vec<HeaderName> = h
+            .keys()
+            .filter(|n| n.as_str().contains('_'))
+            .cloned()
+            .collect();
+        for n in named {
+            h.remove(n);
+        }
+    }
+    if coding_ok {
+        Ok(())
+    } else {
+        Err(ProxyError::UnsupportedTransferEncoding)
+    }
+}
+
+/// Whether the request's `Transfer-Encoding`, if any, is `chunked` and nothing else.
+fn chunked_alone(h: &HeaderMap) -> bool {
+    let mut codings = h
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|c| c.trim_ascii());
+    match codings.next() {
+        None => true,
+        Some(first) => first.eq_ignore_ascii_case(b"chunked") && codings.next().is_none(),
     }
 }
 
@@ -162,6 +203,51 @@ mod tests {
         );
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn a_clients_connection_header_cannot_name_what_the_gateway_adds_later() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-request-id, traceparent, x-portcullis-consumer"),
+        );
+        h.insert("x_portcullis_consumer", HeaderValue::from_static("admin"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        clean_request(&mut h, false).unwrap();
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(
+            h.get("x_portcullis_consumer").is_none(),
+            "underscores dropped"
+        );
+        assert_eq!(h.get("x-kept").unwrap(), "1");
+        // Added after cleaning, the gateway's own headers stay.
+        h.insert(X_REQUEST_ID, HeaderValue::from_static("id"));
+        let mut with = HeaderMap::new();
+        with.insert("x_legacy", HeaderValue::from_static("1"));
+        clean_request(&mut with, true).unwrap();
+        assert_eq!(with.get("x_legacy").unwrap(), "1", "allowed by the option");
+    }
+
+    #[test]
+    fn only_chunked_alone_is_an_accepted_transfer_coding() {
+        for (te, ok) in [
+            (None, true),
+            (Some("chunked"), true),
+            (Some("Chunked"), true),
+            (Some("gzip, chunked"), false),
+            (Some("chunked, chunked"), false),
+            (Some("identity"), false),
+            (Some("gzip"), false),
+        ] {
+            let mut h = HeaderMap::new();
+            if let Some(te) = te {
+                h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static(te));
+            }
+            let r = clean_request(&mut h, false);
+            assert_eq!(r.is_ok(), ok, "{te:?}");
+            assert!(h.get(header::TRANSFER_ENCODING).is_none());
+        }
     }
 
     #[test]

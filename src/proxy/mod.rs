@@ -178,8 +178,15 @@ impl Gateway {
         mut req: Request<Incoming>,
         client: &ClientInfo,
     ) -> Response<ResponseBody> {
+        // The client's hop-by-hop headers go first, so nothing they name can remove what
+        // the gateway adds (request id, trace context, consumer).
+        let clean =
+            headers::clean_request(req.headers_mut(), self.server.allow_underscores_in_headers);
         let mut ctx = RequestCtx::new(&mut req, client);
-        let result = self.process(req, &mut ctx).await;
+        let result = match clean {
+            Ok(()) => self.process(req, &mut ctx).await,
+            Err(e) => Err(e),
+        };
         ctx.finish(&self.unrouted, result)
     }
 

@@ -9,7 +9,8 @@
 //!
 //! A prefix matches on segment boundaries: `/v1/chat` matches `/v1/chat` and
 //! `/v1/chat/completions` but not `/v1/chatty`; a prefix ending in `/` matches anything
-//! below it.
+//! below it and the bare prefix itself (`/secure/` takes `/secure`, which would otherwise
+//! fall to a catch-all route, past the route's auth).
 
 use crate::config::{PathMatch, RouteConfig};
 use http::request::Parts;
@@ -122,8 +123,11 @@ pub fn path_matches(m: &PathMatch, path: &str) -> bool {
     match m {
         PathMatch::Exact(p) => p == path,
         PathMatch::Prefix(p) => {
-            path.starts_with(p.as_str())
-                && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+            (path.starts_with(p.as_str())
+                && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/'))
+                // `/secure/` also takes `/secure`, so a catch-all cannot take the bare
+                // prefix past the route's plugins.
+                || p.strip_suffix('/').is_some_and(|bare| !bare.is_empty() && path == bare)
         }
         PathMatch::Regex(re) => re.is_match(path),
     }
@@ -291,6 +295,18 @@ upstream = "u"
         );
         assert_eq!(find(&r, "GET", "/x?v=2", &[("x-tenant", "other")]), None);
         assert_eq!(find(&r, "GET", "/x?v=3", &[("x-tenant", "acme")]), None);
+    }
+
+    #[test]
+    fn a_prefix_ending_in_slash_takes_its_bare_prefix_before_a_catch_all() {
+        let r = router(
+            "[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"u\"\n[[routes]]\nname = \"secure\"\npath_prefix = \"/secure/\"\nstrip_prefix = true\nupstream = \"u\"\n",
+        );
+        assert_eq!(find(&r, "GET", "/secure", &[]).as_deref(), Some("secure"));
+        assert_eq!(find(&r, "GET", "/secure/x", &[]).as_deref(), Some("secure"));
+        assert_eq!(find(&r, "GET", "/securex", &[]).as_deref(), Some("all"));
+        assert_eq!(find(&r, "GET", "/", &[]).as_deref(), Some("all"));
+        assert_eq!(upstream_path(&r.routes()[1], "/secure"), "/");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use crate::BoxError;
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use hyper::body::Incoming;
@@ -14,6 +15,48 @@ use std::task::{ready, Context, Poll};
 #[derive(Debug, thiserror::Error)]
 #[error("request body too large")]
 pub struct BodyTooLarge;
+
+/// The client's request body stream failed while it was being sent upstream: the
+/// client's fault, never the endpoint's (see `classify::client_error`).
+#[derive(Debug, thiserror::Error)]
+#[error("client request body failed: {cause}")]
+pub struct ClientBodyFailed {
+    pub fault: ClientBodyFault,
+    cause: String,
+}
+
+/// How the client's body failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClientBodyFault {
+    /// Its framing was malformed (a bad chunk size line, a bad chunk end…).
+    Malformed,
+    /// The client went away (or reset the stream) before the body was complete.
+    Gone,
+}
+
+impl ClientBodyFailed {
+    /// Tells a malformed body (the decoder's `InvalidInput`/`InvalidData`) from a client
+    /// that went away (EOF mid-body, reset, anything else).
+    pub fn new(err: BoxError) -> Self {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&*err);
+        let mut fault = ClientBodyFault::Gone;
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                if matches!(
+                    io.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+                ) {
+                    fault = ClientBodyFault::Malformed;
+                }
+            }
+            source = e.source();
+        }
+        ClientBodyFailed {
+            fault,
+            cause: err.to_string(),
+        }
+    }
+}
 
 /// The client's request body on its way upstream, failing once it passes `limit`.
 ///
@@ -71,7 +114,10 @@ where
             return Poll::Ready(None);
         };
         match ready!(Pin::new(inner).poll_frame(cx)) {
-            Some(Ok(frame)) => {
+            Some(Ok(mut frame)) => {
+                if let Some(trailers) = frame.trailers_mut() {
+                    clean_trailers(trailers);
+                }
                 if let Some(data) = frame.data_ref() {
                     let n = data.len() as u64;
                     if n > this.remaining {
@@ -81,7 +127,7 @@ where
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Some(Err(e)) => Poll::Ready(Some(Err(e.into()))),
+            Some(Err(e)) => Poll::Ready(Some(Err(Box::new(ClientBodyFailed::new(e.into()))))),
             None => Poll::Ready(None),
         }
     }
@@ -94,6 +140,48 @@ where
         self.inner
             .as_ref()
             .map_or_else(|| SizeHint::with_exact(0), |b| b.size_hint())
+    }
+}
+
+/// Fields a client may not send as trailers: those the gateway manages in the head
+/// (request id, trace context, consumer, forwarding, host, framing, hop-by-hop) and
+/// credentials — an upstream that merges trailers into headers would otherwise take
+/// them as the gateway's. Names with `_` are dropped too (CGI-style frameworks read `_`
+/// as `-`), whatever `server.allow_underscores_in_headers` says for the head.
+const NOT_TRAILERS: &[&str] = &[
+    "x-portcullis-consumer",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "forwarded",
+    "host",
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "content-length",
+    "content-type",
+    "content-encoding",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Removes from a client's trailers what may not arrive as a trailer.
+pub fn clean_trailers(trailers: &mut HeaderMap) {
+    let drop: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|n| NOT_TRAILERS.contains(&n.as_str()) || n.as_str().contains('_'))
+        .cloned()
+        .collect();
+    for n in drop {
+        trailers.remove(n);
     }
 }
 
@@ -150,6 +238,66 @@ mod tests {
         assert!(err.is::<BodyTooLarge>(), "{err}");
         let body = RequestBody::new(Full::new(Bytes::from_static(b"0123")), 4);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "0123");
+    }
+
+    /// A client body of these frames, popped from the end.
+    struct Frames(Vec<Frame<Bytes>>);
+
+    impl Body for Frames {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            Poll::Ready(self.0.pop().map(Ok))
+        }
+    }
+
+    /// A client body whose stream fails with `err` after one frame.
+    struct Failing(Option<std::io::Error>);
+
+    impl Body for Failing {
+        type Data = Bytes;
+        type Error = std::io::Error;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+            Poll::Ready(self.0.take().map(Err))
+        }
+    }
+
+    #[tokio::test]
+    async fn client_trailers_cannot_carry_gateway_managed_headers() {
+        let mut t = HeaderMap::new();
+        t.insert("x-portcullis-consumer", "admin".parse().unwrap());
+        t.insert("x-request-id", "forged".parse().unwrap());
+        t.insert("x_portcullis_consumer", "admin".parse().unwrap());
+        t.insert("grpc-status", "0".parse().unwrap());
+        let body = Frames(vec![
+            Frame::trailers(t),
+            Frame::data(Bytes::from_static(b"x")),
+        ]);
+        let got = RequestBody::new(body, 10).collect().await.unwrap();
+        let trailers = got.trailers().expect("trailers kept").clone();
+        assert_eq!(trailers.len(), 1, "{trailers:?}");
+        assert_eq!(trailers["grpc-status"], "0");
+    }
+
+    #[tokio::test]
+    async fn a_failing_client_stream_is_marked_as_the_clients_fault() {
+        use std::io::{Error, ErrorKind};
+        for (kind, fault) in [
+            (ErrorKind::InvalidInput, ClientBodyFault::Malformed),
+            (ErrorKind::UnexpectedEof, ClientBodyFault::Gone),
+            (ErrorKind::ConnectionReset, ClientBodyFault::Gone),
+        ] {
+            let body = RequestBody::new(Failing(Some(Error::new(kind, "x"))), 10);
+            let err = body.collect().await.expect_err("the stream failed");
+            let failed = err.downcast_ref::<ClientBodyFailed>().expect("marked");
+            assert_eq!(failed.fault, fault, "{kind:?}");
+        }
     }
 
     #[tokio::test]

@@ -425,21 +425,29 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_clients_oversized_body_is_not_retried_nor_held_against_the_endpoint() {
+    async fn the_clients_body_failures_are_not_retried_nor_held_against_the_endpoint() {
+        use crate::upstream::classify::ClientBodyFault;
         let up = upstream(&format!(
-            "{RETRY}[upstreams.circuit_breaker]\nconsecutive_failures = 1\n"
+            "{RETRY}[upstreams.circuit_breaker]\nconsecutive_failures = 1\n[upstreams.outlier_detection]\nconsecutive_gateway_errors = 1\n"
         ));
-        let script = Script::new([(0, Err(TryError::BodyTooLarge))]);
-        let called = up.call(&script, call(Method::PUT, "", 1000)).await;
-        assert!(matches!(
-            called.result,
-            Err(CallError::Try(TryError::BodyTooLarge))
-        ));
-        assert_eq!(script.seen().len(), 1);
+        for err in [
+            TryError::BodyTooLarge,
+            TryError::ClientBody(ClientBodyFault::Malformed),
+            TryError::ClientBody(ClientBodyFault::Gone),
+            TryError::ClientBody(ClientBodyFault::Gone),
+        ] {
+            let script = Script::new([(0, Err(err.clone()))]);
+            let called = up.call(&script, call(Method::PUT, "", 1000)).await;
+            assert!(
+                matches!(&called.result, Err(CallError::Try(e)) if *e == err),
+                "{err:?}"
+            );
+            assert_eq!(script.seen().len(), 1, "{err:?} is not retried");
+        }
         let now = up.clock.now();
         assert!(
             up.endpoints().iter().all(|e| up.usable(e, now)),
-            "no breaker opened"
+            "no breaker opened, no endpoint ejected"
         );
     }
 }

@@ -3,6 +3,7 @@
 //! metrics and the retry decision all read that same outcome. A failure of the client's
 //! own body is its own outcome, so nothing the client does counts against an endpoint.
 
+pub use super::body::ClientBodyFault;
 use super::outlier::Signal;
 use crate::config::resilience::Conditions;
 
@@ -18,8 +19,8 @@ pub enum Outcome {
     Timeout,
     /// The connection failed after the request was (or may have been) sent.
     Reset,
-    /// The client's request body failed the try (over the route's limit): says nothing
-    /// about the endpoint.
+    /// The client's request body failed the try (over the route's limit, malformed, or
+    /// the client went away mid-body): says nothing about the endpoint.
     ClientBody,
 }
 
@@ -113,6 +114,9 @@ pub enum TryError {
     /// The client's body passed the route's limit while it streamed.
     #[error("request body too large")]
     BodyTooLarge,
+    /// The client's body stream failed: malformed framing, or the client went away.
+    #[error("request body failed: {0:?}")]
+    ClientBody(ClientBodyFault),
 }
 
 impl TryError {
@@ -121,7 +125,7 @@ impl TryError {
             TryError::ConnectFailed(_) | TryError::ConnectTimeout => Outcome::Connect,
             TryError::Timeout => Outcome::Timeout,
             TryError::Failed(_) => Outcome::Reset,
-            TryError::BodyTooLarge => Outcome::ClientBody,
+            TryError::BodyTooLarge | TryError::ClientBody(_) => Outcome::ClientBody,
         }
     }
 }
@@ -133,6 +137,9 @@ pub fn client_error(err: &hyper_util::client::legacy::Error) -> TryError {
     while let Some(e) = source {
         if e.is::<super::body::BodyTooLarge>() {
             return TryError::BodyTooLarge;
+        }
+        if let Some(f) = e.downcast_ref::<super::body::ClientBodyFailed>() {
+            return TryError::ClientBody(f.fault);
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
@@ -177,7 +184,13 @@ mod tests {
         assert_eq!(Outcome::ClientBody.outlier_signal(), None);
         assert_eq!(Outcome::ClientBody.error_kind(), None);
         assert!(!Outcome::ClientBody.retryable(&all, true));
-        assert_eq!(TryError::BodyTooLarge.outcome(), Outcome::ClientBody);
+        for e in [
+            TryError::BodyTooLarge,
+            TryError::ClientBody(ClientBodyFault::Malformed),
+            TryError::ClientBody(ClientBodyFault::Gone),
+        ] {
+            assert_eq!(e.outcome(), Outcome::ClientBody, "{e:?}");
+        }
     }
 
     #[test]

@@ -12,6 +12,7 @@ mod dashboard;
 mod discovery;
 mod examples;
 mod grpc;
+mod hostile;
 mod lifecycle;
 mod limits;
 mod observability;

@@ -1,0 +1,652 @@
+//! A hostile client (issue 12): raw HTTP/1 bytes over TCP and raw HTTP/2 frames (the `h2`
+//! crate), against the real gateway in front of an in-process upstream that records what
+//! it received. Every test asserts both the client's answer and what reached the upstream.
+
+use crate::support::*;
+use bytes::Bytes;
+use http::HeaderMap;
+use http_body_util::BodyExt as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::TcpStream;
+
+/// One request as the upstream received it.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: HeaderMap,
+    trailers: Option<HeaderMap>,
+    /// The body, or why it could not be read whole.
+    body: Result<Bytes, String>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).map(|v| v.to_str().unwrap())
+    }
+}
+
+/// An upstream that records every request (after reading its body) and answers 200 `ok`.
+struct Recorder {
+    up: Upstream,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Recorder {
+    async fn start() -> Recorder {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        let up = Upstream::start(move |req: http::Request<hyper::body::Incoming>| {
+            let log = log.clone();
+            async move {
+                let (parts, body) = req.into_parts();
+                let (body, trailers) = match body.collect().await {
+                    Ok(c) => {
+                        let t = c.trailers().cloned();
+                        (Ok(c.to_bytes()), t)
+                    }
+                    Err(e) => (Err(e.to_string()), None),
+                };
+                log.lock().unwrap().push(Seen {
+                    method: parts.method.to_string(),
+                    path: parts.uri.path().to_string(),
+                    headers: parts.headers,
+                    trailers,
+                    body,
+                });
+                http::Response::new(full("ok"))
+            }
+        })
+        .await;
+        Recorder { up, seen }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The requests that reached the upstream, but the `/end` markers.
+    fn paths(&self) -> Vec<String> {
+        self.seen()
+            .into_iter()
+            .map(|s| s.path)
+            .filter(|p| p != "/end")
+            .collect()
+    }
+}
+
+/// A gateway with host-scoped and key-protected routes in front of `rec`, whose upstream
+/// opens its breaker after 3 failures in a row.
+fn hostile_gateway(rec: &Recorder, extra_server: &str) -> Gateway {
+    Gateway::start(&format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+plugin_cache_dir = "{cache}"
+{extra_server}
+
+[[plugins]]
+name = "api-key"
+path = "{plugin}"
+
+[[upstreams]]
+name = "up"
+targets = [{{ address = "{addr}" }}]
+[upstreams.circuit_breaker]
+consecutive_failures = 3
+open_time = "60s"
+
+[[routes]]
+name = "secure-host"
+path_prefix = "/h/"
+hosts = ["secure.example"]
+preserve_host = true
+upstream = "up"
+plugins = [ {{ name = "api-key", config = {{ keys = [ {{ key = "k-1", consumer = "alice" }} ] }} }} ]
+
+[[routes]]
+name = "open-host"
+path_prefix = "/h/"
+hosts = ["other.example"]
+preserve_host = true
+upstream = "up"
+
+[[routes]]
+name = "keyed"
+path_prefix = "/secure/"
+upstream = "up"
+plugins = [ {{ name = "api-key", config = {{ keys = [ {{ key = "k-1", consumer = "alice" }} ] }} }} ]
+
+[[routes]]
+name = "all"
+path_prefix = "/"
+preserve_host = true
+upstream = "up"
+"#,
+        cache = std::env::temp_dir()
+            .join("portcullis-test-wasm-cache")
+            .display(),
+        plugin = plugin("api-key"),
+        addr = rec.up.addr,
+    ))
+}
+
+/// A response as read off the wire.
+#[derive(Debug)]
+struct Raw {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Bytes,
+}
+
+impl Raw {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn error_code(&self) -> String {
+        serde_json::from_slice::<serde_json::Value>(&self.body)
+            .map(|j| j["error"]["code"].as_str().unwrap_or_default().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// The last request of a raw exchange: answered, then the gateway closes, so reading to
+/// the end of the stream sees every response the gateway sent.
+const END: &[u8] = b"GET /end HTTP/1.1\r\nHost: end.example\r\nConnection: close\r\n\r\n";
+
+/// Writes `bytes` on a new connection and reads every response until the gateway closes
+/// it (a gateway that never closes fails the test after [`WAIT`]).
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Vec<Raw> {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(WAIT, async {
+        let mut chunk = [0u8; 16 << 10];
+        loop {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await
+    .expect("the gateway closes the connection");
+    parse_responses(&buf)
+}
+
+/// Parses HTTP/1.1 responses (Content-Length or chunked bodies) one after another.
+fn parse_responses(mut b: &[u8]) -> Vec<Raw> {
+    let mut out = Vec::new();
+    while let Some(end) = b.windows(4).position(|w| w == b"\r\n\r\n") {
+        let head = std::str::from_utf8(&b[..end]).expect("ASCII head");
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap().split(' ').nth(1).unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let get = |n: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.as_str())
+        };
+        b = &b[end + 4..];
+        let body = if let Some(len) = get("content-length") {
+            let len: usize = len.parse().unwrap();
+            let body = Bytes::copy_from_slice(&b[..len]);
+            b = &b[len..];
+            body
+        } else if get("transfer-encoding").is_some() {
+            let mut body = Vec::new();
+            loop {
+                let eol = b.windows(2).position(|w| w == b"\r\n").unwrap();
+                let size =
+                    usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16)
+                        .unwrap();
+                b = &b[eol + 2..];
+                if size == 0 {
+                    b = &b[2..];
+                    break;
+                }
+                body.extend_from_slice(&b[..size]);
+                b = &b[size + 2..];
+            }
+            Bytes::from(body)
+        } else {
+            let body = Bytes::copy_from_slice(b);
+            b = &[];
+            body
+        };
+        out.push(Raw {
+            status: status.parse().unwrap(),
+            headers,
+            body,
+        });
+    }
+    out
+}
+
+/// Every response of the exchange but the last, which must be the `/end` marker's 200.
+async fn answers(addr: SocketAddr, request: &[u8]) -> Vec<Raw> {
+    let mut bytes = request.to_vec();
+    bytes.extend_from_slice(END);
+    let mut r = exchange(addr, &bytes).await;
+    let last = r.pop().expect("at least the /end answer");
+    assert_eq!(last.status, 200, "the /end marker: {last:?}");
+    r
+}
+
+/// The value of the Prometheus line starting with `prefix` (0 when absent).
+async fn metric(gw: &Gateway, prefix: &str) -> f64 {
+    let r = get(&format!("http://{}/metrics", gw.admin.unwrap())).await;
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+// ---------------------------------------------------------------------------------------
+// 1. One authority per request.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_absolute_form_target_is_the_one_authority_routed_and_forwarded() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    // Routed on the URI's authority (the open route), and forwarded under it too: the
+    // client's Host does not reach the upstream as Host or X-Forwarded-Host.
+    let r = answers(
+        gw.addr,
+        b"GET http://other.example/h/x HTTP/1.1\r\nHost: secure.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r[0].status, 200, "{r:?}");
+    let seen = rec.seen();
+    let first = &seen[0];
+    assert_eq!(first.path, "/h/x");
+    assert_eq!(first.header("host"), Some("other.example"));
+    assert_eq!(first.header("x-forwarded-host"), Some("other.example"));
+    assert_eq!(first.header("x-portcullis-consumer"), None);
+    // The other way round: the key-protected route is chosen, and denies.
+    let r = answers(
+        gw.addr,
+        b"GET http://secure.example/h/x HTTP/1.1\r\nHost: other.example\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r[0].status, 401, "{r:?}");
+    assert_eq!(
+        rec.paths(),
+        ["/h/x"],
+        "the denied request never went upstream"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_authority_and_host_that_differ_are_refused() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2c, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let send = async |h2c: &mut h2::client::SendRequest<Bytes>, host: &str| {
+        let req = http::Request::get("http://other.example/h/x")
+            .header("host", host)
+            .body(())
+            .unwrap();
+        let (resp, _) = h2c.send_request(req, true).unwrap();
+        let resp = resp.await.unwrap();
+        let status = resp.status().as_u16();
+        let mut body = resp.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.unwrap();
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        (status, bytes)
+    };
+    let (status, body) = send(&mut h2c, "secure.example").await;
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&body));
+    assert!(String::from_utf8_lossy(&body).contains("bad_host"));
+    assert!(rec.seen().is_empty(), "nothing reached the upstream");
+    // Agreeing (case aside), the request goes through under that authority.
+    let (status, _) = send(&mut h2c, "Other.Example").await;
+    assert_eq!(status, 200);
+    let seen = rec.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].header("host"), Some("other.example"));
+    assert_eq!(seen[0].header("x-forwarded-host"), Some("other.example"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http11_needs_exactly_one_host() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    for request in [
+        &b"GET /a HTTP/1.1\r\n\r\n"[..],
+        b"GET /a HTTP/1.1\r\nHost: other.example\r\nHost: secure.example\r\n\r\n",
+        b"GET http://other.example/a HTTP/1.1\r\n\r\n",
+    ] {
+        let r = answers(gw.addr, request).await;
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!((r[0].status, r[0].error_code().as_str()), (400, "bad_host"));
+    }
+    assert!(rec.paths().is_empty(), "{:?}", rec.paths());
+    // HTTP/1.0 may leave Host out.
+    let r = exchange(gw.addr, b"GET /ten HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r[0].status, 200, "{r:?}");
+    assert_eq!(rec.paths(), ["/ten"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_that_is_not_host_and_port_is_refused() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    for host in ["a:80:80", "u@a", "a,b", "secure.example:x", "[::1"] {
+        let request = format!("GET /a HTTP/1.1\r\nHost: {host}\r\n\r\n");
+        let r = answers(gw.addr, request.as_bytes()).await;
+        assert_eq!(r.len(), 1, "{host}: {r:?}");
+        assert_eq!(
+            (r[0].status, r[0].error_code().as_str()),
+            (400, "bad_host"),
+            "{host}"
+        );
+    }
+    let r = answers(gw.addr, b"GET http://u@a/a HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(
+        r[0].status, 400,
+        "userinfo in an absolute-form target: {r:?}"
+    );
+    assert!(rec.paths().is_empty(), "{:?}", rec.paths());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_trailing_dot_does_not_escape_host_matching() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    let r = answers(
+        gw.addr,
+        b"GET /h/x HTTP/1.1\r\nHost: SECURE.example.\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r[0].status, 401, "the key-protected route took it: {r:?}");
+    assert!(rec.paths().is_empty());
+    let r = answers(
+        gw.addr,
+        b"GET /h/x HTTP/1.1\r\nHost: secure.example.:8080\r\nX-Api-Key: k-1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r[0].status, 200, "{r:?}");
+    let seen = rec.seen();
+    let s = seen.iter().find(|s| s.path == "/h/x").expect("forwarded");
+    assert_eq!(s.header("host"), Some("secure.example:8080"));
+    assert_eq!(s.header("x-portcullis-consumer"), Some("alice"));
+}
+
+// ---------------------------------------------------------------------------------------
+// 2. A failure of the client's body is the client's.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_body_failures_never_open_the_breaker() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    // Three malformed chunked bodies: each is the client's 400.
+    for _ in 0..3 {
+        let r = exchange(
+            gw.addr,
+            b"POST /up HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n",
+        )
+        .await;
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(
+            (r[0].status, r[0].error_code().as_str()),
+            (400, "malformed_body")
+        );
+        assert_eq!(r[0].header("connection"), Some("close"));
+    }
+    // Three clients that leave mid-body.
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 100\r\n\r\n0123456789")
+            .await
+            .unwrap();
+        drop(s);
+    }
+    // All six are answered (and counted) before the breaker is looked at.
+    let counted = "portcullis_requests_total{method=\"POST\",route=\"all\",status=\"4xx\"}";
+    until_ok(
+        "the six requests to be counted",
+        WAIT,
+        WAIT / 1000,
+        async || match metric(&gw, counted).await {
+            6.0 => Ok(()),
+            n => Err(n),
+        },
+    )
+    .await;
+    let opened = "portcullis_circuit_breaker_transitions_total{endpoint=";
+    assert_eq!(metric(&gw, opened).await, 0.0, "no breaker transition");
+    let r = answers(gw.addr, b"GET /good HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(r[0].status, 200, "{r:?}");
+    // Upstream: the failed bodies never arrived whole; the good request did.
+    let seen = rec.seen();
+    assert!(
+        seen.iter()
+            .filter(|s| s.path == "/up")
+            .all(|s| s.body.is_err()),
+        "{seen:?}"
+    );
+    assert!(seen.iter().any(|s| s.path == "/good" && s.method == "GET"));
+}
+
+// ---------------------------------------------------------------------------------------
+// 5. Header hygiene.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connection_cannot_remove_the_gateways_own_headers() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    let r = answers(
+        gw.addr,
+        b"GET /secure/x HTTP/1.1\r\nHost: a\r\nX-Api-Key: k-1\r\n\
+          Connection: x-portcullis-consumer, x-request-id, traceparent, x-forwarded-for\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r[0].status, 200, "{r:?}");
+    let s = &rec.seen()[0];
+    assert_eq!(s.header("x-portcullis-consumer"), Some("alice"));
+    assert!(s.header("x-request-id").is_some());
+    assert!(s.header("traceparent").is_some());
+    assert!(s.header("x-forwarded-for").is_some());
+    assert_eq!(s.header("connection"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_trailers_cannot_carry_gateway_managed_headers() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    let r = answers(
+        gw.addr,
+        b"POST /t HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTE: trailers\r\n\
+          Trailer: X-Portcullis-Consumer, X-Request-Id, X-Checksum\r\n\r\n\
+          5\r\nhello\r\n0\r\nX-Portcullis-Consumer: admin\r\nX-Request-Id: forged\r\n\
+          X-Checksum: 1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r[0].status, 200, "{r:?}");
+    let s = &rec.seen()[0];
+    assert_eq!(s.body.as_deref().ok(), Some(&b"hello"[..]));
+    assert_eq!(s.header("x-portcullis-consumer"), None);
+    let trailers = s.trailers.clone().unwrap_or_default();
+    assert!(
+        trailers.get("x-portcullis-consumer").is_none(),
+        "{trailers:?}"
+    );
+    assert!(trailers.get("x-request-id").is_none(), "{trailers:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_names_with_underscores_are_dropped_unless_allowed() {
+    let request =
+        b"GET /u HTTP/1.1\r\nHost: a\r\nX_Portcullis_Consumer: admin\r\nX-Kept: 1\r\n\r\n";
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    assert_eq!(answers(gw.addr, request).await[0].status, 200);
+    let s = &rec.seen()[0];
+    assert_eq!(s.header("x_portcullis_consumer"), None);
+    assert_eq!(s.header("x-kept"), Some("1"));
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "allow_underscores_in_headers = true");
+    assert_eq!(answers(gw.addr, request).await[0].status, 200);
+    assert_eq!(rec.seen()[0].header("x_portcullis_consumer"), Some("admin"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_transfer_coding_other_than_chunked_alone_is_not_implemented() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    for te in ["gzip, chunked", "chunked, chunked", "identity, chunked"] {
+        let request = format!(
+            "POST /te HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: {te}\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        );
+        let r = exchange(gw.addr, request.as_bytes()).await;
+        assert_eq!(r.len(), 1, "{te}: {r:?}");
+        assert_eq!(
+            (r[0].status, r[0].error_code().as_str()),
+            (501, "unsupported_transfer_encoding"),
+            "{te}"
+        );
+    }
+    // A coding list that does not end in chunked cannot be framed at all: 400 (hyper).
+    let r = exchange(
+        gw.addr,
+        b"POST /te HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\nhello",
+    )
+    .await;
+    assert!(matches!(r[0].status, 400 | 501), "{r:?}");
+    assert!(rec.paths().is_empty(), "{:?}", rec.paths());
+}
+
+// ---------------------------------------------------------------------------------------
+// 6. The bare prefix.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prefix_route_takes_its_bare_prefix_before_the_catch_all() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    let r = answers(gw.addr, b"GET /secure HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(r[0].status, 401, "{r:?}");
+    let r = answers(gw.addr, b"GET /securex HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(
+        r[0].status, 200,
+        "a longer segment is not the prefix: {r:?}"
+    );
+    assert_eq!(rec.paths(), ["/securex"]);
+}
+
+// ---------------------------------------------------------------------------------------
+// What already held: framing.
+// ---------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread")]
+async fn content_length_with_chunked_smuggles_nothing() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    // CL.TE: chunked wins and the connection is closed after the answer; what a
+    // CL-reader would see as a second request is never one.
+    let r = exchange(
+        gw.addr,
+        b"POST /clte HTTP/1.1\r\nHost: a\r\nContent-Length: 6\r\nTransfer-Encoding: chunked\r\n\r\n\
+          0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.len(), 1, "one answer, then the connection closes: {r:?}");
+    assert_eq!(r[0].header("connection"), Some("close"));
+    // TE.CL: a chunk that holds a request is a body, not a request.
+    let r = exchange(
+        gw.addr,
+        b"POST /tecl HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n\
+          23\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    let seen = rec.seen();
+    assert!(!seen.iter().any(|s| s.path == "/smuggled"), "{seen:?}");
+    let clte = seen.iter().find(|s| s.path == "/clte").expect("forwarded");
+    assert_eq!(clte.body.as_deref().ok(), Some(&b""[..]));
+    let tecl = seen.iter().find(|s| s.path == "/tecl").expect("forwarded");
+    assert_eq!(
+        tecl.body.as_deref().ok(),
+        Some(&b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"[..])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn duplicate_content_lengths_are_refused() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    let r = exchange(
+        gw.addr,
+        b"POST /dup HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 30\r\n\r\nhelloGET /smuggled HTTP/1.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].status, 400);
+    assert!(rec.paths().is_empty(), "{:?}", rec.paths());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn obsolete_line_folding_is_refused() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    let r = exchange(
+        gw.addr,
+        b"GET /fold HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert_eq!(r[0].status, 400);
+    assert!(rec.paths().is_empty(), "{:?}", rec.paths());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn nul_and_bare_cr_in_header_values_are_refused() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    for value in [&b"a\0b"[..], b"a\rb"] {
+        let mut request = b"GET /ctl HTTP/1.1\r\nHost: a\r\nX-Bad: ".to_vec();
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n\r\n");
+        let r = exchange(gw.addr, &request).await;
+        assert_eq!(r.len(), 1, "{value:?}: {r:?}");
+        assert_eq!(r[0].status, 400, "{value:?}");
+    }
+    assert!(rec.paths().is_empty(), "{:?}", rec.paths());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_headers_are_refused() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    let mut request = b"GET /many HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for i in 0..10_000 {
+        request.extend_from_slice(format!("X-H{i}: v\r\n").as_bytes());
+    }
+    request.extend_from_slice(b"\r\n");
+    let r = exchange(gw.addr, &request).await;
+    assert_eq!(r.len(), 1, "{r:?}");
+    assert!(matches!(r[0].status, 400 | 431), "{}", r[0].status);
+    assert!(rec.paths().is_empty(), "{:?}", rec.paths());
+}
