@@ -11,8 +11,9 @@
 #      `cargo build --release` if the default binary is missing);
 #   5. runs wrk against [direct, nginx, portcullis], interleaved, ROUNDS times
 #      (even rounds in reverse order; use an even ROUNDS to balance position),
-#      and prints per target the median req/s, p50 and p99 latency (ms) and the
-#      ratios portcullis/nginx for req/s and p99.
+#      and prints per target the median req/s, p50 and p99 latency (ms), the
+#      gateway's CPU per request (user+sys from /proc, Portcullis targets only) and
+#      the ratios portcullis/nginx for req/s and p99.
 # Both nginx instances run from a temp dir with their own conf/pid/logs; the
 # system nginx is never touched. Every process started is stopped on exit.
 # Raw wrk outputs, generated configs and server logs go to bench/out/<stamp>/.
@@ -287,10 +288,12 @@ declare -A URL=(
   [nginx]="http://127.0.0.1:$NGX_PORT/"
 )
 # start_portcullis TARGET CONFIG PORT DESCRIPTION [BINARY]
+declare -A PID
 start_portcullis() {
   local t=$1 conf=$2 port=$3 bin=${5:-$BIN}
   "$bin" run --config "$conf" --log-level warn >"$TMP/$t.log" 2>&1 &
   PIDS+=("$!")
+  PID[$t]=$!
   wait_port "$t" "$port" "$!" "$TMP/$t.log"
   log "$t: $4 on 127.0.0.1:$port"
   TARGETS+=("$t")
@@ -312,12 +315,21 @@ fi
 for t in "${TARGETS[@]}"; do check_200 "$t" "${URL[$t]}"; done
 
 # --- wrk runs ------------------------------------------------------------------
+# cpu_ticks PID -> user + system clock ticks the process has used so far
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+CLK_TCK=$(getconf CLK_TCK)
+
 # run_wrk TARGET DURATION OUTFILE
+# For a Portcullis target, also appends "cpu_ticks N" to OUTFILE: the CPU the gateway
+# process used during the run (user + system), for CPU per request.
 run_wrk() {
-  local t=$1 d=$2 f=$3 s
+  local t=$1 d=$2 f=$3 s before=""
   s=$(to_seconds "$d")
+  [[ -n ${PID[$t]:-} ]] && before=$(cpu_ticks "${PID[$t]}")
   timeout -k 5 $((s + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"$d" --latency "${URL[$t]}" >"$f" 2>&1 \
     || { cat "$f" >&2; die "wrk against $t failed"; }
+  [[ -n $before ]] && echo "cpu_ticks $(( $(cpu_ticks "${PID[$t]}") - before ))" >>"$f"
+  return 0
 }
 
 # parse_wrk FILE -> "req_s p50_ms p99_ms errors"
@@ -334,12 +346,16 @@ parse_wrk() {
     /^ *50% / { p50 = ms($2) }
     /^ *99% / { p99 = ms($2) }
     /^Requests\/sec:/ { rps = $2 }
+    /requests in / { reqs = $1 }
+    /^cpu_ticks / { ticks = $2 }
     /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
     /Non-2xx or 3xx responses:/ { err += $NF }
     END {
       if (rps == "" || p50 == "" || p99 == "") exit 1
-      printf "%.2f %.3f %.3f %d\n", rps, p50, p99, err
-    }' "$1"
+      # CPU microseconds per request of the gateway process (0: not measured).
+      cpu = (ticks != "" && reqs > 0) ? ticks * 1e6 / tck / reqs : 0
+      printf "%.2f %.3f %.3f %d %.2f\n", rps, p50, p99, err, cpu
+    }' tck="$CLK_TCK" "$1"
 }
 
 median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
@@ -352,7 +368,7 @@ if (( WARM_S > 0 )); then
   log "warm-up done ($WARMUP per target)"
 fi
 
-declare -A RPS P50 P99 ERR MED_RPS MED_P99
+declare -A RPS P50 P99 ERR CPU MED_RPS MED_P99 MED_CPU
 for ((r = 1; r <= ROUNDS; r++)); do
   # Even rounds run the targets in reverse order: whichever runs second in a pair is
   # measured a few percent lower on this box (an A/A run of two identical Portcullis
@@ -365,10 +381,11 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for t in "${order[@]}"; do
     f="$OUT/round$r-$t.txt"
     run_wrk "$t" "$DURATION" "$f"
-    read -r rps p50 p99 err < <(parse_wrk "$f") || die "could not parse wrk output $f"
+    read -r rps p50 p99 err cpu < <(parse_wrk "$f") || die "could not parse wrk output $f"
     RPS[$t]+="$rps "; P50[$t]+="$p50 "; P99[$t]+="$p99 "; ERR[$t]=$(( ${ERR[$t]:-0} + err ))
-    printf '    round %d %-10s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  errors %d\n' \
-      "$r" "$t" "$rps" "$p50" "$p99" "$err"
+    CPU[$t]+="$cpu "
+    printf '    round %d %-10s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  errors %d  cpu %6.2f us/req\n' \
+      "$r" "$t" "$rps" "$p50" "$p99" "$err" "$cpu"
   done
 done
 
@@ -379,13 +396,14 @@ summary="$OUT/summary.txt"
   echo "machine: $CORES cores; nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), worker_processes $CORES (upstream and proxy)"
   echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS round(s), medians over rounds"
   echo
-  printf '%-12s %12s %10s %10s %8s\n' target "req/s" "p50 ms" "p99 ms" errors
+  printf '%-12s %12s %10s %10s %8s %12s\n' target "req/s" "p50 ms" "p99 ms" errors "cpu us/req"
   for t in "${TARGETS[@]}"; do
     m_rps=$(tr ' ' '\n' <<<"${RPS[$t]}" | grep . | median)
     m_p50=$(tr ' ' '\n' <<<"${P50[$t]}" | grep . | median)
     m_p99=$(tr ' ' '\n' <<<"${P99[$t]}" | grep . | median)
-    MED_RPS[$t]=$m_rps; MED_P99[$t]=$m_p99
-    printf '%-12s %12.0f %10.3f %10.3f %8d\n' "$t" "$m_rps" "$m_p50" "$m_p99" "${ERR[$t]}"
+    m_cpu=$(tr ' ' '\n' <<<"${CPU[$t]}" | grep . | median)
+    MED_RPS[$t]=$m_rps; MED_P99[$t]=$m_p99; MED_CPU[$t]=$m_cpu
+    printf '%-12s %12.0f %10.3f %10.3f %8d %12.2f\n' "$t" "$m_rps" "$m_p50" "$m_p99" "${ERR[$t]}" "$m_cpu"
   done
   if [[ $SKIP_PORTCULLIS != 1 ]]; then
     echo
@@ -401,9 +419,11 @@ summary="$OUT/summary.txt"
   fi
   if [[ -n ${BASELINE_BIN:-} && $SKIP_PORTCULLIS != 1 ]]; then
     awk -v b="${MED_RPS[baseline]}" -v p="${MED_RPS[portcullis]}" -v bp="${MED_P99[baseline]}" -v pp="${MED_P99[portcullis]}" \
+        -v bc="${MED_CPU[baseline]}" -v pc="${MED_CPU[portcullis]}" \
       'BEGIN {
          printf "portcullis/baseline req/s ratio: %s   (same run; >= 1 means no loss)\n", (b > 0 ? sprintf("%.3f", p / b) : "n/a")
          printf "portcullis/baseline p99 ratio:   %s   (lower is better)\n", (bp > 0 ? sprintf("%.3f", pp / bp) : "n/a")
+         printf "portcullis/baseline CPU per request: %s   (process user+sys per request; lower is better)\n", (bc > 0 ? sprintf("%.3f", pc / bc) : "n/a")
        }'
   fi
   for t in "${TARGETS[@]}"; do
