@@ -73,6 +73,14 @@ const HEADERS: u8 = 1;
 const PING: u8 = 6;
 const END_STREAM: u8 = 1;
 
+/// A connection that has sent the HTTP/2 preface and an empty SETTINGS frame.
+async fn h2_connection(gw: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    s
+}
+
 /// The frame types in `bytes`, a run of whole frames (a trailing partial one ignored).
 fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
     let mut kinds = Vec::new();
@@ -127,9 +135,7 @@ async fn a_partial_http2_preface_is_closed() {
 #[tokio::test]
 async fn http2_preface_and_settings_then_silence_is_closed() {
     let (_up, gw) = gateway(&bounds(&["keep_alive_timeout"])).await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let mut s = h2_connection(&gw).await;
     let got = closed_by_gateway(&mut s).await;
     // It was served as HTTP/2 (the gateway's SETTINGS came first) and then closed.
     assert_eq!(frame_types(&got).first(), Some(&SETTINGS), "{got:?}");
@@ -138,9 +144,7 @@ async fn http2_preface_and_settings_then_silence_is_closed() {
 #[tokio::test]
 async fn http2_headers_without_end_headers_is_closed() {
     let (up, gw) = gateway(&bounds(&["keep_alive_timeout"])).await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let mut s = h2_connection(&gw).await;
     // `:method: GET` (HPACK static index 2), END_STREAM but not END_HEADERS: the head
     // would go on in a CONTINUATION that never comes.
     s.write_all(&frame(HEADERS, END_STREAM, 1, &[0x82]))
@@ -157,9 +161,7 @@ async fn an_http2_client_that_does_not_answer_pings_is_closed() {
         "http2_keep_alive_timeout",
     ]))
     .await;
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let mut s = h2_connection(&gw).await;
     let got = closed_by_gateway(&mut s).await;
     assert!(frame_types(&got).contains(&PING), "{got:?}");
 }
