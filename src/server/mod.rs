@@ -103,13 +103,16 @@ where
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let slot = slot.clone();
         let stop = stop_rx.clone();
+        // Built here, before anything is accepted: built on the thread, it raced the
+        // acceptors for descriptors, and a worker whose runtime could not be built
+        // (EMFILE) panicked and dropped every connection dealt to it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot build a worker runtime")?;
         std::thread::Builder::new()
             .name(format!("portcullis-worker-{i}"))
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("worker runtime");
                 rt.block_on(worker(slot, rx, stop));
                 let _ = done_tx.send(());
             })

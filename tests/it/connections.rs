@@ -204,3 +204,69 @@ async fn over_max_connections_an_idle_connection_makes_room_for_a_new_client() {
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(up.hits(), 4);
 }
+
+#[tokio::test]
+async fn out_of_descriptors_the_oldest_idle_connections_make_room_for_a_client() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new();
+    let path = dir.write(
+        "p.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\nfirst_byte_timeout = \"1h\"\n",
+    );
+    // Soft and hard limit 64, so the gateway cannot raise it: silent connections use up
+    // its descriptors and accept fails with EMFILE.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec {} run --config {} --log-level warn",
+            bin(),
+            path.display()
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
+    let (log_tx, log) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = log_tx.send(l);
+        }
+    });
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // No route matches: the gateway answers itself, with no upstream descriptor needed.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /nope HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&closed_by_gateway(&mut s).await).into_owned();
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<String> = log.try_iter().collect();
+    assert!(
+        answer.starts_with("HTTP/1.1 404"),
+        "{answer:?} (gateway exited: {exited:?}; log: {lines:?})"
+    );
+    // It got there through the out-of-descriptors path.
+    assert!(
+        lines.iter().any(|l| l.contains("accept failed")),
+        "{lines:?}"
+    );
+}
