@@ -133,6 +133,20 @@ pub(super) struct RawServer {
     drain_timeout: Option<Dur>,
     /// `header_read_timeout = "10s"`: a client must send a request's whole head in this time.
     header_read_timeout: Option<Dur>,
+    /// `first_byte_timeout = "10s"`: a new connection (after its TLS handshake) must send
+    /// enough to tell HTTP/1 from the HTTP/2 preface in this time.
+    first_byte_timeout: Option<Spanned<Dur>>,
+    /// `keep_alive_timeout = "60s"`: a connection with no request in flight is closed
+    /// after this long.
+    keep_alive_timeout: Option<Spanned<Dur>>,
+    /// `http2_keep_alive_interval = "20s"`: an HTTP/2 connection is pinged this often.
+    http2_keep_alive_interval: Option<Spanned<Dur>>,
+    /// `http2_keep_alive_timeout = "20s"`: an HTTP/2 connection whose ping is not
+    /// answered in this time is closed.
+    http2_keep_alive_timeout: Option<Spanned<Dur>>,
+    /// `max_connections = 10000`: open client connections on the proxy listeners; at the
+    /// cap the connection idle the longest is closed to make room.
+    max_connections: Option<Spanned<usize>>,
     /// `max_header_size = "64KiB"`: larger request heads get 431.
     max_header_size: Option<Size>,
     /// `max_body_size = "10MiB"`: default request body limit of every route (413 beyond).
@@ -192,6 +206,11 @@ pub struct ServerConfig {
     pub watch_config: bool,
     pub drain_timeout: Duration,
     pub header_read_timeout: Duration,
+    pub first_byte_timeout: Duration,
+    pub keep_alive_timeout: Duration,
+    pub http2_keep_alive_interval: Duration,
+    pub http2_keep_alive_timeout: Duration,
+    pub max_connections: usize,
     pub max_header_size: usize,
     pub trust_forwarded_headers: bool,
     pub allow_underscores_in_headers: bool,
@@ -277,6 +296,21 @@ pub(super) fn validate(
         header_read_timeout: s
             .header_read_timeout
             .map_or(Duration::from_secs(10), |d| d.0),
+        first_byte_timeout: cx
+            .positive(&s.first_byte_timeout, "first_byte_timeout")?
+            .unwrap_or(Duration::from_secs(10)),
+        keep_alive_timeout: cx
+            .positive(&s.keep_alive_timeout, "keep_alive_timeout")?
+            .unwrap_or(Duration::from_secs(60)),
+        http2_keep_alive_interval: cx
+            .positive(&s.http2_keep_alive_interval, "http2_keep_alive_interval")?
+            .unwrap_or(Duration::from_secs(20)),
+        http2_keep_alive_timeout: cx
+            .positive(&s.http2_keep_alive_timeout, "http2_keep_alive_timeout")?
+            .unwrap_or(Duration::from_secs(20)),
+        max_connections: cx
+            .between(&s.max_connections, "max_connections", 1..=10_000_000)?
+            .unwrap_or(10_000),
         max_header_size: max_header_size as usize,
         trust_forwarded_headers: s.trust_forwarded_headers,
         allow_underscores_in_headers: s.allow_underscores_in_headers,
@@ -412,6 +446,37 @@ mod tests {
             .contains("at least one"));
         let err = server("listen = 5").unwrap_err();
         assert!(err.message.contains("expected an address"), "{err}");
+    }
+
+    #[test]
+    fn connection_bounds() {
+        let d = server("listen = \"127.0.0.1:1\"").unwrap();
+        assert_eq!(
+            (
+                d.first_byte_timeout,
+                d.keep_alive_timeout,
+                d.max_connections
+            ),
+            (Duration::from_secs(10), Duration::from_secs(60), 10_000)
+        );
+        assert_eq!(
+            (d.http2_keep_alive_interval, d.http2_keep_alive_timeout),
+            (Duration::from_secs(20), Duration::from_secs(20))
+        );
+        let s = server("listen = \"127.0.0.1:1\"\nfirst_byte_timeout = \"2s\"\nkeep_alive_timeout = \"5s\"\nmax_connections = 3").unwrap();
+        assert_eq!(
+            (
+                s.first_byte_timeout,
+                s.keep_alive_timeout,
+                s.max_connections
+            ),
+            (Duration::from_secs(2), Duration::from_secs(5), 3)
+        );
+        let err = server("listen = \"127.0.0.1:1\"\nkeep_alive_timeout = \"0s\"").unwrap_err();
+        assert_eq!(err.key, "server.keep_alive_timeout");
+        assert_eq!(err.position, Some((3, 22)));
+        let err = server("listen = \"127.0.0.1:1\"\nmax_connections = 0").unwrap_err();
+        assert_eq!(err.key, "server.max_connections");
     }
 
     #[test]

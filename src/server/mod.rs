@@ -2,6 +2,8 @@
 //! port, or TLS (rustls, ALPN `h2`/`http/1.1`) on listeners with a certificate;
 //! keep-alive, header size and header-read-time limits, and graceful shutdown on
 //! SIGINT/SIGTERM (stop accepting, drain in-flight requests up to `drain_timeout`).
+//! Every connection is bounded in time (`connection.rs`) and their number is capped
+//! (`accept.rs`).
 //!
 //! Thread per core, as nginx does with worker processes: `server.workers` threads each
 //! run their own single-threaded tokio runtime with their own upstream connection pools,
@@ -9,11 +11,16 @@
 //! calling runtime accepts connections and deals them out round-robin; TLS handshakes
 //! run on the worker that got the connection, so they spread over the cores too.
 
+mod accept;
+mod connection;
+
 use crate::config::ServerConfig;
 use crate::proxy::body::ResponseBody;
 use crate::proxy::{ClientInfo, Gateway};
+use accept::{Backoff, Connections, Registration};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
+use connection::{ConnState, Counted};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -25,14 +32,17 @@ use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// An accepted connection, its peer, and the TLS acceptor of its listener if it has one.
+/// An accepted connection, its peer, the TLS acceptor of its listener if it has one, and
+/// its place under the connection cap.
 type Accepted = (
     std::net::TcpStream,
     SocketAddr,
     Option<tokio_rustls::TlsAcceptor>,
+    Registration,
 );
 
 /// Binds every listener of `server`, announces each on stdout as
@@ -50,6 +60,7 @@ where
     A: Fn(Request<Incoming>) -> F + Clone + Send + Sync + 'static,
     F: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
+    accept::raise_nofile_limit(server.max_connections);
     let mut proxies = Vec::new();
     for l in &server.listen {
         let addr = l.address;
@@ -92,13 +103,16 @@ where
         let (done_tx, done_rx) = oneshot::channel::<()>();
         let slot = slot.clone();
         let stop = stop_rx.clone();
+        // Built here, before anything is accepted: built on the thread, it raced the
+        // acceptors for descriptors, and a worker whose runtime could not be built
+        // (EMFILE) panicked and dropped every connection dealt to it.
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot build a worker runtime")?;
         std::thread::Builder::new()
             .name(format!("portcullis-worker-{i}"))
             .spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("worker runtime");
                 rt.block_on(worker(slot, rx, stop));
                 let _ = done_tx.send(());
             })
@@ -107,30 +121,27 @@ where
         done.push(done_rx);
     }
 
-    // Acceptors: deal connections out round-robin.
+    // Acceptors: deal connections out round-robin, under the connection cap.
+    let conns = Connections::new(server.max_connections);
     let mut acceptors = Vec::new();
     for (l, tls) in proxies {
         let senders = senders.clone();
+        let conns = conns.clone();
         acceptors.push(tokio::spawn(async move {
             let mut next = 0usize;
+            let mut backoff = Backoff::default();
             loop {
-                match l.accept().await {
-                    Ok((s, peer)) => {
-                        let Ok(s) = s.into_std() else { continue };
-                        if senders[next % senders.len()]
-                            .send((s, peer, tls.clone()))
-                            .is_err()
-                        {
-                            return;
-                        }
-                        next = next.wrapping_add(1);
-                    }
-                    // Out of file descriptors and the like: log and keep accepting.
-                    Err(e) => {
-                        tracing::error!(error = %e, "accept failed");
-                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    }
+                let (s, peer) = accept::accept(&l, &mut backoff, Some(&conns)).await;
+                let registration = conns.register();
+                conns.room_for(&registration).await;
+                let Ok(s) = s.into_std() else { continue };
+                if senders[next % senders.len()]
+                    .send((s, peer, tls.clone(), registration))
+                    .is_err()
+                {
+                    return;
                 }
+                next = next.wrapping_add(1);
             }
         }));
     }
@@ -138,22 +149,24 @@ where
     let admin_graceful = Arc::new(GracefulShutdown::new());
     if let Some(l) = admin_listener {
         let graceful = admin_graceful.clone();
-        let builder = connection_builder(server);
+        let builder = Arc::new(connection_builder(server));
+        let bounds = Bounds::of(server);
         acceptors.push(tokio::spawn(async move {
+            // Not under the cap (an operator must reach it when the proxy is full), but
+            // bounded in time like every connection.
+            let mut backoff = Backoff::default();
             loop {
-                let Ok((s, _)) = l.accept().await else {
-                    continue;
-                };
-                let admin = admin.clone();
-                let svc = service_fn(move |req| {
-                    let answer = admin(req);
-                    async move { Ok::<_, Infallible>(answer.await) }
-                });
-                let conn =
-                    graceful.watch(builder.serve_connection(TokioIo::new(s), svc).into_owned());
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+                let (s, peer) = accept::accept(&l, &mut backoff, None).await;
+                let conn = serve(
+                    builder.clone(),
+                    bounds,
+                    Arc::new(ConnState::new()),
+                    graceful.watcher(),
+                    s,
+                    peer,
+                    admin.clone(),
+                );
+                tokio::spawn(conn);
             }
         }));
     }
@@ -197,8 +210,27 @@ fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(server.max_header_size as u32);
+        .max_header_list_size(server.max_header_size as u32)
+        .keep_alive_interval(server.http2_keep_alive_interval)
+        .keep_alive_timeout(server.http2_keep_alive_timeout);
     builder
+}
+
+/// The time bounds of a connection that the server keeps itself (hyper keeps the others:
+/// `header_read_timeout` and the HTTP/2 pings).
+#[derive(Clone, Copy, Debug)]
+struct Bounds {
+    first_byte: Duration,
+    keep_alive: Duration,
+}
+
+impl Bounds {
+    fn of(server: &ServerConfig) -> Self {
+        Bounds {
+            first_byte: server.first_byte_timeout,
+            keep_alive: server.keep_alive_timeout,
+        }
+    }
 }
 
 /// One worker thread's loop: serve the connections dealt to it until told to stop, then
@@ -208,31 +240,49 @@ async fn worker(
     mut conns: mpsc::UnboundedReceiver<Accepted>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let builder = Arc::new(connection_builder(&slot.load().server));
+    let (builder, bounds, handshake_timeout) = {
+        let gw = slot.load();
+        (
+            Arc::new(connection_builder(&gw.server)),
+            Bounds::of(&gw.server),
+            gw.server.tls_handshake_timeout,
+        )
+    };
     let graceful = GracefulShutdown::new();
     loop {
         tokio::select! {
             accepted = conns.recv() => {
-                let Some((stream, peer, tls)) = accepted else { break };
+                let Some((stream, peer, tls, registration)) = accepted else { break };
                 let Ok(stream) = TcpStream::from_std(stream) else { continue };
                 let _ = stream.set_nodelay(true);
-                match tls {
-                    None => {
-                        tokio::spawn(serve(slot.clone(), &builder, graceful.watcher(), stream, peer, false));
-                    }
-                    Some(acceptor) => {
-                        // The handshake counts as part of the connection for shutdown.
-                        let (slot, builder, watcher) = (slot.clone(), builder.clone(), graceful.watcher());
-                        let timeout = slot.load().server.tls_handshake_timeout;
-                        tokio::spawn(async move {
-                            match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => serve(slot, &builder, watcher, tls, peer, true).await,
+                // The handshake counts as part of the connection for shutdown.
+                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                // Each request is served by the gateway current when it arrives; a reload
+                // swaps the slot and requests in flight finish on the old one.
+                let (slot, client) = (slot.clone(), Arc::new(ClientInfo::with_tls(peer, tls.is_some())));
+                let handler = move |req: Request<Incoming>| {
+                    let gw = slot.load_full();
+                    let client = client.clone();
+                    async move { gw.handle(req, &client).await }
+                };
+                tokio::spawn(async move {
+                    let state = registration.state.clone();
+                    let conn = async {
+                        match tls {
+                            None => serve(builder, bounds, state.clone(), watcher, stream, peer, handler).await,
+                            Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                                Ok(Ok(tls)) => serve(builder, bounds, state.clone(), watcher, tls, peer, handler).await,
                                 Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
                                 Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                            }
-                        });
+                            },
+                        }
+                    };
+                    tokio::select! {
+                        () = conn => {}
+                        () = state.closed() => tracing::debug!(peer = %peer, "idle connection closed to stay under max_connections"),
                     }
-                }
+                    drop(registration);
+                });
             }
             _ = stop.wait_for(|s| *s) => break,
         }
@@ -240,30 +290,42 @@ async fn worker(
     graceful.shutdown().await;
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on one client connection (plain TCP or TLS) until it closes.
-fn serve<IO>(
-    slot: Arc<ArcSwap<Gateway>>,
-    builder: &auto::Builder<TokioExecutor>,
+/// Serves HTTP/1.1 and HTTP/2 on one client connection (plain TCP or TLS) until it closes,
+/// its first bytes do not come within `first_byte_timeout`, or it has had no request in
+/// flight for `keep_alive_timeout`.
+async fn serve<IO, H, F>(
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    bounds: Bounds,
+    state: Arc<ConnState>,
     watcher: Watcher,
     io: IO,
     peer: SocketAddr,
-    tls: bool,
-) -> impl Future<Output = ()> + Send + 'static
-where
+    handler: H,
+) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
-    let client = Arc::new(ClientInfo::with_tls(peer, tls));
+    let io = match connection::first_bytes(io, bounds.first_byte).await {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::debug!(peer = %peer, error = %e, "connection closed before its first request");
+            return;
+        }
+    };
+    let requests = state.clone();
     let svc = service_fn(move |req| {
-        // Each request is served by the gateway current when it arrives; a reload swaps
-        // the slot and requests in flight finish on the old one.
-        let gw = slot.load_full();
-        let client = client.clone();
-        async move { Ok::<_, Infallible>(gw.handle(req, &client).await) }
+        let in_flight = requests.request();
+        let answer = handler(req);
+        async move { Ok::<_, Infallible>(answer.await.map(|b| Counted::new(b, in_flight))) }
     });
     let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
-    async move {
-        if let Err(e) = conn.await {
+    tokio::select! {
+        r = conn => if let Err(e) = r {
             tracing::debug!(peer = %peer, error = %e, "connection ended with error");
+        },
+        () = state.idle_for(bounds.keep_alive) => {
+            tracing::debug!(peer = %peer, "connection closed after keep_alive_timeout without a request");
         }
     }
 }

@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod balance;
 mod config_errors;
+mod connections;
 mod dashboard;
 mod discovery;
 mod examples;

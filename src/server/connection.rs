@@ -1,0 +1,307 @@
+//! The bounds of one client connection that hyper does not keep itself: the time to the
+//! first bytes (enough of them to tell HTTP/1 from the HTTP/2 preface), the idle
+//! keep-alive time (no request in flight), and being closed on demand when the
+//! connection cap needs room. hyper keeps the rest: HTTP/1's `header_read_timeout` and
+//! HTTP/2's keep-alive pings.
+
+use bytes::{Buf, Bytes};
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::LazyLock;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The client connection preface of HTTP/2 (RFC 9113 §3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Milliseconds since the process's first call: a clock cheap to store in an atomic.
+/// tokio's clock, so that unit tests on paused time see it move.
+fn now_ms() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64
+}
+
+/// What the acceptor, the connection's task, its requests and the connection cap share
+/// about one connection. Only atomics: requests on the worker touch it, the acceptor
+/// reads it when it looks for an idle connection to close.
+#[derive(Debug, Default)]
+pub(super) struct ConnState {
+    /// Requests whose service was called and whose response body is not yet done.
+    in_flight: AtomicUsize,
+    /// When `in_flight` last dropped to 0 (or the connection was accepted), in
+    /// [`now_ms`] time.
+    idle_since: AtomicU64,
+    /// Set once when the connection was asked to close (cap reached).
+    closing: AtomicBool,
+    close: Notify,
+}
+
+impl ConnState {
+    pub(super) fn new() -> Self {
+        ConnState {
+            idle_since: AtomicU64::new(now_ms()),
+            ..ConnState::default()
+        }
+    }
+
+    /// `Some(idle since)` when no request is in flight and it is not closing already.
+    pub(super) fn idle_since(&self) -> Option<u64> {
+        (self.in_flight.load(Ordering::Acquire) == 0 && !self.closing.load(Ordering::Acquire))
+            .then(|| self.idle_since.load(Ordering::Acquire))
+    }
+
+    /// Asks the connection to close; false if it was asked already.
+    pub(super) fn close(&self) -> bool {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            return false;
+        }
+        // `notify_one` keeps the permit if the task is not waiting yet.
+        self.close.notify_one();
+        true
+    }
+
+    pub(super) fn is_closing(&self) -> bool {
+        self.closing.load(Ordering::Acquire)
+    }
+
+    /// Resolves when [`ConnState::close`] was called.
+    pub(super) async fn closed(&self) {
+        self.close.notified().await
+    }
+
+    /// Counts a request in flight until the returned guard is dropped (with the response
+    /// body, or with the service future if the client left before the answer).
+    pub(super) fn request(self: &std::sync::Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlight(self.clone())
+    }
+
+    /// Resolves when the connection has had no request in flight for `timeout`. Wakes at
+    /// most once per `timeout` while requests run: no work per request.
+    pub(super) async fn idle_for(&self, timeout: Duration) {
+        let limit = timeout.as_millis() as u64;
+        loop {
+            let wait = match self.in_flight.load(Ordering::Acquire) {
+                0 => {
+                    let idle = now_ms().saturating_sub(self.idle_since.load(Ordering::Acquire));
+                    if idle >= limit {
+                        return;
+                    }
+                    Duration::from_millis(limit - idle)
+                }
+                _ => timeout,
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// One request in flight on a connection; see [`ConnState::request`].
+pub(super) struct InFlight(std::sync::Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        // Store the time first, so a reader that sees 0 in flight sees a fresh time.
+        self.0.idle_since.store(now_ms(), Ordering::Release);
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that keeps its request counted in flight until it is done.
+    pub(super) struct Counted<B> {
+        #[pin]
+        body: B,
+        in_flight: Option<InFlight>,
+    }
+}
+
+impl<B> Counted<B> {
+    pub(super) fn new(body: B, in_flight: InFlight) -> Self {
+        Counted {
+            body,
+            in_flight: Some(in_flight),
+        }
+    }
+}
+
+impl<B: http_body::Body> http_body::Body for Counted<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let frame = this.body.poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            // Done: hyper may keep the body a while; the request is over now.
+            this.in_flight.take();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Reads the first bytes of a connection within `timeout`: until there are enough to
+/// tell HTTP/1 from the HTTP/2 preface (24 bytes of it, or a byte that differs from it),
+/// or the client closes. Without this bound a client that sends nothing, or part of the
+/// preface, would hold the connection forever (hyper-util's version detection waits
+/// without a timer). Returns the stream with those bytes put back in front.
+pub(super) async fn first_bytes<IO>(mut io: IO, timeout: Duration) -> io::Result<Prefixed<IO>>
+where
+    IO: AsyncRead + Unpin,
+{
+    let mut buf = [0u8; H2_PREFACE.len()];
+    let mut filled = 0;
+    let read = async {
+        while filled < buf.len() {
+            let n = io.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+            if buf[..filled] != H2_PREFACE[..filled] {
+                break;
+            }
+        }
+        io::Result::Ok(())
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(r) => r?,
+        Err(_) => {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no request within first_byte_timeout",
+            ))
+        }
+    }
+    Ok(Prefixed {
+        prefix: Bytes::copy_from_slice(&buf[..filled]),
+        io,
+    })
+}
+
+/// A stream with bytes already read from it put back in front.
+pub(super) struct Prefixed<IO> {
+    prefix: Bytes,
+    io: IO,
+}
+
+impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.prefix.is_empty() {
+            let n = self.prefix.len().min(buf.remaining());
+            buf.put_slice(&self.prefix[..n]);
+            self.prefix.advance(n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for Prefixed<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+
+    async fn first(client_sends: &[u8], close: bool) -> io::Result<Vec<u8>> {
+        let (mut client, server) = tokio::io::duplex(64);
+        client.write_all(client_sends).await.unwrap();
+        if close {
+            drop(client);
+        } else {
+            // Kept open and silent for the rest of the test.
+            std::mem::forget(client);
+        }
+        let mut p = first_bytes(server, Duration::from_secs(5)).await?;
+        let mut out = vec![0; p.prefix.len()];
+        p.read_exact(&mut out).await?;
+        Ok(out)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn first_bytes_stop_where_the_version_is_known() {
+        // Differs from the preface at the first byte: HTTP/1, nothing more is awaited.
+        assert_eq!(first(b"G", false).await.unwrap(), b"G");
+        assert_eq!(first(b"PRX", false).await.unwrap(), b"PRX");
+        assert_eq!(first(H2_PREFACE, false).await.unwrap(), H2_PREFACE);
+        // A client that closes early hands hyper what it sent.
+        assert_eq!(first(b"PRI * ", true).await.unwrap(), b"PRI * ");
+        // Silence, or a partial preface, runs into the deadline.
+        for partial in [&b""[..], b"PRI * HTTP/2.0\r\n"] {
+            let e = first(partial, false).await.unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_for_counts_only_time_without_requests() {
+        let c = Arc::new(ConnState::new());
+        let req = c.request();
+        let idle = tokio::spawn({
+            let c = c.clone();
+            async move { c.idle_for(Duration::from_secs(10)).await }
+        });
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        assert!(!idle.is_finished(), "a request is in flight");
+        assert_eq!(c.idle_since(), None);
+        drop(req);
+        assert!(c.idle_since().is_some());
+        idle.await.unwrap();
+        assert!(c.close());
+        assert!(!c.close(), "asked once");
+        assert_eq!(
+            c.idle_since(),
+            None,
+            "a closing connection is not offered again"
+        );
+    }
+}

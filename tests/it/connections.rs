@@ -1,0 +1,272 @@
+//! Connection bounds over raw sockets: a connection that never sends its first bytes,
+//! never finishes its HTTP/2 preface or head, never answers a ping, or sits idle is
+//! closed by the gateway; over `max_connections` the idle one goes and the new client is
+//! served. Each deadline under test is short in the test's config and the others an hour,
+//! so the one that closes the connection is the one under test. The close is awaited as
+//! an event (end of stream or reset) within the suite's `WAIT`.
+
+use crate::support::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// A gateway in front of an echo upstream with `bounds` (TOML lines of `[server]`).
+async fn gateway(bounds: &str) -> (Upstream, Gateway) {
+    let up = Upstream::echo("up").await;
+    let routes = "[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"up\"\n";
+    let cfg = config("", &[up.addr], routes).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:0\"\n{bounds}"),
+    );
+    (up, Gateway::start(&cfg))
+}
+
+/// Every bound an hour except those `short` names, which get 300ms.
+fn bounds(short: &[&str]) -> String {
+    [
+        "first_byte_timeout",
+        "header_read_timeout",
+        "keep_alive_timeout",
+        "http2_keep_alive_interval",
+        "http2_keep_alive_timeout",
+    ]
+    .iter()
+    .map(|k| {
+        let v = if short.contains(k) { "300ms" } else { "1h" };
+        format!("{k} = \"{v}\"\n")
+    })
+    .collect()
+}
+
+/// Reads until the gateway closes the connection (end of stream or a reset), returning
+/// what it sent; panics if that does not happen within `WAIT`.
+async fn closed_by_gateway(s: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("the gateway did not close the connection");
+    out
+}
+
+/// An HTTP/2 frame header: length, type, flags, stream id.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+const SETTINGS: u8 = 4;
+const HEADERS: u8 = 1;
+const PING: u8 = 6;
+const END_STREAM: u8 = 1;
+
+/// A connection that has sent the HTTP/2 preface and an empty SETTINGS frame.
+async fn h2_connection(gw: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    s
+}
+
+/// The frame types in `bytes`, a run of whole frames (a trailing partial one ignored).
+fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
+    let mut kinds = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        kinds.push(bytes[3]);
+        bytes = &bytes[(9 + len).min(bytes.len())..];
+    }
+    kinds
+}
+
+/// Sends one HTTP/1.1 request and reads its whole response (content-length framed).
+async fn round_trip(s: &mut BufReader<TcpStream>, path: &str) -> String {
+    s.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut status = String::new();
+    s.read_line(&mut status).await.unwrap();
+    let mut len = 0usize;
+    loop {
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+    }
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed() {
+    let (up, gw) = gateway(&bounds(&["first_byte_timeout"])).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    assert!(closed_by_gateway(&mut s).await.is_empty());
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn a_partial_http2_preface_is_closed() {
+    let (_up, gw) = gateway(&bounds(&["first_byte_timeout"])).await;
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(&PREFACE[..16]).await.unwrap();
+    assert!(closed_by_gateway(&mut s).await.is_empty());
+}
+
+#[tokio::test]
+async fn http2_preface_and_settings_then_silence_is_closed() {
+    let (_up, gw) = gateway(&bounds(&["keep_alive_timeout"])).await;
+    let mut s = h2_connection(&gw).await;
+    let got = closed_by_gateway(&mut s).await;
+    // It was served as HTTP/2 (the gateway's SETTINGS came first) and then closed.
+    assert_eq!(frame_types(&got).first(), Some(&SETTINGS), "{got:?}");
+}
+
+#[tokio::test]
+async fn http2_headers_without_end_headers_is_closed() {
+    let (up, gw) = gateway(&bounds(&["keep_alive_timeout"])).await;
+    let mut s = h2_connection(&gw).await;
+    // `:method: GET` (HPACK static index 2), END_STREAM but not END_HEADERS: the head
+    // would go on in a CONTINUATION that never comes.
+    s.write_all(&frame(HEADERS, END_STREAM, 1, &[0x82]))
+        .await
+        .unwrap();
+    closed_by_gateway(&mut s).await;
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test]
+async fn an_http2_client_that_does_not_answer_pings_is_closed() {
+    let (_up, gw) = gateway(&bounds(&[
+        "http2_keep_alive_interval",
+        "http2_keep_alive_timeout",
+    ]))
+    .await;
+    let mut s = h2_connection(&gw).await;
+    let got = closed_by_gateway(&mut s).await;
+    assert!(frame_types(&got).contains(&PING), "{got:?}");
+}
+
+#[tokio::test]
+async fn an_idle_http1_keep_alive_connection_is_closed() {
+    let (up, gw) = gateway(&bounds(&["keep_alive_timeout"])).await;
+    let mut s = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
+    let status = round_trip(&mut s, "/one").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // header_read_timeout is an hour: what closes it is the keep-alive timeout.
+    assert!(closed_by_gateway(&mut s).await.is_empty());
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test]
+async fn over_max_connections_an_idle_connection_makes_room_for_a_new_client() {
+    let (up, gw) = gateway(&format!("{}max_connections = 2\n", bounds(&[]))).await;
+    let mut idle = Vec::new();
+    for i in 0..2 {
+        let mut s = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
+        let status = round_trip(&mut s, &format!("/idle{i}")).await;
+        assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+        idle.push(s);
+    }
+    // A third client is served...
+    let mut third = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
+    let status = round_trip(&mut third, "/third").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // ...because one of the two idle ones was closed (either: they went idle within the
+    // same millisecond or not).
+    let (mut a, mut b) = (idle.remove(0), idle.remove(0));
+    let a_closed = tokio::select! {
+        _ = closed_by_gateway(&mut a) => true,
+        _ = closed_by_gateway(&mut b) => false,
+    };
+    // The other one still works.
+    let mut kept = if a_closed { b } else { a };
+    let status = round_trip(&mut kept, "/kept").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert_eq!(up.hits(), 4);
+}
+
+#[tokio::test]
+async fn out_of_descriptors_the_oldest_idle_connections_make_room_for_a_client() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let dir = TempDir::new();
+    let path = dir.write(
+        "p.toml",
+        "[server]\nlisten = \"127.0.0.1:0\"\nworkers = 1\nfirst_byte_timeout = \"1h\"\n",
+    );
+    // Soft and hard limit 64, so the gateway cannot raise it: silent connections use up
+    // its descriptors and accept fails with EMFILE.
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -n 64 && exec {} run --config {} --log-level warn",
+            bin(),
+            path.display()
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    let addr: std::net::SocketAddr = line
+        .trim()
+        .strip_prefix("listening on http://")
+        .unwrap_or_else(|| panic!("{line}"))
+        .parse()
+        .unwrap();
+    let (log_tx, log) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = log_tx.send(l);
+        }
+    });
+    let mut silent = Vec::new();
+    for _ in 0..100 {
+        silent.push(TcpStream::connect(addr).await.unwrap());
+    }
+    // No route matches: the gateway answers itself, with no upstream descriptor needed.
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /nope HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&closed_by_gateway(&mut s).await).into_owned();
+    let exited = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let lines: Vec<String> = log.try_iter().collect();
+    assert!(
+        answer.starts_with("HTTP/1.1 404"),
+        "{answer:?} (gateway exited: {exited:?}; log: {lines:?})"
+    );
+    // It got there through the out-of-descriptors path.
+    assert!(
+        lines.iter().any(|l| l.contains("accept failed")),
+        "{lines:?}"
+    );
+}
