@@ -8,7 +8,6 @@ use super::headers::{self, ClientInfo};
 use super::trace_context::{self, TraceId};
 use super::RouteEntry;
 use crate::config::ServerConfig;
-use crate::upstream::classify::ClientBodyFault;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri};
@@ -220,12 +219,7 @@ async fn buffer_body(body: Incoming, limit: u64) -> Result<Bytes, ProxyError> {
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
             Err(ProxyError::BodyTooLarge(limit))
         }
-        Err(e) => Err(
-            match crate::upstream::body::ClientBodyFailed::new(e).fault {
-                ClientBodyFault::Malformed => ProxyError::MalformedBody,
-                ClientBodyFault::Gone => ProxyError::ClientClosed,
-            },
-        ),
+        Err(e) => Err(crate::upstream::body::ClientBodyFailed::new(e).fault.into()),
     }
 }
 
@@ -246,16 +240,16 @@ fn request_authority(
     head: &http::request::Parts,
 ) -> Result<Option<(HeaderValue, usize)>, ProxyError> {
     let mut hosts = head.headers.get_all(header::HOST).iter();
-    let host = hosts.next();
+    let host_header = hosts.next();
     if hosts.next().is_some() {
         return Err(ProxyError::BadHost("more than one Host header"));
     }
-    if host.is_none() && head.version == http::Version::HTTP_11 {
+    if host_header.is_none() && head.version == http::Version::HTTP_11 {
         return Err(ProxyError::BadHost(
             "an HTTP/1.1 request needs a Host header",
         ));
     }
-    let raw: &[u8] = match (head.uri.authority(), host) {
+    let raw: &[u8] = match (head.uri.authority(), host_header) {
         (Some(a), Some(h))
             if head.version == http::Version::HTTP_2
                 && !a.as_str().as_bytes().eq_ignore_ascii_case(h.as_bytes()) =>
@@ -277,8 +271,9 @@ fn request_authority(
     }
     let port = port_at.map_or(&b""[..], |p| &raw[p..]);
     let unchanged = host.len() == host_len && !host.iter().any(u8::is_ascii_uppercase);
-    let value = match (unchanged, head.uri.authority().is_some()) {
-        (true, false) => host_header_clone(raw),
+    let value = match (unchanged, head.uri.authority(), host_header) {
+        // The Host header as it came: share its bytes, no copy.
+        (true, None, Some(h)) => h.clone(),
         _ => {
             let mut v = host.to_ascii_lowercase();
             v.extend_from_slice(port);
@@ -286,10 +281,6 @@ fn request_authority(
         }
     };
     Ok(Some((value, host.len())))
-}
-
-fn host_header_clone(raw: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(raw).expect("a validated authority is a valid header value")
 }
 
 /// Splits a `host[:port]` (a reg-name of letters, digits, `-`, `.`, `_`, or an IP

@@ -4,6 +4,7 @@
 
 use super::body::ResponseBody;
 use crate::normalize::NormalizeError;
+use crate::upstream::call::CallError;
 use crate::upstream::classify::{ClientBodyFault, TryError};
 use http::{header, HeaderValue, Response, StatusCode};
 
@@ -61,21 +62,31 @@ pub enum ProxyError {
     PluginFailed(String),
 }
 
-impl From<TryError> for ProxyError {
-    fn from(e: TryError) -> Self {
-        match e {
-            TryError::ConnectFailed(cause) => ProxyError::ConnectFailed(cause),
-            TryError::ConnectTimeout => ProxyError::ConnectTimeout,
-            TryError::Timeout => ProxyError::UpstreamTimeout,
-            TryError::Failed(cause) => ProxyError::Upstream(cause),
-            TryError::BodyTooLarge => ProxyError::BodyTooLarge(0),
-            TryError::ClientBody(ClientBodyFault::Malformed) => ProxyError::MalformedBody,
-            TryError::ClientBody(ClientBodyFault::Gone) => ProxyError::ClientClosed,
+impl From<ClientBodyFault> for ProxyError {
+    fn from(fault: ClientBodyFault) -> Self {
+        match fault {
+            ClientBodyFault::Malformed => ProxyError::MalformedBody,
+            ClientBodyFault::Gone => ProxyError::ClientClosed,
         }
     }
 }
 
 impl ProxyError {
+    /// Why a call to an upstream got no response; `body_limit` is the route's, which an
+    /// over-long streamed body passed.
+    pub fn from_call(e: CallError, body_limit: u64) -> Self {
+        match e {
+            CallError::NoEndpoint(reason) => ProxyError::NoEndpoint(reason),
+            CallError::Unavailable(name) => ProxyError::Unavailable(name),
+            CallError::Try(TryError::ConnectFailed(cause)) => ProxyError::ConnectFailed(cause),
+            CallError::Try(TryError::ConnectTimeout) => ProxyError::ConnectTimeout,
+            CallError::Try(TryError::Timeout) => ProxyError::UpstreamTimeout,
+            CallError::Try(TryError::Failed(cause)) => ProxyError::Upstream(cause),
+            CallError::Try(TryError::BodyTooLarge) => ProxyError::BodyTooLarge(body_limit),
+            CallError::Try(TryError::ClientBody(fault)) => fault.into(),
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadPath(_)

@@ -11,8 +11,7 @@ use super::{headers, Gateway, RouteEntry, WorkerUpstream};
 use crate::config::{BalanceKind, HashKey, HostPolicy, Protocol};
 use crate::hash::hash_bytes;
 use crate::router;
-use crate::upstream::call::{Call, CallError};
-use crate::upstream::classify::TryError;
+use crate::upstream::call::Call;
 use crate::upstream::client::{path_and_query, version_for};
 use crate::upstream::replay::Replay;
 use crate::upstream::Upstream;
@@ -33,14 +32,9 @@ impl Gateway {
         let call = self.upstream_request(route, upstream, req, ctx)?;
         let called = upstream.call(client, call).await;
         ctx.endpoint = called.endpoint;
-        let answer = called.result.map_err(|e| match e {
-            CallError::NoEndpoint(reason) => ProxyError::NoEndpoint(reason),
-            CallError::Unavailable(name) => ProxyError::Unavailable(name),
-            CallError::Try(TryError::BodyTooLarge) => {
-                ProxyError::BodyTooLarge(route.config.max_body_size)
-            }
-            CallError::Try(e) => e.into(),
-        })?;
+        let answer = called
+            .result
+            .map_err(|e| ProxyError::from_call(e, route.config.max_body_size))?;
         ctx.upstream_ms = Some(answer.rtt.as_secs_f64() * 1e3);
         let (mut parts, body) = answer.response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
