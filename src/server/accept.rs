@@ -4,7 +4,7 @@
 
 use super::connection::ConnState;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -16,8 +16,8 @@ use tokio::sync::Notify;
 pub(super) struct Connections {
     max: usize,
     next_id: AtomicU64,
-    /// Open connections not yet asked to close.
-    live: AtomicUsize,
+    /// Open connections not yet asked to close (one asked to close leaves the map then,
+    /// so its size is the count the cap compares).
     open: Mutex<HashMap<u64, Arc<ConnState>>>,
     /// Notified when a connection closes.
     freed: Notify,
@@ -32,10 +32,8 @@ pub(super) struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
+        // Gone already if it was asked to close to make room.
         self.table.open.lock().unwrap().remove(&self.id);
-        if !self.state.is_closing() {
-            self.table.live.fetch_sub(1, Ordering::AcqRel);
-        }
         self.table.freed.notify_waiters();
     }
 }
@@ -45,7 +43,6 @@ impl Connections {
         Arc::new(Connections {
             max,
             next_id: AtomicU64::new(0),
-            live: AtomicUsize::new(0),
             open: Mutex::new(HashMap::new()),
             freed: Notify::new(),
         })
@@ -55,7 +52,6 @@ impl Connections {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let state = Arc::new(ConnState::new());
         self.open.lock().unwrap().insert(id, state.clone());
-        self.live.fetch_add(1, Ordering::AcqRel);
         Registration {
             table: self.clone(),
             id,
@@ -67,20 +63,18 @@ impl Connections {
     /// than `except`, to close. False when every connection is busy.
     pub(super) fn close_oldest_idle(&self, except: Option<&Registration>) -> bool {
         let except = except.map(|r| r.id);
-        let oldest = {
-            let open = self.open.lock().unwrap();
-            open.iter()
-                .filter(|(id, _)| Some(**id) != except)
-                .filter_map(|(_, c)| c.idle_since().map(|t| (t, c.clone())))
-                .min_by_key(|(t, _)| *t)
-                .map(|(_, c)| c)
-        };
-        match oldest {
-            Some(c) if c.close() => {
-                self.live.fetch_sub(1, Ordering::AcqRel);
-                true
-            }
-            _ => false,
+        // Chosen, taken out and told to close under one lock: no other thread can count
+        // it in between.
+        let mut open = self.open.lock().unwrap();
+        let oldest = open
+            .iter()
+            .filter(|(id, _)| Some(**id) != except)
+            .filter_map(|(id, c)| c.idle_since().map(|t| (t, *id)))
+            .min_by_key(|(t, _)| *t)
+            .map(|(_, id)| id);
+        match oldest.and_then(|id| open.remove(&id)) {
+            Some(c) => c.close(),
+            None => false,
         }
     }
 
@@ -93,7 +87,8 @@ impl Connections {
         let mut warned = false;
         loop {
             let freed = self.freed.notified();
-            if self.live.load(Ordering::Acquire) <= self.max || self.close_oldest_idle(Some(new)) {
+            let count = self.open.lock().unwrap().len();
+            if count <= self.max || self.close_oldest_idle(Some(new)) {
                 return;
             }
             if !warned {

@@ -64,6 +64,7 @@ impl ConnState {
         true
     }
 
+    #[cfg(test)]
     pub(super) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
     }
