@@ -57,7 +57,8 @@ impl ClientInfo {
 pub fn clean_request(h: &mut HeaderMap, allow_underscores: bool) -> Result<(), ProxyError> {
     let coding_ok = chunked_alone(h);
     strip_hop_by_hop(h);
-    if !allow_underscores && h.keys().any(|n| n.as_str().contains('_')) {
+    if !allow_underscores {
+        // One scan; the Vec allocates only when a name has `_`.
         let named: Vec<HeaderName> = h
             .keys()
             .filter(|n| n.as_str().contains('_'))
