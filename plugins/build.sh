@@ -2,8 +2,9 @@
 # Builds every guest plugin as a WebAssembly component (wasm32-wasip2, release) and copies
 # them to plugins/target/components/NAME.wasm.
 #
-#   plugins/build.sh            # all plugins
-#   JOBS=2 plugins/build.sh     # more build jobs (default 1)
+#   plugins/build.sh                     # all plugins
+#   plugins/build.sh api-key model-router  # only these
+#   JOBS=2 plugins/build.sh              # more build jobs (default 1)
 #
 # Safe to call from a build script or test harness of another cargo project: the variables
 # a parent cargo sets (target dir, target, flags, jobserver) are cleared first.
@@ -23,6 +24,9 @@ plugins=(
     hostile/trap
     hostile/escape
 )
+if (( $# )); then
+    plugins=("$@")
+fi
 
 unset CARGO_TARGET_DIR CARGO_BUILD_TARGET CARGO_BUILD_TARGET_DIR RUSTFLAGS \
       CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_MAKEFLAGS MAKEFLAGS MFLAGS \

@@ -1,6 +1,8 @@
-//! `portcullis demo`: two replicas of an OpenAI-style chat-completions service (streaming
-//! tokens as server-sent events), two of an embeddings service, and a gateway in front of
-//! them — one process, no setup.
+//! `portcullis demo`: OpenAI-style model services (chat completions streamed as server-sent
+//! events, with token usage; embeddings) and a gateway in front of them that shows its Wasm
+//! plugins at work — the API-key auth plugin on the chat routes, the model router sending
+//! `demo-gpt` and `demo-llama` to different pools — with the admin API and dashboard. One
+//! process, no setup: the plugins are built by `build.rs` and embedded in the binary.
 
 use crate::config;
 use bytes::Bytes;
@@ -12,7 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -44,7 +46,22 @@ fn json(status: StatusCode, v: serde_json::Value, replica: &str) -> Response<Dem
         .expect("valid response")
 }
 
+/// Token counts the demo reports: one token per word (real services use a tokenizer).
+fn usage(prompt: &str, answer: &str) -> serde_json::Value {
+    let (p, c) = (
+        prompt.split_whitespace().count(),
+        answer.split_whitespace().count(),
+    );
+    serde_json::json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c})
+}
+
 async fn chat(req: Request<Incoming>, replica: &'static str) -> Response<DemoBody> {
+    let consumer = req
+        .headers()
+        .get("x-portcullis-consumer")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("anonymous")
+        .to_string();
     if req.method() != http::Method::POST {
         return json(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -66,7 +83,8 @@ async fn chat(req: Request<Incoming>, replica: &'static str) -> Response<DemoBod
         .and_then(|m| m["content"].as_str())
         .unwrap_or("")
         .to_string();
-    let answer = format!("Hello from {replica}! You said: {prompt}");
+    let answer = format!("Hello {consumer}, this is {model} on {replica}. You said: {prompt}");
+    let usage = usage(&prompt, &answer);
     let words: Vec<String> = answer.split_inclusive(' ').map(str::to_string).collect();
     if parsed["stream"].as_bool() != Some(true) {
         return json(
@@ -74,10 +92,12 @@ async fn chat(req: Request<Incoming>, replica: &'static str) -> Response<DemoBod
             serde_json::json!({
                 "id": "chatcmpl-demo", "object": "chat.completion", "model": model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": answer}, "finish_reason": "stop"}],
+                "usage": usage,
             }),
             replica,
         );
     }
+    let include_usage = parsed["stream_options"]["include_usage"] == true;
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         for w in words {
@@ -93,6 +113,14 @@ async fn chat(req: Request<Incoming>, replica: &'static str) -> Response<DemoBod
                 return;
             }
             tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        if include_usage {
+            // As OpenAI does: a last chunk with no choices and the whole request's usage.
+            let chunk = serde_json::json!({
+                "id": "chatcmpl-demo", "object": "chat.completion.chunk", "model": model,
+                "choices": [], "usage": usage,
+            });
+            let _ = tx.send(Bytes::from(format!("data: {chunk}\n\n"))).await;
         }
         let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
     });
@@ -170,37 +198,74 @@ async fn serve_demo_service(name: &'static str, embed: bool) -> anyhow::Result<S
     Ok(addr)
 }
 
-/// The demo's config text, with the demo services' addresses filled in.
-pub fn demo_config(listen: &str, chat: [SocketAddr; 2], embed: [SocketAddr; 2]) -> String {
+/// The demo's addresses: where the gateway and its admin API listen, its model services,
+/// and the directory holding the plugins.
+pub struct DemoSetup<'a> {
+    pub listen: &'a str,
+    pub admin_listen: &'a str,
+    pub gpt: [SocketAddr; 2],
+    pub llama: SocketAddr,
+    pub embed: [SocketAddr; 2],
+    pub plugins: &'a Path,
+}
+
+/// The demo's config text, with the demo's addresses filled in.
+pub fn demo_config(d: &DemoSetup<'_>) -> String {
+    let plugins = d.plugins.display();
     format!(
         r#"[server]
 listen = "{listen}"
+admin_listen = "{admin}"       # GET / for the dashboard, /metrics for Prometheus
+
+[[plugins]]
+name = "api-key"               # auth: a key in `x-api-key` names the consumer
+path = "{plugins}/api-key.wasm"
+on_error = "deny"              # a failing auth plugin never lets a request through
+
+[[plugins]]
+name = "model-router"          # a route predicate on the JSON body's `model`
+path = "{plugins}/model-router.wasm"
 
 [[upstreams]]
-name = "chat-models"
+name = "gpt-pool"
 balance = "round_robin"
-targets = [ {{ address = "{}" }}, {{ address = "{}" }} ]
+targets = [ {{ address = "{gpt0}" }}, {{ address = "{gpt1}" }} ]
 
 [upstreams.circuit_breaker]
 consecutive_failures = 3
 open_time = "2s"
 
-[upstreams.retry]              # POSTs are retried only when the connection was never made
-attempts = 2
+[[upstreams]]
+name = "llama-pool"
+targets = [ {{ address = "{llama}" }} ]
 
 [[upstreams]]
 name = "embedding-models"
 balance = "least_connections"
-targets = [ {{ address = "{}" }}, {{ address = "{}" }} ]
-
-[upstreams.outlier_detection]
-consecutive_gateway_errors = 3
+targets = [ {{ address = "{embed0}" }}, {{ address = "{embed1}" }} ]
 
 [[routes]]
-name = "chat"
+name = "chat-gpt"
 path = "/v1/chat/completions"
 methods = ["POST"]
-upstream = "chat-models"
+upstream = "gpt-pool"
+buffer_request_body = "1MiB"   # the model router reads the body
+plugins = [
+  {{ name = "model-router", config = {{ models = ["demo-gpt*"] }} }},
+  {{ name = "api-key", config = {{ keys = [ {{ key = "demo-key-alice", consumer = "alice" }},
+                                          {{ key = "demo-key-bob", consumer = "bob" }} ] }} }},
+]
+
+[[routes]]
+name = "chat-llama"
+path = "/v1/chat/completions"
+methods = ["POST"]
+upstream = "llama-pool"
+buffer_request_body = "1MiB"
+plugins = [
+  {{ name = "model-router", config = {{ models = ["demo-llama*"] }} }},
+  {{ name = "api-key", config = {{ keys = [ {{ key = "demo-key-alice", consumer = "alice" }} ] }} }},
+]
 
 [[routes]]
 name = "embeddings"
@@ -208,36 +273,102 @@ path = "/v1/embeddings"
 methods = ["POST"]
 upstream = "embedding-models"
 "#,
-        chat[0], chat[1], embed[0], embed[1]
+        listen = d.listen,
+        admin = d.admin_listen,
+        gpt0 = d.gpt[0],
+        gpt1 = d.gpt[1],
+        llama = d.llama,
+        embed0 = d.embed[0],
+        embed1 = d.embed[1],
     )
+}
+
+/// The demo's plugins, built by `build.rs` and embedded in the binary.
+const API_KEY: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/api-key.wasm"));
+const MODEL_ROUTER: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/model-router.wasm"));
+
+/// Writes the embedded plugins to a fresh directory for the config to name (removed once
+/// they are loaded).
+fn write_plugins() -> anyhow::Result<PathBuf> {
+    if API_KEY.is_empty() || MODEL_ROUTER.is_empty() {
+        anyhow::bail!(
+            "this binary was built without the demo's plugins ({}); install the target with \
+             `rustup target add wasm32-wasip2` and build again",
+            env!("PORTCULLIS_DEMO_PLUGINS_ERROR")
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("portcullis-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("api-key.wasm"), API_KEY)?;
+    std::fs::write(dir.join("model-router.wasm"), MODEL_ROUTER)?;
+    Ok(dir)
 }
 
 pub async fn run(
     listen: &str,
+    admin_listen: &str,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let chat = [
-        serve_demo_service("chat-a", false).await?,
-        serve_demo_service("chat-b", false).await?,
-    ];
-    let embed = [
-        serve_demo_service("embed-a", true).await?,
-        serve_demo_service("embed-b", true).await?,
-    ];
-    let text = demo_config(listen, chat, embed);
+    let plugin_dir = write_plugins()?;
+    let setup = DemoSetup {
+        listen,
+        admin_listen,
+        gpt: [
+            serve_demo_service("gpt-a", false).await?,
+            serve_demo_service("gpt-b", false).await?,
+        ],
+        llama: serve_demo_service("llama-a", false).await?,
+        embed: [
+            serve_demo_service("embed-a", true).await?,
+            serve_demo_service("embed-b", true).await?,
+        ],
+        plugins: &plugin_dir,
+    };
+    let text = demo_config(&setup);
     let config = config::parse(&text, Path::new("<demo>")).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let host = crate::plugin::PluginHost::new(config.server.plugin_cache_dir.as_deref())?;
+    let plugins = crate::plugin::PluginSet::load(&host, &config).await;
+    let _ = std::fs::remove_dir_all(&plugin_dir);
+    let plugins = plugins?;
     let gw = config.server.listen[0].address;
-    println!(
-        "Portcullis demo: chat replicas on {} and {}, embedding replicas on {} and {}",
-        chat[0], chat[1], embed[0], embed[1]
-    );
+    let admin = config.server.admin_listen.expect("the demo config has one");
     println!("The demo config:\n\n{text}");
-    println!("Try:");
-    println!("  curl -N http://{gw}/v1/chat/completions -d '{{\"model\":\"demo-llm\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'");
-    println!("  curl -i http://{gw}/v1/chat/completions -d '{{\"model\":\"demo-llm\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'   # x-demo-replica alternates");
-    println!("  curl http://{gw}/v1/embeddings -d '{{\"input\":[\"hello\",\"world\"]}}'");
-    println!("  curl -i http://{gw}/v1/models   # 404 with the JSON error body");
+    println!(
+        "Portcullis demo: model services demo-gpt on {} and {}, demo-llama on {}, embeddings on {} and {}",
+        setup.gpt[0], setup.gpt[1], setup.llama, setup.embed[0], setup.embed[1]
+    );
+    let chat = |model: &str, key: Option<&str>, extra: &str| {
+        let key = key.map_or(String::new(), |k| format!(" -H 'x-api-key: {k}'"));
+        format!(
+            "curl -i{key} http://{gw}/v1/chat/completions -d '{{\"model\":\"{model}\"{extra},\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}'"
+        )
+    };
+    println!(
+        "Try (the api-key plugin guards the chat routes; the model-router plugin picks the pool):"
+    );
+    println!("  {}   # 401: no key", chat("demo-gpt", None, ""));
+    println!(
+        "  {}   # 200 for consumer alice; x-demo-replica alternates gpt-a / gpt-b",
+        chat("demo-gpt", Some("demo-key-alice"), "")
+    );
+    println!(
+        "  {}   # the llama pool",
+        chat("demo-llama", Some("demo-key-alice"), "")
+    );
+    println!(
+        "  {}   # 401: bob's key is not valid on the llama route",
+        chat("demo-llama", Some("demo-key-bob"), "")
+    );
+    println!(
+        "  {}   # 404: no route takes this model",
+        chat("other-model", Some("demo-key-alice"), "")
+    );
+    println!(
+        "  {}   # tokens stream as server-sent events",
+        chat("demo-gpt", Some("demo-key-bob"), ",\"stream\":true").replacen("-i", "-N", 1)
+    );
+    println!("  curl http://{gw}/v1/embeddings -d '{{\"input\":[\"hello\",\"world\"]}}'   # no auth on this route");
+    println!("  open http://{admin}/   # the dashboard; http://{admin}/metrics for Prometheus");
     println!();
-    let plugins = crate::plugin::PluginSet::none(config.routes.len());
     crate::app::run(config, plugins, shutdown).await
 }

@@ -35,6 +35,9 @@ enum Command {
         /// Where the demo gateway listens.
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: String,
+        /// Where its admin API and dashboard listen.
+        #[arg(long, default_value = "127.0.0.1:9901")]
+        admin_listen: String,
     },
     /// Plugin tools.
     Plugin {
@@ -163,8 +166,12 @@ fn main() -> ExitCode {
                 root.display()
             );
         }),
-        Some(Command::Demo { listen }) => rt().block_on(portcullis::demo::run(
+        Some(Command::Demo {
+            listen,
+            admin_listen,
+        }) => rt().block_on(portcullis::demo::run(
             &listen,
+            &admin_listen,
             portcullis::server::shutdown_signal(),
         )),
         Some(Command::Run) | None => match loaded {

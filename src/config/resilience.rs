@@ -1,7 +1,9 @@
 //! `[upstreams.circuit_breaker]`, `[upstreams.health_check]`,
 //! `[upstreams.outlier_detection]` and `[upstreams.retry]`: the serde model and its
-//! validation (DESIGN §6). A section that is present turns its mechanism on; every key in
-//! it has a default.
+//! validation (DESIGN §6). Retries of failed connections and passive ejection of endpoints
+//! that refuse connections are on when their sections are absent (`enabled = false` turns
+//! them off); the circuit breaker and active health checks are on when their sections are
+//! present. Every key has a default, and an absent section means the same as an empty one.
 
 use super::section::{span_or, Section};
 use super::units::Dur;
@@ -70,9 +72,14 @@ enum HealthCheckKindRaw {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawOutlier {
-    /// `consecutive_5xx = 5`: eject after this many 5xx in a row (0: off).
+    /// `enabled = true`: `false` turns passive ejection off.
+    enabled: Option<Spanned<bool>>,
+    /// `consecutive_connect_failures = 3`: eject after this many refused connections in a
+    /// row (0: off).
+    consecutive_connect_failures: Option<Spanned<u32>>,
+    /// `consecutive_5xx = 0`: eject after this many 5xx in a row (0: off).
     consecutive_5xx: Option<Spanned<u32>>,
-    /// `consecutive_gateway_errors = 5`: or this many 502/503/504/connect/reset/timeout.
+    /// `consecutive_gateway_errors = 0`: or this many 502/503/504/connect/reset/timeout.
     consecutive_gateway_errors: Option<Spanned<u32>>,
     /// `base_ejection_time = "30s"`: ejected for this × the number of ejections …
     base_ejection_time: Option<Spanned<Dur>>,
@@ -85,6 +92,8 @@ pub(super) struct RawOutlier {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawRetry {
+    /// `enabled = true`: `false` turns retries off (as `attempts = 1` does).
+    enabled: Option<Spanned<bool>>,
     /// `attempts = 2`: tries in all, the first included.
     attempts: Option<Spanned<u32>>,
     /// `on = ["connect", "timeout", "reset", 502, 503, 504]`: same words as `failure_on`.
@@ -196,6 +205,7 @@ pub struct HealthCheckConfig {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutlierConfig {
+    pub consecutive_connect_failures: u32,
     pub consecutive_5xx: u32,
     pub consecutive_gateway_errors: u32,
     pub base_ejection_time: Duration,
@@ -205,9 +215,13 @@ pub struct OutlierConfig {
 
 impl Default for OutlierConfig {
     fn default() -> Self {
+        // Only refusals count by default: a client can make an endpoint answer 5xx, reset or
+        // time out (a malformed or expensive request), never make it refuse a connection
+        // the gateway opens before sending anything.
         OutlierConfig {
-            consecutive_5xx: 5,
-            consecutive_gateway_errors: 5,
+            consecutive_connect_failures: 3,
+            consecutive_5xx: 0,
+            consecutive_gateway_errors: 0,
             base_ejection_time: Duration::from_secs(30),
             max_ejection_time: Duration::from_secs(300),
             max_ejection_percent: 50,
@@ -436,12 +450,15 @@ pub(super) fn health_check(
     })
 }
 
+/// `[upstreams.outlier_detection]`; `None` when it says `enabled = false` (the other keys
+/// are still checked).
 pub(super) fn outlier(
     upstream: &Section<'_>,
     raw: &Spanned<RawOutlier>,
-) -> Result<OutlierConfig, ConfigError> {
+) -> Result<Option<OutlierConfig>, ConfigError> {
     let cx = upstream.table("outlier_detection", raw.span());
     let r = raw.get_ref();
+    let enabled = r.enabled.as_ref().is_none_or(|e| *e.get_ref());
     let d = OutlierConfig::default();
     let base = cx
         .positive(&r.base_ejection_time, "base_ejection_time")?
@@ -456,7 +473,14 @@ pub(super) fn outlier(
             "must not be less than base_ejection_time",
         ));
     }
-    Ok(OutlierConfig {
+    let cfg = OutlierConfig {
+        consecutive_connect_failures: cx
+            .range(
+                &r.consecutive_connect_failures,
+                "consecutive_connect_failures",
+                0..=1_000_000,
+            )?
+            .unwrap_or(d.consecutive_connect_failures),
         consecutive_5xx: cx
             .range(&r.consecutive_5xx, "consecutive_5xx", 0..=1_000_000)?
             .unwrap_or(d.consecutive_5xx),
@@ -472,15 +496,19 @@ pub(super) fn outlier(
         max_ejection_percent: cx
             .range(&r.max_ejection_percent, "max_ejection_percent", 0..=100)?
             .unwrap_or(d.max_ejection_percent),
-    })
+    };
+    Ok(enabled.then_some(cfg))
 }
 
+/// `[upstreams.retry]`; `None` when it says `enabled = false` (the other keys are still
+/// checked).
 pub(super) fn retry(
     upstream: &Section<'_>,
     raw: &Spanned<RawRetry>,
-) -> Result<RetryConfig, ConfigError> {
+) -> Result<Option<RetryConfig>, ConfigError> {
     let cx = upstream.table("retry", raw.span());
     let r = raw.get_ref();
+    let enabled = r.enabled.as_ref().is_none_or(|e| *e.get_ref());
     let d = RetryConfig::default();
     let backoff = match &r.backoff {
         None => d.backoff,
@@ -493,7 +521,7 @@ pub(super) fn retry(
         }
         Some(b) => b.get_ref().0,
     };
-    Ok(RetryConfig {
+    let cfg = RetryConfig {
         attempts: cx
             .range(&r.attempts, "attempts", 1..=10)?
             .unwrap_or(d.attempts),
@@ -517,5 +545,6 @@ pub(super) fn retry(
         budget_window: cx
             .positive(&r.budget_window, "budget_window")?
             .unwrap_or(d.budget_window),
-    })
+    };
+    Ok(enabled.then_some(cfg))
 }

@@ -247,16 +247,16 @@ fn upstream(
             .as_ref()
             .map(|h| resilience::health_check(cx, h))
             .transpose()?,
-        outlier_detection: u
-            .outlier_detection
-            .as_ref()
-            .map(|o| resilience::outlier(cx, o))
-            .transpose()?,
-        retry: u
-            .retry
-            .as_ref()
-            .map(|r| resilience::retry(cx, r))
-            .transpose()?,
+        // On when absent: an endpoint that refuses connections is taken out, and a
+        // connection that could not be made is tried again elsewhere, for any method.
+        outlier_detection: match &u.outlier_detection {
+            None => Some(OutlierConfig::default()),
+            Some(o) => resilience::outlier(cx, o)?,
+        },
+        retry: match &u.retry {
+            None => Some(RetryConfig::default()),
+            Some(r) => resilience::retry(cx, r)?,
+        },
     })
 }
 

@@ -385,8 +385,20 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn without_a_retry_section_one_try_decides() {
+    async fn without_a_retry_section_a_refused_post_is_tried_again_elsewhere() {
         let up = upstream("");
+        let script = Script::new([(0, refused()), (0, Ok(200))]);
+        let called = up.call(&script, call(Method::POST, "body", 1000)).await;
+        assert_eq!(called.result.unwrap().response.status(), 200);
+        let seen = script.seen();
+        assert_eq!(seen.len(), 2);
+        assert_ne!(seen[0].0, seen[1].0, "the retry went to the other endpoint");
+        assert_eq!(seen[1].1, "body", "the unread body went with it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn with_retries_disabled_one_try_decides() {
+        let up = upstream("[upstreams.retry]\nenabled = false\n");
         let script = Script::new([(0, refused())]);
         let called = up.call(&script, call(Method::GET, "", 1000)).await;
         assert!(matches!(

@@ -40,9 +40,8 @@ impl Outcome {
     /// What outlier detection counts; `None` for a try that says nothing about the endpoint.
     pub fn outlier_signal(self) -> Option<Signal> {
         Some(match self {
-            Outcome::Status(502..=504) | Outcome::Connect | Outcome::Timeout | Outcome::Reset => {
-                Signal::GatewayError
-            }
+            Outcome::Connect => Signal::Connect,
+            Outcome::Status(502..=504) | Outcome::Timeout | Outcome::Reset => Signal::GatewayError,
             Outcome::Status(500..=599) => Signal::Status5xx,
             Outcome::Status(_) => Signal::Ok,
             Outcome::ClientBody => return None,
@@ -209,11 +208,13 @@ mod tests {
         for o in [
             Outcome::Status(502),
             Outcome::Status(504),
-            Outcome::Connect,
+            Outcome::Timeout,
             Outcome::Reset,
         ] {
             assert_eq!(o.outlier_signal(), Some(Signal::GatewayError), "{o:?}");
         }
+        // A refusal has its own run (and counts as a gateway error too).
+        assert_eq!(Outcome::Connect.outlier_signal(), Some(Signal::Connect));
         assert_eq!(
             Outcome::Status(500).outlier_signal(),
             Some(Signal::Status5xx)

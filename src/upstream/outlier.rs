@@ -1,6 +1,7 @@
-//! Passive outlier detection, as Envoy does it: an endpoint that answers
-//! `consecutive_5xx` 5xx responses, or `consecutive_gateway_errors` gateway errors (connect
-//! failures, resets, timeouts, 502/503/504) in a row, is ejected from balancing for
+//! Passive outlier detection, as Envoy does it: an endpoint that refuses
+//! `consecutive_connect_failures` connections, answers `consecutive_5xx` 5xx responses, or
+//! `consecutive_gateway_errors` gateway errors (connect failures, resets, timeouts,
+//! 502/503/504) in a row, is ejected from balancing for
 //! `base_ejection_time × (number of ejections)`, capped at `max_ejection_time`. The
 //! multiplier starts over once the endpoint has gone `max_ejection_time` without an
 //! ejection. No ejection happens that would leave more than `max_ejection_percent` of
@@ -16,14 +17,18 @@ pub enum Signal {
     Ok,
     /// A 5xx that is not a gateway error.
     Status5xx,
-    /// Connect failure, reset, timeout, 502, 503 or 504.
+    /// Reset, timeout, 502, 503 or 504.
     GatewayError,
+    /// The connection could not be made: a gateway error too, and its own run, the one
+    /// no client can cause (nothing was sent).
+    Connect,
 }
 
 #[derive(Debug, Default)]
 pub struct Outlier {
     run_5xx: AtomicU32,
     run_gateway: AtomicU32,
+    run_connect: AtomicU32,
     /// Ejected while the clock is before this (nanoseconds; 0 = never ejected).
     ejected_until: AtomicU64,
     ejections: AtomicU32,
@@ -52,9 +57,18 @@ impl Outlier {
                 }
             })
         };
+        // A gateway error is a 5xx too, as far as the 5xx run is concerned.
+        let gateway_error = || {
+            bump(
+                &self.run_gateway,
+                cfg.consecutive_gateway_errors,
+                "gateway errors",
+            )
+            .or_else(|| bump(&self.run_5xx, cfg.consecutive_5xx, "5xx responses"))
+        };
         match signal {
             Signal::Ok => {
-                for run in [&self.run_5xx, &self.run_gateway] {
+                for run in [&self.run_5xx, &self.run_gateway, &self.run_connect] {
                     if run.load(Ordering::Relaxed) != 0 {
                         run.store(0, Ordering::Relaxed);
                     }
@@ -63,16 +77,19 @@ impl Outlier {
             }
             Signal::Status5xx => {
                 self.run_gateway.store(0, Ordering::Relaxed);
+                self.run_connect.store(0, Ordering::Relaxed);
                 bump(&self.run_5xx, cfg.consecutive_5xx, "5xx responses")
             }
+            Signal::Connect => bump(
+                &self.run_connect,
+                cfg.consecutive_connect_failures,
+                "connect failures",
+            )
+            .or_else(gateway_error),
             Signal::GatewayError => {
-                // A gateway error is a 5xx too, as far as the 5xx run is concerned.
-                bump(
-                    &self.run_gateway,
-                    cfg.consecutive_gateway_errors,
-                    "gateway errors",
-                )
-                .or_else(|| bump(&self.run_5xx, cfg.consecutive_5xx, "5xx responses"))
+                // A try that got as far as sending ends a run of refusals.
+                self.run_connect.store(0, Ordering::Relaxed);
+                gateway_error()
             }
         }
     }
@@ -88,8 +105,9 @@ impl Outlier {
             .saturating_mul(n)
             .min(nanos(cfg.max_ejection_time));
         self.ejected_until.store(now + time, Ordering::Relaxed);
-        self.run_5xx.store(0, Ordering::Relaxed);
-        self.run_gateway.store(0, Ordering::Relaxed);
+        for run in [&self.run_5xx, &self.run_gateway, &self.run_connect] {
+            run.store(0, Ordering::Relaxed);
+        }
         time
     }
 }
@@ -106,6 +124,7 @@ mod tests {
 
     fn cfg() -> OutlierConfig {
         OutlierConfig {
+            consecutive_connect_failures: 0,
             consecutive_5xx: 3,
             consecutive_gateway_errors: 2,
             base_ejection_time: Duration::from_secs(10),
@@ -130,6 +149,35 @@ mod tests {
         let t = o
             .record(&c, Signal::GatewayError)
             .expect("2 gateway errors");
+        assert_eq!(t.reason, "2 consecutive gateway errors");
+    }
+
+    #[test]
+    fn connect_failures_have_their_own_run_and_count_as_gateway_errors() {
+        let c = OutlierConfig {
+            consecutive_connect_failures: 3,
+            consecutive_gateway_errors: 0,
+            consecutive_5xx: 0,
+            ..cfg()
+        };
+        let o = Outlier::default();
+        assert!(o.record(&c, Signal::Connect).is_none());
+        assert!(o.record(&c, Signal::Connect).is_none());
+        // A timeout got as far as sending: the run of refusals starts over.
+        assert!(o.record(&c, Signal::GatewayError).is_none());
+        assert!(o.record(&c, Signal::Connect).is_none());
+        assert!(o.record(&c, Signal::Connect).is_none());
+        let t = o.record(&c, Signal::Connect).expect("3 refusals in a row");
+        assert_eq!(t.reason, "3 consecutive connect failures");
+        // With the connect run off, refusals still count as gateway errors.
+        let c = OutlierConfig {
+            consecutive_connect_failures: 0,
+            consecutive_gateway_errors: 2,
+            ..c
+        };
+        let o = Outlier::default();
+        assert!(o.record(&c, Signal::Connect).is_none());
+        let t = o.record(&c, Signal::Connect).expect("2 gateway errors");
         assert_eq!(t.reason, "2 consecutive gateway errors");
     }
 

@@ -108,11 +108,12 @@ async fn metrics_count_requests_by_route_and_show_endpoint_state() {
     );
     assert!(m.contains("portcullis_config_info{hash=\""), "{m}");
 
-    // A dead endpoint: two connect failures open its breaker, and the metrics say so.
+    // A dead endpoint: two connect failures (not retried) open its breaker, and the metrics
+    // say so.
     let gamma = closed_addr();
     let path = gw.dir.0.join("portcullis.toml");
     let with_gamma = format!(
-        "{}\n[[upstreams]]\nname = \"gamma\"\ntargets = [{{ address = \"{gamma}\" }}]\n\n[upstreams.circuit_breaker]\nconsecutive_failures = 2\nopen_time = \"60s\"\n\n[[routes]]\nname = \"dead\"\npath = \"/dead\"\nupstream = \"gamma\"\n",
+        "{}\n[[upstreams]]\nname = \"gamma\"\ntargets = [{{ address = \"{gamma}\" }}]\n\n[upstreams.circuit_breaker]\nconsecutive_failures = 2\nopen_time = \"60s\"\n\n[upstreams.retry]\nenabled = false\n\n[[routes]]\nname = \"dead\"\npath = \"/dead\"\nupstream = \"gamma\"\n",
         two_upstream_config(alpha.addr, beta.addr, "alpha", "")
     );
     std::fs::write(&path, with_gamma).unwrap();

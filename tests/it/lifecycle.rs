@@ -83,48 +83,88 @@ async fn drain_timeout_bounds_shutdown() {
     assert!(hung.await.unwrap().is_err(), "the hung request was cut off");
 }
 
+/// `portcullis demo` shows the plugins at work with no other step: the auth plugin on the
+/// chat routes, the model router choosing the pool, streaming, embeddings, the dashboard.
 #[tokio::test(flavor = "multi_thread")]
-async fn demo_serves_streaming_chat_and_embeddings() {
+async fn demo_shows_auth_and_model_routing_plugins_streaming_and_the_dashboard() {
     use std::io::BufRead;
     let mut child = std::process::Command::new(bin())
-        .args(["demo", "--listen", "127.0.0.1:0", "--log-level", "warn"])
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+        ])
+        .args(["--log-level", "warn"])
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let addr = std::io::BufReader::new(stdout)
-        .lines()
-        .map(|l| l.unwrap())
-        .find_map(|l| l.strip_prefix("listening on http://").map(str::to_string))
-        .expect("demo announces its listener");
+    let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let (mut addr, mut admin, mut printed) = (None, None, String::new());
+    while addr.is_none() || admin.is_none() {
+        let line = lines
+            .next()
+            .expect("the demo announces its listeners")
+            .unwrap();
+        if let Some(a) = line.strip_prefix("listening on http://") {
+            addr = Some(a.to_string());
+        } else if let Some(a) = line.strip_prefix("admin listening on http://") {
+            admin = Some(a.to_string());
+        } else {
+            printed.push_str(&line);
+            printed.push('\n');
+        }
+    }
+    let (addr, admin) = (addr.unwrap(), admin.unwrap());
+    assert!(printed.contains("x-api-key: demo-key-alice"), "{printed}");
     let c = client();
-    let body = r#"{"model":"demo-llm","stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
-    let r = send(
-        &c,
-        req("POST", &format!("http://{addr}/v1/chat/completions"))
-            .body(body.to_string().into())
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(r.status, 200);
-    assert_eq!(r.header("content-type"), Some("text/event-stream"));
-    let text = String::from_utf8_lossy(&r.body);
+    let chat = |model: &str, key: Option<&str>, stream: bool| {
+        let mut r = req("POST", &format!("http://{addr}/v1/chat/completions"));
+        if let Some(k) = key {
+            r = r.header("x-api-key", k);
+        }
+        let body = format!(
+            r#"{{"model":"{model}","stream":{stream},"messages":[{{"role":"user","content":"hi"}}]}}"#
+        );
+        r.body(body.into()).unwrap()
+    };
+    let denied = send(&c, chat("demo-gpt", None, false)).await;
+    assert_eq!(denied.status, 401, "no key: the auth plugin denies");
+    let a = send(&c, chat("demo-gpt", Some("demo-key-alice"), false)).await;
+    assert_eq!(a.status, 200);
+    let answer = a.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        answer.starts_with("Hello alice, this is demo-gpt"),
+        "{answer}"
+    );
+    assert!(a.json()["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    let b = send(&c, chat("demo-gpt", Some("demo-key-bob"), false)).await;
+    let replicas = [a.header("x-demo-replica"), b.header("x-demo-replica")];
+    assert!(
+        replicas.contains(&Some("gpt-a")) && replicas.contains(&Some("gpt-b")),
+        "round robin over the gpt pool: {replicas:?}"
+    );
+    let llama = send(&c, chat("demo-llama", Some("demo-key-alice"), false)).await;
+    assert_eq!(
+        llama.header("x-demo-replica"),
+        Some("llama-a"),
+        "the model router"
+    );
+    let bob = send(&c, chat("demo-llama", Some("demo-key-bob"), false)).await;
+    assert_eq!(bob.status, 401, "bob's key is not valid on the llama route");
+    let other = send(&c, chat("other-model", Some("demo-key-alice"), false)).await;
+    assert_eq!(other.status, 404);
+    let s = send(&c, chat("demo-gpt", Some("demo-key-alice"), true)).await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header("content-type"), Some("text/event-stream"));
+    let text = String::from_utf8_lossy(&s.body);
     assert!(
         text.matches("data: ").count() > 3 && text.ends_with("data: [DONE]\n\n"),
         "{text}"
-    );
-    let first = r.header("x-demo-replica").unwrap().to_string();
-    let again = send(
-        &c,
-        req("POST", &format!("http://{addr}/v1/chat/completions"))
-            .body("{}".to_string().into())
-            .unwrap(),
-    )
-    .await;
-    assert_ne!(
-        again.header("x-demo-replica").unwrap(),
-        first,
-        "replicas alternate"
     );
     let e = send(
         &c,
@@ -134,6 +174,12 @@ async fn demo_serves_streaming_chat_and_embeddings() {
     )
     .await;
     assert_eq!(e.json()["data"].as_array().unwrap().len(), 2);
+    let dashboard = get(&format!("http://{admin}/")).await;
+    assert_eq!(dashboard.status, 200);
+    assert_eq!(
+        dashboard.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -205,7 +205,8 @@ async fn without_retries_failures_stop_once_the_breaker_opens() {
         &gateway_config(
             "",
             &[a.addr, b.addr, c.addr],
-            "[upstreams.circuit_breaker]\nconsecutive_failures = 3\nopen_time = \"60s\"\njitter = 0.0\n",
+            "[upstreams.circuit_breaker]\nconsecutive_failures = 3\nopen_time = \"60s\"\njitter = 0.0\n\
+             [upstreams.retry]\nenabled = false\n",
         ),
         &[],
     );
@@ -268,7 +269,8 @@ async fn all_replicas_down_answers_503_at_once_once_breakers_are_open() {
         &gateway_config(
             "connect_timeout = \"2s\"",
             &[a, b],
-            "[upstreams.circuit_breaker]\nconsecutive_failures = 1\nopen_time = \"60s\"\njitter = 0.0\n",
+            "[upstreams.circuit_breaker]\nconsecutive_failures = 1\nopen_time = \"60s\"\njitter = 0.0\n\
+             [upstreams.retry]\nenabled = false\n",
         ),
         &[],
     );
@@ -518,4 +520,68 @@ async fn tcp_health_check_marks_a_dead_port_unhealthy() {
     let statuses = gets(&client(), &gw, 10).await;
     assert_eq!(failures(&statuses), 0, "{statuses:?}");
     assert_eq!(other.hits(), 10);
+}
+
+/// What a newcomer writes first: three replicas, no resilience sections. One refuses
+/// connections; by default a refused connection is tried again on another replica for any
+/// method (nothing was sent), and the replica is ejected after three refusals in a row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_replica_that_refuses_connections_costs_no_request_and_is_ejected() {
+    let (a, b) = (Replica::echo("a"), Replica::echo("b"));
+    let dead = closed_addr();
+    let config = gateway_config("", &[a.addr, dead, b.addr], "")
+        .replace("[server]\n", "[server]\nadmin_listen = \"127.0.0.1:0\"\n");
+    let gw = Gateway::start_logging(&config, &[]);
+    let cl = client();
+    let post = || {
+        req("POST", &gw.url("/v1/chat/completions"))
+            .body(Full::new(Bytes::from_static(b"{\"model\":\"m\"}")))
+            .unwrap()
+    };
+    for i in 0..30 {
+        let r = send(&cl, post()).await;
+        assert_eq!(r.status, 200, "POST {i} reached the client as a failure");
+    }
+    let line = gw.wait_log(&["outlier ejected", &dead.to_string()]);
+    assert!(line.contains("3 consecutive connect failures"), "{line}");
+    let upstreams = get(&format!("http://{}/upstreams", gw.admin.unwrap()))
+        .await
+        .json();
+    let endpoints = upstreams["upstreams"][0]["endpoints"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let ejected: Vec<(&str, bool)> = endpoints
+        .iter()
+        .map(|e| (e["address"].as_str().unwrap(), e["ejected"] == true))
+        .collect();
+    assert!(
+        ejected.contains(&(dead.to_string().as_str(), true)),
+        "{ejected:?}"
+    );
+    assert_eq!(
+        ejected.iter().filter(|(_, out)| *out).count(),
+        1,
+        "{ejected:?}"
+    );
+    assert_eq!(a.hits() + b.hits(), 30);
+}
+
+/// Both defaults can be turned off: then every request the balancer sends to the refusing
+/// replica fails, as it says.
+#[tokio::test]
+async fn retry_and_outlier_detection_turn_off_with_enabled_false() {
+    let a = Replica::echo("a");
+    let dead = closed_addr();
+    let gw = Gateway::start(&gateway_config(
+        "",
+        &[a.addr, dead],
+        "[upstreams.retry]\nenabled = false\n[upstreams.outlier_detection]\nenabled = false\n",
+    ));
+    let statuses = gets(&client(), &gw, 20).await;
+    assert!(
+        statuses.iter().filter(|&&s| s == 502).count() >= 5,
+        "without retries or ejection the refusing replica answers 502s: {statuses:?}"
+    );
+    assert_eq!(failures(&statuses) + a.hits(), 20);
 }
