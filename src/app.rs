@@ -16,6 +16,7 @@ pub async fn run(
     plugins: PluginSet,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    crate::live::log_warnings(&config, &plugins);
     let source = config.source.clone();
     let hash = config.hash;
     let gateway = Gateway::new(config, plugins);

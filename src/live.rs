@@ -7,7 +7,7 @@
 //! Requests in flight keep the `Arc` of the gateway they started on and finish there;
 //! connections are untouched. A config that fails to load changes nothing.
 
-use crate::config::{self, ServerConfig};
+use crate::config::{self, Config, ServerConfig};
 use crate::plugin::PluginSet;
 use crate::proxy::Gateway;
 use crate::upstream::Upstream;
@@ -170,6 +170,7 @@ impl Live {
         let (config, plugins) = rx
             .await
             .map_err(|_| "the reload thread panicked".to_string())??;
+        log_warnings(&config, &plugins);
         let r = Reloaded {
             hash: config.hash,
             routes: config.routes.len(),
@@ -177,6 +178,13 @@ impl Live {
             plugins: config.plugins.len(),
         };
         Ok((Gateway::new(config, plugins), r))
+    }
+}
+
+/// Logs what `portcullis validate` warns about a config (at start and on each reload).
+pub fn log_warnings(config: &Config, plugins: &PluginSet) {
+    for w in crate::router::bare_prefix::warnings(config, &plugins.authenticated()) {
+        tracing::warn!(warning = %w, "a route without auth comes before an authenticated route's bare prefix");
     }
 }
 

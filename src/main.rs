@@ -146,7 +146,11 @@ fn main() -> ExitCode {
         Some(Command::Validate { file }) => match portcullis::config::load(&file) {
             // Plugins are compiled and configured too: a plugin that rejects its
             // route's config fails validation with its own message.
-            Ok(c) => portcullis::plugin::PluginSet::for_config(&c).map(|_| {
+            Ok(c) => portcullis::plugin::PluginSet::for_config(&c).map(|plugins| {
+                let auth = plugins.authenticated();
+                for w in portcullis::router::bare_prefix::warnings(&c, &auth) {
+                    eprintln!("warning: {w}");
+                }
                 println!(
                     "{}: ok ({} routes, {} upstreams, {} plugins)",
                     file.display(),

@@ -115,11 +115,14 @@ impl Source<'_> {
         } else {
             before.rfind('=').map(|eq| {
                 let lhs = before[..eq].trim_end();
+                // The key is the run of key characters before `=`: it starts after the
+                // last other character, which may be more than one byte long.
                 let begin = lhs
-                    .rfind(|c: char| {
+                    .char_indices()
+                    .rfind(|&(_, c)| {
                         !(c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '"')
                     })
-                    .map_or(0, |i| i + 1);
+                    .map_or(0, |(i, c)| i + c.len_utf8());
                 lhs[begin..].trim_matches('"').to_string()
             })
         };

@@ -94,3 +94,6 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
         plugins,
     })
 }
+
+#[cfg(test)]
+mod properties;

@@ -96,6 +96,8 @@ pub enum HostPolicy {
 #[derive(Clone, Debug)]
 pub struct RouteConfig {
     pub name: String,
+    /// Where the route's table is in the file (line, column), for messages about it.
+    pub position: (usize, usize),
     pub path: PathMatch,
     pub methods: Option<Vec<Method>>,
     /// Lowercase host names; `*.example.com` matches any subdomain.
@@ -228,6 +230,7 @@ fn route(
     let route_plugins = plugin_chain(cx, &name, &r.plugins, plugins)?;
     Ok(RouteConfig {
         name,
+        position: cx.src.line_col(cx.span.start),
         path,
         methods,
         hosts,

@@ -544,4 +544,12 @@ impl PluginSet {
     pub fn is_empty(&self) -> bool {
         self.routes.iter().all(Vec::is_empty)
     }
+
+    /// For each route, whether it runs an auth plugin.
+    pub fn authenticated(&self) -> Vec<bool> {
+        self.routes
+            .iter()
+            .map(|chain| chain.iter().any(|b| b.plugin.role == Role::Auth))
+            .collect()
+    }
 }

@@ -376,4 +376,89 @@ mod tests {
         }
         assert!(authority(V::HTTP_11, "http://u@a/h", &["a"]).is_err());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// What `request_authority` makes of one Host header over HTTP/1.1.
+        fn of_host(value: &[u8]) -> Option<Result<(String, usize), ProxyError>> {
+            let v = HeaderValue::from_bytes(value).ok()?;
+            let mut h = head(http::Version::HTTP_11, "/h", &[]);
+            h.headers.insert(header::HOST, v);
+            Some(request_authority(&h).map(|a| {
+                let (v, end) = a.expect("a Host was given");
+                (v.to_str().expect("ASCII").to_string(), end)
+            }))
+        }
+
+        /// A valid `host[:port]`: a reg-name (any case, maybe one trailing dot) or a
+        /// bracketed literal, and a port.
+        fn authority() -> impl Strategy<Value = String> {
+            let reg = "[a-zA-Z0-9_]([a-zA-Z0-9_-]{0,8}\\.){0,3}[a-zA-Z0-9_-]{1,8}\\.?";
+            let literal = "\\[[0-9a-fA-F:.]{1,20}\\]";
+            (
+                prop_oneof![reg, literal],
+                proptest::option::of(any::<u16>()),
+            )
+                .prop_map(|(host, port)| match port {
+                    Some(p) => format!("{host}:{p}"),
+                    None => host,
+                })
+        }
+
+        proptest! {
+            /// Whatever the bytes, no panic; what is accepted is a lowercase authority
+            /// without a trailing dot, that is accepted again unchanged.
+            #[test]
+            fn any_host_value_is_refused_or_normal(value in proptest::collection::vec(any::<u8>(), 0..40)) {
+                let Some(r) = of_host(&value) else { return Ok(()) };
+                if let Ok((v, end)) = r {
+                    prop_assert!(v.parse::<http::uri::Authority>().is_ok(), "{v}");
+                    prop_assert!(!v.bytes().any(|b| b.is_ascii_uppercase()), "{v}");
+                    prop_assert!(!v[..end].ends_with('.') || v[..end].starts_with('['), "{v}");
+                    let again = of_host(v.as_bytes()).unwrap();
+                    prop_assert_eq!(again.ok(), Some((v.clone(), end)));
+                }
+            }
+
+            /// A valid authority is accepted as itself, lowercased, one trailing dot of
+            /// the host dropped.
+            #[test]
+            fn valid_authorities_are_accepted(a in authority()) {
+                let (v, end) = of_host(a.as_bytes()).unwrap().map_err(|e| TestCaseError::fail(format!("{a}: {e}")))?;
+                let (host, port) = match a.rfind(':').filter(|&i| !a[i..].contains(']')) {
+                    Some(i) => (&a[..i], &a[i..]),
+                    None => (a.as_str(), ""),
+                };
+                let host = host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase();
+                prop_assert_eq!(&v[..end], host.as_str());
+                prop_assert_eq!(v, format!("{host}{port}"));
+            }
+
+            /// Userinfo, lists, whitespace and a second colon outside brackets are never
+            /// an authority, wherever they are put into a valid one.
+            #[test]
+            fn smuggling_characters_are_refused(
+                a in authority(),
+                at in any::<prop::sample::Index>(),
+                bad in prop::sample::select(vec!["@", ",", " ", "\t", ":"]),
+            ) {
+                let mut chars: Vec<char> = a.chars().collect();
+                let at = at.index(chars.len() + 1);
+                // A colon inside the brackets of an IP literal is part of it.
+                let in_brackets = a.starts_with('[') && at > 0 && at <= a.find(']').unwrap();
+                prop_assume!(!(bad == ":" && in_brackets));
+                if bad == ":" && !a.starts_with('[') && !a.contains(':') {
+                    // Make sure there are two: one is a port separator.
+                    chars.push(':');
+                    chars.push('1');
+                }
+                chars.splice(at..at, bad.chars());
+                let value: String = chars.into_iter().collect();
+                let r = of_host(value.as_bytes()).unwrap();
+                prop_assert!(r.is_err(), "{value:?} was accepted: {r:?}");
+            }
+        }
+    }
 }

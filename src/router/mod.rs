@@ -10,7 +10,11 @@
 //! A prefix matches on segment boundaries: `/v1/chat` matches `/v1/chat` and
 //! `/v1/chat/completions` but not `/v1/chatty`; a prefix ending in `/` matches anything
 //! below it and the bare prefix itself (`/secure/` takes `/secure`, which would otherwise
-//! fall to a catch-all route, past the route's auth).
+//! fall to a catch-all route, past the route's auth). What can still come before an
+//! authenticated prefix route for its bare prefix is found by `bare_prefix`, which asks
+//! this router.
+
+pub mod bare_prefix;
 
 use crate::config::{PathMatch, RouteConfig};
 use http::request::Parts;

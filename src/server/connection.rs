@@ -1,8 +1,8 @@
 //! The bounds of one client connection that hyper does not keep itself: the time to the
 //! first bytes (enough of them to tell HTTP/1 from the HTTP/2 preface), the idle
-//! keep-alive time (no request in flight), and being closed on demand when the
-//! connection cap needs room. hyper keeps the rest: HTTP/1's `header_read_timeout` and
-//! HTTP/2's keep-alive pings.
+//! keep-alive time (no request in flight), being closed on demand when the connection
+//! cap needs room, and the drain at shutdown. hyper keeps the rest: HTTP/1's
+//! `header_read_timeout` and HTTP/2's keep-alive pings.
 
 use bytes::{Buf, Bytes};
 use std::io;
@@ -12,7 +12,7 @@ use std::sync::LazyLock;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 
 /// The client connection preface of HTTP/2 (RFC 9113 §3.4).
@@ -199,6 +199,48 @@ where
 pub(super) struct Prefixed<IO> {
     prefix: Bytes,
     io: IO,
+}
+
+impl<IO> Prefixed<IO> {
+    /// Whether the client sent the HTTP/2 preface (hyper will serve it as HTTP/2; over
+    /// TLS too, whatever ALPN said, since hyper-util detects the version the same way).
+    pub(super) fn is_h2(&self) -> bool {
+        self.prefix == H2_PREFACE[..]
+    }
+}
+
+/// The start of a drain (graceful shutdown) for a set of connections, and the wait until
+/// each has finished. hyper-util's `GracefulShutdown` owns the connections it watches, so a
+/// connection it watches cannot also be shut down gracefully for its own reasons (idle,
+/// connection cap); this one only signals, and each connection calls
+/// `graceful_shutdown` itself.
+pub(super) struct Drain(watch::Sender<bool>);
+
+/// A connection's side of a [`Drain`]: held while the connection runs.
+pub(super) struct DrainWatch(watch::Receiver<bool>);
+
+impl Drain {
+    pub(super) fn new() -> Self {
+        Drain(watch::channel(false).0)
+    }
+
+    pub(super) fn watcher(&self) -> DrainWatch {
+        DrainWatch(self.0.subscribe())
+    }
+
+    /// Tells every connection to finish and waits until all have dropped their watch.
+    pub(super) async fn shutdown(self) {
+        self.0.send_replace(true);
+        self.0.closed().await
+    }
+}
+
+impl DrainWatch {
+    /// Resolves when the drain has started.
+    pub(super) async fn started(&mut self) {
+        // An error means the `Drain` is gone: nothing will wait for this connection.
+        let _ = self.0.wait_for(|draining| *draining).await;
+    }
 }
 
 impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {

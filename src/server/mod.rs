@@ -20,13 +20,12 @@ use crate::proxy::{ClientInfo, Gateway};
 use accept::{Backoff, Connections, Registration};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use connection::{ConnState, Counted};
+use connection::{ConnState, Counted, Drain, DrainWatch};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
@@ -146,9 +145,9 @@ where
         }));
     }
     drop(senders);
-    let admin_graceful = Arc::new(GracefulShutdown::new());
+    let admin_drain = Arc::new(Drain::new());
     if let Some(l) = admin_listener {
-        let graceful = admin_graceful.clone();
+        let drain = admin_drain.clone();
         let builder = Arc::new(connection_builder(server));
         let bounds = Bounds::of(server);
         acceptors.push(tokio::spawn(async move {
@@ -161,7 +160,7 @@ where
                     builder.clone(),
                     bounds,
                     Arc::new(ConnState::new()),
-                    graceful.watcher(),
+                    drain.watcher(),
                     s,
                     peer,
                     admin.clone(),
@@ -193,11 +192,23 @@ where
         Ok(()) => tracing::info!("all connections drained"),
         Err(_) => tracing::warn!("drain timeout passed; closing remaining connections"),
     }
-    if let Ok(g) = Arc::try_unwrap(admin_graceful) {
-        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), g.shutdown()).await;
+    if let Ok(d) = Arc::try_unwrap(admin_drain) {
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), d.shutdown()).await;
     }
     Ok(())
 }
+
+/// HTTP/2 limits the config does not expose, set here rather than left to hyper's and
+/// h2's defaults so that they hold whatever those defaults become (README, "Connection
+/// limits"):
+/// - streams open at once per connection (SETTINGS_MAX_CONCURRENT_STREAMS);
+const H2_MAX_CONCURRENT_STREAMS: u32 = 200;
+/// - streams the client resets before the server has accepted them (rapid reset,
+///   CVE-2023-44487): one more and the connection gets GOAWAY ENHANCE_YOUR_CALM;
+const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// - streams the server resets because the client broke the protocol on them: one more
+///   and the connection gets GOAWAY ENHANCE_YOUR_CALM.
+const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
 fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -210,7 +221,12 @@ fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
     builder
         .http2()
         .timer(TokioTimer::new())
+        // SETTINGS_MAX_HEADER_LIST_SIZE: a larger decoded head (HPACK references to the
+        // dynamic table included) is answered 431; over 4 times this, GOAWAY.
         .max_header_list_size(server.max_header_size as u32)
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
         .keep_alive_interval(server.http2_keep_alive_interval)
         .keep_alive_timeout(server.http2_keep_alive_timeout);
     builder
@@ -223,6 +239,13 @@ struct Bounds {
     first_byte: Duration,
     keep_alive: Duration,
 }
+
+/// How long an HTTP/2 connection the server closes (idle, or to make room) has after its
+/// first GOAWAY: hyper's graceful close sends GOAWAY and a PING, and the last GOAWAY when
+/// the PING is answered; a client that does not answer is closed after this. The
+/// connection has no request in flight, so there is nothing else to wait for (Go's
+/// HTTP/2 server waits 1s too).
+const GOAWAY_GRACE: Duration = Duration::from_secs(1);
 
 impl Bounds {
     fn of(server: &ServerConfig) -> Self {
@@ -248,7 +271,7 @@ async fn worker(
             gw.server.tls_handshake_timeout,
         )
     };
-    let graceful = GracefulShutdown::new();
+    let drain = Drain::new();
     loop {
         tokio::select! {
             accepted = conns.recv() => {
@@ -256,7 +279,7 @@ async fn worker(
                 let Ok(stream) = TcpStream::from_std(stream) else { continue };
                 let _ = stream.set_nodelay(true);
                 // The handshake counts as part of the connection for shutdown.
-                let (builder, watcher) = (builder.clone(), graceful.watcher());
+                let (builder, watcher) = (builder.clone(), drain.watcher());
                 // Each request is served by the gateway current when it arrives; a reload
                 // swaps the slot and requests in flight finish on the old one.
                 let (slot, client) = (slot.clone(), Arc::new(ClientInfo::with_tls(peer, tls.is_some())));
@@ -267,19 +290,21 @@ async fn worker(
                 };
                 tokio::spawn(async move {
                     let state = registration.state.clone();
-                    let conn = async {
-                        match tls {
-                            None => serve(builder, bounds, state.clone(), watcher, stream, peer, handler).await,
-                            Some(acceptor) => match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
-                                Ok(Ok(tls)) => serve(builder, bounds, state.clone(), watcher, tls, peer, handler).await,
-                                Ok(Err(e)) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
-                                Err(_) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                            },
+                    match tls {
+                        None => serve(builder, bounds, state, watcher, stream, peer, handler).await,
+                        Some(acceptor) => {
+                            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                            let handshake = tokio::select! {
+                                r = handshake => Some(r),
+                                () = state.closed() => None,
+                            };
+                            match handshake {
+                                Some(Ok(Ok(tls))) => serve(builder, bounds, state, watcher, tls, peer, handler).await,
+                                Some(Ok(Err(e))) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                                Some(Err(_)) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                                None => tracing::debug!(peer = %peer, "connection closed during its TLS handshake to stay under max_connections"),
+                            }
                         }
-                    };
-                    tokio::select! {
-                        () = conn => {}
-                        () = state.closed() => tracing::debug!(peer = %peer, "idle connection closed to stay under max_connections"),
                     }
                     drop(registration);
                 });
@@ -287,17 +312,20 @@ async fn worker(
             _ = stop.wait_for(|s| *s) => break,
         }
     }
-    graceful.shutdown().await;
+    drain.shutdown().await;
 }
 
 /// Serves HTTP/1.1 and HTTP/2 on one client connection (plain TCP or TLS) until it closes,
-/// its first bytes do not come within `first_byte_timeout`, or it has had no request in
-/// flight for `keep_alive_timeout`.
+/// its first bytes do not come within `first_byte_timeout`, it has had no request in
+/// flight for `keep_alive_timeout`, the connection cap needs its room, or the drain
+/// starts. An HTTP/2 connection the server closes is told so with GOAWAY (hyper's
+/// graceful shutdown) and given [`GOAWAY_GRACE`] to finish; an idle HTTP/1 connection is
+/// just closed. At the drain both finish what is in flight.
 async fn serve<IO, H, F>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     bounds: Bounds,
     state: Arc<ConnState>,
-    watcher: Watcher,
+    mut drain: DrainWatch,
     io: IO,
     peer: SocketAddr,
     handler: H,
@@ -306,27 +334,53 @@ async fn serve<IO, H, F>(
     H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
     F: Future<Output = Response<ResponseBody>> + Send + 'static,
 {
-    let io = match connection::first_bytes(io, bounds.first_byte).await {
+    let first = tokio::select! {
+        r = connection::first_bytes(io, bounds.first_byte) => r,
+        () = state.closed() => {
+            tracing::debug!(peer = %peer, "connection closed before its first request to stay under max_connections");
+            return;
+        }
+    };
+    let io = match first {
         Ok(io) => io,
         Err(e) => {
             tracing::debug!(peer = %peer, error = %e, "connection closed before its first request");
             return;
         }
     };
+    let h2 = io.is_h2();
     let requests = state.clone();
     let svc = service_fn(move |req| {
         let in_flight = requests.request();
         let answer = handler(req);
         async move { Ok::<_, Infallible>(answer.await.map(|b| Counted::new(b, in_flight))) }
     });
-    let conn = watcher.watch(builder.serve_connection(TokioIo::new(io), svc).into_owned());
-    tokio::select! {
-        r = conn => if let Err(e) = r {
-            tracing::debug!(peer = %peer, error = %e, "connection ended with error");
-        },
-        () = state.idle_for(bounds.keep_alive) => {
-            tracing::debug!(peer = %peer, "connection closed after keep_alive_timeout without a request");
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let closing = tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with error");
+            }
+            return;
         }
+        () = drain.started() => None,
+        () = state.idle_for(bounds.keep_alive) => Some("keep_alive_timeout"),
+        () = state.closed() => Some("max_connections"),
+    };
+    match closing {
+        None => {
+            conn.as_mut().graceful_shutdown();
+            if let Err(e) = conn.await {
+                tracing::debug!(peer = %peer, error = %e, "connection ended with error while draining");
+            }
+        }
+        Some(bound) if h2 => {
+            tracing::debug!(peer = %peer, bound, "idle HTTP/2 connection closed with GOAWAY");
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(GOAWAY_GRACE, conn).await;
+        }
+        Some(bound) => tracing::debug!(peer = %peer, bound, "idle HTTP/1 connection closed"),
     }
 }
 

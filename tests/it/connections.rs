@@ -9,8 +9,6 @@ use crate::support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
 /// A gateway in front of an echo upstream with `bounds` (TOML lines of `[server]`).
 async fn gateway(bounds: &str) -> (Upstream, Gateway) {
     let up = Upstream::echo("up").await;
@@ -37,59 +35,6 @@ fn bounds(short: &[&str]) -> String {
         format!("{k} = \"{v}\"\n")
     })
     .collect()
-}
-
-/// Reads until the gateway closes the connection (end of stream or a reset), returning
-/// what it sent; panics if that does not happen within `WAIT`.
-async fn closed_by_gateway(s: &mut (impl AsyncReadExt + Unpin)) -> Vec<u8> {
-    let mut out = Vec::new();
-    let read = async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match s.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(WAIT, read)
-        .await
-        .expect("the gateway did not close the connection");
-    out
-}
-
-/// An HTTP/2 frame header: length, type, flags, stream id.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut f = len.to_be_bytes()[1..].to_vec();
-    f.extend([kind, flags]);
-    f.extend(stream.to_be_bytes());
-    f.extend(payload);
-    f
-}
-
-const SETTINGS: u8 = 4;
-const HEADERS: u8 = 1;
-const PING: u8 = 6;
-const END_STREAM: u8 = 1;
-
-/// A connection that has sent the HTTP/2 preface and an empty SETTINGS frame.
-async fn h2_connection(gw: &Gateway) -> TcpStream {
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(PREFACE).await.unwrap();
-    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
-    s
-}
-
-/// The frame types in `bytes`, a run of whole frames (a trailing partial one ignored).
-fn frame_types(mut bytes: &[u8]) -> Vec<u8> {
-    let mut kinds = Vec::new();
-    while bytes.len() >= 9 {
-        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
-        kinds.push(bytes[3]);
-        bytes = &bytes[(9 + len).min(bytes.len())..];
-    }
-    kinds
 }
 
 /// Sends one HTTP/1.1 request and reads its whole response (content-length framed).
@@ -132,19 +77,44 @@ async fn a_partial_http2_preface_is_closed() {
     assert!(closed_by_gateway(&mut s).await.is_empty());
 }
 
+/// Reads frames until the first GOAWAY, answering PINGs as a client does; returns the
+/// frame types before it and its error code.
+async fn goaway_from_gateway(s: &mut TcpStream) -> (Vec<u8>, u32) {
+    let read = async {
+        let mut before = Vec::new();
+        loop {
+            let f = next_frame(s)
+                .await
+                .expect("the connection closed without GOAWAY");
+            if let Some((_, code)) = f.goaway() {
+                return (before, code);
+            }
+            if f.kind == PING && f.flags & ACK == 0 {
+                s.write_all(&frame(PING, ACK, 0, &f.payload)).await.unwrap();
+            }
+            before.push(f.kind);
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("no GOAWAY from the gateway")
+}
+
 #[tokio::test]
-async fn http2_preface_and_settings_then_silence_is_closed() {
+async fn http2_preface_and_settings_then_silence_is_closed_with_goaway() {
     let (_up, gw) = gateway(&bounds(&["keep_alive_timeout"])).await;
-    let mut s = h2_connection(&gw).await;
-    let got = closed_by_gateway(&mut s).await;
-    // It was served as HTTP/2 (the gateway's SETTINGS came first) and then closed.
-    assert_eq!(frame_types(&got).first(), Some(&SETTINGS), "{got:?}");
+    let mut s = h2_connection(gw.addr).await;
+    let (before, code) = goaway_from_gateway(&mut s).await;
+    // It was served as HTTP/2 (the gateway's SETTINGS came first), then told it is closed.
+    assert_eq!(before.first(), Some(&SETTINGS), "{before:?}");
+    assert_eq!(code, NO_ERROR);
+    closed_by_gateway(&mut s).await;
 }
 
 #[tokio::test]
 async fn http2_headers_without_end_headers_is_closed() {
     let (up, gw) = gateway(&bounds(&["keep_alive_timeout"])).await;
-    let mut s = h2_connection(&gw).await;
+    let mut s = h2_connection(gw.addr).await;
     // `:method: GET` (HPACK static index 2), END_STREAM but not END_HEADERS: the head
     // would go on in a CONTINUATION that never comes.
     s.write_all(&frame(HEADERS, END_STREAM, 1, &[0x82]))
@@ -161,7 +131,7 @@ async fn an_http2_client_that_does_not_answer_pings_is_closed() {
         "http2_keep_alive_timeout",
     ]))
     .await;
-    let mut s = h2_connection(&gw).await;
+    let mut s = h2_connection(gw.addr).await;
     let got = closed_by_gateway(&mut s).await;
     assert!(frame_types(&got).contains(&PING), "{got:?}");
 }
@@ -203,6 +173,21 @@ async fn over_max_connections_an_idle_connection_makes_room_for_a_new_client() {
     let status = round_trip(&mut kept, "/kept").await;
     assert!(status.starts_with("HTTP/1.1 200"), "{status}");
     assert_eq!(up.hits(), 4);
+}
+
+#[tokio::test]
+async fn over_max_connections_an_idle_http2_connection_gets_goaway() {
+    let (up, gw) = gateway(&format!("{}max_connections = 1\n", bounds(&[]))).await;
+    let mut idle = h2_connection(gw.addr).await;
+    let settings = next_frame(&mut idle).await.expect("served as HTTP/2");
+    assert_eq!(settings.kind, SETTINGS);
+    let mut new = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
+    let status = round_trip(&mut new, "/new").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let (_, code) = goaway_from_gateway(&mut idle).await;
+    assert_eq!(code, NO_ERROR);
+    closed_by_gateway(&mut idle).await;
+    assert_eq!(up.hits(), 1);
 }
 
 #[tokio::test]

@@ -650,3 +650,255 @@ async fn ten_thousand_headers_are_refused() {
     assert!(matches!(r[0].status, 400 | 431), "{}", r[0].status);
     assert!(rec.paths().is_empty(), "{:?}", rec.paths());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn framing_obfuscations_smuggle_nothing() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    // Each hides `GET /smuggled` in what one reading of its framing takes as the body and
+    // another as the next request; `/end` follows on the same connection. The statuses
+    // are those of every answer the connection got before it was closed.
+    let hidden = "0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n";
+    let cl = hidden.len();
+    let cases: Vec<(&str, String, &[u16])> = vec![
+        (
+            "space before the colon of Transfer-Encoding",
+            format!("POST /v HTTP/1.1\r\nHost: a\r\nContent-Length: {cl}\r\nTransfer-Encoding : chunked\r\n\r\n{hidden}"),
+            &[400],
+        ),
+        (
+            "a coding that only ends in `chunked`",
+            format!("POST /v HTTP/1.1\r\nHost: a\r\nContent-Length: {cl}\r\nTransfer-Encoding: xchunked\r\n\r\n{hidden}"),
+            &[400],
+        ),
+        (
+            "two Transfer-Encoding lines, chunked first",
+            format!("POST /v HTTP/1.1\r\nHost: a\r\nContent-Length: {cl}\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n{hidden}"),
+            &[400],
+        ),
+        (
+            "a tab before chunked (valid whitespace: chunked, then closed)",
+            format!("POST /v HTTP/1.1\r\nHost: a\r\nContent-Length: {cl}\r\nTransfer-Encoding:\tchunked\r\n\r\n{hidden}"),
+            &[200],
+        ),
+        (
+            "chunked in HTTP/1.0",
+            format!("POST /v HTTP/1.0\r\nHost: a\r\nContent-Length: {cl}\r\nTransfer-Encoding: chunked\r\n\r\n{hidden}"),
+            &[400],
+        ),
+        (
+            "two lengths in one Content-Length",
+            format!("POST /v HTTP/1.1\r\nHost: a\r\nContent-Length: 0, {cl}\r\n\r\n{hidden}"),
+            &[400],
+        ),
+        (
+            "a signed Content-Length",
+            format!("POST /v HTTP/1.1\r\nHost: a\r\nContent-Length: +{cl}\r\n\r\n{hidden}"),
+            &[400],
+        ),
+        (
+            "a chunk size that overflows 64 bits",
+            format!("POST /v HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n10000000000000001\r\nx\r\n{hidden}"),
+            &[400],
+        ),
+    ];
+    for (what, request, want) in cases {
+        let mut bytes = request.into_bytes();
+        bytes.extend_from_slice(END);
+        let got: Vec<u16> = exchange(gw.addr, &bytes)
+            .await
+            .iter()
+            .map(|r| r.status)
+            .collect();
+        assert_eq!(got, want, "{what}");
+    }
+    let seen = rec.seen();
+    assert!(!seen.iter().any(|s| s.path == "/smuggled"), "{seen:?}");
+    // The one forwarded: chunked won, its body was empty.
+    let forwarded: Vec<_> = seen.iter().filter(|s| s.path == "/v").collect();
+    assert_eq!(forwarded.len(), 1, "{seen:?}");
+    assert_eq!(forwarded[0].body.as_deref().ok(), Some(&b""[..]));
+}
+
+// ---------------------------------------------------------------------------------------
+// What already held: HTTP/2 (raw frames; limits set in src/server/mod.rs).
+// ---------------------------------------------------------------------------------------
+
+/// The gateway answers a new connection after an attack (`/after` reaches the upstream).
+async fn still_serving(gw: &Gateway) {
+    let r = answers(gw.addr, b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n").await;
+    assert_eq!(r[0].status, 200, "{r:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_rapid_reset_is_cut_off_and_the_gateway_keeps_serving() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    // CVE-2023-44487: streams opened and cancelled at once, in one burst.
+    const STREAMS: u32 = 1000;
+    let mut burst = Vec::new();
+    for i in 0..STREAMS {
+        let id = 2 * i + 1;
+        let head = hpack_get(&format!("/rr{i}"), "a");
+        burst.extend(frame(HEADERS, END_HEADERS | END_STREAM, id, &head));
+        burst.extend(frame(RST_STREAM, 0, id, &CANCEL.to_be_bytes()));
+    }
+    let mut s = h2_connection(gw.addr).await;
+    // The gateway may close while the burst is still being written.
+    let _ = s.write_all(&burst).await;
+    let got = closed_by_gateway(&mut s).await;
+    let (last, code) = goaway(&got).expect("GOAWAY before the close");
+    assert_eq!(code, ENHANCE_YOUR_CALM, "GOAWAY after stream {last}");
+    still_serving(&gw).await;
+    // Cut off within the first tenth of the burst (after 20 resets, the limit), and
+    // nothing past the GOAWAY's last stream reached the upstream.
+    assert!(last < 2 * STREAMS / 10, "GOAWAY only after stream {last}");
+    let reached = rec.paths().iter().filter(|p| p.starts_with("/rr")).count();
+    assert!(
+        reached <= (last as usize).div_ceil(2),
+        "{reached} cancelled streams reached the upstream; GOAWAY after stream {last}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_continuation_flood_is_closed_with_memory_bounded() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    let pid = gw.child.id();
+    let before = rss_kib(pid);
+    let s = h2_connection(gw.addr).await;
+    let (mut rd, mut wr) = s.into_split();
+    let reader = tokio::spawn(async move { closed_by_gateway(&mut rd).await });
+    // A head that never ends: HEADERS without END_HEADERS, then CONTINUATION frames that
+    // never carry it either, each one more (valid) header field.
+    wr.write_all(&frame(HEADERS, END_STREAM, 1, &hpack_get("/flood", "a")))
+        .await
+        .unwrap();
+    let batch = frame(CONTINUATION, 0, 1, &hpack_literal("x-c", "1")).repeat(1024);
+    const MAX_BATCHES: usize = 1024; // a million frames, 13 MB
+    let mut batches = 0;
+    while batches < MAX_BATCHES && wr.write_all(&batch).await.is_ok() {
+        batches += 1;
+    }
+    let got = reader.await.unwrap();
+    assert!(
+        batches < MAX_BATCHES,
+        "the gateway took a million CONTINUATION frames without closing"
+    );
+    let (_, code) = goaway(&got).expect("GOAWAY before the close");
+    assert_eq!(code, ENHANCE_YOUR_CALM);
+    let after = rss_kib(pid);
+    assert!(
+        after < before + 16 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+    still_serving(&gw).await;
+    assert_eq!(rec.paths(), ["/after"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http2_header_lists_over_the_configured_limit_are_refused() {
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "max_header_size = \"16KiB\"");
+    // The limit is announced: SETTINGS_MAX_HEADER_LIST_SIZE (0x6) in the first SETTINGS.
+    let mut raw = h2_connection(gw.addr).await;
+    let settings = next_frame(&mut raw).await.expect("the gateway's SETTINGS");
+    assert_eq!(settings.kind, SETTINGS);
+    let announced = settings
+        .payload
+        .chunks(6)
+        .find(|s| s[..2] == [0, 6])
+        .map(|s| u32::from_be_bytes([s[2], s[3], s[4], s[5]]));
+    assert_eq!(announced, Some(16 * 1024));
+    drop(raw);
+
+    // One 4000-byte field in the dynamic table, then references to it (h2's encoder
+    // indexes a repeated field: one byte each on the wire): the decoded list counts.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut h2c, conn) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(conn);
+    let big = "b".repeat(4000);
+    let mut send = |copies: usize| {
+        let mut req = http::Request::get("http://a/bomb").header("x-copies", copies);
+        for _ in 0..copies {
+            req = req.header("x-b", &big);
+        }
+        let (resp, _) = h2c.send_request(req.body(()).unwrap(), true).unwrap();
+        resp
+    };
+    // 3 copies, 12 KiB decoded: under the limit, forwarded.
+    let resp = send(3).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // 5 copies, 20 KiB decoded: over it, refused with 431 by the HTTP/2 layer.
+    let resp = send(5).await.unwrap();
+    assert_eq!(resp.status(), 431);
+
+    // The bomb, by hand (a client library may give up writing it when the gateway
+    // closes): 8000 references, 32 MB decoded from 12 KB, in one HEADERS frame.
+    let mut block = hpack_get("/bomb", "a");
+    block.extend(hpack_literal_indexed("x-b", &big));
+    block.extend(std::iter::repeat_n(HPACK_FIRST_DYNAMIC, 8000));
+    let mut raw = h2_connection(gw.addr).await;
+    let _ = raw
+        .write_all(&frame(HEADERS, END_HEADERS | END_STREAM, 1, &block))
+        .await;
+    let got = closed_by_gateway(&mut raw).await;
+    assert_eq!(goaway(&got).map(|g| g.1), Some(ENHANCE_YOUR_CALM));
+
+    still_serving(&gw).await;
+    let seen = rec.seen();
+    let bombs: Vec<_> = seen.iter().filter(|s| s.path == "/bomb").collect();
+    assert_eq!(bombs.len(), 1, "{seen:?}");
+    assert_eq!(bombs[0].header("x-copies"), Some("3"));
+    assert_eq!(bombs[0].headers.get_all("x-b").iter().count(), 3);
+}
+
+// ---------------------------------------------------------------------------------------
+// `portcullis validate`: a route without auth that comes before an authenticated
+// route's bare prefix.
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn validate_warns_when_a_route_without_auth_takes_an_authenticated_bare_prefix() {
+    let dir = TempDir::new();
+    let head = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nplugin_cache_dir = \"{}\"\n\n[[plugins]]\nname = \"api-key\"\npath = \"{}\"\n\n[[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"127.0.0.1:1\" }}]\n",
+        std::env::temp_dir().join("portcullis-test-wasm-cache").display(),
+        plugin("api-key"),
+    );
+    let keyed = "\n[[routes]]\nname = \"keyed\"\npath_prefix = \"/secure/\"\nhosts = [\"secure.example\"]\nupstream = \"up\"\nplugins = [ { name = \"api-key\", config = { keys = [ { key = \"k\", consumer = \"c\" } ] } } ]\n";
+    // A catch-all comes after a longer prefix: no warning.
+    let safe = dir.write(
+        "safe.toml",
+        &format!(
+            "{head}\n[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"up\"\n{keyed}"
+        ),
+    );
+    let (ok, text) = validate(&safe);
+    assert!(ok, "{text}");
+    assert!(!text.contains("warning"), "{text}");
+    // An exact route for the bare prefix, any host, without auth: it wins.
+    let config = format!(
+        "{head}{keyed}\n[[routes]]\nname = \"status\"\npath = \"/secure\"\nupstream = \"up\"\n"
+    );
+    let path = dir.write("shadowed.toml", &config);
+    let (ok, text) = validate(&path);
+    assert!(ok, "a warning is not an error: {text}");
+    let line = config
+        .lines()
+        .position(|l| l == "name = \"status\"")
+        .unwrap(); // the `[[routes]]` line above it, 1-based
+    let want = format!(
+        "warning: {}:{line}:1: route `status` (no auth plugin) takes GET /secure (Host secure.example) before route `keyed`",
+        path.display()
+    );
+    assert!(text.contains(&want), "{want}\nnot in:\n{text}");
+    assert!(text.contains("path_prefix = \"/secure/\""), "{text}");
+    // The gateway logs it at start.
+    let gw = Gateway::start_logging(&config, &[]);
+    gw.wait_log(&[
+        "WARN",
+        "route `status` (no auth plugin)",
+        "before route `keyed`",
+    ]);
+}

@@ -538,3 +538,184 @@ pub async fn black_hole() -> (
     }
     (listener, fillers, addr)
 }
+
+// ---------------------------------------------------------------------------------------
+// Raw HTTP/2: frames written and read by hand, for clients no HTTP/2 library would be.
+// ---------------------------------------------------------------------------------------
+
+/// The client connection preface (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+// Frame types and flags (RFC 9113 §6).
+pub const HEADERS: u8 = 1;
+pub const RST_STREAM: u8 = 3;
+pub const SETTINGS: u8 = 4;
+pub const PING: u8 = 6;
+pub const GOAWAY: u8 = 7;
+pub const CONTINUATION: u8 = 9;
+pub const END_STREAM: u8 = 1;
+pub const ACK: u8 = 1;
+pub const END_HEADERS: u8 = 4;
+
+// Error codes (RFC 9113 §7).
+pub const NO_ERROR: u32 = 0;
+pub const CANCEL: u32 = 8;
+pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+
+/// A frame: length, type, flags, stream id, payload.
+pub fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = len.to_be_bytes()[1..].to_vec();
+    f.extend([kind, flags]);
+    f.extend(stream.to_be_bytes());
+    f.extend(payload);
+    f
+}
+
+/// A frame as read (its stream id left out: no test needed it yet).
+#[derive(Debug, Clone)]
+pub struct H2Frame {
+    pub kind: u8,
+    pub flags: u8,
+    pub payload: Vec<u8>,
+}
+
+impl H2Frame {
+    /// A GOAWAY's last stream id and error code.
+    pub fn goaway(&self) -> Option<(u32, u32)> {
+        let p = &self.payload;
+        (self.kind == GOAWAY && p.len() >= 8).then(|| {
+            let word = |i: usize| u32::from_be_bytes([p[i], p[i + 1], p[i + 2], p[i + 3]]);
+            (word(0) & 0x7fff_ffff, word(4))
+        })
+    }
+}
+
+/// The frames in `bytes`, a run of whole frames (a trailing partial one ignored).
+pub fn h2_frames(mut bytes: &[u8]) -> Vec<H2Frame> {
+    let mut out = Vec::new();
+    while bytes.len() >= 9 {
+        let len = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]) as usize;
+        let end = (9 + len).min(bytes.len());
+        out.push(H2Frame {
+            kind: bytes[3],
+            flags: bytes[4],
+            payload: bytes[9..end].to_vec(),
+        });
+        bytes = &bytes[end..];
+    }
+    out
+}
+
+/// The frame types in `bytes`.
+pub fn frame_types(bytes: &[u8]) -> Vec<u8> {
+    h2_frames(bytes).iter().map(|f| f.kind).collect()
+}
+
+/// The first GOAWAY in `bytes`: its last stream id and error code.
+pub fn goaway(bytes: &[u8]) -> Option<(u32, u32)> {
+    h2_frames(bytes).iter().find_map(H2Frame::goaway)
+}
+
+/// Reads the next whole frame (`None` at the end of the stream or on an error).
+pub async fn next_frame(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Option<H2Frame> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).await.ok()?;
+    let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0; len];
+    s.read_exact(&mut payload).await.ok()?;
+    Some(H2Frame {
+        kind: head[3],
+        flags: head[4],
+        payload,
+    })
+}
+
+/// A connection to `addr` that has sent the HTTP/2 preface and an empty SETTINGS frame.
+pub async fn h2_connection(addr: SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(PREFACE).await.unwrap();
+    s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    s
+}
+
+/// An HPACK string literal, not Huffman-coded (RFC 7541 §5.2).
+fn hpack_string(out: &mut Vec<u8>, s: &str) {
+    let mut n = s.len();
+    if n < 127 {
+        out.push(n as u8);
+    } else {
+        out.push(127);
+        n -= 127;
+        while n >= 128 {
+            out.push((n % 128) as u8 | 128);
+            n /= 128;
+        }
+        out.push(n as u8);
+    }
+    out.extend_from_slice(s.as_bytes());
+}
+
+/// The header block of `GET path` with `:authority`, from the static table and literals
+/// that are not indexed (so it leaves the peer's dynamic table as it was).
+pub fn hpack_get(path: &str, authority: &str) -> Vec<u8> {
+    // :method GET (static 2), :scheme http (static 6).
+    let mut b = vec![0x82, 0x86];
+    // :path (static name 4) and :authority (static name 1), literal without indexing.
+    b.push(0x04);
+    hpack_string(&mut b, path);
+    b.push(0x01);
+    hpack_string(&mut b, authority);
+    b
+}
+
+/// A header field literal without indexing, with a new name (RFC 7541 §6.2.2).
+pub fn hpack_literal(name: &str, value: &str) -> Vec<u8> {
+    let mut b = vec![0x00];
+    hpack_string(&mut b, name);
+    hpack_string(&mut b, value);
+    b
+}
+
+/// A header field literal that the peer adds to its dynamic table (RFC 7541 §6.2.1): the
+/// first one a connection sends is then index 62, [`HPACK_FIRST_DYNAMIC`] on the wire.
+pub fn hpack_literal_indexed(name: &str, value: &str) -> Vec<u8> {
+    let mut b = hpack_literal(name, value);
+    b[0] = 0x40;
+    b
+}
+
+/// The indexed field of dynamic table entry 62 (RFC 7541 §6.1): one byte.
+pub const HPACK_FIRST_DYNAMIC: u8 = 0x80 | 62;
+
+/// Reads until the gateway closes the connection (end of stream or a reset), returning
+/// what it sent; panics if that does not happen within `WAIT`.
+pub async fn closed_by_gateway(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let read = async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, read)
+        .await
+        .expect("the gateway did not close the connection");
+    out
+}
+
+/// The resident memory of process `pid`, in KiB (`VmRSS` of `/proc/PID/status`).
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
