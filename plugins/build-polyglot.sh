@@ -18,13 +18,14 @@
 #   - for C: wasm-tools (plugins/c/requirements.txt) into the same venv, and wit-bindgen's
 #     CLI (C generator only, version $WIT_BINDGEN_VERSION) with `cargo install` into
 #     $WIT_BINDGEN_ROOT (default plugins/target/tools; .ci/run sets ~/.cargo so that the
-#     machine keeps it across fresh clones), 5-10 minutes of compiling, once. A wit-bindgen
-#     of that version in $WIT_BINDGEN_ROOT/bin or on PATH is used as it is. clang, wasm-ld, wasi-libc and compiler-rt's
-#     wasm32 builtins are not installed here: they are Debian packages (.ci/run installs
-#     them). The WASI reactor adapter is the one of the gateway's wasmtime, read from the
-#     crate `wasi-preview1-component-adapter-provider` that Cargo.lock pins.
+#     machine keeps it across fresh clones): about 10 CPU-minutes of compiling, once. A
+#     wit-bindgen of that version in $WIT_BINDGEN_ROOT/bin or on PATH is used as it is.
+#     clang, wasm-ld, wasi-libc and compiler-rt's wasm32 builtins are not installed here:
+#     they are Debian packages (.ci/run installs them). The WASI reactor adapter is the one
+#     of the gateway's wasmtime, read from the crate `wasi-preview1-component-adapter-provider`
+#     that Cargo.lock pins (found with `cargo metadata`).
 # A component is rebuilt only when it is missing or older than one of its inputs (its
-# sources, the lock file, wit/); a second run with nothing changed takes well under a second.
+# sources, the lock file, wit/); a second run with nothing changed takes about a second.
 #
 # Exit status: 0 when built (or up to date); 2 when a toolchain cannot be found or installed
 # (no python3/node/clang, no network): the message says which; 1 on any other failure.
