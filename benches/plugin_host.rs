@@ -1,10 +1,14 @@
 //! One request through the plugin host: the api-key plugin's allow path (a warm pooled
 //! instance, the request lent as a resource, one header read by the guest), against a
-//! baseline that builds and hands back the same request without a plugin call.
+//! baseline that builds and hands back the same request without a plugin call. The same
+//! for the C api-key plugin when it has been built.
 //!
 //!     cargo bench --bench plugin_host
 //!
-//! The guest is built from `plugins/` by `plugins/build.sh`.
+//! The Rust guest is built from `plugins/` by `plugins/build.sh`; the C one
+//! (`plugins/c/api-key`) by `plugins/build-polyglot.sh c`, which this does not run (it
+//! needs clang and wasi-libc): without `plugins/target/components/c-api-key.wasm` that
+//! benchmark is left out, and says so.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::config::{OnError, PluginConfig};
@@ -58,38 +62,54 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let host = PluginHost::new(Some(&std::env::temp_dir().join("portcullis-bench-cache"))).unwrap();
-    let config = PluginConfig {
-        name: "api-key".into(),
-        path: root.join("plugins/target/components/api-key.wasm"),
-        memory_limit: 64 << 20,
-        timeout: Duration::from_millis(20),
-        on_error: OnError::Deny,
-        pool_size: 8,
+    let pool = |name: &str, file: &str| {
+        let config = PluginConfig {
+            name: name.into(),
+            path: root.join("plugins/target/components").join(file),
+            memory_limit: 64 << 20,
+            timeout: Duration::from_millis(20),
+            on_error: OnError::Deny,
+            pool_size: 8,
+        };
+        let plugin = Arc::new(host.load(&config).unwrap());
+        let bound = rt
+            .block_on(Bound::new(
+                &host,
+                plugin,
+                "bench",
+                r#"{"keys":[{"key":"k-123","consumer":"alice"}]}"#,
+            ))
+            .unwrap();
+        Pool::new(Arc::new(bound))
     };
-    let plugin = Arc::new(host.load(&config).unwrap());
-    let bound = rt
-        .block_on(Bound::new(
-            &host,
-            plugin,
-            "bench",
-            r#"{"keys":[{"key":"k-123","consumer":"alice"}]}"#,
-        ))
-        .unwrap();
-    let pool = Pool::new(Arc::new(bound));
+    let rust = pool("api-key", "api-key.wasm");
+    let c_built = root
+        .join("plugins/target/components/c-api-key.wasm")
+        .is_file();
+    let c_plugin = c_built.then(|| pool("c-api-key", "c-api-key.wasm"));
+    if !c_built {
+        eprintln!("plugin_host: no c-api-key.wasm (bash plugins/build-polyglot.sh c): c_api_key_allow left out");
+    }
 
     let mut g = c.benchmark_group("plugin_host");
     g.bench_function("baseline_no_plugin", |b| {
         b.iter(|| rt.block_on(async { std::hint::black_box(request()) }))
     });
-    g.bench_function("api_key_allow", |b| {
-        b.iter(|| {
-            rt.block_on(async {
-                let (req, r) = pool.authenticate(request()).await;
-                assert!(r.is_ok());
-                std::hint::black_box(req)
+    for (name, pool) in [
+        ("api_key_allow", Some(&rust)),
+        ("c_api_key_allow", c_plugin.as_ref()),
+    ] {
+        let Some(pool) = pool else { continue };
+        g.bench_function(name, |b| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let (req, r) = pool.authenticate(request()).await;
+                    assert!(r.is_ok());
+                    std::hint::black_box(req)
+                })
             })
-        })
-    });
+        });
+    }
     g.finish();
 }
 

@@ -1,7 +1,8 @@
-//! `portcullis plugin new --lang rust|python|js NAME`: a working auth plugin to start
+//! `portcullis plugin new --lang rust|python|js|c NAME`: a working auth plugin to start
 //! from, with the WIT and a `build.sh` that turns it into a component.
 
 use anyhow::{bail, Context as _};
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -9,9 +10,20 @@ pub enum Lang {
     Rust,
     Python,
     Js,
+    C,
 }
 
 const WIT: &str = include_str!("../wit/plugin.wit");
+
+/// The WASI preview1 reactor adapter in a C project: `wasm-tools component new` turns the
+/// module clang links (which imports `wasi_snapshot_preview1`) into a component with it.
+/// It comes from the wasmtime release this gateway embeds, so its WASI imports are ones the
+/// host links.
+const ADAPTER_FILE: &str = "wasi_snapshot_preview1.reactor.wasm";
+
+fn text(t: &'static str) -> Cow<'static, [u8]> {
+    Cow::Borrowed(t.as_bytes())
+}
 
 /// Creates `dir/name` with the plugin project; returns its path.
 pub fn new_plugin(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
@@ -29,11 +41,13 @@ pub fn new_plugin(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<PathBuf>
         bail!("{} already exists", root.display());
     }
     let crate_name = name.replace('-', "_");
-    let fill = |t: &str| {
+    let fill = |t: &str| -> Cow<'static, [u8]> {
         t.replace("{{name}}", name)
             .replace("{{crate}}", &crate_name)
+            .into_bytes()
+            .into()
     };
-    let mut files: Vec<(&str, String)> = vec![("wit/plugin.wit", WIT.to_string())];
+    let mut files: Vec<(&str, Cow<'static, [u8]>)> = vec![("wit/plugin.wit", text(WIT))];
     match lang {
         Lang::Rust => {
             files.push((
@@ -46,11 +60,11 @@ pub fn new_plugin(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<PathBuf>
         Lang::Python => {
             files.push((
                 "app.py",
-                include_str!("../plugins/python/api-key/app.py").to_string(),
+                text(include_str!("../plugins/python/api-key/app.py")),
             ));
             files.push((
                 "requirements.txt",
-                include_str!("../plugins/python/api-key/requirements.txt").to_string(),
+                text(include_str!("../plugins/python/api-key/requirements.txt")),
             ));
             files.push((
                 "build.sh",
@@ -60,20 +74,41 @@ pub fn new_plugin(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<PathBuf>
         Lang::Js => {
             files.push((
                 "plugin.js",
-                include_str!("../plugins/js/bearer/bearer.js").to_string(),
+                text(include_str!("../plugins/js/bearer/bearer.js")),
             ));
             let package = include_str!("../plugins/js/bearer/package.json")
                 .replace("portcullis-plugin-js-bearer", name)
                 .replace("bash ../../build-polyglot.sh js", "bash build.sh");
-            files.push(("package.json", package));
+            files.push(("package.json", package.into_bytes().into()));
             files.push(("build.sh", fill(include_str!("../templates/js/build.sh"))));
         }
+        Lang::C => {
+            // The shipped C plugin as it is: its build.sh names the component after the
+            // project's folder and finds the tools on PATH, in $WIT_BINDGEN, $WASM_TOOLS.
+            files.push((
+                "plugin.c",
+                text(include_str!("../plugins/c/api-key/api_key.c")),
+            ));
+            files.push(("json.c", text(include_str!("../plugins/c/api-key/json.c"))));
+            files.push(("json.h", text(include_str!("../plugins/c/api-key/json.h"))));
+            files.push((
+                "build.sh",
+                text(include_str!("../plugins/c/api-key/build.sh")),
+            ));
+            files.push(("README.md", fill(include_str!("../templates/c/README.md"))));
+            files.push((
+                ADAPTER_FILE,
+                Cow::Borrowed(
+                    wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_REACTOR_ADAPTER,
+                ),
+            ));
+        }
     }
-    for (rel, text) in &files {
+    for (rel, bytes) in &files {
         let path = root.join(rel);
         std::fs::create_dir_all(path.parent().expect("files are in a folder"))
             .with_context(|| format!("cannot create {}", root.display()))?;
-        std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+        std::fs::write(&path, bytes).with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(root)
 }

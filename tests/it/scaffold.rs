@@ -54,11 +54,11 @@ fn scaffold(
     wasm
 }
 
-/// The Python and JavaScript toolchains, installed by plugins/build-polyglot.sh; the test
-/// fails without them.
-fn require_polyglot_toolchains() {
-    if let Err(reason) = build_polyglot() {
-        panic!("the Python/JavaScript plugin toolchains are unavailable: {reason}");
+/// A language's toolchain, installed by `plugins/build-polyglot.sh LANG`; the test fails
+/// without it.
+fn require_toolchain(lang: &'static str) {
+    if let Err(reason) = build_polyglot(lang) {
+        panic!("the {lang} plugin toolchain is unavailable: {reason}");
     }
 }
 
@@ -115,7 +115,7 @@ async fn rust_scaffold_builds_and_authenticates() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs componentize-py (plugins/build-polyglot.sh installs it; .ci/run runs it)"]
 async fn python_scaffold_builds_and_authenticates() {
-    require_polyglot_toolchains();
+    require_toolchain("python");
     let dir = TempDir::new();
     let cpy = root()
         .join("plugins/target/venv/bin/componentize-py")
@@ -140,7 +140,7 @@ async fn python_scaffold_builds_and_authenticates() {
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs componentize-js (plugins/build-polyglot.sh installs it; .ci/run runs it)"]
 async fn js_scaffold_builds_and_authenticates() {
-    require_polyglot_toolchains();
+    require_toolchain("js");
     let dir = TempDir::new();
     // Reuse the pinned componentize-js install instead of downloading it again.
     let wasm = scaffold("js", "js-auth", &dir, &[], |project| {
@@ -155,6 +155,32 @@ async fn js_scaffold_builds_and_authenticates() {
         "{ tokens = { \"t-1\" = \"carol\" } }",
         ("authorization", "Bearer t-1"),
         "carol",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs clang, wasi-libc, wit-bindgen, wasm-tools (see .ci/run)"]
+async fn c_scaffold_builds_and_authenticates() {
+    require_toolchain("c");
+    let dir = TempDir::new();
+    // wit-bindgen and wasm-tools on PATH, as a C author would have them; clang and the
+    // WASI sysroot are the system's; the adapter is the one the scaffold wrote.
+    let path = format!(
+        "{}:{}",
+        root().join("plugins/target/c/bin").display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let wasm = scaffold("c", "c-auth", &dir, &[("PATH", path)], |project| {
+        assert!(project
+            .join("wasi_snapshot_preview1.reactor.wasm")
+            .is_file());
+    });
+    check(
+        &wasm,
+        "{ keys = [ { key = \"k-7\", consumer = \"dana\" } ] }",
+        ("x-api-key", "k-7"),
+        "dana",
     )
     .await;
 }

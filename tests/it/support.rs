@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 
@@ -452,36 +452,40 @@ pub fn plugin(name: &str) -> String {
     p.display().to_string()
 }
 
-/// Runs `plugins/build-polyglot.sh` once per test process: the scaffold and polyglot tests
-/// both need what it installs, and two runs at once would race on its venv and
-/// node_modules. `Err` carries the reason when the toolchains cannot be had (exit 2).
-pub fn build_polyglot() -> Result<(), String> {
-    static BUILT: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
-    BUILT
-        .get_or_init(|| {
-            let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-            let out = Command::new("bash")
-                .arg(root.join("plugins/build-polyglot.sh"))
-                .output()
-                .expect("run plugins/build-polyglot.sh");
-            let stderr = String::from_utf8_lossy(&out.stderr);
-            match out.status.code() {
-                Some(0) => Ok(()),
-                // The script's code for "toolchain not installed and cannot be installed".
-                Some(2) => {
-                    let reason = stderr
-                        .lines()
-                        .find_map(|l| l.split_once("toolchain unavailable: ").map(|(_, r)| r))
-                        .unwrap_or(stderr.trim());
-                    Err(reason.to_string())
-                }
-                _ => panic!(
-                    "plugins/build-polyglot.sh failed ({}):\n{stderr}",
-                    out.status
-                ),
-            }
-        })
-        .clone()
+/// Runs `plugins/build-polyglot.sh LANG` (`python`, `js` or `c`) once per language and test
+/// process: the scaffold and polyglot tests both need what it installs, and two runs at
+/// once would race on its venv, node_modules and tools (so runs are serialized). `Err`
+/// carries the reason when the language's toolchain cannot be had (exit 2).
+pub fn build_polyglot(lang: &'static str) -> Result<(), String> {
+    static BUILT: Mutex<Vec<(&str, Result<(), String>)>> = Mutex::new(Vec::new());
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, r)) = built.iter().find(|(l, _)| *l == lang) {
+        return r.clone();
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new("bash")
+        .arg(root.join("plugins/build-polyglot.sh"))
+        .arg(lang)
+        .output()
+        .expect("run plugins/build-polyglot.sh");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let result = match out.status.code() {
+        Some(0) => Ok(()),
+        // The script's code for "toolchain not installed and cannot be installed".
+        Some(2) => {
+            let reason = stderr
+                .lines()
+                .find_map(|l| l.split_once("toolchain unavailable: ").map(|(_, r)| r))
+                .unwrap_or(stderr.trim());
+            Err(reason.to_string())
+        }
+        _ => panic!(
+            "plugins/build-polyglot.sh {lang} failed ({}):\n{stderr}",
+            out.status
+        ),
+    };
+    built.push((lang, result.clone()));
+    result
 }
 
 /// Runs `portcullis validate PATH`; returns whether it accepted and its stdout + stderr.

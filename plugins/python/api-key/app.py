@@ -9,6 +9,11 @@ Route config (JSON text of the route's `config` table):
     {"keys": [{"key": "k-123", "consumer": "alice"}, {"key": "k-456"}],
      "header": "x-api-key"}
 """
+# Import every module the plugin uses here, at the top: componentize-py runs this module
+# when it builds the component and keeps only the modules loaded by then. A module first
+# imported later (inside a function, or lazily by the standard library: `hmac.new(key,
+# msg, hashlib.sha256)` imports `warnings`) is missing at request time: ModuleNotFoundError,
+# a 500. If you call `hmac.new` with a hash constructor, add `import warnings` here.
 import hmac
 import json
 from typing import List, Optional, Tuple
