@@ -26,6 +26,7 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     pub retries: IntCounterVec,
     pub retries_denied: IntCounterVec,
+    pub fallbacks: IntCounterVec,
     pub discovery_updates: IntCounterVec,
     pub discovery_errors: IntCounterVec,
     pub discovery_endpoints: IntGaugeVec,
@@ -83,6 +84,7 @@ impl Metrics {
             ejections: counter(&r, "portcullis_outlier_ejections_total", "Endpoints ejected by outlier detection.", &["upstream", "endpoint"]),
             retries: counter(&r, "portcullis_retries_total", "Retries made, by upstream.", &["upstream"]),
             retries_denied: counter(&r, "portcullis_retry_budget_exhausted_total", "Retries not made because the retry budget was used up.", &["upstream"]),
+            fallbacks: counter(&r, "portcullis_fallbacks_total", "Requests a route passed on to its next fallback, by route, the upstream that failed and why.", &["route", "upstream", "reason"]),
             discovery_updates: counter(&r, "portcullis_discovery_updates_total", "Endpoint sets applied from a discovery source.", &["upstream", "source"]),
             discovery_errors: counter(&r, "portcullis_discovery_errors_total", "Discovery source failures (the last good set is kept).", &["upstream", "source"]),
             discovery_endpoints: gauge(&r, "portcullis_upstream_endpoints", "Endpoints currently known for an upstream.", &["upstream"]),
@@ -137,6 +139,7 @@ fn method_index(m: &http::Method) -> usize {
 /// One route's request metrics, resolved once: counters per method × status class, and
 /// the duration histogram.
 pub struct RouteMetrics {
+    route: std::sync::Arc<str>,
     counters: Vec<IntCounter>,
     duration: Histogram,
 }
@@ -151,6 +154,7 @@ impl RouteMetrics {
             }
         }
         RouteMetrics {
+            route: route.into(),
             counters,
             duration: m.request_duration.with_label_values(&[route]),
         }
@@ -167,6 +171,14 @@ impl RouteMetrics {
             .map(IntCounter::get)
             .sum();
         (total, errors)
+    }
+
+    /// Counts a fallback away from `upstream` (rare: the labels are looked up each time).
+    pub fn fallback(&self, upstream: &str, reason: &str) {
+        get()
+            .fallbacks
+            .with_label_values(&[&self.route, upstream, reason])
+            .inc();
     }
 
     pub fn observe(&self, method: &http::Method, status: u16, seconds: f64) {

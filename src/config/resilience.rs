@@ -115,7 +115,7 @@ pub(super) struct RawRetry {
 /// One entry of `failure_on`, `on` or `statuses`: a keyword or a status code.
 #[derive(Deserialize, Clone, Debug)]
 #[serde(untagged)]
-enum Condition {
+pub(super) enum Condition {
     Status(u16),
     Word(String),
 }
@@ -269,7 +269,7 @@ impl Default for RetryConfig {
 // ---------------------------------------------------------------------------------------
 
 /// Parses a list of conditions; `words` says which keywords this list accepts.
-fn conditions(
+pub(super) fn conditions(
     cx: &Section<'_>,
     list: &Spanned<Vec<Spanned<Condition>>>,
     key: &str,
@@ -315,7 +315,7 @@ fn conditions(
     Ok(c)
 }
 
-const FAILURE_WORDS: &[&str] = &["connect", "timeout", "reset", "5xx", "gateway"];
+pub(super) const FAILURE_WORDS: &[&str] = &["connect", "timeout", "reset", "5xx", "gateway"];
 
 pub(super) fn breaker(
     upstream: &Section<'_>,

@@ -3,6 +3,7 @@
 
 use super::error::{ConfigError, Source};
 use super::plugins::PluginConfig;
+use super::resilience::{self, Condition, Conditions};
 use super::section::Section;
 use super::units::{Dur, Size};
 use super::upstreams::UpstreamConfig;
@@ -60,6 +61,22 @@ pub(super) struct RawRoute {
     /// `buffer_request_body = "1MiB"`: buffer request bodies up to this size so plugins
     /// can read them (larger bodies get 413).
     buffer_request_body: Option<Size>,
+    /// `fallback = [{ upstream = "self-hosted", model = "llama-3-70b" }]`: tried in order
+    /// when the route's upstream fails before anything was sent to the client.
+    #[serde(default)]
+    fallback: Vec<Spanned<RawFallback>>,
+    /// `fallback_on = ["connect", "timeout", "reset", "5xx", 429]`: what falls back.
+    fallback_on: Option<Spanned<Vec<Spanned<Condition>>>>,
+}
+
+/// One entry of a route's `fallback = [...]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFallback {
+    /// `upstream = "self-hosted"`: a `[[upstreams]]` name.
+    upstream: Spanned<String>,
+    /// `model = "llama-3-70b"`: put in the JSON request body's `model` for this upstream.
+    model: Option<Spanned<String>>,
 }
 
 /// One entry of a route's `plugins = [...]`.
@@ -111,9 +128,26 @@ pub struct RouteConfig {
     pub max_body_size: u64,
     pub request_timeout: Option<Duration>,
     pub plugins: Vec<RoutePlugin>,
-    /// Request bodies are buffered (up to this size) for plugins.
+    /// Request bodies are buffered (up to this size) for plugins, or to be sent again to
+    /// a fallback.
     pub buffer_request_body: Option<u64>,
+    /// Tried in order when the upstream fails before the response began.
+    pub fallback: Vec<Fallback>,
+    /// The failures that fall back (connect covers "no endpoint available" too).
+    pub fallback_on: Conditions,
 }
+
+/// An upstream a route falls back to, and the model it is asked for.
+#[derive(Clone, Debug)]
+pub struct Fallback {
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    pub model: Option<String>,
+}
+
+/// What a route's body is buffered up to, to be sent again to a fallback, unless
+/// `buffer_request_body` says otherwise.
+pub const FALLBACK_BODY: u64 = 1 << 20;
 
 /// A plugin enabled on a route.
 #[derive(Clone, Debug)]
@@ -185,24 +219,50 @@ fn route(
         return Err(cx.error_at_table("strip_prefix", "needs `path_prefix`"));
     }
     let (methods, hosts, headers) = matchers(cx, &r)?;
-    let Some(upstream) = upstreams
+    let upstream = upstream_index(cx, &name, &r.upstream, "upstream", upstreams)?;
+    let fallback = r
+        .fallback
         .iter()
-        .position(|u| u.name == *r.upstream.get_ref())
-    else {
-        let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
-        return Err(cx.error(
-            r.upstream.span(),
-            "upstream",
-            format!(
-                "route `{name}` names unknown upstream `{}` (known: {})",
-                r.upstream.get_ref(),
-                if known.is_empty() {
-                    "none".into()
-                } else {
-                    known.join(", ")
+        .enumerate()
+        .map(|(i, f)| {
+            let key = format!("fallback[{i}]");
+            let f = f.get_ref();
+            let model = match &f.model {
+                Some(m) if m.get_ref().trim().is_empty() => {
+                    return Err(cx.error(m.span(), &format!("{key}.model"), "must not be empty"))
                 }
-            ),
-        ));
+                m => m.as_ref().map(|m| m.get_ref().clone()),
+            };
+            Ok(Fallback {
+                upstream: upstream_index(
+                    cx,
+                    &name,
+                    &f.upstream,
+                    &format!("{key}.upstream"),
+                    upstreams,
+                )?,
+                model,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let fallback_on = match &r.fallback_on {
+        None => Conditions {
+            connect: true,
+            timeout: true,
+            reset: true,
+            any_5xx: true,
+            statuses: vec![429],
+        },
+        Some(_) if fallback.is_empty() => {
+            return Err(cx.error_at_table("fallback_on", "needs `fallback`"))
+        }
+        Some(l) => resilience::conditions(cx, l, "fallback_on", resilience::FAILURE_WORDS)?,
+    };
+    let max_body_size = r.max_body_size.map_or(default_body, |v| v.0);
+    let buffer_request_body = match r.buffer_request_body {
+        Some(v) => Some(v.0),
+        None if !fallback.is_empty() => Some(FALLBACK_BODY.min(max_body_size)),
+        None => None,
     };
     let host = match (&r.host_rewrite, r.preserve_host) {
         (Some(h), false) => HostPolicy::Rewrite(
@@ -239,11 +299,42 @@ fn route(
         strip_prefix: r.strip_prefix,
         upstream,
         host,
-        max_body_size: r.max_body_size.map_or(default_body, |v| v.0),
+        max_body_size,
         request_timeout: r.request_timeout.map(|d| d.0),
         plugins: route_plugins,
-        buffer_request_body: r.buffer_request_body.map(|v| v.0),
+        buffer_request_body,
+        fallback,
+        fallback_on,
     })
+}
+
+/// The index of the upstream `value` names, for `key` of route `route`.
+fn upstream_index(
+    cx: &Section<'_>,
+    route: &str,
+    value: &Spanned<String>,
+    key: &str,
+    upstreams: &[UpstreamConfig],
+) -> Result<usize, ConfigError> {
+    upstreams
+        .iter()
+        .position(|u| u.name == *value.get_ref())
+        .ok_or_else(|| {
+            let known: Vec<&str> = upstreams.iter().map(|u| u.name.as_str()).collect();
+            cx.error(
+                value.span(),
+                key,
+                format!(
+                    "route `{route}` names unknown upstream `{}` (known: {})",
+                    value.get_ref(),
+                    if known.is_empty() {
+                        "none".into()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        })
 }
 
 /// What a request must carry besides its path: `methods`, `hosts`, `headers`.

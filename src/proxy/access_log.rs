@@ -30,6 +30,8 @@ pub struct AccessLog {
     /// `deny` (auth), `respond` (a transform answered), `error` (failed; 500) or
     /// `error_allowed` (failed; `on_error = "allow"` went on without it).
     pub plugin: Option<(Arc<str>, &'static str)>,
+    /// On a route with fallbacks: the upstream (and `:model`) that served the request.
+    pub served_by: Option<HeaderValue>,
 }
 
 impl AccessLog {
@@ -53,6 +55,7 @@ impl AccessLog {
             error = self.error.unwrap_or("-"),
             consumer = self.consumer.as_deref().unwrap_or("-"),
             plugin = %PluginOutcome(&self.plugin),
+            served_by = self.served_by.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             request_id = self.request_id.to_str().unwrap_or("-"),
             trace_id = %self.trace_id,
         );

@@ -34,6 +34,8 @@ pub struct RequestCtx<'g> {
     pub error: Option<&'static str>,
     /// The plugin that decided the request's fate other than by passing it on, and how.
     pub plugin: Option<(Arc<str>, &'static str)>,
+    /// On a route with fallbacks: the upstream (and `:model`, when rewritten) that served.
+    pub served_by: Option<HeaderValue>,
     /// The path for the access log (`None`: access logging is off).
     log_path: Option<String>,
 }
@@ -56,6 +58,7 @@ impl<'g> RequestCtx<'g> {
             upstream_ms: None,
             error: None,
             plugin: None,
+            served_by: None,
             log_path: AccessLog::enabled().then(|| req.uri().path().to_string()),
         }
     }
@@ -82,6 +85,7 @@ impl<'g> RequestCtx<'g> {
             consumer: self.consumer.take(),
             trace_id: self.trace_id,
             plugin: self.plugin.take(),
+            served_by: self.served_by.take(),
         }))
     }
 }
@@ -99,6 +103,7 @@ pub struct ClientRequest {
 
 /// Where the client's request is going: the URI as received, the normalized path and
 /// the request's one authority.
+#[derive(Clone)]
 pub struct Target {
     /// The client's URI, unchanged (the head's is replaced per try).
     pub uri: Uri,
@@ -172,6 +177,22 @@ impl ClientRequest {
             },
             rewritten: None,
         })
+    }
+}
+
+impl ClientRequest {
+    /// A copy to send to one more upstream (a fallback): the head, the target, the
+    /// buffered body (shared, not copied). The stream, if any, stays here.
+    pub fn replica(&self) -> ClientRequest {
+        ClientRequest {
+            head: crate::upstream::call::clone_head(&self.head),
+            target: self.target.clone(),
+            body: ClientBody {
+                stream: None,
+                buffered: self.body.buffered.clone(),
+            },
+            rewritten: self.rewritten.clone(),
+        }
     }
 }
 

@@ -60,6 +60,10 @@ pub enum ProxyError {
     /// A plugin failed (trap, timeout, memory) and its policy is `on_error = "deny"`.
     #[error("plugin `{0}` failed")]
     PluginFailed(String),
+    /// Every upstream of a fallback chain asked to be left alone (429 `Retry-After`); the
+    /// client may try again after this many seconds.
+    #[error("every upstream of this route is rate limited; retry after {0} s")]
+    RateLimited(u64),
 }
 
 impl From<ClientBodyFault> for ProxyError {
@@ -105,6 +109,7 @@ impl ProxyError {
             ProxyError::ConnectFailed(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -127,6 +132,7 @@ impl ProxyError {
             ProxyError::UpstreamTimeout => "upstream_timeout",
             ProxyError::Upstream(_) => "upstream_error",
             ProxyError::PluginFailed(_) => "plugin_failed",
+            ProxyError::RateLimited(_) => "upstream_rate_limited",
         }
     }
 
@@ -144,6 +150,9 @@ impl ProxyError {
             if let Ok(v) = HeaderValue::from_str(allow) {
                 h.insert(header::ALLOW, v);
             }
+        }
+        if let ProxyError::RateLimited(secs) = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
         }
         if matches!(
             self,

@@ -28,7 +28,22 @@ impl Gateway {
         req: ClientRequest,
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        let WorkerUpstream { upstream, client } = self.upstream(route);
+        if route.config.fallback.is_empty() {
+            self.forward_to(route, self.upstream(route), req, ctx).await
+        } else {
+            self.forward_with_fallback(route, req, ctx).await
+        }
+    }
+
+    /// Sends the request to one upstream (the route's, or a fallback).
+    pub(super) async fn forward_to(
+        &self,
+        route: &RouteEntry,
+        to: &WorkerUpstream,
+        req: ClientRequest,
+        ctx: &mut RequestCtx<'_>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let WorkerUpstream { upstream, client } = to;
         let call = self.upstream_request(route, upstream, req, ctx)?;
         let called = upstream.call(client, call).await;
         ctx.endpoint = called.endpoint;

@@ -11,6 +11,7 @@ pub mod body;
 mod chain;
 pub mod context;
 pub mod error;
+mod fallback;
 mod forward;
 pub mod headers;
 mod respond;

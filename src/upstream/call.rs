@@ -239,7 +239,7 @@ fn empty_head() -> http::request::Parts {
 }
 
 /// A copy of a request head for one try (extensions are not carried upstream anyway).
-fn clone_head(p: &http::request::Parts) -> http::request::Parts {
+pub fn clone_head(p: &http::request::Parts) -> http::request::Parts {
     let mut req = Request::new(());
     *req.method_mut() = p.method.clone();
     *req.uri_mut() = p.uri.clone();

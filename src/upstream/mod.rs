@@ -220,6 +220,9 @@ pub struct Upstream {
     pub budget: Option<RetryBudget>,
     /// Whether any mechanism can make an endpoint unusable (else picks skip the checks).
     guarded: bool,
+    /// Fallback chains skip the upstream until this time (`clock` nanoseconds): it
+    /// answered 429 with `Retry-After`.
+    held_off_until: AtomicU64,
 }
 
 impl Upstream {
@@ -245,7 +248,21 @@ impl Upstream {
                 selector,
             }),
             discovered: AtomicBool::new(false),
+            held_off_until: AtomicU64::new(0),
         }
+    }
+
+    /// Skips the upstream in fallback chains for `time` (a 429's `Retry-After`).
+    pub fn hold_off(&self, time: Duration) {
+        let until = self.clock.now().saturating_add(window::nanos(time));
+        self.held_off_until.fetch_max(until, Ordering::Relaxed);
+    }
+
+    /// How much longer fallback chains skip the upstream, if they do.
+    pub fn held_off(&self) -> Option<Duration> {
+        let until = self.held_off_until.load(Ordering::Relaxed);
+        let now = self.clock.now();
+        (until > now).then(|| Duration::from_nanos(until - now))
     }
 
     pub fn name(&self) -> &str {

@@ -12,6 +12,7 @@ mod connections;
 mod dashboard;
 mod discovery;
 mod examples;
+mod fallback;
 mod grpc;
 mod hostile;
 mod lifecycle;
