@@ -60,6 +60,8 @@ pub(super) struct RawRoute {
     /// `buffer_request_body = "1MiB"`: buffer request bodies up to this size so plugins
     /// can read them (larger bodies get 413).
     buffer_request_body: Option<Size>,
+    /// `[routes.ai]`: the route serves model APIs (usage accounting; see `config/ai.rs`).
+    ai: Option<Spanned<super::ai::RawAi>>,
 }
 
 /// One entry of a route's `plugins = [...]`.
@@ -111,6 +113,8 @@ pub struct RouteConfig {
     pub plugins: Vec<RoutePlugin>,
     /// Request bodies are buffered (up to this size) for plugins.
     pub buffer_request_body: Option<u64>,
+    /// The route serves model APIs.
+    pub ai: Option<super::ai::AiConfig>,
 }
 
 /// A plugin enabled on a route.
@@ -226,6 +230,7 @@ fn route(
         (None, false) => HostPolicy::Target,
     };
     let route_plugins = plugin_chain(cx, &name, &r.plugins, plugins)?;
+    let ai = r.ai.map(|a| super::ai::validate(cx, a)).transpose()?;
     Ok(RouteConfig {
         name,
         path,
@@ -240,6 +245,7 @@ fn route(
         request_timeout: r.request_timeout.map(|d| d.0),
         plugins: route_plugins,
         buffer_request_body: r.buffer_request_body.map(|v| v.0),
+        ai,
     })
 }
 

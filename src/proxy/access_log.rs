@@ -1,6 +1,7 @@
 //! The access-log line: one `tracing` event per request (target `access`), written when
-//! the response body has been sent (or the client went away), so it carries the bytes
-//! sent and the full duration. `--log-format json` turns it into JSON lines;
+//! the response body has been sent (or the client went away, or the upstream failed
+//! mid-body: `error` then says so), so it carries the bytes sent, the full duration and,
+//! for a model call, its model and token usage. `--log-format json` turns it into JSON lines;
 //! `server.access_log` sends the lines to a file instead (see `main.rs`).
 
 use super::trace_context::TraceId;
@@ -30,6 +31,8 @@ pub struct AccessLog {
     /// `deny` (auth), `respond` (a transform answered), `error` (failed; 500) or
     /// `error_allowed` (failed; `on_error = "allow"` went on without it).
     pub plugin: Option<(Arc<str>, &'static str)>,
+    /// A model call's model and usage, filled in when its body ends.
+    pub call: Option<crate::ai::CallLog>,
 }
 
 impl AccessLog {
@@ -39,6 +42,8 @@ impl AccessLog {
     }
 
     pub fn emit(&self, bytes: u64) {
+        let call = self.call.as_ref();
+        let count = |n: Option<u64>| n.map_or(-1, |n| n.min(i64::MAX as u64) as i64);
         tracing::info!(
             target: "access",
             client = %self.client,
@@ -53,6 +58,11 @@ impl AccessLog {
             error = self.error.unwrap_or("-"),
             consumer = self.consumer.as_deref().unwrap_or("-"),
             plugin = %PluginOutcome(&self.plugin),
+            model = call.and_then(|c| c.request_model.as_deref()).unwrap_or("-"),
+            response_model = call.and_then(|c| c.response_model.as_deref()).unwrap_or("-"),
+            input_tokens = count(call.and_then(|c| c.input_tokens)),
+            output_tokens = count(call.and_then(|c| c.output_tokens)),
+            ttft_ms = call.and_then(|c| c.ttft_ms).unwrap_or(-1.0),
             request_id = self.request_id.to_str().unwrap_or("-"),
             trace_id = %self.trace_id,
         );

@@ -34,6 +34,8 @@ pub struct RequestCtx<'g> {
     pub error: Option<&'static str>,
     /// The plugin that decided the request's fate other than by passing it on, and how.
     pub plugin: Option<(Arc<str>, &'static str)>,
+    /// The model call this request is (routes with `[routes.ai]`).
+    pub ai: Option<crate::ai::Exchange>,
     /// The path for the access log (`None`: access logging is off).
     log_path: Option<String>,
 }
@@ -56,6 +58,7 @@ impl<'g> RequestCtx<'g> {
             upstream_ms: None,
             error: None,
             plugin: None,
+            ai: None,
             log_path: AccessLog::enabled().then(|| req.uri().path().to_string()),
         }
     }
@@ -82,6 +85,7 @@ impl<'g> RequestCtx<'g> {
             consumer: self.consumer.take(),
             trace_id: self.trace_id,
             plugin: self.plugin.take(),
+            call: None,
         }))
     }
 }

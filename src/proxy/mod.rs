@@ -13,6 +13,7 @@ pub mod context;
 pub mod error;
 mod forward;
 pub mod headers;
+mod model;
 mod respond;
 mod route;
 pub mod trace_context;
