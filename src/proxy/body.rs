@@ -58,10 +58,10 @@ pin_project! {
         // A model call's meter.
         meter: Option<Box<Meter>>,
         // Trailers that wait for the bytes the meter held to be sent first.
-        trailers: Option<http::HeaderMap>,
+        trailers: Option<Box<http::HeaderMap>>,
         // The failure to report once its error event has been handed to the connection
         // (`true`: the connection has had a turn to write it).
-        failing: Option<(BoxError, bool)>,
+        failing: Option<Box<(BoxError, bool)>>,
         // The last frame has been sent.
         ended: bool,
     }
@@ -163,7 +163,7 @@ impl<'a> ResponseBodyProj<'a> {
         match event {
             Some(event) => {
                 *self.bytes += event.len() as u64;
-                *self.failing = Some((e, false));
+                *self.failing = Some(Box::new((e, false)));
                 Poll::Ready(Some(Ok(Frame::data(event))))
             }
             None => Poll::Ready(Some(Err(e))),
@@ -180,7 +180,8 @@ impl Body for ResponseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
-        if let Some((_, turned)) = this.failing.as_mut() {
+        if let Some(failing) = this.failing.as_mut() {
+            let turned = &mut failing.1;
             // The error event was just handed over: give the connection a turn to write
             // it before the failure tears the response down.
             if !*turned {
@@ -188,11 +189,11 @@ impl Body for ResponseBody {
                 cx.waker().wake_by_ref();
                 return Poll::Pending;
             }
-            let (e, _) = this.failing.take().expect("checked above");
+            let (e, _) = *this.failing.take().expect("checked above");
             return Poll::Ready(Some(Err(e)));
         }
         if let Some(t) = this.trailers.take() {
-            return Poll::Ready(Some(Ok(Frame::trailers(t))));
+            return Poll::Ready(Some(Ok(Frame::trailers(*t))));
         }
         if *this.ended {
             if let Some(meter) = this.meter.as_mut() {
@@ -230,7 +231,7 @@ impl Body for ResponseBody {
                         Err(frame) => match (frame.into_trailers(), this.meter.as_mut()) {
                             (Ok(t), Some(m)) => match m.flush() {
                                 Some(held) => {
-                                    *this.trailers = Some(t);
+                                    *this.trailers = Some(Box::new(t));
                                     *this.bytes += held.len() as u64;
                                     Frame::data(held)
                                 }

@@ -442,3 +442,41 @@ fn every_resilience_section_together_is_valid() {
     let (ok, out, _) = validate(&text);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn model_route_settings() {
+    // BASE has 17 lines; [routes.ai] starts at line 18.
+    let with = |ai: &str| format!("{BASE}[routes.ai]\n{ai}\n");
+    let (ok, out, _) = validate(&with(
+        "api = \"openai\"\ninclude_usage = false\nstream_error_event = true\nmax_request_body = \"2MiB\"",
+    ));
+    assert!(ok, "{out}");
+    rejects(
+        &with("api = \"gemini\""),
+        19,
+        7,
+        "routes[0].ai.api",
+        "unknown api `gemini`",
+    );
+    rejects(
+        &with("max_request_body = \"1GiB\""),
+        19,
+        20,
+        "routes[0].ai.max_request_body",
+        "out of range",
+    );
+    rejects(
+        &with("include_usage = 1"),
+        19,
+        17,
+        "routes.ai.include_usage",
+        "invalid type",
+    );
+    rejects(
+        &with("stream_errors = true"),
+        19,
+        1,
+        "routes.ai.stream_errors",
+        "unknown field",
+    );
+}
