@@ -445,7 +445,7 @@ fn every_resilience_section_together_is_valid() {
 
 #[test]
 fn model_route_settings() {
-    // BASE has 17 lines; [routes.ai] starts at line 18.
+    // BASE has 11 lines; [routes.ai] is line 12, its first key line 13.
     let with = |ai: &str| format!("{BASE}[routes.ai]\n{ai}\n");
     let (ok, out, _) = validate(&with(
         "api = \"openai\"\ninclude_usage = false\nstream_error_event = true\nmax_request_body = \"2MiB\"",
@@ -453,28 +453,28 @@ fn model_route_settings() {
     assert!(ok, "{out}");
     rejects(
         &with("api = \"gemini\""),
-        19,
+        13,
         7,
         "routes[0].ai.api",
         "unknown api `gemini`",
     );
     rejects(
         &with("max_request_body = \"1GiB\""),
-        19,
+        13,
         20,
         "routes[0].ai.max_request_body",
         "out of range",
     );
     rejects(
         &with("include_usage = 1"),
-        19,
+        13,
         17,
         "routes.ai.include_usage",
         "invalid type",
     );
     rejects(
         &with("stream_errors = true"),
-        19,
+        13,
         1,
         "routes.ai.stream_errors",
         "unknown field",
