@@ -5,6 +5,7 @@
 #![deny(rust_2018_idioms)]
 
 pub mod admin;
+pub mod ai;
 pub mod app;
 pub mod config;
 pub mod demo;

@@ -6,11 +6,12 @@
 //! atomics. Gauges that describe live state (in-flight requests, breaker state, health,
 //! pool sizes) are read from that state when the endpoint is scraped.
 
+use arc_swap::ArcSwap;
 use prometheus::{
     exponential_buckets, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter,
     IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -35,6 +36,11 @@ pub struct Metrics {
     pub plugin_instances: IntGaugeVec,
     pub reloads: IntCounterVec,
     pub config_info: IntGaugeVec,
+    pub stream_failures: IntCounterVec,
+    pub token_usage: HistogramVec,
+    pub time_to_first_token: HistogramVec,
+    pub time_per_output_token: HistogramVec,
+    pub model_requests: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -93,6 +99,12 @@ impl Metrics {
             plugin_instances: gauge(&r, "portcullis_plugin_pool_instances", "Warm plugin instances pooled, by plugin.", &["plugin"]),
             reloads: counter(&r, "portcullis_config_reloads_total", "Config reloads, by result (success, failure).", &["result"]),
             config_info: gauge(&r, "portcullis_config_info", "The loaded config: 1 for its hash.", &["hash"]),
+            stream_failures: counter(&r, "portcullis_response_stream_failures_total", "Responses whose upstream body failed after the head was sent (the client saw the stream aborted), by route and error (upstream_reset_mid_stream, upstream_timeout_mid_stream).", &["route", "error"]),
+            // The OpenTelemetry gen_ai metrics (semantic conventions 1.37), by route and model.
+            token_usage: histogram(&r, "gen_ai_client_token_usage", "Tokens used per model call, by route, request and response model, and token type (input, output).", &MODEL_LABELS_TOKEN, TOKEN_BUCKETS.to_vec()),
+            time_to_first_token: histogram(&r, "gen_ai_server_time_to_first_token_seconds", "Time from a model call's arrival to its first streamed event.", &MODEL_LABELS, TTFT_BUCKETS.to_vec()),
+            time_per_output_token: histogram(&r, "gen_ai_server_time_per_output_token_seconds", "Time per output token after the first, of streamed model calls.", &MODEL_LABELS, TPOT_BUCKETS.to_vec()),
+            model_requests: counter(&r, "portcullis_gen_ai_requests_total", "Model calls, by route, request and response model, and outcome (ok, status_4xx, status_5xx, upstream_error_event, upstream_reset_mid_stream, upstream_timeout_mid_stream, client_closed).", &MODEL_LABELS_OUTCOME),
             registry: r,
         }
     }
@@ -104,6 +116,146 @@ impl Metrics {
             .encode(&self.registry.gather(), &mut out)
             .expect("text encoding of gathered metrics");
         String::from_utf8(out).expect("text format is UTF-8")
+    }
+}
+
+const MODEL_LABELS: [&str; 3] = ["route", "gen_ai_request_model", "gen_ai_response_model"];
+const MODEL_LABELS_TOKEN: [&str; 4] = [
+    "route",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "gen_ai_token_type",
+];
+const MODEL_LABELS_OUTCOME: [&str; 4] = [
+    "route",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+    "outcome",
+];
+/// The semantic conventions' advised buckets.
+const TOKEN_BUCKETS: [f64; 14] = [
+    1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0,
+    16777216.0, 67108864.0,
+];
+const TTFT_BUCKETS: [f64; 16] = [
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+const TPOT_BUCKETS: [f64; 13] = [
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5,
+];
+
+/// The outcomes of a model call, in the order of [`ModelMetrics::outcomes`].
+pub const OUTCOMES: [&str; 7] = [
+    "ok",
+    "status_4xx",
+    "status_5xx",
+    "upstream_error_event",
+    "upstream_reset_mid_stream",
+    "upstream_timeout_mid_stream",
+    "client_closed",
+];
+
+/// The most (request model, response model) pairs one route keeps metrics for; calls of
+/// further pairs are counted under `other` (a hostile client or upstream cannot grow the
+/// registry without bound).
+pub const MAX_MODELS_PER_ROUTE: usize = 64;
+
+/// The label of a model beyond [`MAX_MODELS_PER_ROUTE`].
+pub const OTHER_MODEL: &str = "other";
+
+/// One route's metrics of one (request model, response model) pair, resolved once.
+pub struct ModelMetrics {
+    pub request_model: Box<str>,
+    pub response_model: Box<str>,
+    pub input_tokens: Histogram,
+    pub output_tokens: Histogram,
+    pub time_to_first_token: Histogram,
+    pub time_per_output_token: Histogram,
+    /// By [`OUTCOMES`].
+    pub outcomes: Vec<IntCounter>,
+}
+
+impl ModelMetrics {
+    fn new(route: &str, request_model: &str, response_model: &str) -> Self {
+        let m = get();
+        let labels = [route, request_model, response_model];
+        let tokens = |t| {
+            m.token_usage
+                .with_label_values(&[route, request_model, response_model, t])
+        };
+        ModelMetrics {
+            request_model: request_model.into(),
+            response_model: response_model.into(),
+            input_tokens: tokens("input"),
+            output_tokens: tokens("output"),
+            time_to_first_token: m.time_to_first_token.with_label_values(&labels),
+            time_per_output_token: m.time_per_output_token.with_label_values(&labels),
+            outcomes: OUTCOMES
+                .iter()
+                .map(|o| {
+                    m.model_requests
+                        .with_label_values(&[route, request_model, response_model, o])
+                })
+                .collect(),
+        }
+    }
+
+    /// Calls counted so far.
+    pub fn requests(&self) -> u64 {
+        self.outcomes.iter().map(IntCounter::get).sum()
+    }
+}
+
+/// A route's [`ModelMetrics`] by model pair. Lookups are lock-free (a snapshot behind an
+/// `ArcSwap`); a new pair is added by swapping in a copy with it, once per pair.
+pub struct ModelTable {
+    route: Box<str>,
+    entries: ArcSwap<Vec<Arc<ModelMetrics>>>,
+}
+
+impl ModelTable {
+    pub fn new(route: &str) -> Self {
+        ModelTable {
+            route: route.into(),
+            entries: ArcSwap::from_pointee(Vec::new()),
+        }
+    }
+
+    /// The metrics of a call that asked for `request_model` and was answered by
+    /// `response_model` (`""`: not named).
+    pub fn get(&self, request_model: &str, response_model: &str) -> Arc<ModelMetrics> {
+        let find = |v: &[Arc<ModelMetrics>], q: &str, r: &str| {
+            v.iter()
+                .find(|e| &*e.request_model == q && &*e.response_model == r)
+                .cloned()
+        };
+        if let Some(e) = find(&self.entries.load(), request_model, response_model) {
+            return e;
+        }
+        let mut found = None;
+        self.entries.rcu(|v| {
+            let (q, r) = if v.len() >= MAX_MODELS_PER_ROUTE {
+                (OTHER_MODEL, OTHER_MODEL)
+            } else {
+                (request_model, response_model)
+            };
+            if let Some(e) = find(v, q, r) {
+                found = Some(e);
+                return v.clone();
+            }
+            let e = Arc::new(ModelMetrics::new(&self.route, q, r));
+            found = Some(e.clone());
+            let mut next = Vec::with_capacity(v.len() + 1);
+            next.extend(v.iter().cloned());
+            next.push(e);
+            Arc::new(next)
+        });
+        found.expect("set by the update")
+    }
+
+    /// Every pair seen so far.
+    pub fn entries(&self) -> Arc<Vec<Arc<ModelMetrics>>> {
+        self.entries.load_full()
     }
 }
 
@@ -142,6 +294,8 @@ pub struct RouteMetrics {
     route: std::sync::Arc<str>,
     counters: Vec<IntCounter>,
     duration: Histogram,
+    /// The route's model calls (routes with `[routes.ai]`).
+    pub models: Arc<ModelTable>,
 }
 
 impl RouteMetrics {
@@ -157,6 +311,7 @@ impl RouteMetrics {
             route: route.into(),
             counters,
             duration: m.request_duration.with_label_values(&[route]),
+            models: Arc::new(ModelTable::new(route)),
         }
     }
 

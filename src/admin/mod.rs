@@ -10,7 +10,7 @@
 //! | `GET /upstreams` | endpoints with health, breaker state, in-flight requests, latency |
 //! | `GET /routes` | routes with their upstream and plugins |
 //! | `GET /plugins` | loaded plugins and their routes |
-//! | `GET /stats` | request and 5xx totals per route (the dashboard's rates) |
+//! | `GET /stats` | request and 5xx totals per route (the dashboard's rates), tokens per route and model |
 //! | `POST /reload` | reload the config file and plugins |
 //! | `GET /` | the dashboard (one self-contained page) |
 //!
@@ -303,7 +303,35 @@ fn stats_json(gw: &Gateway) -> Value {
         .iter()
         .map(|r| {
             let (total, errors) = r.metrics.totals();
-            json!({"route": &*r.name, "requests": total, "errors_5xx": errors})
+            // Token sums are the histograms' sums: exact integers below 2^53.
+            let (mut input, mut output) = (0u64, 0u64);
+            let models: Vec<Value> = r
+                .metrics
+                .models
+                .entries()
+                .iter()
+                .map(|m| {
+                    let i = m.input_tokens.get_sample_sum() as u64;
+                    let o = m.output_tokens.get_sample_sum() as u64;
+                    input += i;
+                    output += o;
+                    json!({
+                        "request_model": &*m.request_model,
+                        "response_model": &*m.response_model,
+                        "requests": m.requests(),
+                        "input_tokens": i,
+                        "output_tokens": o,
+                    })
+                })
+                .collect();
+            json!({
+                "route": &*r.name,
+                "requests": total,
+                "errors_5xx": errors,
+                "input_tokens": input,
+                "output_tokens": output,
+                "models": models,
+            })
         })
         .collect();
     json!({ "routes": routes })

@@ -5,6 +5,7 @@
 //! [`resilience`] and [`discovery`], one file per source), [`plugins`], [`routes`] —
 //! all wording their errors through one [`section::Section`].
 
+mod ai;
 pub mod discovery;
 pub(crate) mod error;
 mod plugins;
@@ -15,6 +16,7 @@ mod server;
 pub mod units;
 mod upstreams;
 
+pub use ai::{AiConfig, ApiChoice};
 pub use discovery::DiscoveryConfig;
 pub use error::ConfigError;
 pub use plugins::{OnError, PluginConfig};

@@ -67,6 +67,8 @@ pub(super) struct RawRoute {
     fallback: Vec<Spanned<RawFallback>>,
     /// `fallback_on = ["connect", "timeout", "reset", "5xx", 429]`: what falls back.
     fallback_on: Option<Spanned<Vec<Spanned<Condition>>>>,
+    /// `[routes.ai]`: the route serves model APIs (usage accounting; see `config/ai.rs`).
+    ai: Option<Spanned<super::ai::RawAi>>,
 }
 
 /// One entry of a route's `fallback = [...]`.
@@ -135,6 +137,8 @@ pub struct RouteConfig {
     pub fallback: Vec<Fallback>,
     /// The failures that fall back (connect covers "no endpoint available" too).
     pub fallback_on: Conditions,
+    /// The route serves model APIs.
+    pub ai: Option<super::ai::AiConfig>,
 }
 
 /// An upstream a route falls back to, and the model it is asked for.
@@ -288,6 +292,7 @@ fn route(
         (None, false) => HostPolicy::Target,
     };
     let route_plugins = plugin_chain(cx, &name, &r.plugins, plugins)?;
+    let ai = r.ai.map(|a| super::ai::validate(cx, a)).transpose()?;
     Ok(RouteConfig {
         name,
         position: cx.src.line_col(cx.span.start),
@@ -305,6 +310,7 @@ fn route(
         buffer_request_body,
         fallback,
         fallback_on,
+        ai,
     })
 }
 

@@ -1,6 +1,7 @@
 //! The access-log line: one `tracing` event per request (target `access`), written when
-//! the response body has been sent (or the client went away), so it carries the bytes
-//! sent and the full duration. `--log-format json` turns it into JSON lines;
+//! the response body has been sent (or the client went away, or the upstream failed
+//! mid-body: `error` then says so), so it carries the bytes sent, the full duration and,
+//! for a model call, its model and token usage. `--log-format json` turns it into JSON lines;
 //! `server.access_log` sends the lines to a file instead (see `main.rs`).
 
 use super::trace_context::TraceId;
@@ -32,6 +33,8 @@ pub struct AccessLog {
     pub plugin: Option<(Arc<str>, &'static str)>,
     /// On a route with fallbacks: the upstream (and `:model`) that served the request.
     pub served_by: Option<HeaderValue>,
+    /// A model call's model and usage, filled in when its body ends.
+    pub call: Option<crate::ai::CallLog>,
 }
 
 impl AccessLog {
@@ -41,6 +44,8 @@ impl AccessLog {
     }
 
     pub fn emit(&self, bytes: u64) {
+        let call = self.call.as_ref();
+        let count = |n: Option<u64>| n.map_or(-1, |n| n.min(i64::MAX as u64) as i64);
         tracing::info!(
             target: "access",
             client = %self.client,
@@ -56,6 +61,11 @@ impl AccessLog {
             consumer = self.consumer.as_deref().unwrap_or("-"),
             plugin = %PluginOutcome(&self.plugin),
             served_by = self.served_by.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            model = call.and_then(|c| c.request_model.as_deref()).unwrap_or("-"),
+            response_model = call.and_then(|c| c.response_model.as_deref()).unwrap_or("-"),
+            input_tokens = count(call.and_then(|c| c.input_tokens)),
+            output_tokens = count(call.and_then(|c| c.output_tokens)),
+            ttft_ms = call.and_then(|c| c.ttft_ms).unwrap_or(-1.0),
             request_id = self.request_id.to_str().unwrap_or("-"),
             trace_id = %self.trace_id,
         );

@@ -1,9 +1,11 @@
 //! The response body of the request path: a synthetic one, or the upstream's streamed
 //! through untouched (with the upstream's `idle_timeout` between frames), that writes the
-//! access-log line once it has been sent. (Request bodies going upstream are in
+//! access-log line once it has been sent. A model call's body carries its `ai::Meter`,
+//! which reads the usage as the bytes pass. (Request bodies going upstream are in
 //! `upstream::body`.)
 
 use super::access_log::AccessLog;
+use crate::ai::{End, Meter};
 use crate::upstream::ActiveGuard;
 use crate::BoxError;
 use bytes::Bytes;
@@ -13,6 +15,7 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
@@ -34,6 +37,14 @@ pin_project! {
     /// What the gateway sends back: a synthetic body or the upstream's, streamed.
     /// Dropping it (after the last frame, or when the client goes away) releases the
     /// endpoint's active-request count and writes the access-log line.
+    ///
+    /// When the upstream's body fails after the head was sent (reset, idle timeout), the
+    /// failure is counted (`portcullis_response_stream_failures_total`) and logged
+    /// (`upstream_reset_mid_stream`, `upstream_timeout_mid_stream`), a model call's event
+    /// stream gets its API's error event, and then the body fails: hyper aborts the
+    /// response (HTTP/1.1: no last chunk, the connection closed; h2: RST_STREAM), so the
+    /// client never mistakes it for a clean end.
+    #[project = ResponseBodyProj]
     pub struct ResponseBody {
         #[pin]
         inner: Inner,
@@ -42,10 +53,28 @@ pin_project! {
         guard: Option<ActiveGuard>,
         log: Option<Box<AccessLog>>,
         bytes: u64,
+        // The route, for the stream-failure metric (upstream bodies only).
+        route: Option<Arc<str>>,
+        // A model call's meter.
+        meter: Option<Box<Meter>>,
+        // Trailers that wait for the bytes the meter held to be sent first.
+        trailers: Option<Box<http::HeaderMap>>,
+        // The failure to report once its error event has been handed to the connection
+        // (`true`: the connection has had a turn to write it).
+        failing: Option<Box<(BoxError, bool)>>,
+        // The last frame has been sent.
+        ended: bool,
     }
     impl PinnedDrop for ResponseBody {
         fn drop(this: Pin<&mut Self>) {
+            let complete = this.ended || this.is_end_stream();
             let this = this.project();
+            if let Some(meter) = this.meter.as_mut() {
+                let call = meter.finish(if complete { End::Complete } else { End::ClientGone });
+                if let Some(log) = this.log.as_mut() {
+                    log.call = Some(call);
+                }
+            }
             if let Some(log) = this.log.take() {
                 log.emit(*this.bytes);
             }
@@ -55,31 +84,90 @@ pin_project! {
 
 impl ResponseBody {
     pub fn full(bytes: Bytes) -> Self {
-        ResponseBody {
-            inner: Inner::Full {
+        Self::new(
+            Inner::Full {
                 body: Full::new(bytes),
             },
-            idle: None,
-            timer: None,
-            guard: None,
-            log: None,
-            bytes: 0,
-        }
+            None,
+            None,
+            None,
+        )
     }
 
-    pub fn upstream(body: Incoming, idle: Duration, guard: ActiveGuard) -> Self {
+    pub fn upstream(body: Incoming, idle: Duration, guard: ActiveGuard, route: Arc<str>) -> Self {
+        Self::new(
+            Inner::Upstream { body },
+            Some(idle),
+            Some(guard),
+            Some(route),
+        )
+    }
+
+    fn new(
+        inner: Inner,
+        idle: Option<Duration>,
+        guard: Option<ActiveGuard>,
+        route: Option<Arc<str>>,
+    ) -> Self {
         ResponseBody {
-            inner: Inner::Upstream { body },
-            idle: Some(idle),
+            inner,
+            idle,
             timer: None,
-            guard: Some(guard),
+            guard,
             log: None,
             bytes: 0,
+            route,
+            meter: None,
+            trailers: None,
+            failing: None,
+            ended: false,
         }
     }
 
     pub fn set_log(&mut self, log: Box<AccessLog>) {
         self.log = Some(log);
+    }
+
+    pub fn set_meter(&mut self, meter: Box<Meter>) {
+        self.meter = Some(meter);
+    }
+}
+
+impl<'a> ResponseBodyProj<'a> {
+    /// The upstream's body failed with `e` after the head was sent (`code` says how).
+    fn fail(
+        &mut self,
+        e: BoxError,
+        code: &'static str,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.guard.take();
+        *self.ended = true;
+        if let Some(route) = self.route.as_deref() {
+            crate::metrics::get()
+                .stream_failures
+                .with_label_values(&[route, code])
+                .inc();
+        }
+        if let Some(log) = self.log.as_mut() {
+            log.error = Some(code);
+        }
+        let Some(meter) = self.meter.as_mut() else {
+            return Poll::Ready(Some(Err(e)));
+        };
+        let event = meter.error_event(code, &format!("the upstream failed mid-stream: {e}"));
+        let call = meter.finish(End::Failed(code));
+        if let Some(log) = self.log.as_mut() {
+            log.call = Some(call);
+        }
+        *self.meter = None;
+        match event {
+            Some(event) => {
+                *self.bytes += event.len() as u64;
+                *self.failing = Some(Box::new((e, false)));
+                Poll::Ready(Some(Ok(Frame::data(event))))
+            }
+            None => Poll::Ready(Some(Err(e))),
+        }
     }
 }
 
@@ -91,55 +179,126 @@ impl Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.project();
-        let polled = match this.inner.project() {
-            InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
-            InnerProj::Upstream { body } => {
-                body.poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
+        let mut this = self.project();
+        if let Some(failing) = this.failing.as_mut() {
+            let turned = &mut failing.1;
+            // The error event was just handed over: give the connection a turn to write
+            // it before the failure tears the response down.
+            if !*turned {
+                *turned = true;
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
             }
-        };
-        match polled {
-            Poll::Ready(frame) => {
-                if let Some(Ok(f)) = &frame {
-                    if let Some(d) = f.data_ref() {
-                        *this.bytes += d.len() as u64;
-                    }
-                    if let (Some(timer), Some(idle)) = (this.timer.as_mut(), this.idle) {
-                        timer.as_mut().reset(Instant::now() + *idle);
-                    }
+            let (e, _) = *this.failing.take().expect("checked above");
+            return Poll::Ready(Some(Err(e)));
+        }
+        if let Some(t) = this.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(*t))));
+        }
+        if *this.ended {
+            if let Some(meter) = this.meter.as_mut() {
+                let call = meter.finish(End::Complete);
+                if let Some(log) = this.log.as_mut() {
+                    log.call = Some(call);
                 }
-                if !matches!(frame, Some(Ok(_))) {
-                    // Finished or failed: stop counting this request against the endpoint.
+                *this.meter = None;
+            }
+            return Poll::Ready(None);
+        }
+        loop {
+            let polled = match this.inner.as_mut().project() {
+                InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
+                InnerProj::Upstream { body } => {
+                    body.poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
+                }
+            };
+            match polled {
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let (Some(timer), Some(idle)) = (this.timer.as_mut(), *this.idle) {
+                        timer.as_mut().reset(Instant::now() + idle);
+                    }
+                    let frame = match frame.into_data() {
+                        Ok(data) => {
+                            let data = match this.meter.as_mut().and_then(|m| m.observe(&data)) {
+                                None => data,
+                                // The meter took the whole piece (it holds an event).
+                                Some(edited) if edited.is_empty() => continue,
+                                Some(edited) => edited,
+                            };
+                            *this.bytes += data.len() as u64;
+                            Frame::data(data)
+                        }
+                        Err(frame) => match (frame.into_trailers(), this.meter.as_mut()) {
+                            (Ok(t), Some(m)) => match m.flush() {
+                                Some(held) => {
+                                    *this.trailers = Some(Box::new(t));
+                                    *this.bytes += held.len() as u64;
+                                    Frame::data(held)
+                                }
+                                None => Frame::trailers(t),
+                            },
+                            (Ok(t), None) => Frame::trailers(t),
+                            // Neither data nor trailers: nothing to send.
+                            (Err(_), _) => continue,
+                        },
+                    };
+                    return Poll::Ready(Some(Ok(frame)));
+                }
+                Poll::Ready(None) => {
+                    // Finished: stop counting this request against the endpoint.
                     this.guard.take();
+                    *this.ended = true;
+                    if let Some(held) = this.meter.as_mut().and_then(|m| m.flush()) {
+                        *this.bytes += held.len() as u64;
+                        return Poll::Ready(Some(Ok(Frame::data(held))));
+                    }
+                    if let Some(meter) = this.meter.as_mut() {
+                        let call = meter.finish(End::Complete);
+                        if let Some(log) = this.log.as_mut() {
+                            log.call = Some(call);
+                        }
+                        *this.meter = None;
+                    }
+                    return Poll::Ready(None);
                 }
-                Poll::Ready(frame)
-            }
-            Poll::Pending => {
-                let Some(idle) = *this.idle else {
+                Poll::Ready(Some(Err(e))) => return this.fail(e, "upstream_reset_mid_stream"),
+                Poll::Pending => {
+                    let Some(idle) = *this.idle else {
+                        return Poll::Pending;
+                    };
+                    // The idle timer is armed only once the stream actually waits, so
+                    // bodies that arrive with their head never allocate one.
+                    let timer = this
+                        .timer
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                    if timer.as_mut().poll(cx).is_ready() {
+                        return this.fail(Box::new(IdleTimeout), "upstream_timeout_mid_stream");
+                    }
                     return Poll::Pending;
-                };
-                // The idle timer is armed only once the stream actually waits, so bodies
-                // that arrive with their head never allocate one.
-                let timer = this
-                    .timer
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if timer.as_mut().poll(cx).is_ready() {
-                    this.guard.take();
-                    return Poll::Ready(Some(Err(Box::new(IdleTimeout))));
                 }
-                Poll::Pending
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
+        if self.failing.is_some() || self.trailers.is_some() {
+            return false;
+        }
+        if self.ended {
+            return self.meter.is_none();
+        }
+        let inner = match &self.inner {
             Inner::Full { body } => body.is_end_stream(),
             Inner::Upstream { body } => body.is_end_stream(),
-        }
+        };
+        // A meter that edits may still hold bytes to send at the end.
+        inner && !self.meter.as_ref().is_some_and(|m| m.edits())
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.meter.as_ref().is_some_and(|m| m.edits()) {
+            return SizeHint::default();
+        }
         match &self.inner {
             Inner::Full { body } => body.size_hint(),
             Inner::Upstream { body } => body.size_hint(),

@@ -38,8 +38,9 @@ impl Passed<'_> {
 pub(super) enum Chain<'g> {
     /// Go upstream.
     Proceed(Passed<'g>),
-    /// A plugin answered the request itself (auth deny, transform respond).
-    Reply(Passed<'g>, Response<ResponseBody>),
+    /// A plugin answered the request itself (auth deny, transform respond). Boxed: a
+    /// response is large, and a plugin's reply is the rare path.
+    Reply(Passed<'g>, Box<Response<ResponseBody>>),
 }
 
 impl Gateway {
@@ -78,7 +79,7 @@ impl Gateway {
             req.rewritten = Some((std::mem::take(&mut res.path), res.query.take()));
         }
         Ok(match reply? {
-            Some(reply) => Chain::Reply(passed, reply),
+            Some(reply) => Chain::Reply(passed, Box::new(reply)),
             None => Chain::Proceed(passed),
         })
     }

@@ -36,6 +36,8 @@ pub struct RequestCtx<'g> {
     pub plugin: Option<(Arc<str>, &'static str)>,
     /// On a route with fallbacks: the upstream (and `:model`, when rewritten) that served.
     pub served_by: Option<HeaderValue>,
+    /// The model call this request is (routes with `[routes.ai]`).
+    pub ai: Option<crate::ai::Exchange>,
     /// The path for the access log (`None`: access logging is off).
     log_path: Option<String>,
 }
@@ -59,6 +61,7 @@ impl<'g> RequestCtx<'g> {
             error: None,
             plugin: None,
             served_by: None,
+            ai: None,
             log_path: AccessLog::enabled().then(|| req.uri().path().to_string()),
         }
     }
@@ -86,6 +89,7 @@ impl<'g> RequestCtx<'g> {
             trace_id: self.trace_id,
             plugin: self.plugin.take(),
             served_by: self.served_by.take(),
+            call: None,
         }))
     }
 }

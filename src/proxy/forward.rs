@@ -25,9 +25,10 @@ impl Gateway {
     pub(super) async fn forward(
         &self,
         route: &RouteEntry,
-        req: ClientRequest,
+        mut req: ClientRequest,
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
+        ctx.ai = super::model::read_call(route, &mut req).await?;
         if route.config.fallback.is_empty() {
             self.forward_to(route, self.upstream(route), req, ctx).await
         } else {
@@ -53,7 +54,12 @@ impl Gateway {
         ctx.upstream_ms = Some(answer.rtt.as_secs_f64() * 1e3);
         let (mut parts, body) = answer.response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        let body = ResponseBody::upstream(body, upstream.config.idle_timeout, answer.guard);
+        let body = ResponseBody::upstream(
+            body,
+            upstream.config.idle_timeout,
+            answer.guard,
+            route.name.clone(),
+        );
         Ok(Response::from_parts(parts, body))
     }
 

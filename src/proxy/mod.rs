@@ -14,6 +14,7 @@ pub mod error;
 mod fallback;
 mod forward;
 pub mod headers;
+mod model;
 mod respond;
 mod route;
 pub mod trace_context;
@@ -200,7 +201,7 @@ impl Gateway {
         let mut req = ClientRequest::read(req, ctx, &self.server)?;
         let route = self.route(&mut req, ctx).await?;
         let (passed, response) = match self.request_chain(route, &mut req, ctx).await? {
-            Chain::Reply(passed, reply) => (passed, Ok(reply)),
+            Chain::Reply(passed, reply) => (passed, Ok(*reply)),
             Chain::Proceed(passed) => (passed, self.forward(route, req, ctx).await),
         };
         if !passed.has_response_hooks() {

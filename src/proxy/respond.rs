@@ -1,12 +1,14 @@
 //! Phase 4, respond: where a failure becomes its synthetic response (the only place), and
 //! where every response gets its request id, is counted in the route's metrics and takes
-//! the access-log record along (written when its body has been sent).
+//! the access-log record along (written when its body has been sent), and where a model
+//! call's response gets the meter that reads its usage as it streams.
 
 use super::body::ResponseBody;
 use super::context::RequestCtx;
 use super::error::ProxyError;
 use super::headers;
-use http::Response;
+use crate::ai::Meter;
+use http::{header, Response};
 
 impl RequestCtx<'_> {
     /// The response for a failure; the access log records its code.
@@ -32,6 +34,14 @@ impl RequestCtx<'_> {
             status.as_u16(),
             self.start.elapsed().as_secs_f64(),
         );
+        if let Some(exchange) = self.ai.take() {
+            let meter = Meter::new(exchange, status.as_u16(), resp.headers(), self.start);
+            if meter.edits() {
+                // The client receives fewer bytes than the upstream sent.
+                resp.headers_mut().remove(header::CONTENT_LENGTH);
+            }
+            resp.body_mut().set_meter(Box::new(meter));
+        }
         if let Some(log) = self.access_log(status) {
             resp.body_mut().set_log(log);
         }

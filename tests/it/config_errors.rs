@@ -442,3 +442,41 @@ fn every_resilience_section_together_is_valid() {
     let (ok, out, _) = validate(&text);
     assert!(ok, "{out}");
 }
+
+#[test]
+fn model_route_settings() {
+    // BASE has 11 lines; [routes.ai] is line 12, its first key line 13.
+    let with = |ai: &str| format!("{BASE}[routes.ai]\n{ai}\n");
+    let (ok, out, _) = validate(&with(
+        "api = \"openai\"\ninclude_usage = false\nstream_error_event = true\nmax_request_body = \"2MiB\"",
+    ));
+    assert!(ok, "{out}");
+    rejects(
+        &with("api = \"gemini\""),
+        13,
+        7,
+        "routes[0].ai.api",
+        "unknown api `gemini`",
+    );
+    rejects(
+        &with("max_request_body = \"1GiB\""),
+        13,
+        20,
+        "routes[0].ai.max_request_body",
+        "out of range",
+    );
+    rejects(
+        &with("include_usage = 1"),
+        13,
+        17,
+        "routes.ai.include_usage",
+        "invalid type",
+    );
+    rejects(
+        &with("stream_errors = true"),
+        13,
+        1,
+        "routes.ai.stream_errors",
+        "unknown field",
+    );
+}

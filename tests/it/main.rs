@@ -6,6 +6,7 @@
 mod support;
 
 mod admin;
+mod ai;
 mod balance;
 mod config_errors;
 mod connections;

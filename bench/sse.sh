@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# bench/sse.sh — SSE relay benchmark: events/s and added latency per event of an
+# OpenAI-shaped chat completion stream, through Portcullis with usage accounting on, with
+# it off, directly, and through nginx (proxy_buffering off), in one run, with same-run
+# ratios. Not a test: it prints numbers; the goals it names are for the release build.
+#
+# Targets (all on 127.0.0.1, ports picked free at run time):
+#   direct  the stream server itself (bench/sse_bench.rs `serve`)
+#   nginx   nginx reverse proxy, proxy_buffering off, HTTP/1.1 keep-alive upstream
+#   off     Portcullis, a plain route (no [routes.ai])
+#   on      Portcullis, [routes.ai]; the client asks for usage itself (usage observed
+#           as the bytes pass)
+#   inject  Portcullis, [routes.ai]; the client does not ask, so the gateway adds
+#           stream_options.include_usage and strips the usage chunk back out (events
+#           passed on whole)
+# Per round and target: a throughput run (STREAMS concurrent streams of EVENTS events,
+# 64 events per upstream write, no pauses) and a latency run (one stream of LAT_EVENTS
+# events, one per write, 1 ms apart; latency = arrival − the wall-clock stamp the server
+# wrote into the event). Medians over rounds; rounds alternate the target order.
+#
+# Usage:
+#   bash bench/sse.sh                                   # release build (built if missing)
+#   PROFILE=debug ROUNDS=1 bash bench/sse.sh            # smoke run on the dev build
+# Env knobs:
+#   ROUNDS [3]  STREAMS [4]  EVENTS [50000]  LAT_EVENTS [3000]
+#   PROFILE [release]  (binaries: target/$PROFILE/portcullis, target/$PROFILE/examples/sse-bench)
+# Goals (issue 14): on − direct ≤ 50 µs p99 per event; on/off events/s ≥ 0.95.
+set -euo pipefail
+
+ROUNDS=${ROUNDS:-3}
+STREAMS=${STREAMS:-4}
+EVENTS=${EVENTS:-50000}
+LAT_EVENTS=${LAT_EVENTS:-3000}
+PROFILE=${PROFILE:-release}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+die() { echo "sse.sh: error: $*" >&2; exit 1; }
+log() { echo "==> $*"; }
+
+for v in ROUNDS STREAMS EVENTS LAT_EVENTS; do
+  [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"
+done
+BIN=target/$PROFILE/portcullis
+BENCH=target/$PROFILE/examples/sse-bench
+if [[ ! -x $BIN || ! -x $BENCH ]]; then
+  if [[ $PROFILE == release ]]; then
+    log "building (cargo build --release --bin portcullis --example sse-bench)"
+    cargo build --release --bin portcullis --example sse-bench
+  else
+    log "building (cargo build --bin portcullis --example sse-bench)"
+    cargo build --bin portcullis --example sse-bench
+  fi
+fi
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || {
+  log "installing nginx (apt-get)"; apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+TMP=$(mktemp -d /tmp/portcullis-sse-bench.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+read -r UP NGX OFF ON < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(4)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))')
+
+wait_port() { # PORT PID LOG
+  local port=$1 pid=$2 i
+  for ((i = 0; i < 100; i++)); do
+    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$3" >&2; die "process $pid exited before listening on $port"; }
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  die "nothing listens on $port"
+}
+
+"$BENCH" serve "$UP" >"$TMP/upstream.log" 2>&1 &
+PIDS+=("$!"); wait_port "$UP" "$!" "$TMP/upstream.log"
+
+cat >"$TMP/nginx.conf" <<NGX
+worker_processes 1;
+pid $TMP/nginx.pid;
+error_log $TMP/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    client_body_temp_path $TMP/body; proxy_temp_path $TMP/proxy;
+    fastcgi_temp_path $TMP/fcgi; uwsgi_temp_path $TMP/uwsgi; scgi_temp_path $TMP/scgi;
+    upstream up { server 127.0.0.1:$UP; keepalive 16; }
+    server {
+        listen 127.0.0.1:$NGX;
+        location / {
+            proxy_pass http://up;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+NGX
+"$NGINX" -p "$TMP/" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" -g 'daemon off;' >"$TMP/nginx.log" 2>&1 &
+PIDS+=("$!"); wait_port "$NGX" "$!" "$TMP/nginx-error.log"
+
+gateway() { # NAME PORT AI(0|1)
+  local ai=""
+  [[ $3 == 1 ]] && ai=$'\n[routes.ai]\n'
+  cat >"$TMP/$1.toml" <<TOML
+[server]
+listen = "127.0.0.1:$2"
+workers = 1
+
+[[upstreams]]
+name = "up"
+targets = [{ address = "127.0.0.1:$UP" }]
+
+[[routes]]
+name = "chat"
+path_prefix = "/v1"
+upstream = "up"
+$ai
+TOML
+  "$BIN" run --config "$TMP/$1.toml" --log-level warn >"$TMP/$1.log" 2>&1 &
+  PIDS+=("$!"); wait_port "$2" "$!" "$TMP/$1.log"
+}
+gateway off "$OFF" 0
+gateway on "$ON" 1
+
+PATH_=/v1/chat/completions
+declare -A URL=([direct]="http://127.0.0.1:$UP$PATH_" [nginx]="http://127.0.0.1:$NGX$PATH_"
+  [off]="http://127.0.0.1:$OFF$PATH_" [on]="http://127.0.0.1:$ON$PATH_" [inject]="http://127.0.0.1:$ON$PATH_")
+declare -A ASK=([direct]=ask [nginx]=ask [off]=ask [on]=ask [inject]="")
+TARGETS=(direct nginx off on inject)
+log "$PROFILE build; $ROUNDS round(s); throughput: $STREAMS streams x $EVENTS events; latency: $LAT_EVENTS events, 1 ms apart"
+
+declare -A TPUT P50 P99 P999
+for ((r = 1; r <= ROUNDS; r++)); do
+  order=("${TARGETS[@]}")
+  if (( r % 2 == 0 )); then order=(); for ((k = ${#TARGETS[@]} - 1; k >= 0; k--)); do order+=("${TARGETS[$k]}"); done; fi
+  for t in "${order[@]}"; do
+    read -r _ eps < <("$BENCH" run "${URL[$t]}" throughput "$STREAMS" "$EVENTS" ${ASK[$t]})
+    read -r _ p50 p99 p999 < <("$BENCH" run "${URL[$t]}" latency 1 "$LAT_EVENTS" ${ASK[$t]})
+    TPUT[$t]+="$eps "; P50[$t]+="$p50 "; P99[$t]+="$p99 "; P999[$t]+="$p999 "
+    printf '    round %d %-7s %12.0f events/s   latency p50 %8.1f us  p99 %8.1f us  p99.9 %8.1f us\n' "$r" "$t" "$eps" "$p50" "$p99" "$p999"
+  done
+done
+
+median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+declare -A M_T M_50 M_99 M_999
+echo
+printf '%-8s %14s %12s %12s %12s\n' target "events/s" "p50 us" "p99 us" "p99.9 us"
+for t in "${TARGETS[@]}"; do
+  M_T[$t]=$(median <<<"${TPUT[$t]}"); M_50[$t]=$(median <<<"${P50[$t]}")
+  M_99[$t]=$(median <<<"${P99[$t]}"); M_999[$t]=$(median <<<"${P999[$t]}")
+  printf '%-8s %14.0f %12.1f %12.1f %12.1f\n' "$t" "${M_T[$t]}" "${M_50[$t]}" "${M_99[$t]}" "${M_999[$t]}"
+done
+echo
+awk -v on="${M_T[on]}" -v inj="${M_T[inject]}" -v off="${M_T[off]}" -v ngx="${M_T[nginx]}" -v dir="${M_T[direct]}" \
+    -v on99="${M_99[on]}" -v inj99="${M_99[inject]}" -v off99="${M_99[off]}" -v ngx99="${M_99[nginx]}" -v dir99="${M_99[direct]}" 'BEGIN {
+  printf "events/s   on/off %.3f   inject/off %.3f   off/direct %.3f   on/nginx %.3f   (goal: on/off >= 0.95)\n", on / off, inj / off, off / dir, on / ngx
+  printf "added p99  on %+.1f us   inject %+.1f us   off %+.1f us   nginx %+.1f us   per event, vs direct (goal: on <= 50 us)\n", on99 - dir99, inj99 - dir99, off99 - dir99, ngx99 - dir99
+}'

@@ -1,0 +1,443 @@
+//! The model and token usage of one model response, read as its body passes: a JSON body
+//! through the incremental [`json::Scanner`], an event stream through the [`sse::Parser`]
+//! with each event's data fed to the scanner. Nothing of the body is kept.
+//!
+//! Where the numbers are, per API (last value wins, so cumulative counts come out right):
+//!
+//! | API | non-streamed JSON | streamed events |
+//! |---|---|---|
+//! | OpenAI chat, completions, embeddings | `usage.prompt_tokens`, `usage.completion_tokens` | the final chunk's `usage` (with `stream_options.include_usage`) |
+//! | OpenAI responses | `usage.input_tokens`, `usage.output_tokens` | `response.completed`: `response.usage` |
+//! | Anthropic Messages | `usage.input_tokens`, `usage.output_tokens` | `message_start`: `message.usage.input_tokens`; `message_delta`: `usage.output_tokens` |
+//!
+//! Anthropic's `cache_creation_input_tokens` and `cache_read_input_tokens` are added to its
+//! input tokens (they are not part of its `input_tokens`; OpenAI's cached tokens are).
+//!
+//! With [`Observer::stripping`] (the gateway added `stream_options.include_usage` for a
+//! client that did not ask), the observer also edits the stream back to what the client
+//! asked for: the usage-only chunk (`"choices":[]` with a `usage` object) is removed, and
+//! the `"usage":null` the upstream then adds to every other chunk is taken out. To do so it
+//! holds the current incomplete event (at most [`MAX_HELD_EVENT`]; a larger event is passed
+//! on as it comes, unedited) and passes events on whole.
+
+use super::json::{self, Found};
+use super::sse::{self, Parser};
+use bytes::{Bytes, BytesMut};
+use std::time::Instant;
+
+/// The most of one event held while stripping; a larger event passes unedited.
+pub const MAX_HELD_EVENT: usize = 1 << 20;
+
+/// Token counts; `None` where the response did not say.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub input: Option<u64>,
+    pub output: Option<u64>,
+}
+
+/// What the response body said, once it has ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    /// The model the response named.
+    pub model: Option<String>,
+    pub usage: Usage,
+    /// When the first event with data arrived (event streams only).
+    pub first_event: Option<Instant>,
+    /// Events with data seen (`[DONE]` included).
+    pub events: u64,
+    /// The stream ended with `data: [DONE]`.
+    pub done: bool,
+    /// The upstream sent an error (an `error` event or object).
+    pub upstream_error: bool,
+}
+
+/// How the body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    /// `text/event-stream`.
+    EventStream,
+    /// One JSON document.
+    Json,
+}
+
+/// What becomes of one event while stripping.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Action {
+    #[default]
+    Keep,
+    Drop,
+    /// Take out its top-level `"usage":null`.
+    StripNull,
+}
+
+/// The event-level side: takes the parser's reports, scans each event's data.
+#[derive(Default)]
+struct Events {
+    json: json::Scanner,
+    /// The first bytes of the current event's data (to tell `[DONE]`).
+    head: [u8; 6],
+    data_len: usize,
+    error_event: bool,
+    /// The counts, last value of each wins.
+    found: Found,
+    report: Report,
+    stripping: bool,
+    /// The current event's fate, the last event's, and the boundaries found in the piece
+    /// being fed.
+    action: Action,
+    last_action: Action,
+    actions: Vec<(usize, Action)>,
+}
+
+impl Events {
+    /// Takes what one document said.
+    fn take_document(&mut self) {
+        self.json.finish();
+        let f = &self.json.found;
+        let merged = &mut self.found;
+        for (from, to) in [
+            (f.input, &mut merged.input),
+            (f.output, &mut merged.output),
+            (f.cache_creation, &mut merged.cache_creation),
+            (f.cache_read, &mut merged.cache_read),
+        ] {
+            if from.is_some() {
+                *to = from;
+            }
+        }
+        if f.error {
+            self.report.upstream_error = true;
+        }
+        if self.report.model.is_none() {
+            self.report.model = self.json.model_raw().and_then(json::decode_model);
+        }
+    }
+
+    fn reset_event(&mut self) {
+        self.json.reset();
+        self.data_len = 0;
+        self.error_event = false;
+    }
+}
+
+impl sse::Sink for Events {
+    fn data(&mut self, piece: &[u8]) {
+        if self.data_len < self.head.len() {
+            let n = piece.len().min(self.head.len() - self.data_len);
+            self.head[self.data_len..self.data_len + n].copy_from_slice(&piece[..n]);
+        }
+        self.data_len += piece.len();
+        self.json.feed(piece);
+    }
+
+    fn error_event(&mut self) {
+        self.error_event = true;
+    }
+
+    fn dispatch(&mut self) {
+        self.report.events += 1;
+        if self.report.first_event.is_none() {
+            self.report.first_event = Some(Instant::now());
+        }
+        if self.data_len == 6 && &self.head == b"[DONE]" {
+            self.report.done = true;
+        } else {
+            self.take_document();
+            if self.error_event {
+                self.report.upstream_error = true;
+            }
+            let f = &self.json.found;
+            self.action = if f.choices_empty && f.usage_object {
+                Action::Drop
+            } else if f.usage_null {
+                Action::StripNull
+            } else {
+                Action::Keep
+            };
+        }
+        self.reset_event();
+    }
+
+    fn boundary(&mut self, end: usize, continued: bool) {
+        self.reset_event();
+        if self.stripping {
+            // The LF of a CRLF goes where its CR went.
+            let action = if continued {
+                self.last_action
+            } else {
+                std::mem::take(&mut self.action)
+            };
+            self.last_action = action;
+            self.actions.push((end, action));
+        }
+    }
+}
+
+/// Reads one response body as it passes.
+pub struct Observer {
+    format: Format,
+    sse: Parser,
+    events: Events,
+    /// While stripping: the incomplete event held, and whether the current event is too
+    /// large and passing unedited.
+    held: BytesMut,
+    passing: bool,
+}
+
+impl Observer {
+    pub fn new(format: Format) -> Self {
+        Observer {
+            format,
+            sse: Parser::default(),
+            events: Events::default(),
+            held: BytesMut::new(),
+            passing: false,
+        }
+    }
+
+    /// An observer that also strips the usage the gateway asked for (event streams).
+    pub fn stripping(format: Format) -> Self {
+        let mut o = Self::new(format);
+        o.events.stripping = format == Format::EventStream;
+        o
+    }
+
+    pub fn format(&self) -> Format {
+        self.format
+    }
+
+    /// Whether it may change the bytes (so the body's length is not known ahead).
+    pub fn edits(&self) -> bool {
+        self.events.stripping
+    }
+
+    /// Reads the next piece of the body. `None`: pass it on as it is; `Some`: pass these
+    /// bytes on instead (possibly empty) — only while stripping.
+    pub fn observe(&mut self, chunk: &Bytes) -> Option<Bytes> {
+        match self.format {
+            Format::Json => {
+                self.events.json.feed(chunk);
+                None
+            }
+            Format::EventStream => {
+                self.sse.feed(chunk, &mut self.events);
+                self.events.stripping.then(|| self.strip(chunk))
+            }
+        }
+    }
+
+    /// What the events that ended in `chunk` become.
+    fn strip(&mut self, chunk: &Bytes) -> Bytes {
+        let actions = std::mem::take(&mut self.events.actions);
+        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut last = 0;
+        for &(end, action) in &actions {
+            let event = if self.passing {
+                self.passing = false;
+                pieces.push(chunk.slice(last..end));
+                last = end;
+                continue;
+            } else if self.held.is_empty() {
+                chunk.slice(last..end)
+            } else {
+                self.held.extend_from_slice(&chunk[last..end]);
+                self.held.split().freeze()
+            };
+            last = end;
+            match action {
+                Action::Keep => pieces.push(event),
+                Action::Drop => {}
+                Action::StripNull => pieces.push(strip_usage_null(event)),
+            }
+        }
+        self.events.actions = actions;
+        self.events.actions.clear();
+        let rest = &chunk[last..];
+        if self.passing {
+            pieces.push(chunk.slice(last..));
+        } else if self.held.len() + rest.len() > MAX_HELD_EVENT {
+            // Too large to hold: what is held and the rest of this event pass unedited.
+            pieces.push(self.held.split().freeze());
+            pieces.push(chunk.slice(last..));
+            self.passing = true;
+        } else {
+            self.held.extend_from_slice(rest);
+        }
+        match pieces.len() {
+            0 => Bytes::new(),
+            1 => pieces.pop().expect("one piece"),
+            _ => {
+                let mut out = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
+                pieces.iter().for_each(|p| out.extend_from_slice(p));
+                out.freeze()
+            }
+        }
+    }
+
+    /// At the end of the body: the bytes still held (an incomplete last event), which
+    /// must still reach the client.
+    pub fn flush(&mut self) -> Bytes {
+        self.held.split().freeze()
+    }
+
+    /// What must go before a further event so that the client reads it on its own: the
+    /// held bytes and line ends to close what the stream stopped in.
+    pub fn terminator(&mut self) -> BytesMut {
+        let mut out = self.held.split();
+        out.extend_from_slice(self.sse.terminator());
+        out
+    }
+
+    /// Ends the observation: what the body said.
+    pub fn report(&mut self) -> Report {
+        if self.format == Format::Json {
+            self.events.take_document();
+        }
+        let f = &self.events.found;
+        let mut report = std::mem::take(&mut self.events.report);
+        let cached = f.cache_creation.unwrap_or(0) + f.cache_read.unwrap_or(0);
+        report.usage = Usage {
+            input: match (f.input, cached) {
+                (Some(i), c) => Some(i.saturating_add(c)),
+                (None, 0) => None,
+                (None, c) => Some(c),
+            },
+            output: f.output,
+        };
+        report
+    }
+}
+
+/// An event with its one `"usage":null` member taken out (with the comma that separated
+/// it); unchanged when it does not appear exactly once.
+fn strip_usage_null(event: Bytes) -> Bytes {
+    const NEEDLE: &[u8] = b"\"usage\":null";
+    let finder = memchr::memmem::Finder::new(NEEDLE);
+    let mut found = finder.find_iter(&event);
+    let (Some(at), None) = (found.next(), found.next()) else {
+        return event;
+    };
+    let end = at + NEEDLE.len();
+    let (from, to) = if at > 0 && event[at - 1] == b',' {
+        (at - 1, end)
+    } else if event.get(end) == Some(&b',') {
+        (at, end + 1)
+    } else {
+        return event;
+    };
+    let mut out = BytesMut::with_capacity(event.len() - (to - from));
+    out.extend_from_slice(&event[..from]);
+    out.extend_from_slice(&event[to..]);
+    out.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(format: Format, strip: bool, chunks: &[&[u8]]) -> (Report, Vec<u8>) {
+        let mut o = if strip {
+            Observer::stripping(format)
+        } else {
+            Observer::new(format)
+        };
+        let mut out = Vec::new();
+        for c in chunks {
+            let c = Bytes::copy_from_slice(c);
+            match o.observe(&c) {
+                None => out.extend_from_slice(&c),
+                Some(b) => out.extend_from_slice(&b),
+            }
+        }
+        out.extend_from_slice(&o.flush());
+        (o.report(), out)
+    }
+
+    #[test]
+    fn anthropic_stream_with_cache_tokens() {
+        let s = b"event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"claude-3\",\"usage\":{\"input_tokens\":10,\"cache_read_input_tokens\":5,\"output_tokens\":1}}}\n\nevent: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":42}}\n\nevent: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        let (r, out) = run(Format::EventStream, false, &[s]);
+        assert_eq!(out, s);
+        assert_eq!(r.model.as_deref(), Some("claude-3"));
+        assert_eq!(
+            r.usage,
+            Usage {
+                input: Some(15),
+                output: Some(42)
+            }
+        );
+        assert_eq!(r.events, 3);
+        assert!(!r.done && !r.upstream_error);
+    }
+
+    #[test]
+    fn stripping_removes_what_the_gateway_asked_for() {
+        let s: &[u8] = b"data: {\"id\":\"1\",\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\ndata: {\"id\":\"1\",\"model\":\"m\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\ndata: [DONE]\n\n";
+        let want: &[u8] = b"data: {\"id\":\"1\",\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: [DONE]\n\n";
+        for cut in 0..s.len() {
+            let (r, out) = run(Format::EventStream, true, &[&s[..cut], &s[cut..]]);
+            assert_eq!(
+                String::from_utf8_lossy(&out),
+                String::from_utf8_lossy(want),
+                "cut {cut}"
+            );
+            assert_eq!(
+                r.usage,
+                Usage {
+                    input: Some(3),
+                    output: Some(4)
+                }
+            );
+            assert!(r.done);
+        }
+        // Without stripping, every byte passes.
+        let (_, out) = run(Format::EventStream, false, &[s]);
+        assert_eq!(out, s);
+    }
+
+    #[test]
+    fn stripping_passes_an_oversized_event_unedited() {
+        let big = format!(
+            "data: {{\"choices\":[],\"usage\":{{\"prompt_tokens\":1}},\"pad\":\"{}\"}}\n\ndata: [DONE]\n\n",
+            "x".repeat(2 * MAX_HELD_EVENT)
+        );
+        let chunks: Vec<&[u8]> = big.as_bytes().chunks(64 * 1024).collect();
+        let (r, out) = run(Format::EventStream, true, &chunks);
+        assert!(out == big.as_bytes(), "the oversized event passes whole");
+        assert_eq!(r.usage.input, Some(1));
+    }
+
+    #[test]
+    fn incomplete_tail_still_reaches_the_client() {
+        let s: &[u8] = b"data: {\"choices\":[],\"usage\":{}}\n\ndata: {\"partial";
+        let (_, out) = run(Format::EventStream, true, &[s]);
+        assert_eq!(out, b"data: {\"partial");
+    }
+
+    #[test]
+    fn json_body() {
+        let s = br#"{"object":"list","data":[{"embedding":[0.1,0.2]}],"model":"text-embedding-3","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        let (r, out) = run(Format::Json, false, &[&s[..50], &s[50..]]);
+        assert_eq!(out, s);
+        assert_eq!(r.model.as_deref(), Some("text-embedding-3"));
+        assert_eq!(
+            r.usage,
+            Usage {
+                input: Some(8),
+                output: None
+            }
+        );
+    }
+
+    #[test]
+    fn strip_usage_null_cases() {
+        let s = |x: &str| {
+            String::from_utf8(strip_usage_null(Bytes::from(x.to_string())).to_vec()).unwrap()
+        };
+        assert_eq!(s(r#"data: {"a":1,"usage":null}"#), r#"data: {"a":1}"#);
+        assert_eq!(s(r#"data: {"usage":null,"a":1}"#), r#"data: {"a":1}"#);
+        assert_eq!(s(r#"data: {"usage":null}"#), r#"data: {"usage":null}"#);
+        let two = r#"data: {"x":{"usage":null},"usage":null}"#;
+        assert_eq!(s(two), two);
+    }
+}

@@ -1,0 +1,80 @@
+//! `[routes.ai]`: the route serves model APIs, so the gateway reads each call's model and
+//! token usage (see `ai/`), may ask a streamed OpenAI chat completion for its usage, and
+//! ends a failed event stream with the API's own error event.
+
+use super::error::ConfigError;
+use super::section::Section;
+use super::units::Size;
+use serde::Deserialize;
+use toml::Spanned;
+
+/// `[routes.ai]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAi {
+    /// `api = "auto"`: `"openai"`, `"anthropic"`, or `"auto"` (by the request path).
+    api: Option<Spanned<String>>,
+    /// `include_usage = true`: ask streamed OpenAI chat completions and completions for
+    /// their usage when the client did not, and remove it from what the client receives.
+    include_usage: Option<bool>,
+    /// `stream_error_event = true`: when an event stream fails after it started, send the
+    /// API's error event before aborting the stream.
+    stream_error_event: Option<bool>,
+    /// `max_request_body = "1MiB"`: request bodies up to this size are read for their
+    /// `model` (and rewritten for `include_usage`); larger ones stream through unread.
+    max_request_body: Option<Spanned<Size>>,
+}
+
+/// Which API the route's calls speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ApiChoice {
+    /// By the request path: `…/messages` is Anthropic; `…/chat/completions`,
+    /// `…/completions`, `…/embeddings`, `…/responses` are OpenAI; any other path is not
+    /// a model call.
+    Auto,
+    OpenAi,
+    Anthropic,
+}
+
+#[derive(Clone, Debug)]
+pub struct AiConfig {
+    pub api: ApiChoice,
+    pub include_usage: bool,
+    pub stream_error_event: bool,
+    pub max_request_body: u64,
+}
+
+/// The default `max_request_body`.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 20;
+
+/// The largest `max_request_body`: the body is held in memory while it is read.
+const MAX_REQUEST_BODY: u64 = 64 << 20;
+
+pub(super) fn validate(cx: &Section<'_>, raw: Spanned<RawAi>) -> Result<AiConfig, ConfigError> {
+    let cx = cx.table("ai", raw.span());
+    let raw = raw.into_inner();
+    let api = match raw.api.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
+        None | Some(("auto", _)) => ApiChoice::Auto,
+        Some(("openai", _)) => ApiChoice::OpenAi,
+        Some(("anthropic", _)) => ApiChoice::Anthropic,
+        Some((other, span)) => {
+            return Err(cx.error(
+                span,
+                "api",
+                format!("unknown api `{other}` (expected \"openai\", \"anthropic\" or \"auto\")"),
+            ))
+        }
+    };
+    let max = raw
+        .max_request_body
+        .map(|s| Spanned::new(s.span(), s.into_inner().0));
+    let max_request_body = cx
+        .range(&max, "max_request_body", 0..=MAX_REQUEST_BODY)?
+        .unwrap_or(DEFAULT_MAX_REQUEST_BODY);
+    Ok(AiConfig {
+        api,
+        include_usage: raw.include_usage.unwrap_or(true),
+        stream_error_event: raw.stream_error_event.unwrap_or(true),
+        max_request_body,
+    })
+}

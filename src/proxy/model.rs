@@ -1,0 +1,52 @@
+//! Model calls on the request path (routes with `[routes.ai]`, see `ai/`): before a
+//! request is forwarded, the API and operation its path names and its `model` are read,
+//! and `stream_options.include_usage` is added where the route asks. The body is read
+//! only when plugins already buffered it or it declares a length within the route's
+//! `ai.max_request_body`; a larger or undeclared (chunked) body streams through unread.
+
+use super::context::ClientRequest;
+use super::error::ProxyError;
+use super::RouteEntry;
+use crate::ai::{request, Exchange};
+use http::header;
+use hyper::body::Body as _;
+
+/// The model call `req` is, if its route serves model APIs and its path names one.
+pub(super) async fn read_call(
+    route: &RouteEntry,
+    req: &mut ClientRequest,
+) -> Result<Option<Exchange>, ProxyError> {
+    let Some(ai) = &route.config.ai else {
+        return Ok(None);
+    };
+    let Some((api, operation)) = request::classify(ai.api, req.target.path()) else {
+        return Ok(None);
+    };
+    let cap = ai.max_request_body.min(route.config.max_body_size);
+    let declared = req.body.stream.as_ref().and_then(|b| b.size_hint().exact());
+    if req.body.buffered.is_none() && declared.is_some_and(|n| n > 0 && n <= cap) {
+        req.body.buffer(cap).await?;
+    }
+    let read = req
+        .body
+        .buffered
+        .as_deref()
+        .map(|b| request::read(b, api, operation, ai.include_usage))
+        .unwrap_or_default();
+    let injected = read.rewritten.is_some();
+    if let Some(body) = read.rewritten {
+        // Sent with its own Content-Length (`forward` sets it from the buffered bytes).
+        req.body.buffered = Some(body);
+    }
+    // The response must come back readable: no content coding (identity is always
+    // acceptable to the client).
+    req.head.headers.remove(header::ACCEPT_ENCODING);
+    Ok(Some(Exchange {
+        api,
+        operation,
+        request_model: read.model,
+        injected,
+        error_event: ai.stream_error_event,
+        metrics: route.metrics.models.clone(),
+    }))
+}
