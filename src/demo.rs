@@ -69,6 +69,19 @@ async fn chat(req: Request<Incoming>, replica: &'static str) -> Response<DemoBod
             replica,
         );
     }
+    // `x-demo-fail: 503` makes the demo-gpt replicas fail, to show the fallback.
+    let fail = req
+        .headers()
+        .get("x-demo-fail")
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok());
+    if let (Some(status), true) = (fail, replica.starts_with("gpt-")) {
+        return json(
+            status,
+            serde_json::json!({"error": {"message": format!("{replica} failed as asked"), "type": "server_error"}}),
+            replica,
+        );
+    }
     let body = req
         .into_body()
         .collect()
@@ -250,11 +263,14 @@ path = "/v1/chat/completions"
 methods = ["POST"]
 upstream = "gpt-pool"
 buffer_request_body = "1MiB"   # the model router reads the body
+fallback = [ {{ upstream = "llama-pool", model = "demo-llama" }} ]   # when gpt-pool fails
 plugins = [
   {{ name = "model-router", config = {{ models = ["demo-gpt*"] }} }},
   {{ name = "api-key", config = {{ keys = [ {{ key = "demo-key-alice", consumer = "alice" }},
                                           {{ key = "demo-key-bob", consumer = "bob" }} ] }} }},
 ]
+
+[routes.ai]                    # model calls: tokens in the access log, /metrics, /stats
 
 [[routes]]
 name = "chat-llama"
@@ -266,6 +282,8 @@ plugins = [
   {{ name = "model-router", config = {{ models = ["demo-llama*"] }} }},
   {{ name = "api-key", config = {{ keys = [ {{ key = "demo-key-alice", consumer = "alice" }} ] }} }},
 ]
+
+[routes.ai]
 
 [[routes]]
 name = "embeddings"
@@ -367,6 +385,11 @@ pub async fn run(
         "  {}   # tokens stream as server-sent events",
         chat("demo-gpt", Some("demo-key-bob"), ",\"stream\":true").replacen("-i", "-N", 1)
     );
+    println!(
+        "  {}   # gpt-pool fails: x-portcullis-served-by: llama-pool:demo-llama",
+        chat("demo-gpt", Some("demo-key-alice"), "").replacen("-i", "-i -H 'x-demo-fail: 503'", 1)
+    );
+    println!("  curl -s http://{admin}/metrics | grep gen_ai_client_token_usage_sum   # tokens by route and model");
     println!("  curl http://{gw}/v1/embeddings -d '{{\"input\":[\"hello\",\"world\"]}}'   # no auth on this route");
     println!("  open http://{admin}/   # the dashboard; http://{admin}/metrics for Prometheus");
     println!();

@@ -174,6 +174,31 @@ async fn demo_shows_auth_and_model_routing_plugins_streaming_and_the_dashboard()
     )
     .await;
     assert_eq!(e.json()["data"].as_array().unwrap().len(), 2);
+    // gpt-pool failing: the route falls back to the llama pool, with its model.
+    let mut failing = chat("demo-gpt", Some("demo-key-alice"), false);
+    failing
+        .headers_mut()
+        .insert("x-demo-fail", http::HeaderValue::from_static("503"));
+    let f = send(&c, failing).await;
+    assert_eq!(f.status, 200);
+    assert_eq!(
+        f.header("x-portcullis-served-by"),
+        Some("llama-pool:demo-llama")
+    );
+    assert_eq!(f.header("x-demo-replica"), Some("llama-a"));
+    // The tokens the model services reported are in the metrics, by route and model.
+    let metrics =
+        String::from_utf8_lossy(&get(&format!("http://{admin}/metrics")).await.body).into_owned();
+    let tokens = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("gen_ai_client_token_usage_sum")
+                && l.contains("route=\"chat-gpt\"")
+                && l.contains("gen_ai_token_type=\"output\"")
+        })
+        .unwrap_or_else(|| panic!("no output tokens for chat-gpt: {metrics}"));
+    let n: f64 = tokens.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n > 0.0, "{tokens}");
     let dashboard = get(&format!("http://{admin}/")).await;
     assert_eq!(dashboard.status, 200);
     assert_eq!(
