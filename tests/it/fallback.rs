@@ -160,17 +160,33 @@ async fn a_primary_that_fails_after_its_first_event_is_not_replaced() {
     })
     .await;
     let backup = Upstream::echo("backup").await;
-    let gw = Gateway::start(&fallback_config(primary.addr, backup.addr, ""));
+    let gw = Gateway::start(&fallback_config(primary.addr, backup.addr, "[routes.ai]"));
     let r = req("POST", &gw.url("/v1/chat/completions"))
         .body(Full::new(Bytes::from_static(BODY.as_bytes())))
         .unwrap();
     let resp = client().request(r).await.unwrap();
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["x-portcullis-served-by"], "primary");
-    let body = http_body_util::BodyExt::collect(resp.into_body()).await;
+    let mut body = resp.into_body();
+    let (mut seen, mut failed) = (Vec::new(), false);
+    while let Some(frame) = http_body_util::BodyExt::frame(&mut body).await {
+        match frame {
+            Ok(f) => seen.extend_from_slice(f.data_ref().map_or(&[][..], |d| &d[..])),
+            Err(_) => {
+                failed = true;
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&seen);
     assert!(
-        body.is_err(),
-        "the cut stream reaches the client as a failure"
+        failed,
+        "the cut stream reaches the client as a failure: {text}"
+    );
+    assert!(text.starts_with("data: {\"choices\""), "{text}");
+    assert!(
+        text.contains("\"error\""),
+        "the API's error event comes before the abort: {text}"
     );
     assert_eq!(backup.hits(), 0, "no fallback after the commit point");
 }
