@@ -67,6 +67,9 @@ pub(super) struct RawRoute {
     fallback: Vec<Spanned<RawFallback>>,
     /// `fallback_on = ["connect", "timeout", "reset", "5xx", 429]`: what falls back.
     fallback_on: Option<Spanned<Vec<Spanned<Condition>>>>,
+    /// `first_token_timeout = "10s"`: a 2xx whose body sends nothing within this falls
+    /// back too (the response is held until its first bytes).
+    first_token_timeout: Option<Spanned<Dur>>,
     /// `[routes.ai]`: the route serves model APIs (usage accounting; see `config/ai.rs`).
     ai: Option<Spanned<super::ai::RawAi>>,
 }
@@ -137,6 +140,8 @@ pub struct RouteConfig {
     pub fallback: Vec<Fallback>,
     /// The failures that fall back (connect covers "no endpoint available" too).
     pub fallback_on: Conditions,
+    /// A 2xx answer with no body bytes within this falls back too.
+    pub first_token_timeout: Option<Duration>,
     /// The route serves model APIs.
     pub ai: Option<super::ai::AiConfig>,
 }
@@ -262,6 +267,12 @@ fn route(
         }
         Some(l) => resilience::conditions(cx, l, "fallback_on", resilience::FAILURE_WORDS)?,
     };
+    let first_token_timeout = match &r.first_token_timeout {
+        Some(t) if fallback.is_empty() => {
+            return Err(cx.error(t.span(), "first_token_timeout", "needs `fallback`"))
+        }
+        t => cx.positive(t, "first_token_timeout")?,
+    };
     let max_body_size = r.max_body_size.map_or(default_body, |v| v.0);
     let buffer_request_body = match r.buffer_request_body {
         Some(v) => Some(v.0),
@@ -310,6 +321,7 @@ fn route(
         buffer_request_body,
         fallback,
         fallback_on,
+        first_token_timeout,
         ai,
     })
 }

@@ -64,6 +64,8 @@ pin_project! {
         failing: Option<Box<(BoxError, bool)>>,
         // The last frame has been sent.
         ended: bool,
+        // A first frame read ahead (`first_frame`), sent before the rest.
+        pending: Option<Box<Frame<Bytes>>>,
     }
     impl PinnedDrop for ResponseBody {
         fn drop(this: Pin<&mut Self>) {
@@ -121,6 +123,25 @@ impl ResponseBody {
             trailers: None,
             failing: None,
             ended: false,
+            pending: None,
+        }
+    }
+
+    /// Waits for the upstream body's first frame and keeps it to be sent first (a fallback
+    /// chain's `first_token_timeout` bounds this wait). `Ok` also when the body is empty.
+    pub async fn first_frame(&mut self) -> Result<(), BoxError> {
+        let frame = std::future::poll_fn(|cx| match &mut self.inner {
+            Inner::Full { .. } => Poll::Ready(None),
+            Inner::Upstream { body } => Pin::new(body).poll_frame(cx),
+        })
+        .await;
+        match frame {
+            Some(Ok(f)) => {
+                self.pending = Some(Box::new(f));
+                Ok(())
+            }
+            Some(Err(e)) => Err(Box::new(e)),
+            None => Ok(()),
         }
     }
 
@@ -206,9 +227,13 @@ impl Body for ResponseBody {
             return Poll::Ready(None);
         }
         loop {
-            let polled = match this.inner.as_mut().project() {
-                InnerProj::Full { body } => body.poll_frame(cx).map_err(|never| match never {}),
-                InnerProj::Upstream { body } => {
+            let polled = match (this.pending.take(), this.inner.as_mut().project()) {
+                // A frame read ahead goes out first, through the same path as the rest.
+                (Some(first), _) => Poll::Ready(Some(Ok(*first))),
+                (None, InnerProj::Full { body }) => {
+                    body.poll_frame(cx).map_err(|never| match never {})
+                }
+                (None, InnerProj::Upstream { body }) => {
                     body.poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
                 }
             };
@@ -281,7 +306,7 @@ impl Body for ResponseBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        if self.failing.is_some() || self.trailers.is_some() {
+        if self.failing.is_some() || self.trailers.is_some() || self.pending.is_some() {
             return false;
         }
         if self.ended {
@@ -299,9 +324,22 @@ impl Body for ResponseBody {
         if self.meter.as_ref().is_some_and(|m| m.edits()) {
             return SizeHint::default();
         }
-        match &self.inner {
+        let mut hint = match &self.inner {
             Inner::Full { body } => body.size_hint(),
             Inner::Upstream { body } => body.size_hint(),
+        };
+        // What the inner body has left, plus the frame read ahead.
+        if let Some(n) = self
+            .pending
+            .as_ref()
+            .and_then(|f| f.data_ref())
+            .map(|d| d.len() as u64)
+        {
+            hint.set_lower(hint.lower() + n);
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + n);
+            }
         }
+        hint
     }
 }

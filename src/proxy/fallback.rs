@@ -5,7 +5,9 @@
 //! put in the JSON body. The commit point is the response head handed to the client: a
 //! response that began is never replaced (a stream that fails later is the response
 //! body's business). The body was buffered (`buffer_request_body`, 1 MiB by default on
-//! such routes), so each upstream gets it whole. A 429 with `Retry-After` holds its
+//! such routes), so each upstream gets it whole. With `first_token_timeout` a 2xx is held
+//! until its body's first bytes, and falls back when they do not come in time (the commit
+//! point moves to those bytes). A 429 with `Retry-After` holds its
 //! upstream off — fallback chains skip it — until then. Each upstream keeps its own
 //! retries, breakers and outlier detection: a fallback is tried once they gave up.
 
@@ -45,6 +47,7 @@ impl Gateway {
                 .iter()
                 .map(|f| (f.upstream, f.model.as_deref())),
         );
+        let last_step = cfg.fallback.len();
         let mut last: Option<Result<Response<ResponseBody>, ProxyError>> = None;
         let mut held_off: Option<Duration> = None;
         for (step, (index, model)) in steps.enumerate() {
@@ -59,8 +62,19 @@ impl Gateway {
             if let Some(m) = model {
                 attempt.body.buffered = Some(with_model(&body, m));
             }
-            let result = self.forward_to(route, to, attempt, ctx).await;
-            match fallback_reason(&cfg.fallback_on, &result) {
+            let mut result = self.forward_to(route, to, attempt, ctx).await;
+            let mut reason = fallback_reason(&cfg.fallback_on, &result);
+            if let (None, Some(wait), Ok(r), true) = (
+                &reason,
+                cfg.first_token_timeout,
+                &mut result,
+                step < last_step,
+            ) {
+                if r.status().is_success() {
+                    reason = first_bytes(r.body_mut(), wait).await;
+                }
+            }
+            match reason {
                 None => {
                     let served = served_by(name, model);
                     ctx.served_by = Some(served.clone());
@@ -90,6 +104,16 @@ impl Gateway {
                 held_off.map_or(1, |d| d.as_secs_f64().ceil() as u64),
             )),
         }
+    }
+}
+
+/// Waits up to `wait` for the body's first bytes (kept to be sent first); why the
+/// response falls back when they do not come.
+async fn first_bytes(body: &mut ResponseBody, wait: Duration) -> Option<String> {
+    match tokio::time::timeout(wait, body.first_frame()).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("reset before the first bytes: {e}")),
+        Err(_) => Some("first_token_timeout".into()),
     }
 }
 

@@ -205,4 +205,72 @@ fn bad_fallback_config_names_file_line_and_key() {
     assert!(out.contains("bad.toml:"), "{out}");
     assert!(out.contains("fallback[0].upstream"), "{out}");
     assert!(out.contains("unknown upstream `nowhere`"), "{out}");
+    let without = config(
+        "",
+        &[closed_addr()],
+        "[[routes]]\nname = \"r\"\npath = \"/\"\nupstream = \"up\"\nfirst_token_timeout = \"1s\"\n",
+    );
+    std::fs::write(&path, without).unwrap();
+    let (ok, out) = validate(&path);
+    assert!(!ok);
+    assert!(out.contains("bad.toml:13:"), "{out}");
+    assert!(
+        out.contains("first_token_timeout") && out.contains("needs `fallback`"),
+        "{out}"
+    );
+}
+
+/// An upstream that answers 200 with an event-stream head at once, then sends `events`
+/// after `delay` (and ends).
+async fn streaming_after(delay: Duration, events: &'static [&'static str]) -> Upstream {
+    Upstream::start(move |_req| async move {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            for e in events {
+                if tx.send(Bytes::from_static(e.as_bytes())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        http::Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(stream(rx))
+            .unwrap()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn first_token_timeout_falls_back_from_a_head_with_no_bytes() {
+    let silent = streaming_after(Duration::from_secs(30), &["data: late\n\n"]).await;
+    let backup = Upstream::echo("backup").await;
+    let gw = Gateway::start(&fallback_config(
+        silent.addr,
+        backup.addr,
+        "first_token_timeout = \"200ms\"",
+    ));
+    assert_served_by_backup(&chat(&gw).await);
+    assert_eq!(silent.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_first_token_in_time_is_the_answer_and_no_byte_is_lost() {
+    const EVENTS: &[&str] = &[
+        "data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n",
+        "data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\n",
+        "data: [DONE]\n\n",
+    ];
+    let quick = streaming_after(Duration::from_millis(10), EVENTS).await;
+    let backup = Upstream::echo("backup").await;
+    let gw = Gateway::start(&fallback_config(
+        quick.addr,
+        backup.addr,
+        "first_token_timeout = \"5s\"",
+    ));
+    let r = chat(&gw).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-portcullis-served-by"), Some("primary"));
+    assert_eq!(String::from_utf8_lossy(&r.body), EVENTS.concat());
+    assert_eq!(backup.hits(), 0);
 }
