@@ -4,11 +4,13 @@
 //! The request path never looks a metric up by label: routes and endpoints resolve their
 //! handles once, when the tables are built or an endpoint appears, and then only touch
 //! atomics. Gauges that describe live state (in-flight requests, breaker state, health,
-//! pool sizes) are read from that state when the endpoint is scraped.
+//! pool sizes) are read from that state when the endpoint is scraped — except the open
+//! upgraded connections of a route, whose gauge *is* that state (it is also the count the
+//! route's `tunnel.max_connections` is checked against, shared across reloads by name).
 
 use prometheus::{
     exponential_buckets, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::OnceLock;
 
@@ -34,6 +36,9 @@ pub struct Metrics {
     pub plugin_instances: IntGaugeVec,
     pub reloads: IntCounterVec,
     pub config_info: IntGaugeVec,
+    pub upgraded_open: IntGaugeVec,
+    pub upgraded_closed: IntCounterVec,
+    pub upgraded_bytes: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -91,6 +96,9 @@ impl Metrics {
             plugin_instances: gauge(&r, "portcullis_plugin_pool_instances", "Warm plugin instances pooled, by plugin.", &["plugin"]),
             reloads: counter(&r, "portcullis_config_reloads_total", "Config reloads, by result (success, failure).", &["result"]),
             config_info: gauge(&r, "portcullis_config_info", "The loaded config: 1 for its hash.", &["hash"]),
+            upgraded_open: gauge(&r, "portcullis_upgraded_connections", "Upgraded connections (WebSocket) open, by route.", &["route"]),
+            upgraded_closed: counter(&r, "portcullis_upgraded_connections_closed_total", "Upgraded connections closed, by route and who closed them (client, upstream, gateway).", &["route", "closed_by"]),
+            upgraded_bytes: counter(&r, "portcullis_upgraded_bytes_total", "Bytes copied through upgraded connections, by route and direction (to_upstream, to_client).", &["route", "direction"]),
             registry: r,
         }
     }
@@ -139,6 +147,54 @@ fn method_index(m: &http::Method) -> usize {
 pub struct RouteMetrics {
     counters: Vec<IntCounter>,
     duration: Histogram,
+    pub tunnels: TunnelMetrics,
+}
+
+/// Who ended an upgraded connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedBy {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+impl ClosedBy {
+    const ALL: [ClosedBy; 3] = [ClosedBy::Client, ClosedBy::Upstream, ClosedBy::Gateway];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedBy::Client => "client",
+            ClosedBy::Upstream => "upstream",
+            ClosedBy::Gateway => "gateway",
+        }
+    }
+}
+
+/// One route's upgraded-connection metrics, resolved once.
+#[derive(Clone)]
+pub struct TunnelMetrics {
+    /// Open now; also what `tunnel.max_connections` is checked against.
+    pub open: IntGauge,
+    /// By [`ClosedBy`].
+    closed: [IntCounter; 3],
+    pub to_upstream: IntCounter,
+    pub to_client: IntCounter,
+}
+
+impl TunnelMetrics {
+    fn new(route: &str) -> Self {
+        let m = get();
+        TunnelMetrics {
+            open: m.upgraded_open.with_label_values(&[route]),
+            closed: ClosedBy::ALL.map(|c| m.upgraded_closed.with_label_values(&[route, c.as_str()])),
+            to_upstream: m.upgraded_bytes.with_label_values(&[route, "to_upstream"]),
+            to_client: m.upgraded_bytes.with_label_values(&[route, "to_client"]),
+        }
+    }
+
+    pub fn closed(&self, by: ClosedBy) -> &IntCounter {
+        &self.closed[by as usize]
+    }
 }
 
 impl RouteMetrics {
@@ -153,6 +209,7 @@ impl RouteMetrics {
         RouteMetrics {
             counters,
             duration: m.request_duration.with_label_values(&[route]),
+            tunnels: TunnelMetrics::new(route),
         }
     }
 

@@ -18,7 +18,7 @@ mod upstreams;
 pub use discovery::DiscoveryConfig;
 pub use error::ConfigError;
 pub use plugins::{OnError, PluginConfig};
-pub use routes::{HostPolicy, PathMatch, RouteConfig, RoutePlugin};
+pub use routes::{HostPolicy, PathMatch, RouteConfig, RoutePlugin, TunnelConfig};
 pub use server::{AccessLogFile, AccessLogFormat, ListenConfig, ServerConfig};
 pub use upstreams::{
     check_address, check_weight, target_server_name, BalanceKind, HashKey, Protocol, TargetConfig,

@@ -1,7 +1,8 @@
 //! The response body of the request path: a synthetic one, or the upstream's streamed
 //! through untouched (with the upstream's `idle_timeout` between frames), that writes the
-//! access-log line once it has been sent. (Request bodies going upstream are in
-//! `upstream::body`.)
+//! access-log line once it has been sent — or, for a switched protocol (101), hands the
+//! access-log record to the connection's tunnel, which writes it when it closes. (Request
+//! bodies going upstream are in `upstream::body`.)
 
 use super::access_log::AccessLog;
 use crate::upstream::ActiveGuard;
@@ -15,6 +16,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 /// A streamed response body went silent for longer than the upstream's `idle_timeout`.
@@ -42,12 +44,14 @@ pin_project! {
         guard: Option<ActiveGuard>,
         log: Option<Box<AccessLog>>,
         bytes: u64,
+        // The tunnel of a switched protocol, which takes the access-log record.
+        tunnel: Option<oneshot::Sender<Box<AccessLog>>>,
     }
     impl PinnedDrop for ResponseBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if let Some(log) = this.log.take() {
-                log.emit(*this.bytes);
+                log.emit(*this.bytes, None);
             }
         }
     }
@@ -64,7 +68,16 @@ impl ResponseBody {
             guard: None,
             log: None,
             bytes: 0,
+            tunnel: None,
         }
+    }
+
+    /// The (empty) body of a switched-protocols answer: its access-log record goes to
+    /// the tunnel behind `tunnel`.
+    pub fn switched(tunnel: oneshot::Sender<Box<AccessLog>>) -> Self {
+        let mut body = Self::full(Bytes::new());
+        body.tunnel = Some(tunnel);
+        body
     }
 
     pub fn upstream(body: Incoming, idle: Duration, guard: ActiveGuard) -> Self {
@@ -75,11 +88,16 @@ impl ResponseBody {
             guard: Some(guard),
             log: None,
             bytes: 0,
+            tunnel: None,
         }
     }
 
     pub fn set_log(&mut self, log: Box<AccessLog>) {
-        self.log = Some(log);
+        match self.tunnel.take() {
+            // A tunnel already gone (the client left) writes no line; nor does this.
+            Some(tunnel) => drop(tunnel.send(log)),
+            None => self.log = Some(log),
+        }
     }
 }
 

@@ -34,6 +34,8 @@ pub struct RequestCtx<'g> {
     pub error: Option<&'static str>,
     /// The plugin that decided the request's fate other than by passing it on, and how.
     pub plugin: Option<(Arc<str>, &'static str)>,
+    /// The upgrade the client asked for, until `forward` takes it.
+    pub upgrade: Option<super::upgrade::Requested>,
     /// The path for the access log (`None`: access logging is off).
     log_path: Option<String>,
 }
@@ -56,6 +58,7 @@ impl<'g> RequestCtx<'g> {
             upstream_ms: None,
             error: None,
             plugin: None,
+            upgrade: None,
             log_path: AccessLog::enabled().then(|| req.uri().path().to_string()),
         }
     }
