@@ -186,7 +186,8 @@ impl TunnelMetrics {
         let m = get();
         TunnelMetrics {
             open: m.upgraded_open.with_label_values(&[route]),
-            closed: ClosedBy::ALL.map(|c| m.upgraded_closed.with_label_values(&[route, c.as_str()])),
+            closed: ClosedBy::ALL
+                .map(|c| m.upgraded_closed.with_label_values(&[route, c.as_str()])),
             to_upstream: m.upgraded_bytes.with_label_values(&[route, "to_upstream"]),
             to_client: m.upgraded_bytes.with_label_values(&[route, "to_client"]),
         }

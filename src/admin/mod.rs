@@ -250,6 +250,7 @@ fn routes_json(gw: &Gateway) -> Value {
                 "hosts": r.hosts,
                 "upstream": gw.upstreams[r.upstream].name(),
                 "plugins": entry.plugins.iter().map(|p| &*p.plugin.name).collect::<Vec<_>>(),
+                "upgrades": r.upgrades,
             })
         })
         .collect();
@@ -303,7 +304,15 @@ fn stats_json(gw: &Gateway) -> Value {
         .iter()
         .map(|r| {
             let (total, errors) = r.metrics.totals();
-            json!({"route": &*r.name, "requests": total, "errors_5xx": errors})
+            let t = &r.metrics.tunnels;
+            json!({
+                "route": &*r.name,
+                "requests": total,
+                "errors_5xx": errors,
+                "upgraded_open": t.open.get(),
+                "upgraded_bytes_to_upstream": t.to_upstream.get(),
+                "upgraded_bytes_to_client": t.to_client.get(),
+            })
         })
         .collect();
     json!({ "routes": routes })

@@ -333,9 +333,8 @@ fn upgrades(
     for p in list.get_ref() {
         let v = p.get_ref();
         let token = !v.is_empty()
-            && v.bytes().all(|b| {
-                b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-            });
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
         if !token {
             return Err(cx.error(
                 p.span(),

@@ -1,6 +1,8 @@
 //! An upgraded connection after the switch (101, or 200 to an HTTP/2 extended CONNECT):
 //! the bytes are copied both ways through one fixed buffer per direction, never gathered,
-//! until both sides have closed, one fails, or the gateway ends it — `idle_timeout` (no
+//! until one side closes (what it sent is delivered and the other side's write half shut,
+//! then both connections are closed — nginx does the same; half-closed tunnels are not
+//! kept), one fails, or the gateway ends it — `idle_timeout` (no
 //! byte either way), `max_duration`, or the drain at shutdown. Its access-log line is
 //! written when it ends.
 //!
@@ -124,7 +126,9 @@ impl Tunnel {
             (Ok(c), Ok(u)) => {
                 let mut t = Copying::new(TokioIo::new(c), TokioIo::new(u), websocket, &metrics);
                 let deadline = started + bounds.max_duration;
-                let end = t.run(bounds.idle_timeout, deadline, drain_timeout, lease).await;
+                let end = t
+                    .run(bounds.idle_timeout, deadline, drain_timeout, lease)
+                    .await;
                 (end, t.up.bytes, t.down.bytes)
             }
             (Err(e), _) => {
@@ -210,8 +214,9 @@ where
         end
     }
 
-    /// Copies both ways until both have ended (the first to end says who closed), one
-    /// fails, or nothing has moved for `idle`.
+    /// Copies both ways until one side closes (its direction is finished and the other
+    /// side's write half shut, then both are dropped, as nginx does), one fails, or
+    /// nothing has moved for `idle`.
     async fn copy(&mut self, idle: Duration) -> End {
         let Copying {
             client,
@@ -221,20 +226,14 @@ where
         } = self;
         let mut last = Instant::now();
         let mut timer: Pin<Box<Sleep>> = Box::pin(tokio::time::sleep(idle));
-        let mut first: Option<End> = None;
         poll_fn(|cx| {
             let mut moved = false;
-            let ends = [
-                up.step(cx, &mut *client, &mut *upstream, Side::Client, &mut moved),
-                down.step(cx, &mut *upstream, &mut *client, Side::Upstream, &mut moved),
-            ];
-            for end in ends.into_iter().flatten() {
-                if end.reason != "eof" {
-                    return Poll::Ready(end);
-                }
-                first.get_or_insert(end);
+            if let Some(end) = up.step(cx, &mut *client, &mut *upstream, Side::Client, &mut moved) {
+                return Poll::Ready(end);
             }
-            if let (true, true, Some(end)) = (up.done, down.done, first) {
+            if let Some(end) =
+                down.step(cx, &mut *upstream, &mut *client, Side::Upstream, &mut moved)
+            {
                 return Poll::Ready(end);
             }
             if moved {
@@ -579,7 +578,10 @@ mod tests {
         assert!(f.closed && f.have == 0 && f.payload == 0);
         let code = [masked[6] ^ masked[2], masked[7] ^ masked[3]];
         assert_eq!(code, [0x03, 0xE9]);
-        assert_eq!(u16::from_be_bytes([CLOSE_TO_CLIENT[2], CLOSE_TO_CLIENT[3]]), 1001);
+        assert_eq!(
+            u16::from_be_bytes([CLOSE_TO_CLIENT[2], CLOSE_TO_CLIENT[3]]),
+            1001
+        );
     }
 
     #[test]
@@ -597,8 +599,14 @@ mod tests {
 
     #[test]
     fn the_drain_leaves_time_for_the_close() {
-        assert_eq!(drain_grace(Duration::from_secs(30)), Duration::from_millis(29_750));
-        assert_eq!(drain_grace(Duration::from_millis(400)), Duration::from_millis(300));
+        assert_eq!(
+            drain_grace(Duration::from_secs(30)),
+            Duration::from_millis(29_750)
+        );
+        assert_eq!(
+            drain_grace(Duration::from_millis(400)),
+            Duration::from_millis(300)
+        );
         assert_eq!(drain_grace(Duration::ZERO), Duration::ZERO);
     }
 }

@@ -193,9 +193,8 @@ impl Handshake {
                 let mut t = tokens(v);
                 let one = t.next();
                 t.next().is_none()
-                    && one.is_some_and(|p| {
-                        tokens(&self.protocols).any(|a| a.eq_ignore_ascii_case(p))
-                    })
+                    && one
+                        .is_some_and(|p| tokens(&self.protocols).any(|a| a.eq_ignore_ascii_case(p)))
             })
             .cloned()
             .ok_or(ProxyError::BadUpgrade(

@@ -24,3 +24,4 @@ mod resilience;
 mod scaffold;
 mod streaming;
 mod tls;
+mod websocket;
