@@ -29,6 +29,8 @@ pin_project! {
     enum Inner {
         Full { #[pin] body: Full<Bytes> },
         Upstream { #[pin] body: Incoming },
+        // A switched protocol's empty body; the tunnel takes the access-log record.
+        Switched { tunnel: Option<oneshot::Sender<Box<AccessLog>>> },
     }
 }
 
@@ -44,8 +46,6 @@ pin_project! {
         guard: Option<ActiveGuard>,
         log: Option<Box<AccessLog>>,
         bytes: u64,
-        // The tunnel of a switched protocol, which takes the access-log record.
-        tunnel: Option<oneshot::Sender<Box<AccessLog>>>,
     }
     impl PinnedDrop for ResponseBody {
         fn drop(this: Pin<&mut Self>) {
@@ -68,16 +68,22 @@ impl ResponseBody {
             guard: None,
             log: None,
             bytes: 0,
-            tunnel: None,
         }
     }
 
     /// The (empty) body of a switched-protocols answer: its access-log record goes to
     /// the tunnel behind `tunnel`.
     pub fn switched(tunnel: oneshot::Sender<Box<AccessLog>>) -> Self {
-        let mut body = Self::full(Bytes::new());
-        body.tunnel = Some(tunnel);
-        body
+        ResponseBody {
+            inner: Inner::Switched {
+                tunnel: Some(tunnel),
+            },
+            idle: None,
+            timer: None,
+            guard: None,
+            log: None,
+            bytes: 0,
+        }
     }
 
     pub fn upstream(body: Incoming, idle: Duration, guard: ActiveGuard) -> Self {
@@ -88,15 +94,18 @@ impl ResponseBody {
             guard: Some(guard),
             log: None,
             bytes: 0,
-            tunnel: None,
         }
     }
 
     pub fn set_log(&mut self, log: Box<AccessLog>) {
-        match self.tunnel.take() {
+        match &mut self.inner {
             // A tunnel already gone (the client left) writes no line; nor does this.
-            Some(tunnel) => drop(tunnel.send(log)),
-            None => self.log = Some(log),
+            Inner::Switched { tunnel } => {
+                if let Some(tunnel) = tunnel.take() {
+                    let _ = tunnel.send(log);
+                }
+            }
+            _ => self.log = Some(log),
         }
     }
 }
@@ -115,6 +124,7 @@ impl Body for ResponseBody {
             InnerProj::Upstream { body } => {
                 body.poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
             }
+            InnerProj::Switched { .. } => Poll::Ready(None),
         };
         match polled {
             Poll::Ready(frame) => {
@@ -154,6 +164,7 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Full { body } => body.is_end_stream(),
             Inner::Upstream { body } => body.is_end_stream(),
+            Inner::Switched { .. } => true,
         }
     }
 
@@ -161,6 +172,7 @@ impl Body for ResponseBody {
         match &self.inner {
             Inner::Full { body } => body.size_hint(),
             Inner::Upstream { body } => body.size_hint(),
+            Inner::Switched { .. } => SizeHint::with_exact(0),
         }
     }
 }

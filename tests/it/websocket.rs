@@ -55,6 +55,8 @@ impl WsUpstream {
                 };
                 let (h, c, o) = (h.clone(), c.clone(), o.clone());
                 tokio::spawn(async move {
+                    // The result type is tungstenite's callback signature.
+                    #[allow(clippy::result_large_err)]
                     let record = |req: &Request, mut resp: Response| {
                         h.lock().unwrap().push(req.headers().clone());
                         if let Some(p) = req.headers().get("sec-websocket-protocol") {
@@ -68,24 +70,24 @@ impl WsUpstream {
                     };
                     o.fetch_add(1, Ordering::SeqCst);
                     while let Some(Ok(msg)) = ws.next().await {
-                        match msg {
+                        let sent = match msg {
                             Message::Text(t) if t.starts_with("close:") => {
                                 let code: u16 = t[6..].parse().unwrap();
                                 let frame = CloseFrame {
                                     code: CloseCode::from(code),
                                     reason: "bye".into(),
                                 };
-                                let _ = ws.close(Some(frame)).await;
+                                ws.close(Some(frame)).await
                             }
-                            Message::Text(_) | Message::Binary(_) => {
-                                if ws.send(msg).await.is_err() {
-                                    break;
-                                }
-                            }
+                            Message::Text(_) | Message::Binary(_) => ws.send(msg).await,
                             Message::Close(f) => {
                                 c.lock().unwrap().push(f.map_or(0, |f| u16::from(f.code)));
+                                Ok(())
                             }
-                            _ => {}
+                            _ => Ok(()),
+                        };
+                        if sent.is_err() {
+                            break;
                         }
                     }
                     o.fetch_sub(1, Ordering::SeqCst);
