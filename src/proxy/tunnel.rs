@@ -255,16 +255,10 @@ where
     /// The gateway ends the tunnel: what was read is written, then a WebSocket close
     /// 1001 where a frame boundary allows it, then each side's write half is shut.
     async fn close(&mut self) {
-        let Copying {
-            client,
-            upstream,
-            up,
-            down,
-        } = self;
         let to_upstream = close_to_upstream();
         let _ = tokio::join!(
-            down.finish(client, &CLOSE_TO_CLIENT),
-            up.finish(upstream, &to_upstream),
+            self.down.finish(&mut self.client, &CLOSE_TO_CLIENT),
+            self.up.finish(&mut self.upstream, &to_upstream),
         );
     }
 }
