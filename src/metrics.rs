@@ -4,12 +4,14 @@
 //! The request path never looks a metric up by label: routes and endpoints resolve their
 //! handles once, when the tables are built or an endpoint appears, and then only touch
 //! atomics. Gauges that describe live state (in-flight requests, breaker state, health,
-//! pool sizes) are read from that state when the endpoint is scraped.
+//! pool sizes) are read from that state when the endpoint is scraped — except the open
+//! upgraded connections of a route, whose gauge *is* that state (it is also the count the
+//! route's `tunnel.max_connections` is checked against, shared across reloads by name).
 
 use arc_swap::ArcSwap;
 use prometheus::{
     exponential_buckets, Encoder as _, Histogram, HistogramOpts, HistogramVec, IntCounter,
-    IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::sync::{Arc, OnceLock};
 
@@ -41,6 +43,9 @@ pub struct Metrics {
     pub time_to_first_token: HistogramVec,
     pub time_per_output_token: HistogramVec,
     pub model_requests: IntCounterVec,
+    pub upgraded_open: IntGaugeVec,
+    pub upgraded_closed: IntCounterVec,
+    pub upgraded_bytes: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -105,6 +110,9 @@ impl Metrics {
             time_to_first_token: histogram(&r, "gen_ai_server_time_to_first_token_seconds", "Time from a model call's arrival to its first streamed event.", &MODEL_LABELS, TTFT_BUCKETS.to_vec()),
             time_per_output_token: histogram(&r, "gen_ai_server_time_per_output_token_seconds", "Time per output token after the first, of streamed model calls.", &MODEL_LABELS, TPOT_BUCKETS.to_vec()),
             model_requests: counter(&r, "portcullis_gen_ai_requests_total", "Model calls, by route, request and response model, and outcome (ok, status_4xx, status_5xx, upstream_error_event, upstream_reset_mid_stream, upstream_timeout_mid_stream, client_closed).", &MODEL_LABELS_OUTCOME),
+            upgraded_open: gauge(&r, "portcullis_upgraded_connections", "Upgraded connections (WebSocket) open, by route.", &["route"]),
+            upgraded_closed: counter(&r, "portcullis_upgraded_connections_closed_total", "Upgraded connections closed, by route and who closed them (client, upstream, gateway).", &["route", "closed_by"]),
+            upgraded_bytes: counter(&r, "portcullis_upgraded_bytes_total", "Bytes copied through upgraded connections, by route and direction (to_upstream, to_client).", &["route", "direction"]),
             registry: r,
         }
     }
@@ -296,6 +304,55 @@ pub struct RouteMetrics {
     duration: Histogram,
     /// The route's model calls (routes with `[routes.ai]`).
     pub models: Arc<ModelTable>,
+    pub tunnels: TunnelMetrics,
+}
+
+/// Who ended an upgraded connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosedBy {
+    Client,
+    Upstream,
+    Gateway,
+}
+
+impl ClosedBy {
+    const ALL: [ClosedBy; 3] = [ClosedBy::Client, ClosedBy::Upstream, ClosedBy::Gateway];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ClosedBy::Client => "client",
+            ClosedBy::Upstream => "upstream",
+            ClosedBy::Gateway => "gateway",
+        }
+    }
+}
+
+/// One route's upgraded-connection metrics, resolved once.
+#[derive(Clone)]
+pub struct TunnelMetrics {
+    /// Open now; also what `tunnel.max_connections` is checked against.
+    pub open: IntGauge,
+    /// By [`ClosedBy`].
+    closed: [IntCounter; 3],
+    pub to_upstream: IntCounter,
+    pub to_client: IntCounter,
+}
+
+impl TunnelMetrics {
+    fn new(route: &str) -> Self {
+        let m = get();
+        TunnelMetrics {
+            open: m.upgraded_open.with_label_values(&[route]),
+            closed: ClosedBy::ALL
+                .map(|c| m.upgraded_closed.with_label_values(&[route, c.as_str()])),
+            to_upstream: m.upgraded_bytes.with_label_values(&[route, "to_upstream"]),
+            to_client: m.upgraded_bytes.with_label_values(&[route, "to_client"]),
+        }
+    }
+
+    pub fn closed(&self, by: ClosedBy) -> &IntCounter {
+        &self.closed[by as usize]
+    }
 }
 
 impl RouteMetrics {
@@ -312,6 +369,7 @@ impl RouteMetrics {
             counters,
             duration: m.request_duration.with_label_values(&[route]),
             models: Arc::new(ModelTable::new(route)),
+            tunnels: TunnelMetrics::new(route),
         }
     }
 

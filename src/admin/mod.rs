@@ -250,6 +250,7 @@ fn routes_json(gw: &Gateway) -> Value {
                 "hosts": r.hosts,
                 "upstream": gw.upstreams[r.upstream].name(),
                 "plugins": entry.plugins.iter().map(|p| &*p.plugin.name).collect::<Vec<_>>(),
+                "upgrades": r.upgrades,
             })
         })
         .collect();
@@ -324,6 +325,7 @@ fn stats_json(gw: &Gateway) -> Value {
                     })
                 })
                 .collect();
+            let t = &r.metrics.tunnels;
             json!({
                 "route": &*r.name,
                 "requests": total,
@@ -331,6 +333,9 @@ fn stats_json(gw: &Gateway) -> Value {
                 "input_tokens": input,
                 "output_tokens": output,
                 "models": models,
+                "upgraded_open": t.open.get(),
+                "upgraded_bytes_to_upstream": t.to_upstream.get(),
+                "upgraded_bytes_to_client": t.to_client.get(),
             })
         })
         .collect();

@@ -20,7 +20,9 @@ pub use ai::{AiConfig, ApiChoice};
 pub use discovery::DiscoveryConfig;
 pub use error::ConfigError;
 pub use plugins::{OnError, PluginConfig};
-pub use routes::{Fallback, HostPolicy, PathMatch, RouteConfig, RoutePlugin, FALLBACK_BODY};
+pub use routes::{
+    Fallback, HostPolicy, PathMatch, RouteConfig, RoutePlugin, TunnelConfig, FALLBACK_BODY,
+};
 pub use server::{AccessLogFile, AccessLogFormat, ListenConfig, ServerConfig};
 pub use upstreams::{
     check_address, check_weight, target_server_name, BalanceKind, HashKey, Protocol, TargetConfig,

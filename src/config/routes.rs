@@ -1,12 +1,13 @@
 //! `[[routes]]`: which requests a route takes (path, methods, hosts, headers, query), the
-//! upstream it sends them to, the Host it sends, its limits and its plugin chain.
+//! upstream it sends them to, the Host it sends, its limits, its plugin chain, and the
+//! upgrades (WebSocket) it forwards with their bounds (`upgrades`, `[routes.tunnel]`).
 
 use super::error::{ConfigError, Source};
 use super::plugins::PluginConfig;
 use super::resilience::{self, Condition, Conditions};
 use super::section::Section;
 use super::units::{Dur, Size};
-use super::upstreams::UpstreamConfig;
+use super::upstreams::{Protocol, UpstreamConfig};
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 use serde::Deserialize;
@@ -72,6 +73,12 @@ pub(super) struct RawRoute {
     first_token_timeout: Option<Spanned<Dur>>,
     /// `[routes.ai]`: the route serves model APIs (usage accounting; see `config/ai.rs`).
     ai: Option<Spanned<super::ai::RawAi>>,
+    /// `upgrades = ["websocket"]`: the `Upgrade` protocols forwarded as upgrades (default
+    /// `["websocket"]`; `[]` forwards upgrade requests as plain requests). HTTP/1.1
+    /// upstreams only.
+    upgrades: Option<Spanned<Vec<Spanned<String>>>>,
+    /// `[routes.tunnel]`: the bounds of this route's upgraded connections.
+    tunnel: Option<Spanned<RawTunnel>>,
 }
 
 /// One entry of a route's `fallback = [...]`.
@@ -82,6 +89,19 @@ struct RawFallback {
     upstream: Spanned<String>,
     /// `model = "llama-3-70b"`: put in the JSON request body's `model` for this upstream.
     model: Option<Spanned<String>>,
+}
+
+/// `[routes.tunnel]`
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    /// `idle_timeout = "5m"`: closed after this long with no byte either way.
+    idle_timeout: Option<Spanned<Dur>>,
+    /// `max_duration = "24h"`: closed this long after the upgrade, busy or not.
+    max_duration: Option<Spanned<Dur>>,
+    /// `max_connections = 10000`: upgraded connections open at once on this route; one
+    /// more is answered 503.
+    max_connections: Option<Spanned<usize>>,
 }
 
 /// One entry of a route's `plugins = [...]`.
@@ -144,6 +164,41 @@ pub struct RouteConfig {
     pub first_token_timeout: Option<Duration>,
     /// The route serves model APIs.
     pub ai: Option<super::ai::AiConfig>,
+    /// The `Upgrade` protocols forwarded as upgrades, lowercase (`websocket`).
+    pub upgrades: Vec<String>,
+    pub tunnel: TunnelConfig,
+}
+
+/// The bounds of a route's upgraded connections (`[routes.tunnel]`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TunnelConfig {
+    /// No byte either way for this long closes the tunnel.
+    pub idle_timeout: Duration,
+    /// The tunnel is closed this long after the upgrade.
+    pub max_duration: Duration,
+    /// Upgraded connections open at once on the route.
+    pub max_connections: usize,
+}
+
+impl Default for TunnelConfig {
+    fn default() -> Self {
+        TunnelConfig {
+            idle_timeout: Duration::from_secs(300),
+            max_duration: Duration::from_secs(24 * 3600),
+            max_connections: 10_000,
+        }
+    }
+}
+
+impl RouteConfig {
+    /// Whether the route forwards an upgrade to `protocol` (a token of `Upgrade`, e.g.
+    /// `websocket` or `foo/2`; its name before `/` is what `upgrades` lists).
+    pub fn allows_upgrade(&self, protocol: &[u8]) -> bool {
+        let name = protocol.split(|&b| b == b'/').next().unwrap_or(protocol);
+        self.upgrades
+            .iter()
+            .any(|u| u.as_bytes().eq_ignore_ascii_case(name))
+    }
 }
 
 /// An upstream a route falls back to, and the model it is asked for.
@@ -304,6 +359,11 @@ fn route(
     };
     let route_plugins = plugin_chain(cx, &name, &r.plugins, plugins)?;
     let ai = r.ai.map(|a| super::ai::validate(cx, a)).transpose()?;
+    let upgrades = upgrades(cx, &r.upgrades, upstreams[upstream].protocol)?;
+    let tunnel = match &r.tunnel {
+        None => TunnelConfig::default(),
+        Some(t) => tunnel(&cx.table("tunnel", t.span()), t.get_ref())?,
+    };
     Ok(RouteConfig {
         name,
         position: cx.src.line_col(cx.span.start),
@@ -323,6 +383,63 @@ fn route(
         fallback_on,
         first_token_timeout,
         ai,
+        upgrades,
+        tunnel,
+    })
+}
+
+/// `upgrades = [...]`: protocol names (HTTP tokens, compared without case). Upgrades are
+/// forwarded to HTTP/1.1 upstreams only, so a route to an `h2` upstream forwards none, and
+/// naming one there is an error.
+fn upgrades(
+    cx: &Section<'_>,
+    raw: &Option<Spanned<Vec<Spanned<String>>>>,
+    protocol: Protocol,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = raw else {
+        return Ok(match protocol {
+            Protocol::Http1 => vec!["websocket".to_string()],
+            Protocol::H2 => Vec::new(),
+        });
+    };
+    if protocol == Protocol::H2 && !list.get_ref().is_empty() {
+        return Err(cx.error(
+            list.span(),
+            "upgrades",
+            "upgrades are forwarded to HTTP/1.1 upstreams only; this route's upstream has protocol = \"h2\"",
+        ));
+    }
+    let mut out = Vec::new();
+    for p in list.get_ref() {
+        let v = p.get_ref();
+        let token = !v.is_empty()
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err(cx.error(
+                p.span(),
+                "upgrades",
+                format!("`{v}` is not a protocol name (an HTTP token, e.g. \"websocket\")"),
+            ));
+        }
+        out.push(v.to_ascii_lowercase());
+    }
+    Ok(out)
+}
+
+/// `[routes.tunnel]`, over the defaults.
+fn tunnel(cx: &Section<'_>, t: &RawTunnel) -> Result<TunnelConfig, ConfigError> {
+    let d = TunnelConfig::default();
+    Ok(TunnelConfig {
+        idle_timeout: cx
+            .positive(&t.idle_timeout, "idle_timeout")?
+            .unwrap_or(d.idle_timeout),
+        max_duration: cx
+            .positive(&t.max_duration, "max_duration")?
+            .unwrap_or(d.max_duration),
+        max_connections: cx
+            .between(&t.max_connections, "max_connections", 1..=10_000_000)?
+            .unwrap_or(d.max_connections),
     })
 }
 

@@ -2,9 +2,12 @@
 //! the response body has been sent (or the client went away, or the upstream failed
 //! mid-body: `error` then says so), so it carries the bytes sent, the full duration and,
 //! for a model call, its model and token usage. `--log-format json` turns it into JSON lines;
-//! `server.access_log` sends the lines to a file instead (see `main.rs`).
+//! `server.access_log` sends the lines to a file instead (see `main.rs`). An upgraded
+//! connection (WebSocket) writes its line when the tunnel closes, with the bytes each way,
+//! who closed it and why (`proxy/tunnel.rs`).
 
 use super::trace_context::TraceId;
+use crate::metrics::ClosedBy;
 use http::{HeaderValue, Method, StatusCode};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -43,7 +46,9 @@ impl AccessLog {
         tracing::enabled!(target: "access", tracing::Level::INFO)
     }
 
-    pub fn emit(&self, bytes: u64) {
+    /// Writes the line: `bytes` sent to the client, and for an upgraded connection how its
+    /// tunnel ended (these fields are left out of other lines).
+    pub fn emit(&self, bytes: u64, tunnel: Option<&TunnelEnd>) {
         let call = self.call.as_ref();
         let count = |n: Option<u64>| n.map_or(-1, |n| n.min(i64::MAX as u64) as i64);
         tracing::info!(
@@ -68,8 +73,23 @@ impl AccessLog {
             ttft_ms = call.and_then(|c| c.ttft_ms).unwrap_or(-1.0),
             request_id = self.request_id.to_str().unwrap_or("-"),
             trace_id = %self.trace_id,
+            upgrade = tunnel.map(|t| &*t.protocol),
+            bytes_received = tunnel.map(|t| t.to_upstream),
+            closed_by = tunnel.map(|t| t.closed_by.as_str()),
+            close_reason = tunnel.map(|t| t.reason),
         );
     }
+}
+
+/// How an upgraded connection ended.
+pub struct TunnelEnd {
+    /// The protocol switched to (`websocket`).
+    pub protocol: Box<str>,
+    /// Bytes copied from the client to the upstream (the line's `bytes` are the other way).
+    pub to_upstream: u64,
+    pub closed_by: ClosedBy,
+    /// `eof`, `reset`, `idle_timeout`, `max_duration`, `shutdown`, `upgrade_failed`.
+    pub reason: &'static str,
 }
 
 /// `NAME:OUTCOME`, or `-`.

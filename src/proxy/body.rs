@@ -1,8 +1,9 @@
 //! The response body of the request path: a synthetic one, or the upstream's streamed
 //! through untouched (with the upstream's `idle_timeout` between frames), that writes the
-//! access-log line once it has been sent. A model call's body carries its `ai::Meter`,
-//! which reads the usage as the bytes pass. (Request bodies going upstream are in
-//! `upstream::body`.)
+//! access-log line once it has been sent — or, for a switched protocol (101), hands the
+//! access-log record to the connection's tunnel, which writes it when it closes. A model
+//! call's body carries its `ai::Meter`, which reads the usage as the bytes pass. (Request
+//! bodies going upstream are in `upstream::body`.)
 
 use super::access_log::AccessLog;
 use crate::ai::{End, Meter};
@@ -18,6 +19,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 /// A streamed response body went silent for longer than the upstream's `idle_timeout`.
@@ -30,6 +32,8 @@ pin_project! {
     enum Inner {
         Full { #[pin] body: Full<Bytes> },
         Upstream { #[pin] body: Incoming },
+        // A switched protocol's empty body; the tunnel takes the access-log record.
+        Switched { tunnel: Option<oneshot::Sender<Box<AccessLog>>> },
     }
 }
 
@@ -78,7 +82,7 @@ pin_project! {
                 }
             }
             if let Some(log) = this.log.take() {
-                log.emit(*this.bytes);
+                log.emit(*this.bytes, None);
             }
         }
     }
@@ -89,6 +93,19 @@ impl ResponseBody {
         Self::new(
             Inner::Full {
                 body: Full::new(bytes),
+            },
+            None,
+            None,
+            None,
+        )
+    }
+
+    /// The (empty) body of a switched-protocols answer: its access-log record goes to
+    /// the tunnel behind `tunnel`.
+    pub fn switched(tunnel: oneshot::Sender<Box<AccessLog>>) -> Self {
+        Self::new(
+            Inner::Switched {
+                tunnel: Some(tunnel),
             },
             None,
             None,
@@ -131,7 +148,7 @@ impl ResponseBody {
     /// chain's `first_token_timeout` bounds this wait). `Ok` also when the body is empty.
     pub async fn first_frame(&mut self) -> Result<(), BoxError> {
         let frame = std::future::poll_fn(|cx| match &mut self.inner {
-            Inner::Full { .. } => Poll::Ready(None),
+            Inner::Full { .. } | Inner::Switched { .. } => Poll::Ready(None),
             Inner::Upstream { body } => Pin::new(body).poll_frame(cx),
         })
         .await;
@@ -146,7 +163,15 @@ impl ResponseBody {
     }
 
     pub fn set_log(&mut self, log: Box<AccessLog>) {
-        self.log = Some(log);
+        match &mut self.inner {
+            // A tunnel already gone (the client left) writes no line; nor does this.
+            Inner::Switched { tunnel } => {
+                if let Some(tunnel) = tunnel.take() {
+                    let _ = tunnel.send(log);
+                }
+            }
+            _ => self.log = Some(log),
+        }
     }
 
     pub fn set_meter(&mut self, meter: Box<Meter>) {
@@ -236,6 +261,7 @@ impl Body for ResponseBody {
                 (None, InnerProj::Upstream { body }) => {
                     body.poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
                 }
+                (None, InnerProj::Switched { .. }) => Poll::Ready(None),
             };
             match polled {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -315,6 +341,7 @@ impl Body for ResponseBody {
         let inner = match &self.inner {
             Inner::Full { body } => body.is_end_stream(),
             Inner::Upstream { body } => body.is_end_stream(),
+            Inner::Switched { .. } => true,
         };
         // A meter that edits may still hold bytes to send at the end.
         inner && !self.meter.as_ref().is_some_and(|m| m.edits())
@@ -327,6 +354,7 @@ impl Body for ResponseBody {
         let mut hint = match &self.inner {
             Inner::Full { body } => body.size_hint(),
             Inner::Upstream { body } => body.size_hint(),
+            Inner::Switched { .. } => SizeHint::with_exact(0),
         };
         // What the inner body has left, plus the frame read ahead.
         if let Some(n) = self

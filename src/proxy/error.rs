@@ -64,6 +64,17 @@ pub enum ProxyError {
     /// client may try again after this many seconds.
     #[error("every upstream of this route is rate limited; retry after {0} s")]
     RateLimited(u64),
+    /// An HTTP/2 extended CONNECT for a protocol the route does not forward (over HTTP/1.1
+    /// such a request is forwarded without its upgrade instead).
+    #[error("this route does not forward upgrades to `{0}`")]
+    UpgradeNotAllowed(String),
+    /// The route has `tunnel.max_connections` upgraded connections open.
+    #[error("too many upgraded connections on this route")]
+    TooManyUpgrades,
+    /// The upstream switched protocols when not asked to, to a protocol not asked for, or
+    /// answered an HTTP/2 WebSocket handshake with a 2xx other than 101.
+    #[error("{0}")]
+    BadUpgrade(&'static str),
 }
 
 impl From<ClientBodyFault> for ProxyError {
@@ -110,6 +121,9 @@ impl ProxyError {
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            ProxyError::UpgradeNotAllowed(_) => StatusCode::FORBIDDEN,
+            ProxyError::TooManyUpgrades => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::BadUpgrade(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -133,6 +147,9 @@ impl ProxyError {
             ProxyError::Upstream(_) => "upstream_error",
             ProxyError::PluginFailed(_) => "plugin_failed",
             ProxyError::RateLimited(_) => "upstream_rate_limited",
+            ProxyError::UpgradeNotAllowed(_) => "upgrade_not_allowed",
+            ProxyError::TooManyUpgrades => "too_many_upgraded_connections",
+            ProxyError::BadUpgrade(_) => "upstream_bad_upgrade",
         }
     }
 

@@ -2,11 +2,13 @@
 //! rewritten path, `X-Forwarded-*`, the route's Host policy applied to the request's one
 //! authority, the body streamed or as buffered), handed to the upstream's try loop
 //! ([`crate::upstream::Upstream::call`]), and its response head comes back with the
-//! upstream's body streamed through.
+//! upstream's body streamed through — or, for an upgrade the upstream accepted, the
+//! switch is answered and the tunnel started (`upgrade.rs`).
 
 use super::body::ResponseBody;
 use super::context::{ClientRequest, RequestCtx};
 use super::error::ProxyError;
+use super::upgrade::Handshake;
 use super::{headers, Gateway, RouteEntry, WorkerUpstream};
 use crate::config::{BalanceKind, HashKey, HostPolicy, Protocol};
 use crate::hash::hash_bytes;
@@ -45,13 +47,31 @@ impl Gateway {
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let WorkerUpstream { upstream, client } = to;
-        let call = self.upstream_request(route, upstream, req, ctx)?;
+        let mut req = req;
+        let handshake = Handshake::prepare(ctx.upgrade.take(), route, &mut req)?;
+        let mut call = self.upstream_request(route, upstream, req, ctx)?;
+        if let Some(h) = &handshake {
+            h.request_headers(&mut call.head);
+        }
         let called = upstream.call(client, call).await;
         ctx.endpoint = called.endpoint;
         let answer = called
             .result
             .map_err(|e| ProxyError::from_call(e, route.config.max_body_size))?;
         ctx.upstream_ms = Some(answer.rtt.as_secs_f64() * 1e3);
+        let status = answer.response.status();
+        match handshake {
+            Some(h) if h.switched(status)? => {
+                let drain = self.server.drain_timeout;
+                return h.open(route, answer.response, answer.guard, ctx, drain);
+            }
+            None if status == http::StatusCode::SWITCHING_PROTOCOLS => {
+                return Err(ProxyError::BadUpgrade(
+                    "upstream switched protocols without being asked to",
+                ));
+            }
+            _ => {}
+        }
         let (mut parts, body) = answer.response.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         let body = ResponseBody::upstream(

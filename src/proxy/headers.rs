@@ -4,6 +4,7 @@
 //! `X-Request-Id`.
 
 use super::error::ProxyError;
+use super::tunnel::Lease;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +24,9 @@ pub struct ClientInfo {
     pub ip_header: HeaderValue,
     /// The connection came through a TLS listener.
     pub tls: bool,
+    /// Lends an upgraded connection (WebSocket) its hold on the client connection and
+    /// the drain signal; set by the server.
+    pub lease: Option<Box<dyn Fn() -> Lease + Send + Sync>>,
 }
 
 impl ClientInfo {
@@ -36,6 +40,15 @@ impl ClientInfo {
             ip_header: HeaderValue::from_str(&addr.ip().to_string())
                 .expect("an IP is a valid header value"),
             tls,
+            lease: None,
+        }
+    }
+
+    /// With what the server lends an upgraded connection.
+    pub fn with_lease(self, lend: impl Fn() -> Lease + Send + Sync + 'static) -> Self {
+        ClientInfo {
+            lease: Some(Box::new(lend)),
+            ..self
         }
     }
 

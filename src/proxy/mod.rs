@@ -4,7 +4,8 @@
 //! [`forward`] builds the upstream request and hands it to the upstream's try loop
 //! (`upstream::call`), the response chain runs on the way back, and [`respond`] turns a
 //! failure into its response (the only place that does) and finishes metrics and the
-//! access log.
+//! access log. An upgrade (WebSocket) takes the same path up to the upstream's 101;
+//! [`upgrade`] forwards the handshake and [`tunnel`] copies the bytes after it.
 
 pub mod access_log;
 pub mod body;
@@ -18,6 +19,8 @@ mod model;
 mod respond;
 mod route;
 pub mod trace_context;
+pub mod tunnel;
+pub mod upgrade;
 
 use crate::config::{Config, RouteConfig, ServerConfig};
 use crate::metrics::RouteMetrics;
@@ -180,11 +183,14 @@ impl Gateway {
         mut req: Request<Incoming>,
         client: &ClientInfo,
     ) -> Response<ResponseBody> {
+        // An upgrade is noted before its headers go with the other hop-by-hop ones.
+        let upgrade = upgrade::requested(&mut req);
         // The client's hop-by-hop headers go first, so nothing they name can remove what
         // the gateway adds (request id, trace context, consumer).
         let clean =
             headers::clean_request(req.headers_mut(), self.server.allow_underscores_in_headers);
         let mut ctx = RequestCtx::new(&mut req, client);
+        ctx.upgrade = upgrade;
         let result = match clean {
             Ok(()) => self.process(req, &mut ctx).await,
             Err(e) => Err(e),

@@ -38,6 +38,10 @@ pub(super) struct ConnState {
     /// Set once when the connection was asked to close (cap reached).
     closing: AtomicBool,
     close: Notify,
+    /// Upgraded connections (tunnels) on this connection still open; each also counts
+    /// as a request in flight.
+    tunnels: AtomicUsize,
+    tunnel_closed: Notify,
 }
 
 impl ConnState {
@@ -81,6 +85,25 @@ impl ConnState {
         InFlight(self.clone())
     }
 
+    /// Counts an upgraded connection (a tunnel) on this connection until the returned
+    /// hold is dropped: as a request in flight (so neither the keep-alive bound nor the
+    /// connection cap closes it) and in [`ConnState::tunnels_closed`], which keeps the
+    /// connection's task — its place under the cap, its part in the drain — alive after
+    /// hyper has handed the socket over.
+    pub(super) fn tunnel(self: &std::sync::Arc<Self>) -> TunnelHold {
+        self.tunnels.fetch_add(1, Ordering::AcqRel);
+        TunnelHold(self.request())
+    }
+
+    /// Resolves when no tunnel of this connection is open.
+    pub(super) async fn tunnels_closed(&self) {
+        // One waiter (the connection's task); `notify_one` keeps a permit for it, so a
+        // close between the load and the wait is not missed.
+        while self.tunnels.load(Ordering::Acquire) > 0 {
+            self.tunnel_closed.notified().await;
+        }
+    }
+
     /// Resolves when the connection has had no request in flight for `timeout`. Wakes at
     /// most once per `timeout` while requests run: no work per request.
     pub(super) async fn idle_for(&self, timeout: Duration) {
@@ -103,6 +126,17 @@ impl ConnState {
 
 /// One request in flight on a connection; see [`ConnState::request`].
 pub(super) struct InFlight(std::sync::Arc<ConnState>);
+
+/// One open tunnel on a connection; see [`ConnState::tunnel`].
+pub(super) struct TunnelHold(InFlight);
+
+impl Drop for TunnelHold {
+    fn drop(&mut self) {
+        let state = &self.0 .0;
+        state.tunnels.fetch_sub(1, Ordering::AcqRel);
+        state.tunnel_closed.notify_one();
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
@@ -236,6 +270,12 @@ impl Drain {
 }
 
 impl DrainWatch {
+    /// Another watch of the same drain, as a bare receiver (an upgraded connection holds
+    /// one, so the drain waits for it too).
+    pub(super) fn receiver(&self) -> watch::Receiver<bool> {
+        self.0.clone()
+    }
+
     /// Resolves when the drain has started.
     pub(super) async fn started(&mut self) {
         // An error means the `Drain` is gone: nothing will wait for this connection.
@@ -346,5 +386,22 @@ mod tests {
             None,
             "a closing connection is not offered again"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tunnel_keeps_its_connection_busy_until_it_closes() {
+        let c = Arc::new(ConnState::new());
+        c.tunnels_closed().await;
+        let hold = c.tunnel();
+        assert_eq!(c.idle_since(), None, "counted in flight");
+        let waiting = tokio::spawn({
+            let c = c.clone();
+            async move { c.tunnels_closed().await }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert!(!waiting.is_finished());
+        drop(hold);
+        waiting.await.unwrap();
+        assert!(c.idle_since().is_some());
     }
 }

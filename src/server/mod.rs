@@ -1,7 +1,9 @@
 //! Listeners and connections: HTTP/1.1 and cleartext HTTP/2 (prior knowledge) on the same
 //! port, or TLS (rustls, ALPN `h2`/`http/1.1`) on listeners with a certificate;
-//! keep-alive, header size and header-read-time limits, and graceful shutdown on
-//! SIGINT/SIGTERM (stop accepting, drain in-flight requests up to `drain_timeout`).
+//! keep-alive, header size and header-read-time limits, upgrades (HTTP/1.1 `Upgrade` and
+//! HTTP/2 extended CONNECT, handed to `proxy::upgrade`), and graceful shutdown on
+//! SIGINT/SIGTERM (stop accepting, drain in-flight requests and upgraded connections up
+//! to `drain_timeout`).
 //! Every connection is bounded in time (`connection.rs`) and their number is capped
 //! (`accept.rs`).
 //!
@@ -16,6 +18,7 @@ mod connection;
 
 use crate::config::ServerConfig;
 use crate::proxy::body::ResponseBody;
+use crate::proxy::tunnel::Lease;
 use crate::proxy::{ClientInfo, Gateway};
 use accept::{Backoff, Connections, Registration};
 use anyhow::Context as _;
@@ -227,6 +230,8 @@ fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
         .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
         .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+        // Extended CONNECT (RFC 8441): WebSocket over HTTP/2 streams.
+        .enable_connect_protocol()
         .keep_alive_interval(server.http2_keep_alive_interval)
         .keep_alive_timeout(server.http2_keep_alive_timeout);
     builder
@@ -280,9 +285,16 @@ async fn worker(
                 let _ = stream.set_nodelay(true);
                 // The handshake counts as part of the connection for shutdown.
                 let (builder, watcher) = (builder.clone(), drain.watcher());
+                // An upgraded connection holds the client connection busy and watches the
+                // drain for as long as it is open.
+                let lend = {
+                    let (state, drain) = (registration.state.clone(), watcher.receiver());
+                    move || Lease { hold: Box::new(state.tunnel()), drain: drain.clone() }
+                };
+                let client = ClientInfo::with_tls(peer, tls.is_some()).with_lease(lend);
                 // Each request is served by the gateway current when it arrives; a reload
                 // swaps the slot and requests in flight finish on the old one.
-                let (slot, client) = (slot.clone(), Arc::new(ClientInfo::with_tls(peer, tls.is_some())));
+                let (slot, client) = (slot.clone(), Arc::new(client));
                 let handler = move |req: Request<Incoming>| {
                     let gw = slot.load_full();
                     let client = client.clone();
@@ -355,13 +367,16 @@ async fn serve<IO, H, F>(
         let answer = handler(req);
         async move { Ok::<_, Infallible>(answer.await.map(|b| Counted::new(b, in_flight))) }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let closing = tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with error");
             }
+            // An upgraded HTTP/1.1 connection ends here for hyper; it lives on as a
+            // tunnel, and keeps its place (cap, drain) until the tunnel closes.
+            state.tunnels_closed().await;
             return;
         }
         () = drain.started() => None,

@@ -480,3 +480,40 @@ fn model_route_settings() {
         "unknown field",
     );
 }
+
+#[test]
+fn upgrades_and_tunnel_bounds() {
+    rejects(
+        &format!("{BASE}upgrades = [\"web socket\"]\n"),
+        12,
+        13,
+        "routes[0].upgrades",
+        "is not a protocol name",
+    );
+    rejects(
+        &format!("{BASE}[routes.tunnel]\nidle_timeout = \"0s\"\n"),
+        13,
+        16,
+        "routes[0].tunnel.idle_timeout",
+        "must be more than 0",
+    );
+    rejects(
+        &format!("{BASE}[routes.tunnel]\nmax_connections = 0\n"),
+        13,
+        19,
+        "routes[0].tunnel.max_connections",
+        "must be between 1 and 10000000",
+    );
+    let h2 = BASE.replace("name = \"chat\"\n", "name = \"chat\"\nprotocol = \"h2\"\n");
+    rejects(
+        &format!("{h2}upgrades = [\"websocket\"]\n"),
+        13,
+        12,
+        "routes[0].upgrades",
+        "HTTP/1.1 upstreams only",
+    );
+    let (ok, out, _) = validate(&format!(
+        "{h2}upgrades = []\n[routes.tunnel]\nidle_timeout = \"30s\"\nmax_duration = \"1h\"\nmax_connections = 5\n"
+    ));
+    assert!(ok, "{out}");
+}

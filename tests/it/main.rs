@@ -26,3 +26,4 @@ mod resilience;
 mod scaffold;
 mod streaming;
 mod tls;
+mod websocket;
