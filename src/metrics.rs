@@ -41,6 +41,8 @@ pub struct Metrics {
     pub time_to_first_token: HistogramVec,
     pub time_per_output_token: HistogramVec,
     pub model_requests: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_backend_errors: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -105,6 +107,10 @@ impl Metrics {
             time_to_first_token: histogram(&r, "gen_ai_server_time_to_first_token_seconds", "Time from a model call's arrival to its first streamed event.", &MODEL_LABELS, TTFT_BUCKETS.to_vec()),
             time_per_output_token: histogram(&r, "gen_ai_server_time_per_output_token_seconds", "Time per output token after the first, of streamed model calls.", &MODEL_LABELS, TPOT_BUCKETS.to_vec()),
             model_requests: counter(&r, "portcullis_gen_ai_requests_total", "Model calls, by route, request and response model, and outcome (ok, status_4xx, status_5xx, upstream_error_event, upstream_reset_mid_stream, upstream_timeout_mid_stream, client_closed).", &MODEL_LABELS_OUTCOME),
+            // By limit name and its key's kinds (`consumer+model`), never the key's values:
+            // those are unbounded.
+            rate_limited: counter(&r, "portcullis_rate_limited_total", "Requests refused (429) by a rate limit or token budget, by limit and the kinds of its key.", &["limit", "key"]),
+            rate_limit_backend_errors: counter(&r, "portcullis_rate_limit_backend_errors_total", "Reservations Redis did not answer in time, by limit and the on_backend_error policy applied (deny, local).", &["limit", "policy"]),
             registry: r,
         }
     }

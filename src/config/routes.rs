@@ -2,6 +2,7 @@
 //! upstream it sends them to, the Host it sends, its limits and its plugin chain.
 
 use super::error::{ConfigError, Source};
+use super::limits::{LimitConfig, LimitKind};
 use super::plugins::PluginConfig;
 use super::resilience::{self, Condition, Conditions};
 use super::section::Section;
@@ -69,6 +70,9 @@ pub(super) struct RawRoute {
     fallback_on: Option<Spanned<Vec<Spanned<Condition>>>>,
     /// `[routes.ai]`: the route serves model APIs (usage accounting; see `config/ai.rs`).
     ai: Option<Spanned<super::ai::RawAi>>,
+    /// `limits = ["consumer-tokens", "model-concurrency"]`: `[[limits]]` names, all applied.
+    #[serde(default)]
+    limits: Vec<Spanned<String>>,
 }
 
 /// One entry of a route's `fallback = [...]`.
@@ -139,6 +143,8 @@ pub struct RouteConfig {
     pub fallback_on: Conditions,
     /// The route serves model APIs.
     pub ai: Option<super::ai::AiConfig>,
+    /// Indices into [`Config::limits`].
+    pub limits: Vec<usize>,
 }
 
 /// An upstream a route falls back to, and the model it is asked for.
@@ -176,6 +182,7 @@ pub(super) fn validate(
     raw: Vec<Spanned<RawRoute>>,
     upstreams: &[UpstreamConfig],
     plugins: &[PluginConfig],
+    limits: &[LimitConfig],
     default_body: u64,
 ) -> Result<Vec<RouteConfig>, ConfigError> {
     let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.len());
@@ -183,7 +190,15 @@ pub(super) fn validate(
         let cx = Section::new(src, format!("routes[{i}]"), r.span());
         let r = r.into_inner();
         let name = cx.name(&r.name, "route", routes.iter().map(|q| q.name.as_str()))?;
-        routes.push(route(&cx, name, r, upstreams, plugins, default_body)?);
+        routes.push(route(
+            &cx,
+            name,
+            r,
+            upstreams,
+            plugins,
+            limits,
+            default_body,
+        )?);
     }
     Ok(routes)
 }
@@ -195,6 +210,7 @@ fn route(
     r: RawRoute,
     upstreams: &[UpstreamConfig],
     plugins: &[PluginConfig],
+    limits: &[LimitConfig],
     default_body: u64,
 ) -> Result<RouteConfig, ConfigError> {
     let path = match (&r.path, &r.path_prefix, &r.path_regex) {
@@ -293,6 +309,7 @@ fn route(
     };
     let route_plugins = plugin_chain(cx, &name, &r.plugins, plugins)?;
     let ai = r.ai.map(|a| super::ai::validate(cx, a)).transpose()?;
+    let limits = route_limits(cx, &r.limits, limits, ai.is_some())?;
     Ok(RouteConfig {
         name,
         position: cx.src.line_col(cx.span.start),
@@ -311,7 +328,47 @@ fn route(
         fallback,
         fallback_on,
         ai,
+        limits,
     })
+}
+
+/// The indices of the limits a route applies; a `tokens` limit needs `[routes.ai]`.
+fn route_limits(
+    cx: &Section<'_>,
+    names: &[Spanned<String>],
+    limits: &[LimitConfig],
+    ai: bool,
+) -> Result<Vec<usize>, ConfigError> {
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let Some(i) = limits.iter().position(|l| l.name == *n.get_ref()) else {
+            let known: Vec<&str> = limits.iter().map(|l| l.name.as_str()).collect();
+            return Err(cx.error(
+                n.span(),
+                "limits",
+                format!("unknown limit `{}` (known: {known:?})", n.get_ref()),
+            ));
+        };
+        if out.contains(&i) {
+            return Err(cx.error(
+                n.span(),
+                "limits",
+                format!("`{}` is named twice", n.get_ref()),
+            ));
+        }
+        if !ai && matches!(limits[i].kind, LimitKind::Tokens { .. }) {
+            return Err(cx.error(
+                n.span(),
+                "limits",
+                format!(
+                    "`{}` counts tokens: the route needs `[routes.ai]`",
+                    n.get_ref()
+                ),
+            ));
+        }
+        out.push(i);
+    }
+    Ok(out)
 }
 
 /// The index of the upstream `value` names, for `key` of route `route`.

@@ -38,6 +38,8 @@ pub struct RequestCtx<'g> {
     pub served_by: Option<HeaderValue>,
     /// The model call this request is (routes with `[routes.ai]`).
     pub ai: Option<crate::ai::Exchange>,
+    /// The reservations the route's `[[limits]]` admitted the request with.
+    pub limits: Option<Box<crate::limits::Admission>>,
     /// The path for the access log (`None`: access logging is off).
     log_path: Option<String>,
 }
@@ -62,6 +64,7 @@ impl<'g> RequestCtx<'g> {
             plugin: None,
             served_by: None,
             ai: None,
+            limits: None,
             log_path: AccessLog::enabled().then(|| req.uri().path().to_string()),
         }
     }

@@ -1,14 +1,37 @@
 //! Phase 4, respond: where a failure becomes its synthetic response (the only place), and
 //! where every response gets its request id, is counted in the route's metrics and takes
 //! the access-log record along (written when its body has been sent), and where a model
-//! call's response gets the meter that reads its usage as it streams.
+//! call's response gets the meter that reads its usage as it streams, and where an admitted
+//! request's limit reservations ride into the body, to be settled when it ends.
 
 use super::body::ResponseBody;
 use super::context::RequestCtx;
 use super::error::ProxyError;
 use super::headers;
 use crate::ai::Meter;
+use crate::limits::Quota;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{header, Response};
+
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{kind}` headers for the most constrained
+/// limit of a kind (`reset`: until the window holds nothing, as `1.5s`).
+pub fn quota_headers(h: &mut HeaderMap, kind: &str, q: &Quota) {
+    let name = |what: &str| HeaderName::try_from(format!("x-ratelimit-{what}-{kind}"));
+    let reset = if q.reset_ms % 1000 == 0 {
+        format!("{}s", q.reset_ms / 1000)
+    } else {
+        format!("{:.3}s", q.reset_ms as f64 / 1000.0)
+    };
+    for (what, value) in [
+        ("limit", HeaderValue::from(q.limit)),
+        ("remaining", HeaderValue::from(q.remaining)),
+        ("reset", HeaderValue::try_from(reset).expect("ASCII")),
+    ] {
+        if let Ok(n) = name(what) {
+            h.insert(n, value);
+        }
+    }
+}
 
 impl RequestCtx<'_> {
     /// The response for a failure; the access log records its code.
@@ -34,6 +57,17 @@ impl RequestCtx<'_> {
             status.as_u16(),
             self.start.elapsed().as_secs_f64(),
         );
+        if let Some(admission) = self.limits.take() {
+            let h = resp.headers_mut();
+            if let Some(q) = &admission.tokens {
+                quota_headers(h, "tokens", q);
+            }
+            if let Some(q) = &admission.requests {
+                quota_headers(h, "requests", q);
+            }
+            resp.body_mut()
+                .set_admission(*admission, status.as_u16() >= 400);
+        }
         if let Some(exchange) = self.ai.take() {
             let meter = Meter::new(exchange, status.as_u16(), resp.headers(), self.start);
             if meter.edits() {
