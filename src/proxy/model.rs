@@ -54,6 +54,12 @@ pub(super) async fn read_call(
         error_event: ai.stream_error_event,
         metrics: route.metrics.models.clone(),
         max_tokens: read.max_tokens,
-        body_len: req.body.buffered.as_ref().map(|b| b.len() as u64),
+        // A body declared empty is known to be empty (it was not read).
+        body_len: req
+            .body
+            .buffered
+            .as_ref()
+            .map(|b| b.len() as u64)
+            .or((declared == Some(0)).then_some(0)),
     }))
 }

@@ -16,21 +16,28 @@ use http::{header, Response};
 /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{kind}` headers for the most constrained
 /// limit of a kind (`reset`: until the window holds nothing, as `1.5s`).
 pub fn quota_headers(h: &mut HeaderMap, kind: &str, q: &Quota) {
-    let name = |what: &str| HeaderName::try_from(format!("x-ratelimit-{what}-{kind}"));
-    let reset = if q.reset_ms % 1000 == 0 {
+    const TOKENS: [HeaderName; 3] = [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ];
+    const REQUESTS: [HeaderName; 3] = [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ];
+    let [limit, remaining, reset] = if kind == "tokens" { TOKENS } else { REQUESTS };
+    let reset_value = if q.reset_ms % 1000 == 0 {
         format!("{}s", q.reset_ms / 1000)
     } else {
         format!("{:.3}s", q.reset_ms as f64 / 1000.0)
     };
-    for (what, value) in [
-        ("limit", HeaderValue::from(q.limit)),
-        ("remaining", HeaderValue::from(q.remaining)),
-        ("reset", HeaderValue::try_from(reset).expect("ASCII")),
-    ] {
-        if let Ok(n) = name(what) {
-            h.insert(n, value);
-        }
-    }
+    h.insert(limit, HeaderValue::from(q.limit));
+    h.insert(remaining, HeaderValue::from(q.remaining));
+    h.insert(
+        reset,
+        HeaderValue::try_from(reset_value).expect("digits, a dot and `s`"),
+    );
 }
 
 impl RequestCtx<'_> {
