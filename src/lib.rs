@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod discovery;
 pub mod hash;
+pub mod limits;
 pub mod live;
 pub mod metrics;
 pub mod normalize;

@@ -5,7 +5,9 @@
 //! side (plugins on a thread of their own), builds the new tables, starts their background
 //! tasks (health checks, discovery) and then stores a new gateway in every slot at once.
 //! Requests in flight keep the `Arc` of the gateway they started on and finish there;
-//! connections are untouched. A config that fails to load changes nothing.
+//! connections are untouched. A config that fails to load changes nothing. Limits whose
+//! definition did not change keep their in-process counters (and an unchanged `[redis]`
+//! its connection) across the reload.
 
 use crate::config::{self, Config, ServerConfig};
 use crate::plugin::PluginSet;
@@ -177,7 +179,8 @@ impl Live {
             upstreams: config.upstreams.len(),
             plugins: config.plugins.len(),
         };
-        Ok((Gateway::new(config, plugins), r))
+        // Limits whose definition is unchanged keep their counters.
+        Ok((Gateway::reloaded(config, plugins, &self.admin.load()), r))
     }
 }
 

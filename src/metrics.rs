@@ -46,6 +46,8 @@ pub struct Metrics {
     pub upgraded_open: IntGaugeVec,
     pub upgraded_closed: IntCounterVec,
     pub upgraded_bytes: IntCounterVec,
+    pub rate_limited: IntCounterVec,
+    pub rate_limit_backend_errors: IntCounterVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -113,6 +115,10 @@ impl Metrics {
             upgraded_open: gauge(&r, "portcullis_upgraded_connections", "Upgraded connections (WebSocket) open, by route.", &["route"]),
             upgraded_closed: counter(&r, "portcullis_upgraded_connections_closed_total", "Upgraded connections closed, by route and who closed them (client, upstream, gateway).", &["route", "closed_by"]),
             upgraded_bytes: counter(&r, "portcullis_upgraded_bytes_total", "Bytes copied through upgraded connections, by route and direction (to_upstream, to_client).", &["route", "direction"]),
+            // By limit name and its key's kinds (`consumer+model`), never the key's values:
+            // those are unbounded.
+            rate_limited: counter(&r, "portcullis_rate_limited_total", "Requests refused (429) by a rate limit or token budget, by limit and the kinds of its key.", &["limit", "key"]),
+            rate_limit_backend_errors: counter(&r, "portcullis_rate_limit_backend_errors_total", "Reservations Redis did not answer in time, by limit and the on_backend_error policy applied (deny, local).", &["limit", "policy"]),
             registry: r,
         }
     }

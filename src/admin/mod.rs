@@ -251,10 +251,47 @@ fn routes_json(gw: &Gateway) -> Value {
                 "upstream": gw.upstreams[r.upstream].name(),
                 "plugins": entry.plugins.iter().map(|p| &*p.plugin.name).collect::<Vec<_>>(),
                 "upgrades": r.upgrades,
+                "limits": entry.limits.list.iter().map(|l| &*l.name).collect::<Vec<_>>(),
             })
         })
         .collect();
     json!({ "routes": routes })
+}
+
+/// Each limit: what it caps, where it counts, how many requests it refused, and what
+/// this gateway's own counters hold (for a Redis limit: only what it counted while Redis
+/// was away).
+fn limits_json(gw: &Gateway) -> Value {
+    use crate::config::{LimitBackend, LimitKind};
+    let limits: Vec<Value> = gw
+        .limits
+        .list
+        .iter()
+        .map(|l| {
+            let (kind, limit, window) = match l.config.kind {
+                LimitKind::Requests { limit, window } => ("requests", limit, Some(window)),
+                LimitKind::Tokens { limit, window, .. } => ("tokens", limit, Some(window)),
+                LimitKind::Concurrent { limit } => ("concurrent", limit, None),
+            };
+            let window_ms = window.map(|w| w.as_millis() as u64);
+            let backend = match l.config.backend {
+                LimitBackend::Local => "local",
+                LimitBackend::Redis => "redis",
+            };
+            json!({
+                "name": &*l.name,
+                "kind": kind,
+                "limit": limit,
+                "window_ms": window_ms,
+                "key": l.key_kind,
+                "backend": backend,
+                "refused": l.refused.get(),
+                "local_keys": l.local.keys(),
+                "local_used": l.local.used_total(window_ms.unwrap_or(1)),
+            })
+        })
+        .collect();
+    Value::Array(limits)
 }
 
 fn plugins_json(live: &Live) -> Value {
@@ -339,7 +376,7 @@ fn stats_json(gw: &Gateway) -> Value {
             })
         })
         .collect();
-    json!({ "routes": routes })
+    json!({ "routes": routes, "limits": limits_json(gw) })
 }
 
 /// Sets the gauges that mirror live state, just before a scrape.

@@ -39,6 +39,10 @@ pub struct Exchange {
     pub error_event: bool,
     /// The route's metrics by model.
     pub metrics: Arc<ModelTable>,
+    /// The request's output cap (`max_tokens` and its other names), if it said.
+    pub max_tokens: Option<u64>,
+    /// The request body's length, when it was read.
+    pub body_len: Option<u64>,
 }
 
 /// How a response body ended.

@@ -72,6 +72,11 @@ struct Fields {
     /// `Some(Null)` when written as `null`: present all the same.
     #[serde(default, deserialize_with = "present")]
     stream_options: Option<serde_json::Value>,
+    /// The output cap, by its name in each API (chat completions, its newer name, the
+    /// responses API; Anthropic's `max_tokens` is required).
+    max_tokens: Option<serde_json::Value>,
+    max_completion_tokens: Option<serde_json::Value>,
+    max_output_tokens: Option<serde_json::Value>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
@@ -83,6 +88,8 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::
 pub struct Read {
     pub model: Option<Box<str>>,
     pub stream: bool,
+    /// The most output tokens the request asks for, if it says.
+    pub max_tokens: Option<u64>,
     /// The body with `stream_options.include_usage = true`, when the gateway adds it.
     pub rewritten: Option<Bytes>,
 }
@@ -109,9 +116,17 @@ pub fn read(body: &[u8], api: Api, op: Operation, include_usage: bool) -> Read {
         (include_usage && api == Api::OpenAi && op.takes_stream_options() && stream && !asked)
             .then(|| ask_for_usage(body, f.stream_options.is_some()))
             .flatten();
+    let max_tokens = [
+        &f.max_completion_tokens,
+        &f.max_tokens,
+        &f.max_output_tokens,
+    ]
+    .into_iter()
+    .find_map(|v| v.as_ref().and_then(|v| v.as_u64()));
     Read {
         model,
         stream,
+        max_tokens,
         rewritten,
     }
 }
@@ -216,6 +231,16 @@ mod tests {
             None
         );
         assert_eq!(rewritten(r#"{"stream":false}"#), None);
+        for (body, want) in [
+            (r#"{"max_tokens":7}"#, Some(7)),
+            (r#"{"max_completion_tokens":9,"max_tokens":7}"#, Some(9)),
+            (r#"{"max_output_tokens":5}"#, Some(5)),
+            (r#"{"max_tokens":-1}"#, None),
+            (r#"{"max_tokens":"7"}"#, None),
+        ] {
+            let r = read(body.as_bytes(), Api::OpenAi, Operation::Chat, true);
+            assert_eq!(r.max_tokens, want, "{body}");
+        }
         assert_eq!(rewritten(r#"{"messages":[]}"#), None);
         assert_eq!(rewritten("not json"), None);
         let r = read(

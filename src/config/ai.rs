@@ -23,6 +23,9 @@ pub(super) struct RawAi {
     /// `max_request_body = "1MiB"`: request bodies up to this size are read for their
     /// `model` (and rewritten for `include_usage`); larger ones stream through unread.
     max_request_body: Option<Spanned<Size>>,
+    /// `default_max_tokens = 4096`: the output tokens a token limit reserves for a request
+    /// that does not say (`max_tokens`, `max_completion_tokens`, `max_output_tokens`).
+    default_max_tokens: Option<Spanned<i64>>,
 }
 
 /// Which API the route's calls speak.
@@ -42,10 +45,14 @@ pub struct AiConfig {
     pub include_usage: bool,
     pub stream_error_event: bool,
     pub max_request_body: u64,
+    pub default_max_tokens: u64,
 }
 
 /// The default `max_request_body`.
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 20;
+
+/// The default `default_max_tokens`.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
 /// The largest `max_request_body`: the body is held in memory while it is read.
 const MAX_REQUEST_BODY: u64 = 64 << 20;
@@ -53,28 +60,35 @@ const MAX_REQUEST_BODY: u64 = 64 << 20;
 pub(super) fn validate(cx: &Section<'_>, raw: Spanned<RawAi>) -> Result<AiConfig, ConfigError> {
     let cx = cx.table("ai", raw.span());
     let raw = raw.into_inner();
-    let api = match raw.api.as_ref().map(|a| (a.get_ref().as_str(), a.span())) {
-        None | Some(("auto", _)) => ApiChoice::Auto,
-        Some(("openai", _)) => ApiChoice::OpenAi,
-        Some(("anthropic", _)) => ApiChoice::Anthropic,
-        Some((other, span)) => {
-            return Err(cx.error(
-                span,
-                "api",
-                format!("unknown api `{other}` (expected \"openai\", \"anthropic\" or \"auto\")"),
-            ))
-        }
-    };
+    let api = cx.choice(
+        &raw.api,
+        "api",
+        "api",
+        &[
+            ("openai", ApiChoice::OpenAi),
+            ("anthropic", ApiChoice::Anthropic),
+            ("auto", ApiChoice::Auto),
+        ],
+        ApiChoice::Auto,
+    )?;
     let max = raw
         .max_request_body
         .map(|s| Spanned::new(s.span(), s.into_inner().0));
     let max_request_body = cx
         .range(&max, "max_request_body", 0..=MAX_REQUEST_BODY)?
         .unwrap_or(DEFAULT_MAX_REQUEST_BODY);
+    let default_max_tokens = cx
+        .range(
+            &raw.default_max_tokens,
+            "default_max_tokens",
+            1..=10_000_000,
+        )?
+        .map_or(DEFAULT_MAX_TOKENS, |n| n as u64);
     Ok(AiConfig {
         api,
         include_usage: raw.include_usage.unwrap_or(true),
         stream_error_event: raw.stream_error_event.unwrap_or(true),
         max_request_body,
+        default_max_tokens,
     })
 }

@@ -2,12 +2,13 @@
 //! runtime [`Config`]. Every error names the file, line, column and key.
 //!
 //! Each section is read and validated by its own file — [`server`], [`upstreams`] (with
-//! [`resilience`] and [`discovery`], one file per source), [`plugins`], [`routes`] —
+//! [`resilience`] and [`discovery`], one file per source), [`plugins`], [`limits`], [`routes`] —
 //! all wording their errors through one [`section::Section`].
 
 mod ai;
 pub mod discovery;
 pub(crate) mod error;
+pub mod limits;
 mod plugins;
 pub mod resilience;
 mod routes;
@@ -19,6 +20,9 @@ mod upstreams;
 pub use ai::{AiConfig, ApiChoice};
 pub use discovery::DiscoveryConfig;
 pub use error::ConfigError;
+pub use limits::{
+    KeyPart, LimitBackend, LimitConfig, LimitKind, OnBackendError, RedisConfig, TokenCount,
+};
 pub use plugins::{OnError, PluginConfig};
 pub use routes::{
     Fallback, HostPolicy, PathMatch, RouteConfig, RoutePlugin, TunnelConfig, FALLBACK_BODY,
@@ -49,6 +53,11 @@ struct RawConfig {
     /// `[[plugins]]`
     #[serde(default)]
     plugins: Vec<Spanned<plugins::RawPlugin>>,
+    /// `[[limits]]`
+    #[serde(default)]
+    limits: Vec<Spanned<limits::RawLimit>>,
+    /// `[redis]`: where limits with `backend = "redis"` count.
+    redis: Option<Spanned<limits::RawRedis>>,
 }
 
 #[derive(Clone, Debug)]
@@ -62,6 +71,8 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     pub routes: Vec<RouteConfig>,
     pub plugins: Vec<PluginConfig>,
+    pub limits: Vec<LimitConfig>,
+    pub redis: Option<RedisConfig>,
 }
 
 /// Reads, parses and validates a config file.
@@ -87,7 +98,8 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
     let (server, default_body) = server::validate(src, raw.server)?;
     let upstreams = upstreams::validate(src, raw.upstreams)?;
     let plugins = plugins::validate(src, raw.plugins)?;
-    let routes = routes::validate(src, raw.routes, &upstreams, &plugins, default_body)?;
+    let (limits, redis) = limits::validate(src, raw.limits, raw.redis)?;
+    let routes = routes::validate(src, raw.routes, &upstreams, &plugins, &limits, default_body)?;
     Ok(Config {
         source: src.file.to_path_buf(),
         hash: crate::hash::hash_bytes(src.text.as_bytes()),
@@ -96,6 +108,8 @@ fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
         upstreams,
         routes,
         plugins,
+        limits,
+        redis,
     })
 }
 

@@ -3,6 +3,7 @@
 //! upgrades (WebSocket) it forwards with their bounds (`upgrades`, `[routes.tunnel]`).
 
 use super::error::{ConfigError, Source};
+use super::limits::{LimitConfig, LimitKind};
 use super::plugins::PluginConfig;
 use super::resilience::{self, Condition, Conditions};
 use super::section::Section;
@@ -79,6 +80,9 @@ pub(super) struct RawRoute {
     upgrades: Option<Spanned<Vec<Spanned<String>>>>,
     /// `[routes.tunnel]`: the bounds of this route's upgraded connections.
     tunnel: Option<Spanned<RawTunnel>>,
+    /// `limits = ["consumer-tokens", "model-concurrency"]`: `[[limits]]` names, all applied.
+    #[serde(default)]
+    limits: Vec<Spanned<String>>,
 }
 
 /// One entry of a route's `fallback = [...]`.
@@ -167,6 +171,8 @@ pub struct RouteConfig {
     /// The `Upgrade` protocols forwarded as upgrades, lowercase (`websocket`).
     pub upgrades: Vec<String>,
     pub tunnel: TunnelConfig,
+    /// Indices into [`Config::limits`].
+    pub limits: Vec<usize>,
 }
 
 /// The bounds of a route's upgraded connections (`[routes.tunnel]`).
@@ -236,6 +242,7 @@ pub(super) fn validate(
     raw: Vec<Spanned<RawRoute>>,
     upstreams: &[UpstreamConfig],
     plugins: &[PluginConfig],
+    limits: &[LimitConfig],
     default_body: u64,
 ) -> Result<Vec<RouteConfig>, ConfigError> {
     let mut routes: Vec<RouteConfig> = Vec::with_capacity(raw.len());
@@ -243,7 +250,15 @@ pub(super) fn validate(
         let cx = Section::new(src, format!("routes[{i}]"), r.span());
         let r = r.into_inner();
         let name = cx.name(&r.name, "route", routes.iter().map(|q| q.name.as_str()))?;
-        routes.push(route(&cx, name, r, upstreams, plugins, default_body)?);
+        routes.push(route(
+            &cx,
+            name,
+            r,
+            upstreams,
+            plugins,
+            limits,
+            default_body,
+        )?);
     }
     Ok(routes)
 }
@@ -255,6 +270,7 @@ fn route(
     r: RawRoute,
     upstreams: &[UpstreamConfig],
     plugins: &[PluginConfig],
+    limits: &[LimitConfig],
     default_body: u64,
 ) -> Result<RouteConfig, ConfigError> {
     let path = match (&r.path, &r.path_prefix, &r.path_regex) {
@@ -364,6 +380,7 @@ fn route(
         None => TunnelConfig::default(),
         Some(t) => tunnel(&cx.table("tunnel", t.span()), t.get_ref())?,
     };
+    let limits = route_limits(cx, &r.limits, limits, ai.is_some())?;
     Ok(RouteConfig {
         name,
         position: cx.src.line_col(cx.span.start),
@@ -385,6 +402,7 @@ fn route(
         ai,
         upgrades,
         tunnel,
+        limits,
     })
 }
 
@@ -441,6 +459,45 @@ fn tunnel(cx: &Section<'_>, t: &RawTunnel) -> Result<TunnelConfig, ConfigError> 
             .between(&t.max_connections, "max_connections", 1..=10_000_000)?
             .unwrap_or(d.max_connections),
     })
+}
+
+/// The indices of the limits a route applies; a `tokens` limit needs `[routes.ai]`.
+fn route_limits(
+    cx: &Section<'_>,
+    names: &[Spanned<String>],
+    limits: &[LimitConfig],
+    ai: bool,
+) -> Result<Vec<usize>, ConfigError> {
+    let mut out = Vec::with_capacity(names.len());
+    for n in names {
+        let Some(i) = limits.iter().position(|l| l.name == *n.get_ref()) else {
+            let known: Vec<&str> = limits.iter().map(|l| l.name.as_str()).collect();
+            return Err(cx.error(
+                n.span(),
+                "limits",
+                format!("unknown limit `{}` (known: {known:?})", n.get_ref()),
+            ));
+        };
+        if out.contains(&i) {
+            return Err(cx.error(
+                n.span(),
+                "limits",
+                format!("`{}` is named twice", n.get_ref()),
+            ));
+        }
+        if !ai && matches!(limits[i].kind, LimitKind::Tokens { .. }) {
+            return Err(cx.error(
+                n.span(),
+                "limits",
+                format!(
+                    "`{}` counts tokens: the route needs `[routes.ai]`",
+                    n.get_ref()
+                ),
+            ));
+        }
+        out.push(i);
+    }
+    Ok(out)
 }
 
 /// The index of the upstream `value` names, for `key` of route `route`.

@@ -123,6 +123,33 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// The value among `choices` that `v` names (`default` when absent); otherwise
+    /// "unknown WHAT `V` (expected "a", "b" or "c")" at `v`.
+    pub fn choice<T: Copy>(
+        &self,
+        v: &Option<Spanned<String>>,
+        key: &str,
+        what: &str,
+        choices: &[(&str, T)],
+        default: T,
+    ) -> Result<T, ConfigError> {
+        let Some(v) = v else { return Ok(default) };
+        if let Some((_, t)) = choices.iter().find(|(name, _)| *name == v.get_ref()) {
+            return Ok(*t);
+        }
+        let names: Vec<String> = choices.iter().map(|(n, _)| format!("\"{n}\"")).collect();
+        let expected = match names.split_last() {
+            Some((last, [])) => last.clone(),
+            Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+            None => String::new(),
+        };
+        Err(self.error(
+            v.span(),
+            key,
+            format!("unknown {what} `{}` (expected {expected})", v.get_ref()),
+        ))
+    }
+
     fn within<T: PartialOrd + Copy>(
         &self,
         v: &Option<Spanned<T>>,

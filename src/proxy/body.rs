@@ -2,11 +2,13 @@
 //! through untouched (with the upstream's `idle_timeout` between frames), that writes the
 //! access-log line once it has been sent — or, for a switched protocol (101), hands the
 //! access-log record to the connection's tunnel, which writes it when it closes. A model
-//! call's body carries its `ai::Meter`, which reads the usage as the bytes pass. (Request
-//! bodies going upstream are in `upstream::body`.)
+//! call's body carries its `ai::Meter`, which reads the usage as the bytes pass, and an
+//! admitted request's limit reservations, settled with that usage when the body ends.
+//! (Request bodies going upstream are in `upstream::body`.)
 
 use super::access_log::AccessLog;
 use crate::ai::{End, Meter};
+use crate::limits::{Admission, Outcome};
 use crate::upstream::ActiveGuard;
 use crate::BoxError;
 use bytes::Bytes;
@@ -61,6 +63,9 @@ pin_project! {
         route: Option<Arc<str>>,
         // A model call's meter.
         meter: Option<Box<Meter>>,
+        // The request's limit reservations, settled with the call's usage when it ends
+        // (`.1`: the response is an error, so unreported usage is refunded).
+        admission: Option<Box<(Admission, bool)>>,
         // Trailers that wait for the bytes the meter held to be sent first.
         trailers: Option<Box<http::HeaderMap>>,
         // The failure to report once its error event has been handed to the connection
@@ -75,12 +80,8 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let complete = this.ended || this.is_end_stream();
             let this = this.project();
-            if let Some(meter) = this.meter.as_mut() {
-                let call = meter.finish(if complete { End::Complete } else { End::ClientGone });
-                if let Some(log) = this.log.as_mut() {
-                    log.call = Some(call);
-                }
-            }
+            let end = if complete { End::Complete } else { End::ClientGone };
+            finish_call(this.meter, this.log, this.admission, end);
             if let Some(log) = this.log.take() {
                 log.emit(*this.bytes, None);
             }
@@ -137,6 +138,7 @@ impl ResponseBody {
             bytes: 0,
             route,
             meter: None,
+            admission: None,
             trailers: None,
             failing: None,
             ended: false,
@@ -177,6 +179,33 @@ impl ResponseBody {
     pub fn set_meter(&mut self, meter: Box<Meter>) {
         self.meter = Some(meter);
     }
+
+    /// Settles `admission` when the body ends; `error`: the response is an error.
+    pub fn set_admission(&mut self, admission: Admission, error: bool) {
+        self.admission = Some(Box::new((admission, error)));
+    }
+}
+
+/// The call ended: its meter (if any) records it in the metrics and the access log, and
+/// the request's reservations (if any) are settled with the usage it reported.
+fn finish_call(
+    meter: &mut Option<Box<Meter>>,
+    log: &mut Option<Box<AccessLog>>,
+    admission: &mut Option<Box<(Admission, bool)>>,
+    end: End,
+) {
+    let mut usage = (None, None);
+    if let Some(mut m) = meter.take() {
+        let call = m.finish(end);
+        usage = (call.input_tokens, call.output_tokens);
+        if let Some(log) = log.as_mut() {
+            log.call = Some(call);
+        }
+    }
+    if let Some(a) = admission.take() {
+        let (admission, error) = *a;
+        admission.settle(Outcome::new(usage.0, usage.1, error));
+    }
 }
 
 impl<'a> ResponseBodyProj<'a> {
@@ -198,14 +227,11 @@ impl<'a> ResponseBodyProj<'a> {
             log.error = Some(code);
         }
         let Some(meter) = self.meter.as_mut() else {
+            finish_call(self.meter, self.log, self.admission, End::Failed(code));
             return Poll::Ready(Some(Err(e)));
         };
         let event = meter.error_event(code, &format!("the upstream failed mid-stream: {e}"));
-        let call = meter.finish(End::Failed(code));
-        if let Some(log) = self.log.as_mut() {
-            log.call = Some(call);
-        }
-        *self.meter = None;
+        finish_call(self.meter, self.log, self.admission, End::Failed(code));
         match event {
             Some(event) => {
                 *self.bytes += event.len() as u64;
@@ -242,13 +268,7 @@ impl Body for ResponseBody {
             return Poll::Ready(Some(Ok(Frame::trailers(*t))));
         }
         if *this.ended {
-            if let Some(meter) = this.meter.as_mut() {
-                let call = meter.finish(End::Complete);
-                if let Some(log) = this.log.as_mut() {
-                    log.call = Some(call);
-                }
-                *this.meter = None;
-            }
+            finish_call(this.meter, this.log, this.admission, End::Complete);
             return Poll::Ready(None);
         }
         loop {
@@ -303,13 +323,7 @@ impl Body for ResponseBody {
                         *this.bytes += held.len() as u64;
                         return Poll::Ready(Some(Ok(Frame::data(held))));
                     }
-                    if let Some(meter) = this.meter.as_mut() {
-                        let call = meter.finish(End::Complete);
-                        if let Some(log) = this.log.as_mut() {
-                            log.call = Some(call);
-                        }
-                        *this.meter = None;
-                    }
+                    finish_call(this.meter, this.log, this.admission, End::Complete);
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(e))) => return this.fail(e, "upstream_reset_mid_stream"),

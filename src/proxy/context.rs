@@ -40,6 +40,8 @@ pub struct RequestCtx<'g> {
     pub ai: Option<crate::ai::Exchange>,
     /// The upgrade the client asked for, until `forward` takes it.
     pub upgrade: Option<super::upgrade::Requested>,
+    /// The reservations the route's `[[limits]]` admitted the request with.
+    pub limits: Option<Box<crate::limits::Admission>>,
     /// The path for the access log (`None`: access logging is off).
     log_path: Option<String>,
 }
@@ -65,6 +67,7 @@ impl<'g> RequestCtx<'g> {
             served_by: None,
             ai: None,
             upgrade: None,
+            limits: None,
             log_path: AccessLog::enabled().then(|| req.uri().path().to_string()),
         }
     }

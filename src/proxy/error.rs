@@ -3,10 +3,12 @@
 //! with the same shape, through [`json_error`]).
 
 use super::body::ResponseBody;
+use crate::ai::Api;
 use crate::normalize::NormalizeError;
 use crate::upstream::call::CallError;
 use crate::upstream::classify::{ClientBodyFault, TryError};
 use http::{header, HeaderValue, Response, StatusCode};
+use std::sync::Arc;
 
 /// nginx's "client closed request": the client left before the gateway could answer; it
 /// is what the access log and metrics record.
@@ -75,6 +77,33 @@ pub enum ProxyError {
     /// answered an HTTP/2 WebSocket handshake with a 2xx other than 101.
     #[error("{0}")]
     BadUpgrade(&'static str),
+    /// A `[[limits]]` limit has no room for the request (429 in its API's shape).
+    #[error("{}", limit_message(.0))]
+    LimitExceeded(Box<(crate::limits::Refusal, Option<Api>)>),
+    /// A limit counted in Redis, which did not answer; its policy is `deny`.
+    #[error("rate limit `{0}` cannot be checked: its backend is unavailable")]
+    LimitBackendDown(Arc<str>),
+}
+
+fn limit_message((r, _): &(crate::limits::Refusal, Option<Api>)) -> String {
+    match r.retry_after {
+        Some(after) => format!(
+            "rate limit `{}` reached ({} {}); retry after {} s",
+            r.limit,
+            r.quota.limit,
+            r.what,
+            retry_secs(after)
+        ),
+        None => format!(
+            "the request is more than rate limit `{}` allows at once ({} {})",
+            r.limit, r.quota.limit, r.what
+        ),
+    }
+}
+
+/// Whole seconds, rounded up, at least 1 (`Retry-After`).
+fn retry_secs(d: std::time::Duration) -> u64 {
+    d.as_secs_f64().ceil().max(1.0) as u64
 }
 
 impl From<ClientBodyFault> for ProxyError {
@@ -120,10 +149,13 @@ impl ProxyError {
             ProxyError::ConnectFailed(_) | ProxyError::Upstream(_) => StatusCode::BAD_GATEWAY,
             ProxyError::ConnectTimeout | ProxyError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::PluginFailed(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ProxyError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             ProxyError::UpgradeNotAllowed(_) => StatusCode::FORBIDDEN,
             ProxyError::TooManyUpgrades => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::BadUpgrade(_) => StatusCode::BAD_GATEWAY,
+            ProxyError::RateLimited(_) | ProxyError::LimitExceeded(_) => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ProxyError::LimitBackendDown(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -150,11 +182,16 @@ impl ProxyError {
             ProxyError::UpgradeNotAllowed(_) => "upgrade_not_allowed",
             ProxyError::TooManyUpgrades => "too_many_upgraded_connections",
             ProxyError::BadUpgrade(_) => "upstream_bad_upgrade",
+            ProxyError::LimitExceeded(_) => "rate_limit_exceeded",
+            ProxyError::LimitBackendDown(_) => "rate_limit_backend_unavailable",
         }
     }
 
     /// The synthetic response for this error.
     pub fn to_response(&self, request_id: &HeaderValue) -> Response<ResponseBody> {
+        if let ProxyError::LimitExceeded(r) = self {
+            return limit_response(&r.0, r.1, &self.to_string(), request_id);
+        }
         let mut resp = json_error(
             self.status(),
             self.code(),
@@ -184,6 +221,52 @@ impl ProxyError {
         }
         resp
     }
+}
+
+/// A limit's 429: in the shape of the route's API (OpenAI's `rate_limit_exceeded`,
+/// Anthropic's `rate_limit_error`), else the gateway's own; `Retry-After` in whole
+/// seconds and the refused limit's `x-ratelimit-*` headers.
+fn limit_response(
+    r: &crate::limits::Refusal,
+    api: Option<Api>,
+    message: &str,
+    request_id: &HeaderValue,
+) -> Response<ResponseBody> {
+    let status = StatusCode::TOO_MANY_REQUESTS;
+    let mut resp = match api {
+        Some(api) => {
+            let body = match api {
+                Api::OpenAi => serde_json::json!({"error": {
+                    "message": message,
+                    "type": r.what,
+                    "param": null,
+                    "code": "rate_limit_exceeded",
+                }}),
+                Api::Anthropic => serde_json::json!({
+                    "type": "error",
+                    "error": {"type": "rate_limit_error", "message": message},
+                }),
+            };
+            let mut resp = Response::new(ResponseBody::full(body.to_string().into()));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
+        None => json_error(status, "rate_limit_exceeded", message, Some(request_id)),
+    };
+    let h = resp.headers_mut();
+    h.insert(super::headers::X_REQUEST_ID, request_id.clone());
+    let after = r.retry_after.unwrap_or(std::time::Duration::from_secs(60));
+    h.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(after)));
+    match r.what {
+        "tokens" => super::respond::quota_headers(h, "tokens", &r.quota),
+        "requests" => super::respond::quota_headers(h, "requests", &r.quota),
+        _ => {}
+    }
+    resp
 }
 
 /// The error shape of every response the gateway makes itself, proxy and admin alike:

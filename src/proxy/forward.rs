@@ -31,6 +31,9 @@ impl Gateway {
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         ctx.ai = super::model::read_call(route, &mut req).await?;
+        if !route.limits.is_empty() {
+            admit(route, &req, ctx).await?;
+        }
         if route.config.fallback.is_empty() {
             self.forward_to(route, self.upstream(route), req, ctx).await
         } else {
@@ -147,6 +150,50 @@ impl Gateway {
                 .request_timeout
                 .unwrap_or(upstream.config.request_timeout),
         })
+    }
+}
+
+/// Reserves the request's estimated cost under its route's limits (`limits/`), or
+/// refuses it; the reservations wait in `ctx.limits` to ride in the response body.
+async fn admit(
+    route: &RouteEntry,
+    req: &ClientRequest,
+    ctx: &mut RequestCtx<'_>,
+) -> Result<(), ProxyError> {
+    use crate::limits::{self, Denied, Facts};
+    let (input, output, model, api) = match &ctx.ai {
+        Some(x) => {
+            let ai = route.config.ai.as_ref();
+            let body = x
+                .body_len
+                .unwrap_or_else(|| ai.map_or(0, |a| a.max_request_body));
+            (
+                body.div_ceil(4),
+                x.max_tokens
+                    .unwrap_or_else(|| ai.map_or(0, |a| a.default_max_tokens)),
+                x.request_model.as_deref(),
+                Some(x.api),
+            )
+        }
+        None => (0, 0, None, None),
+    };
+    let facts = Facts {
+        consumer: ctx.consumer.as_deref(),
+        route: &route.name,
+        model,
+        client: ctx.client.addr.ip(),
+        headers: &req.head.headers,
+        input,
+        output,
+        request_id: ctx.request_id.to_str().unwrap_or(""),
+    };
+    match limits::admit(&route.limits, &facts).await {
+        Ok(a) => {
+            ctx.limits = Some(Box::new(a));
+            Ok(())
+        }
+        Err(Denied::Limited(r)) => Err(ProxyError::LimitExceeded(Box::new((r, api)))),
+        Err(Denied::BackendDown(limit)) => Err(ProxyError::LimitBackendDown(limit)),
     }
 }
 

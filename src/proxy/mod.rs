@@ -47,6 +47,8 @@ pub struct RouteEntry {
     pub metrics: RouteMetrics,
     /// The route's plugins, in order.
     pub plugins: Vec<Arc<Bound>>,
+    /// The `[[limits]]` the route applies (empty: the request path skips admission).
+    pub limits: crate::limits::RouteLimits,
 }
 
 impl RouteEntry {
@@ -73,6 +75,8 @@ pub struct Tables {
     pub config_hash: u64,
     pub router: Router<RouteEntry>,
     pub upstreams: Vec<Arc<Upstream>>,
+    /// Every `[[limits]]` definition with its counters.
+    pub limits: crate::limits::Limits,
     /// Counts requests no route took (404, 405, 400).
     unrouted: RouteMetrics,
 }
@@ -109,6 +113,17 @@ impl std::ops::Deref for Gateway {
 
 impl Gateway {
     pub fn new(config: Config, plugins: PluginSet) -> Self {
+        Self::build(config, plugins, None)
+    }
+
+    /// The gateway of a reloaded config: limits whose definition did not change keep the
+    /// counters they have in `previous` (and an unchanged `[redis]` its connection).
+    pub fn reloaded(config: Config, plugins: PluginSet, previous: &Tables) -> Self {
+        Self::build(config, plugins, Some(&previous.limits))
+    }
+
+    fn build(config: Config, plugins: PluginSet, previous: Option<&crate::limits::Limits>) -> Self {
+        let limits = crate::limits::Limits::build(&config.limits, config.redis.as_ref(), previous);
         let upstreams = config
             .upstreams
             .into_iter()
@@ -123,6 +138,7 @@ impl Gateway {
                 index,
                 name: Arc::from(config.name.as_str()),
                 metrics: RouteMetrics::new(&config.name),
+                limits: limits.for_route(&config.limits),
                 config,
                 plugins,
             })
@@ -133,6 +149,7 @@ impl Gateway {
             server: config.server,
             router: Router::new(routes),
             upstreams,
+            limits,
             unrouted: RouteMetrics::new(""),
         });
         Self::with_tables(tables)

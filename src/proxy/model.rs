@@ -2,7 +2,9 @@
 //! request is forwarded, the API and operation its path names and its `model` are read,
 //! and `stream_options.include_usage` is added where the route asks. The body is read
 //! only when plugins already buffered it or it declares a length within the route's
-//! `ai.max_request_body`; a larger or undeclared (chunked) body streams through unread.
+//! `ai.max_request_body`; a larger or undeclared (chunked) body streams through unread
+//! — except on a route with a token limit, which reads every body up to that size (413
+//! beyond) to estimate the tokens it reserves.
 
 use super::context::ClientRequest;
 use super::error::ProxyError;
@@ -24,7 +26,10 @@ pub(super) async fn read_call(
     };
     let cap = ai.max_request_body.min(route.config.max_body_size);
     let declared = req.body.stream.as_ref().and_then(|b| b.size_hint().exact());
-    if req.body.buffered.is_none() && declared.is_some_and(|n| n > 0 && n <= cap) {
+    // A route with a token limit reads every body (a chunked one too, 413 past the cap):
+    // the reservation is estimated from it.
+    let must_read = route.limits.counts_tokens() && declared != Some(0);
+    if req.body.buffered.is_none() && (must_read || declared.is_some_and(|n| n > 0 && n <= cap)) {
         req.body.buffer(cap).await?;
     }
     let read = req
@@ -48,5 +53,13 @@ pub(super) async fn read_call(
         injected,
         error_event: ai.stream_error_event,
         metrics: route.metrics.models.clone(),
+        max_tokens: read.max_tokens,
+        // A body declared empty is known to be empty (it was not read).
+        body_len: req
+            .body
+            .buffered
+            .as_ref()
+            .map(|b| b.len() as u64)
+            .or((declared == Some(0)).then_some(0)),
     }))
 }

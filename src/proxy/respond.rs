@@ -1,14 +1,44 @@
 //! Phase 4, respond: where a failure becomes its synthetic response (the only place), and
 //! where every response gets its request id, is counted in the route's metrics and takes
 //! the access-log record along (written when its body has been sent), and where a model
-//! call's response gets the meter that reads its usage as it streams.
+//! call's response gets the meter that reads its usage as it streams, and where an admitted
+//! request's limit reservations ride into the body, to be settled when it ends.
 
 use super::body::ResponseBody;
 use super::context::RequestCtx;
 use super::error::ProxyError;
 use super::headers;
 use crate::ai::Meter;
+use crate::limits::Quota;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{header, Response};
+
+/// OpenAI's `x-ratelimit-{limit,remaining,reset}-{kind}` headers for the most constrained
+/// limit of a kind (`reset`: until the window holds nothing, as `1.5s`).
+pub fn quota_headers(h: &mut HeaderMap, kind: &str, q: &Quota) {
+    const TOKENS: [HeaderName; 3] = [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ];
+    const REQUESTS: [HeaderName; 3] = [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ];
+    let [limit, remaining, reset] = if kind == "tokens" { TOKENS } else { REQUESTS };
+    let reset_value = if q.reset_ms % 1000 == 0 {
+        format!("{}s", q.reset_ms / 1000)
+    } else {
+        format!("{:.3}s", q.reset_ms as f64 / 1000.0)
+    };
+    h.insert(limit, HeaderValue::from(q.limit));
+    h.insert(remaining, HeaderValue::from(q.remaining));
+    h.insert(
+        reset,
+        HeaderValue::try_from(reset_value).expect("digits, a dot and `s`"),
+    );
+}
 
 impl RequestCtx<'_> {
     /// The response for a failure; the access log records its code.
@@ -34,6 +64,17 @@ impl RequestCtx<'_> {
             status.as_u16(),
             self.start.elapsed().as_secs_f64(),
         );
+        if let Some(admission) = self.limits.take() {
+            let h = resp.headers_mut();
+            if let Some(q) = &admission.tokens {
+                quota_headers(h, "tokens", q);
+            }
+            if let Some(q) = &admission.requests {
+                quota_headers(h, "requests", q);
+            }
+            resp.body_mut()
+                .set_admission(*admission, status.as_u16() >= 400);
+        }
         if let Some(exchange) = self.ai.take() {
             let meter = Meter::new(exchange, status.as_u16(), resp.headers(), self.start);
             if meter.edits() {

@@ -517,3 +517,111 @@ fn upgrades_and_tunnel_bounds() {
     ));
     assert!(ok, "{out}");
 }
+
+#[test]
+fn limit_definitions_are_validated() {
+    // BASE has 11 lines; `[[limits]]` is line 12, `name` line 13, the rest from line 14.
+    let with = |limit: &str| format!("{BASE}[[limits]]\nname = \"l\"\n{limit}\n");
+    rejects(
+        &with("tokens = 100\nwindow = \"1m\"\nkey = [\"consumer\", \"tenant\"]"),
+        16,
+        20,
+        "limits[0].key",
+        "unknown key kind `tenant` (expected \"consumer\", \"route\", \"model\", \"client_address\" or \"header:NAME\")",
+    );
+    rejects(
+        &with("tokens = -5\nwindow = \"1m\""),
+        14,
+        10,
+        "limits[0].tokens",
+        "must be more than 0",
+    );
+    rejects(
+        &with("requests = 0\nwindow = \"1m\""),
+        14,
+        12,
+        "limits[0].requests",
+        "must be more than 0",
+    );
+    rejects(
+        &with("concurrent = 4\nwindow = \"1m\""),
+        15,
+        10,
+        "limits[0].window",
+        "a `concurrent` limit has no window",
+    );
+    rejects(
+        &with("requests = 5"),
+        12,
+        1,
+        "limits[0].window",
+        "a `requests` or `tokens` limit needs `window`",
+    );
+    rejects(
+        &with("requests = 5\ntokens = 5\nwindow = \"1m\""),
+        12,
+        1,
+        "limits[0].requests",
+        "needs exactly one of `requests`, `tokens` or `concurrent`",
+    );
+    rejects(
+        &with("requests = 5\nwindow = \"1m\"\nbackend = \"redis\""),
+        16,
+        11,
+        "limits[0].backend",
+        "`redis` needs a `[redis]` table",
+    );
+    rejects(
+        &with("requests = 5\nwindow = \"1m\"\nsize = 3"),
+        16,
+        1,
+        "limits.size",
+        "unknown field `size`",
+    );
+    // A route names an unknown limit, or a token limit without `[routes.ai]`.
+    let routed = |names: &str, limit: &str| {
+        BASE.replace(
+            "upstream = \"chat\"\n",
+            &format!("upstream = \"chat\"\nlimits = {names}\n"),
+        ) + &format!("[[limits]]\nname = \"l\"\n{limit}\n")
+    };
+    rejects(
+        &routed("[\"nope\"]", "requests = 5\nwindow = \"1m\""),
+        12,
+        11,
+        "routes[0].limits",
+        "unknown limit `nope`",
+    );
+    rejects(
+        &routed("[\"l\"]", "tokens = 5\nwindow = \"1m\""),
+        12,
+        11,
+        "routes[0].limits",
+        "`l` counts tokens: the route needs `[routes.ai]`",
+    );
+    // Every key kind, both backends, a route applying two limits: valid.
+    let valid = BASE.replace(
+        "upstream = \"chat\"\n",
+        "upstream = \"chat\"\nlimits = [\"t\", \"c\"]\n\n[routes.ai]\ndefault_max_tokens = 100\n",
+    ) + r#"
+[redis]
+url = "redis://127.0.0.1:1"
+timeout = "50ms"
+
+[[limits]]
+name = "t"
+tokens = 5
+window = "1m"
+count = "output"
+key = ["consumer", "route", "model", "client_address", "header:x-tenant"]
+backend = "redis"
+on_backend_error = "local"
+
+[[limits]]
+name = "c"
+concurrent = 2
+key = ["model"]
+"#;
+    let (ok, out, _) = validate(&valid);
+    assert!(ok, "{out}");
+}

@@ -22,6 +22,7 @@ mod observability;
 mod plugins;
 mod polyglot;
 mod proxy;
+mod rate_limits;
 mod resilience;
 mod scaffold;
 mod streaming;

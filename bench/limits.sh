@@ -1,0 +1,175 @@
+#!/usr/bin/env bash
+# bench/limits.sh — what a per-consumer token limit costs: req/s and p99 of one gateway
+# over three model routes in front of the same fast upstream (nginx):
+#   plain  — `[routes.ai]`, no limits;
+#   local  — the same with a per-consumer token limit counted in-process;
+#   redis  — the same with the limit counted in a private `redis-server`.
+# The budget is far above what the run uses, so every request is admitted and the cost
+# measured is the reservation and settlement alone. No auth plugin runs (it would cost the
+# same on every route), so every request is the same (empty) consumer: one hot key, the
+# worst case for contention.
+#
+# Runs wrk against [plain, local, redis], interleaved, ROUNDS times, and prints per route
+# the median req/s and p99, the ratios local/plain and redis/plain, the added p99 (ms),
+# and Redis round trips per request (EVALSHA calls from `INFO commandstats` / requests).
+#
+# Usage: bash bench/limits.sh
+#        PORTCULLIS_BIN=target/debug/portcullis DURATION=3s ROUNDS=1 bash bench/limits.sh
+# Env: DURATION [10s], ROUNDS [3], CONNECTIONS [64], THREADS [2],
+#      PORTCULLIS_BIN [target/release/portcullis; built with cargo build --release when
+#      that default is missing]. Raw outputs go to bench/out/limits-<stamp>/.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNECTIONS=${CONNECTIONS:-64}
+THREADS=${THREADS:-2}
+DEFAULT_BIN=target/release/portcullis
+BIN=${PORTCULLIS_BIN:-$DEFAULT_BIN}
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+die() { echo "limits.sh: error: $*" >&2; exit 1; }
+log() { echo "==> $*"; }
+
+need_apt=()
+command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
+command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
+if (( ${#need_apt[@]} )); then
+  log "installing ${need_apt[*]} (apt-get)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  service redis-server stop >/dev/null 2>&1 || true
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [[ ! -x $BIN ]]; then
+  [[ $BIN == "$DEFAULT_BIN" ]] && { log "building Portcullis (cargo build --release)"; cargo build --release; }
+  [[ -x $BIN ]] || die "Portcullis binary '$BIN' not found"
+fi
+
+OUT="$ROOT/bench/out/limits-$(date -u +%Y%m%dT%H%M%SZ)"
+mkdir -p "$OUT"
+TMP=$(mktemp -d /tmp/portcullis-limits.XXXXXX)
+chmod 755 "$TMP"
+PIDS=()
+cleanup() {
+  local rc=$? p
+  trap - EXIT INT TERM
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  cp "$TMP"/*.conf "$TMP"/*.toml "$TMP"/*.log "$OUT"/ 2>/dev/null || true
+  rm -rf "$TMP"
+  exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+read -r UP_PORT PC_PORT RD_PORT < <(python3 -c '
+import socket
+s = [socket.socket() for _ in range(3)]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))')
+
+wait_port() {
+  local port=$1 i
+  for ((i = 0; i < 100; i++)); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  die "nothing listens on 127.0.0.1:$port after 10 s (logs in $OUT)"
+}
+
+cat >"$TMP/upstream.conf" <<CONF
+worker_processes 1;
+pid $TMP/upstream.pid;
+error_log $TMP/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/b; proxy_temp_path $TMP/p; fastcgi_temp_path $TMP/f;
+    uwsgi_temp_path $TMP/u; scgi_temp_path $TMP/s;
+    server {
+        listen 127.0.0.1:$UP_PORT;
+        location / {
+            default_type application/json;
+            return 200 '{"model":"m","usage":{"prompt_tokens":10,"completion_tokens":20}}';
+        }
+    }
+}
+CONF
+"$NGINX" -p "$TMP/" -c "$TMP/upstream.conf" -g 'daemon off;' >"$TMP/upstream.log" 2>&1 &
+PIDS+=("$!")
+redis-server --port "$RD_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
+  >"$TMP/redis.log" 2>&1 &
+PIDS+=("$!")
+
+route() { # NAME LIMITS
+  printf '[[routes]]\nname = "%s"\npath_prefix = "/%s"\nstrip_prefix = true\nupstream = "up"\nlimits = %s\n\n[routes.ai]\n\n' "$1" "$1" "$2"
+}
+{
+  printf '[server]\nlisten = "127.0.0.1:%s"\n\n' "$PC_PORT"
+  printf '[redis]\nurl = "redis://127.0.0.1:%s"\ntimeout = "100ms"\n\n' "$RD_PORT"
+  printf '[[upstreams]]\nname = "up"\ntargets = [{ address = "127.0.0.1:%s" }]\n\n' "$UP_PORT"
+  route plain '[]'
+  route local '["local"]'
+  route redis '["redis"]'
+  printf '[[limits]]\nname = "local"\ntokens = 1000000000000\nwindow = "1m"\nkey = ["consumer"]\n\n'
+  printf '[[limits]]\nname = "redis"\ntokens = 1000000000000\nwindow = "1m"\nkey = ["consumer"]\nbackend = "redis"\n'
+} >"$TMP/portcullis.toml"
+wait_port "$UP_PORT"
+wait_port "$RD_PORT"
+"$BIN" run --config "$TMP/portcullis.toml" --log-level warn >"$TMP/portcullis.log" 2>&1 &
+PIDS+=("$!")
+wait_port "$PC_PORT"
+for r in plain local redis; do
+  code=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PC_PORT/$r/v1/chat/completions")
+  [[ $code == 200 ]] || die "/$r answered $code"
+done
+
+evalsha_calls() {
+  redis-cli -p "$RD_PORT" info commandstats | tr -d '\r' |
+    sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),.*/\1/p' | awk '{s+=$1} END {print s+0}'
+}
+
+# run ROUTE ROUND: one wrk run; writes req/s, requests and p99 (ms) to $TMP/ROUTE.results
+run() {
+  local r=$1 n=$2 f="$OUT/wrk-$1-$2.txt" before after
+  before=$(evalsha_calls)
+  wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
+    "http://127.0.0.1:$PC_PORT/$r/v1/chat/completions" >"$f"
+  after=$(evalsha_calls)
+  python3 - "$f" "$r" "$((after - before))" >>"$TMP/$r.results" <<'PY'
+import re, sys
+text = open(sys.argv[1]).read()
+rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
+n = int(re.search(r"(\d+) requests in", text).group(1))
+v, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M).groups()
+p99 = float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+print(rps, n, p99, sys.argv[3])
+PY
+}
+
+for ((i = 1; i <= ROUNDS; i++)); do
+  order=(plain local redis)
+  (( i % 2 == 0 )) && order=(redis local plain)
+  for r in "${order[@]}"; do log "round $i: $r"; run "$r" "$i"; done
+done
+
+python3 - "$TMP" <<'PY'
+import statistics, sys
+res = {}
+for r in ("plain", "local", "redis"):
+    rows = [list(map(float, l.split())) for l in open(f"{sys.argv[1]}/{r}.results")]
+    res[r] = dict(rps=statistics.median(x[0] for x in rows),
+                  p99=statistics.median(x[2] for x in rows),
+                  trips=sum(x[3] for x in rows) / max(1.0, sum(x[1] for x in rows)))
+print(f"{'route':8} {'req/s':>10} {'p99 ms':>8} {'redis round trips/req':>22}")
+for r, v in res.items():
+    print(f"{r:8} {v['rps']:10.0f} {v['p99']:8.2f} {v['trips']:22.2f}")
+for r in ("local", "redis"):
+    print(f"{r}/plain req/s: {res[r]['rps'] / res['plain']['rps']:.3f}   "
+          f"added p99: {res[r]['p99'] - res['plain']['p99']:+.2f} ms")
+PY
