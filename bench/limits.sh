@@ -27,21 +27,14 @@ THREADS=${THREADS:-2}
 DEFAULT_BIN=target/release/portcullis
 BIN=${PORTCULLIS_BIN:-$DEFAULT_BIN}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-die() { echo "limits.sh: error: $*" >&2; exit 1; }
-log() { echo "==> $*"; }
+BENCH_NAME=limits.sh
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-need_apt=()
-command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx)
-command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)
-if (( ${#need_apt[@]} )); then
-  log "installing ${need_apt[*]} (apt-get)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-  service redis-server stop >/dev/null 2>&1 || true
-fi
+had_redis=$(command -v redis-server || true)
+need_apt wrk nginx redis-server
+# The package starts a system redis; this benchmark starts its own.
+[[ -n $had_redis ]] || service redis-server stop >/dev/null 2>&1 || true
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 if [[ ! -x $BIN ]]; then
   [[ $BIN == "$DEFAULT_BIN" ]] && { log "building Portcullis (cargo build --release)"; cargo build --release; }
@@ -50,36 +43,8 @@ fi
 
 OUT="$ROOT/bench/out/limits-$(date -u +%Y%m%dT%H%M%SZ)"
 mkdir -p "$OUT"
-TMP=$(mktemp -d /tmp/portcullis-limits.XXXXXX)
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  cp "$TMP"/*.conf "$TMP"/*.toml "$TMP"/*.log "$OUT"/ 2>/dev/null || true
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-read -r UP_PORT PC_PORT RD_PORT < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(3)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(" ".join(str(x.getsockname()[1]) for x in s))')
-
-wait_port() {
-  local port=$1 i
-  for ((i = 0; i < 100; i++)); do
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  die "nothing listens on 127.0.0.1:$port after 10 s (logs in $OUT)"
-}
+bench_tmp portcullis-limits
+read -r UP_PORT PC_PORT RD_PORT < <(free_ports 3)
 
 cat >"$TMP/upstream.conf" <<CONF
 worker_processes 1;

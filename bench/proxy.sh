@@ -53,11 +53,9 @@ RESILIENCE=${RESILIENCE:-0}
 DEFAULT_BIN=target/release/portcullis
 BIN=${PORTCULLIS_BIN:-$DEFAULT_BIN}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-
-die() { echo "proxy.sh: error: $*" >&2; exit 1; }
-log() { echo "==> $*"; }
+BENCH_NAME=proxy.sh
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # --- argument checks -------------------------------------------------------
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
@@ -77,14 +75,7 @@ DUR_S=$(to_seconds "$DURATION")
 if [[ $WARMUP == 0 ]]; then WARM_S=0; else WARM_S=$(to_seconds "$WARMUP"); fi
 
 # --- dependencies ----------------------------------------------------------
-need_apt=()
-command -v wrk >/dev/null 2>&1 || need_apt+=(wrk)
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || need_apt+=(nginx)
-if (( ${#need_apt[@]} )); then
-  log "installing ${need_apt[*]} (apt-get)"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
-fi
+need_apt wrk nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 for t in python3 curl timeout; do
   command -v "$t" >/dev/null 2>&1 || die "'$t' is required"
@@ -106,62 +97,14 @@ CORES=$(nproc)
 STAMP=$(date -u +%Y%m%dT%H%M%SZ)
 OUT="$ROOT/bench/out/$STAMP"
 mkdir -p "$OUT"
-TMP=$(mktemp -d /tmp/portcullis-bench.XXXXXX)
-chmod 755 "$TMP"   # nginx workers may run as 'nobody'
-
-PIDS=()
-cleanup() {
-  local rc=$?
-  trap - EXIT INT TERM
-  local p
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do
-    # bounded wait (~5 s), then KILL
-    local i
-    for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  # keep logs and generated configs next to the raw outputs
-  cp "$TMP"/*.conf "$TMP"/*.toml "$TMP"/*.log "$OUT"/ 2>/dev/null || true
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+# Logs and generated configs are copied next to the raw outputs at exit (bench/lib.sh).
+bench_tmp portcullis-bench
 
 # --- free ports --------------------------------------------------------------
-read -r UP_PORT NGX_PORT PC_PORT RS_PORT BL_PORT < <(python3 - <<'EOF'
-import socket
-socks = []
-for _ in range(5):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.bind(("127.0.0.1", 0))
-    socks.append(s)
-print(" ".join(str(s.getsockname()[1]) for s in socks))
-for s in socks:
-    s.close()
-EOF
-)
+read -r UP_PORT NGX_PORT PC_PORT RS_PORT BL_PORT < <(free_ports 5)
 [[ -n ${PC_PORT:-} ]] || die "could not pick free ports"
 
 # --- helpers -----------------------------------------------------------------
-# wait_port NAME PORT PID LOGFILE: poll until PORT accepts (max ~10 s)
-wait_port() {
-  local name=$1 port=$2 pid=$3 logf=$4 i
-  for ((i = 0; i < 100; i++)); do
-    if ! kill -0 "$pid" 2>/dev/null; then
-      echo "--- $logf ---" >&2; tail -n 30 "$logf" >&2 || true
-      die "$name exited before accepting connections on 127.0.0.1:$port"
-    fi
-    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
-    sleep 0.1
-  done
-  echo "--- $logf ---" >&2; tail -n 30 "$logf" >&2 || true
-  die "$name did not accept connections on 127.0.0.1:$port within 10 s"
-}
-
 # check_200 NAME URL: one request must return 200 with the upstream body
 check_200() {
   local name=$1 url=$2 code body
@@ -275,11 +218,11 @@ EOF
   || die "proxy nginx config invalid"
 
 start_nginx upstream "$TMP/upstream-nginx.conf"
-wait_port "upstream nginx" "$UP_PORT" "$LAST_PID" "$TMP/upstream-error.log"
+wait_port "$UP_PORT" "$LAST_PID" "$TMP/upstream-error.log" "upstream nginx"
 log "upstream nginx on 127.0.0.1:$UP_PORT (worker_processes $CORES)"
 
 start_nginx proxy "$TMP/proxy-nginx.conf"
-wait_port "nginx proxy" "$NGX_PORT" "$LAST_PID" "$TMP/proxy-error.log"
+wait_port "$NGX_PORT" "$LAST_PID" "$TMP/proxy-error.log" "nginx proxy"
 log "nginx proxy on 127.0.0.1:$NGX_PORT (worker_processes $CORES = number of cores, upstream keepalive 64, access_log off)"
 
 TARGETS=(direct nginx)
@@ -294,7 +237,7 @@ start_portcullis() {
   "$bin" run --config "$conf" --log-level warn >"$TMP/$t.log" 2>&1 &
   PIDS+=("$!")
   PID[$t]=$!
-  wait_port "$t" "$port" "$!" "$TMP/$t.log"
+  wait_port "$port" "$!" "$TMP/$t.log" "$t"
   log "$t: $4 on 127.0.0.1:$port"
   TARGETS+=("$t")
   URL[$t]="http://127.0.0.1:$port/"

@@ -47,10 +47,10 @@ fi
 RELOAD_EVERY=${RELOAD_EVERY:-5}
 CONNECTIONS=${CONNECTIONS:-16}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-die() { echo "soak.sh: error: $*" >&2; exit 2; }
-log() { echo "==> $*"; }
+BENCH_NAME=soak.sh
+BENCH_DIE_STATUS=2   # 1 is the verdict "growing"
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 if [ -n "${PORTCULLIS_BIN:-}" ]; then BIN=$PORTCULLIS_BIN
 elif [ -x target/release/portcullis ]; then BIN=target/release/portcullis
@@ -64,17 +64,11 @@ OUT=bench/out/soak-$(date +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    [ -f "$OUT/nginx/nginx.pid" ] && kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null || true
-    wait 2>/dev/null || true
+bench_cleanup_hook() {
+    [ -f "$OUT/nginx/nginx.pid" ] && kill "$(cat "$OUT/nginx/nginx.pid")" 2>/dev/null
+    wait 2>/dev/null
 }
-trap cleanup EXIT
-trap 'exit 143' INT TERM
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP_PORT=$(free_port); GW_PORT=$(free_port); ADMIN_PORT=$(free_port)
+read -r UP_PORT GW_PORT ADMIN_PORT < <(free_ports 3)
 GW=127.0.0.1:$GW_PORT
 
 # 1. The upstream.

@@ -33,10 +33,9 @@ EVENTS=${EVENTS:-50000}
 LAT_EVENTS=${LAT_EVENTS:-3000}
 PROFILE=${PROFILE:-release}
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-cd "$ROOT"
-die() { echo "sse.sh: error: $*" >&2; exit 1; }
-log() { echo "==> $*"; }
+BENCH_NAME=sse.sh
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 for v in ROUNDS STREAMS EVENTS LAT_EVENTS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"
@@ -52,41 +51,11 @@ if [[ ! -x $BIN || ! -x $BENCH ]]; then
     cargo build --bin portcullis --example sse-bench
   fi
 fi
-command -v nginx >/dev/null 2>&1 || [[ -x /usr/sbin/nginx ]] || {
-  log "installing nginx (apt-get)"; apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx >/dev/null; }
+need_apt nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
-TMP=$(mktemp -d /tmp/portcullis-sse-bench.XXXXXX)
-chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-  local rc=$? p
-  trap - EXIT INT TERM
-  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-  rm -rf "$TMP"
-  exit "$rc"
-}
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-
-read -r UP NGX OFF ON < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(4)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(" ".join(str(x.getsockname()[1]) for x in s))')
-
-wait_port() { # PORT PID LOG
-  local port=$1 pid=$2 i
-  for ((i = 0; i < 100; i++)); do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$3" >&2; die "process $pid exited before listening on $port"; }
-    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
-    sleep 0.1
-  done
-  die "nothing listens on $port"
-}
+bench_tmp portcullis-sse-bench
+read -r UP NGX OFF ON < <(free_ports 4)
 
 "$BENCH" serve "$UP" >"$TMP/upstream.log" 2>&1 &
 PIDS+=("$!"); wait_port "$UP" "$!" "$TMP/upstream.log"

@@ -10,24 +10,21 @@
 # Usage: bash bench/tls.sh [PORTCULLIS_BIN]      (default target/release/portcullis)
 # Env:   DURATION (wrk -d, default 5s), ROUNDS (default 2), CONNECTIONS (default 64)
 set -uo pipefail
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-BIN=${1:-$ROOT/target/release/portcullis}
+ARG_BIN=${1:+$(realpath -m "$1")}   # before lib.sh changes to the repository
+BENCH_NAME=tls.sh
+# shellcheck source=bench/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+BIN=${ARG_BIN:-$ROOT/target/release/portcullis}
 DUR=${DURATION:-5s}; ROUNDS=${ROUNDS:-2}; CONNS=${CONNECTIONS:-64}
 for t in wrk nginx openssl curl python3; do
-  command -v $t >/dev/null || [[ -x /usr/sbin/$t ]] || { echo "tls.sh: needs $t (apt-get install wrk nginx openssl curl)" >&2; exit 1; }
+  command -v $t >/dev/null || [[ -x /usr/sbin/$t ]] || die "needs $t (apt-get install wrk nginx openssl curl)"
 done
-[[ -x $BIN ]] || { echo "tls.sh: no gateway binary at $BIN (cargo build --release)" >&2; exit 1; }
+[[ -x $BIN ]] || die "no gateway binary at $BIN (cargo build --release)"
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-T=$(mktemp -d /tmp/portcullis-tls-bench.XXXXXX); chmod 755 "$T"
-PIDS=()
-trap 'for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done; wait 2>/dev/null; rm -rf "$T"' EXIT
+bench_tmp portcullis-tls-bench; T=$TMP
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$T/key.pem" -out "$T/cert.pem" 2>/dev/null
-read -r UP PC PCS NG < <(python3 -c '
-import socket
-s = [socket.socket() for _ in range(4)]
-for x in s: x.bind(("127.0.0.1", 0))
-print(*[x.getsockname()[1] for x in s])')
+read -r UP PC PCS NG < <(free_ports 4)
 temps() { for d in body proxy fastcgi uwsgi scgi; do echo "    ${d}_temp_path $T/$1-$d;" | sed 's/body_temp/client_body_temp/'; done; }
 cat >"$T/up.conf" <<C
 worker_processes 2; pid $T/up.pid; error_log $T/up-err.log warn;

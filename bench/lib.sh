@@ -1,0 +1,83 @@
+# bench/lib.sh — what the benchmark scripts share. Not run by itself: a script sets
+# BENCH_NAME (its name in messages) and sources it:
+#
+#   BENCH_NAME=sse.sh; source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+#
+# It sets ROOT (the repository) and changes to it, and gives:
+#   die MSG / log MSG        an error (exit $BENCH_DIE_STATUS, default 1) / a progress line
+#   need_apt CMD[:PKG] ...   installs the Debian packages of the missing commands (root)
+#   free_ports N             N free 127.0.0.1 ports, space-separated
+#   wait_port PORT [PID [LOG [NAME]]]
+#                            waits (~10 s) until PORT accepts; fails early, showing LOG,
+#                            when PID exits first
+#   bench_tmp PREFIX         makes TMP, a fresh /tmp dir nginx workers can read
+# and, at exit, stops what the script put in the PIDS array (TERM, then KILL after ~5 s),
+# runs the script's `bench_cleanup_hook` if it has one, copies TMP's configs and logs to
+# OUT when OUT is set, and removes TMP.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+PIDS=()
+
+die() { echo "${BENCH_NAME:-bench}: error: $*" >&2; exit "${BENCH_DIE_STATUS:-1}"; }
+log() { echo "==> $*"; }
+
+need_apt() {
+  local want=() c
+  for c in "$@"; do
+    local cmd=${c%%:*} pkg=${c#*:}
+    command -v "$cmd" >/dev/null 2>&1 || [[ -x /usr/sbin/$cmd ]] || want+=("$pkg")
+  done
+  (( ${#want[@]} )) || return 0
+  log "installing ${want[*]} (apt-get)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}" >/dev/null
+}
+
+free_ports() {
+  python3 -c '
+import socket, sys
+s = [socket.socket() for _ in range(int(sys.argv[1]))]
+for x in s: x.bind(("127.0.0.1", 0))
+print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
+}
+
+wait_port() {
+  local port=$1 pid=${2:-} logf=${3:-} name=${4:-process ${2:-}} i
+  for ((i = 0; i < 100; i++)); do
+    if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
+      [[ -n $logf ]] && { echo "--- $logf ---" >&2; tail -n 30 "$logf" >&2 || true; }
+      die "$name exited before accepting connections on 127.0.0.1:$port"
+    fi
+    (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+    sleep 0.1
+  done
+  [[ -n $logf ]] && { echo "--- $logf ---" >&2; tail -n 30 "$logf" >&2 || true; }
+  die "nothing accepts connections on 127.0.0.1:$port after 10 s${OUT:+ (logs in $OUT)}"
+}
+
+bench_cleanup() {
+  local rc=$? p i
+  trap - EXIT INT TERM
+  for p in "${PIDS[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do
+    for ((i = 0; i < 50; i++)); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL "$p" 2>/dev/null || true
+    wait "$p" 2>/dev/null || true
+  done
+  if declare -F bench_cleanup_hook >/dev/null; then bench_cleanup_hook || true; fi
+  if [[ -n ${TMP:-} ]]; then
+    [[ -n ${OUT:-} ]] && cp "$TMP"/*.conf "$TMP"/*.toml "$TMP"/*.log "$OUT"/ 2>/dev/null || true
+    rm -rf "$TMP"
+  fi
+  exit "$rc"
+}
+
+trap bench_cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+bench_tmp() {
+  TMP=$(mktemp -d "/tmp/$1.XXXXXX")
+  chmod 755 "$TMP"   # nginx workers may run as 'nobody'
+}
