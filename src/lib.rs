@@ -23,5 +23,20 @@ pub mod server;
 pub mod tls;
 pub mod upstream;
 
+/// The header names that frame a message or hold for one hop only. The gateway manages
+/// them itself: plugins cannot set them (`plugin::host`), a client cannot send them as
+/// trailers (`upstream::body`). (The plugin support crate keeps its own copy: it is built
+/// for the guests.)
+pub const FRAMING_HEADERS: &[&str] = &[
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
 /// The boxed error of body and connector types.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

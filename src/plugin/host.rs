@@ -111,23 +111,12 @@ impl WasiView for HostState {
     }
 }
 
-/// Headers the gateway manages itself; plugins may read but not change them.
-const MANAGED: &[&str] = &[
-    "content-length",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-];
-
 /// A header name a plugin may set: valid, and not one the gateway manages.
 pub(crate) fn header_name(name: &str) -> Result<HeaderName, String> {
     let n = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("`{name}` is not a valid header name"))?;
-    if MANAGED.contains(&n.as_str()) {
+    // Plugins may read the headers the gateway manages, not change them.
+    if crate::FRAMING_HEADERS.contains(&n.as_str()) {
         return Err(format!("header `{n}` is managed by the gateway"));
     }
     Ok(n)

@@ -146,8 +146,9 @@ where
 /// Fields a client may not send as trailers: those the gateway manages in the head
 /// (request id, trace context, consumer, forwarding, host, framing, hop-by-hop) and
 /// credentials — an upstream that merges trailers into headers would otherwise take
-/// them as the gateway's. Names with `_` are dropped too (CGI-style frameworks read `_`
-/// as `-`), whatever `server.allow_underscores_in_headers` says for the head.
+/// them as the gateway's — besides [`crate::FRAMING_HEADERS`]. Names with `_` are dropped
+/// too (CGI-style frameworks read `_` as `-`), whatever `server.allow_underscores_in_headers`
+/// says for the head.
 const NOT_TRAILERS: &[&str] = &[
     "x-portcullis-consumer",
     "x-request-id",
@@ -161,23 +162,18 @@ const NOT_TRAILERS: &[&str] = &[
     "authorization",
     "proxy-authorization",
     "cookie",
-    "content-length",
     "content-type",
     "content-encoding",
-    "transfer-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
 ];
 
 /// Removes from a client's trailers what may not arrive as a trailer.
 pub fn clean_trailers(trailers: &mut HeaderMap) {
     let drop: Vec<HeaderName> = trailers
         .keys()
-        .filter(|n| NOT_TRAILERS.contains(&n.as_str()) || n.as_str().contains('_'))
+        .filter(|n| {
+            let n = n.as_str();
+            NOT_TRAILERS.contains(&n) || crate::FRAMING_HEADERS.contains(&n) || n.contains('_')
+        })
         .cloned()
         .collect();
     for n in drop {
