@@ -63,9 +63,9 @@ pub enum ProxyError {
     #[error("plugin `{0}` failed")]
     PluginFailed(String),
     /// Every upstream of a fallback chain asked to be left alone (429 `Retry-After`); the
-    /// client may try again after this many seconds.
-    #[error("every upstream of this route is rate limited; retry after {0} s")]
-    RateLimited(u64),
+    /// client may try again after this long.
+    #[error("every upstream of this route is rate limited; retry after {} s", retry_secs(*.0))]
+    RateLimited(std::time::Duration),
     /// An HTTP/2 extended CONNECT for a protocol the route does not forward (over HTTP/1.1
     /// such a request is forwarded without its upgrade instead).
     #[error("this route does not forward upgrades to `{0}`")]
@@ -205,8 +205,8 @@ impl ProxyError {
                 h.insert(header::ALLOW, v);
             }
         }
-        if let ProxyError::RateLimited(secs) = self {
-            h.insert(header::RETRY_AFTER, HeaderValue::from(*secs));
+        if let ProxyError::RateLimited(after) = self {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_secs(*after)));
         }
         if matches!(
             self,

@@ -16,10 +16,12 @@ use super::context::{ClientRequest, RequestCtx};
 use super::error::ProxyError;
 use super::{Gateway, RouteEntry};
 use crate::config::resilience::Conditions;
-use crate::config::FALLBACK_BODY;
+use crate::config::{RouteConfig, FALLBACK_BODY};
+use crate::upstream::Upstream;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Response, StatusCode};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The response header naming the upstream (and `:model`) that served a request on a
@@ -76,7 +78,7 @@ impl Gateway {
             }
             match reason {
                 None => {
-                    let served = served_by(name, model);
+                    let served = route.served_by[step].clone();
                     ctx.served_by = Some(served.clone());
                     return result.map(|mut r| {
                         r.headers_mut().insert(X_SERVED_BY, served);
@@ -100,9 +102,7 @@ impl Gateway {
         match last {
             // The last upstream's own answer (a 5xx or 429 it sent) or failure.
             Some(result) => result,
-            None => Err(ProxyError::RateLimited(
-                held_off.map_or(1, |d| d.as_secs_f64().ceil() as u64),
-            )),
+            None => Err(ProxyError::RateLimited(held_off.unwrap_or_default())),
         }
     }
 }
@@ -112,7 +112,11 @@ impl Gateway {
 async fn first_bytes(body: &mut ResponseBody, wait: Duration) -> Option<String> {
     match tokio::time::timeout(wait, body.first_frame()).await {
         Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("reset before the first bytes: {e}")),
+        // The reason is a metric label: the error itself goes to the log.
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "fallback: the body failed before its first bytes");
+            Some("reset_before_first_bytes".into())
+        }
         Err(_) => Some("first_token_timeout".into()),
     }
 }
@@ -143,13 +147,28 @@ fn fallback_reason(
     }
 }
 
-/// `UPSTREAM` or `UPSTREAM:MODEL`.
-fn served_by(upstream: &str, model: Option<&str>) -> HeaderValue {
-    let text = match model {
-        Some(m) => format!("{upstream}:{m}"),
-        None => upstream.to_string(),
-    };
-    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+/// The `x-portcullis-served-by` value of each step of a route's chain (`UPSTREAM` or
+/// `UPSTREAM:MODEL`), made once per config; empty for a route without fallbacks.
+pub(super) fn served_by(route: &RouteConfig, upstreams: &[Arc<Upstream>]) -> Vec<HeaderValue> {
+    if route.fallback.is_empty() {
+        return Vec::new();
+    }
+    std::iter::once((route.upstream, None))
+        .chain(
+            route
+                .fallback
+                .iter()
+                .map(|f| (f.upstream, f.model.as_deref())),
+        )
+        .map(|(index, model)| {
+            let upstream = upstreams[index].name();
+            let text = match model {
+                Some(m) => format!("{upstream}:{m}"),
+                None => upstream.to_string(),
+            };
+            HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("-"))
+        })
+        .collect()
 }
 
 /// The JSON body with its top-level `model` replaced; a body that is not a JSON object is

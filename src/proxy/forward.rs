@@ -46,11 +46,10 @@ impl Gateway {
         &self,
         route: &RouteEntry,
         to: &WorkerUpstream,
-        req: ClientRequest,
+        mut req: ClientRequest,
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let WorkerUpstream { upstream, client } = to;
-        let mut req = req;
         let handshake = Handshake::prepare(ctx.upgrade.take(), route, &mut req)?;
         let mut call = self.upstream_request(route, upstream, req, ctx)?;
         if let Some(h) = &handshake {

@@ -49,6 +49,8 @@ pub struct RouteEntry {
     pub plugins: Vec<Arc<Bound>>,
     /// The `[[limits]]` the route applies (empty: the request path skips admission).
     pub limits: crate::limits::RouteLimits,
+    /// `x-portcullis-served-by` for each step of its fallback chain (empty without one).
+    pub served_by: Vec<http::HeaderValue>,
 }
 
 impl RouteEntry {
@@ -124,7 +126,7 @@ impl Gateway {
 
     fn build(config: Config, plugins: PluginSet, previous: Option<&crate::limits::Limits>) -> Self {
         let limits = crate::limits::Limits::build(&config.limits, config.redis.as_ref(), previous);
-        let upstreams = config
+        let upstreams: Vec<Arc<Upstream>> = config
             .upstreams
             .into_iter()
             .map(|u| Arc::new(Upstream::new(u)))
@@ -139,6 +141,7 @@ impl Gateway {
                 name: Arc::from(config.name.as_str()),
                 metrics: RouteMetrics::new(&config.name),
                 limits: limits.for_route(&config.limits),
+                served_by: fallback::served_by(&config, &upstreams),
                 config,
                 plugins,
             })
