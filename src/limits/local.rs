@@ -78,7 +78,11 @@ impl Local {
     /// Admits one more request in flight for `key` if fewer than `limit` are; returns how
     /// many more may be.
     pub fn enter(&self, key: &str, limit: u64) -> Option<u64> {
-        let mut n = self.in_flight.entry(key.into()).or_insert(0);
+        // A key already in flight needs no owned copy.
+        let mut n = match self.in_flight.get_mut(key) {
+            Some(n) => n,
+            None => self.in_flight.entry(key.into()).or_insert(0),
+        };
         if *n >= limit {
             return None;
         }

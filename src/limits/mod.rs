@@ -31,10 +31,12 @@ use http::HeaderMap;
 use local::Local;
 use prometheus::IntCounter;
 use redis::Redis;
+use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use window::Taken;
 
 /// One `[[limits]]` definition with its counters.
 pub struct Limit {
@@ -174,7 +176,9 @@ impl Limit {
                 KeyPart::Consumer => k.push_str(f.consumer.unwrap_or("")),
                 KeyPart::Route => k.push_str(f.route),
                 KeyPart::Model => k.push_str(f.model.unwrap_or("")),
-                KeyPart::ClientAddress => k.push_str(&f.client.to_string()),
+                KeyPart::ClientAddress => {
+                    let _ = write!(k, "{}", f.client);
+                }
                 KeyPart::Header(h) => {
                     k.push_str(f.headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or(""))
                 }
@@ -218,21 +222,16 @@ impl Limit {
     }
 
     /// Reserves in this process's counters.
-    fn take_local(&self, key: &str, cost: u64) -> Result<Reserved, Option<u64>> {
+    fn take_local(&self, key: &str, cost: u64) -> Result<Taken, Option<u64>> {
         match self.window_ms() {
             Some(w) => self
                 .local
                 .take(key, w, self.limit(), cost)
-                .map(|t| Reserved {
-                    slot: t.slot,
-                    remaining: t.remaining,
-                    reset_ms: t.reset_ms,
-                })
                 .map_err(|f| f.retry_ms),
             None => self
                 .local
                 .enter(key, self.limit())
-                .map(|remaining| Reserved {
+                .map(|remaining| Taken {
                     slot: 0,
                     remaining,
                     reset_ms: 0,
@@ -253,7 +252,9 @@ impl Limit {
     }
 
     fn backend_answered(&self) {
-        if self.redis_down.swap(false, Ordering::Relaxed) {
+        // A load first: the usual answer writes nothing to the line every worker reads.
+        if self.redis_down.load(Ordering::Relaxed) && self.redis_down.swap(false, Ordering::Relaxed)
+        {
             tracing::info!(limit = %self.name, "rate limit backend answers again");
         }
     }
@@ -267,12 +268,6 @@ fn count_of(count: TokenCount, input: u64, output: u64) -> u64 {
     }
 }
 
-struct Reserved {
-    slot: u64,
-    remaining: u64,
-    reset_ms: u64,
-}
-
 /// Where a reservation is held.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Held {
@@ -283,6 +278,7 @@ enum Held {
 /// One limit's reservation for a request.
 struct Hold {
     limit: Arc<Limit>,
+    /// The request's key under the limit (held in Redis: the whole Redis key).
     key: String,
     at: Held,
     slot: u64,
@@ -310,13 +306,13 @@ impl Quota {
 /// as an error would be).
 pub struct Admission {
     holds: Vec<Hold>,
-    redis: Option<Arc<Redis>>,
+    /// The connection and the request id (which names a concurrency slot), when a
+    /// reservation is held in Redis.
+    redis: Option<(Arc<Redis>, String)>,
     input: u64,
     output: u64,
-    request_id: String,
     pub tokens: Option<Quota>,
     pub requests: Option<Quota>,
-    settled: bool,
 }
 
 /// A request that does not fit.
@@ -341,13 +337,11 @@ pub enum Denied {
 pub async fn admit(route: &RouteLimits, f: &Facts<'_>) -> Result<Admission, Denied> {
     let mut adm = Admission {
         holds: Vec::with_capacity(route.list.len()),
-        redis: route.redis.clone(),
+        redis: None,
         input: f.input,
         output: f.output,
-        request_id: f.request_id.to_string(),
         tokens: None,
         requests: None,
-        settled: false,
     };
     let mut remote: Vec<(&Arc<Limit>, String, u64)> = Vec::new();
     for limit in &route.list {
@@ -362,12 +356,15 @@ pub async fn admit(route: &RouteLimits, f: &Facts<'_>) -> Result<Admission, Deni
     if remote.is_empty() {
         return Ok(adm);
     }
+    // The whole Redis keys, made once: reserved under them, and settled under them.
+    let mut keys: Vec<String> = Vec::new();
     let answer = match &route.redis {
         Some(r) => {
-            let keys: Vec<String> = remote
+            keys = remote
                 .iter()
                 .map(|(l, k, _)| r.key(&l.name, l.hash, k))
                 .collect();
+            adm.redis = Some((r.clone(), f.request_id.to_string()));
             let items: Vec<redis::Reserve<'_>> = remote
                 .iter()
                 .zip(&keys)
@@ -385,7 +382,9 @@ pub async fn admit(route: &RouteLimits, f: &Facts<'_>) -> Result<Admission, Deni
     };
     match answer {
         Ok(redis::Answer::Admitted(per)) => {
-            for ((limit, key, cost), (slot, remaining, reset_ms)) in remote.into_iter().zip(per) {
+            for (((limit, _, cost), key), (slot, remaining, reset_ms)) in
+                remote.into_iter().zip(keys).zip(per)
+            {
                 limit.backend_answered();
                 adm.quota(limit, remaining, reset_ms);
                 adm.holds.push(Hold {
@@ -479,11 +478,8 @@ impl Admission {
         self.release(outcome);
     }
 
+    /// Releases every hold (a second call finds none: `holds` is drained).
     fn release(&mut self, o: Outcome) {
-        if self.settled {
-            return;
-        }
-        self.settled = true;
         let used = |known: Option<u64>, estimate: u64| match known {
             Some(n) => n,
             None if o.error => 0,
@@ -508,26 +504,24 @@ impl Admission {
                 (Held::Local, Some(w)) => l.local.settle(&h.key, w, h.slot, delta),
                 (Held::Local, None) => l.local.leave(&h.key),
                 (Held::Redis, _) if window.is_some() && delta == 0 => {}
-                (Held::Redis, _) => {
-                    let key = self
+                (Held::Redis, _) => remote.push(redis::Settle {
+                    key: h.key,
+                    window_ms: window,
+                    slot: h.slot,
+                    delta,
+                    member: self
                         .redis
                         .as_ref()
-                        .map(|r| r.key(&l.name, l.hash, &h.key))
-                        .unwrap_or_default();
-                    remote.push(redis::Settle {
-                        key,
-                        window_ms: window,
-                        slot: h.slot,
-                        delta,
-                        member: self.request_id.clone(),
-                    });
-                }
+                        .map(|(_, id)| id.clone())
+                        .unwrap_or_default(),
+                }),
             }
         }
         if remote.is_empty() {
             return;
         }
-        let (Some(r), Ok(rt)) = (self.redis.clone(), tokio::runtime::Handle::try_current()) else {
+        let (Some((r, _)), Ok(rt)) = (self.redis.clone(), tokio::runtime::Handle::try_current())
+        else {
             return;
         };
         rt.spawn(async move {

@@ -65,7 +65,7 @@ pin_project! {
         meter: Option<Box<Meter>>,
         // The request's limit reservations, settled with the call's usage when it ends
         // (`.1`: the response is an error, so unreported usage is refunded).
-        admission: Option<Box<(Admission, bool)>>,
+        admission: Option<(Box<Admission>, bool)>,
         // Trailers that wait for the bytes the meter held to be sent first.
         trailers: Option<Box<http::HeaderMap>>,
         // The failure to report once its error event has been handed to the connection
@@ -181,8 +181,8 @@ impl ResponseBody {
     }
 
     /// Settles `admission` when the body ends; `error`: the response is an error.
-    pub fn set_admission(&mut self, admission: Admission, error: bool) {
-        self.admission = Some(Box::new((admission, error)));
+    pub fn set_admission(&mut self, admission: Box<Admission>, error: bool) {
+        self.admission = Some((admission, error));
     }
 }
 
@@ -191,7 +191,7 @@ impl ResponseBody {
 fn finish_call(
     meter: &mut Option<Box<Meter>>,
     log: &mut Option<Box<AccessLog>>,
-    admission: &mut Option<Box<(Admission, bool)>>,
+    admission: &mut Option<(Box<Admission>, bool)>,
     end: End,
 ) {
     let mut usage = (None, None);
@@ -202,8 +202,7 @@ fn finish_call(
             log.call = Some(call);
         }
     }
-    if let Some(a) = admission.take() {
-        let (admission, error) = *a;
+    if let Some((admission, error)) = admission.take() {
         admission.settle(Outcome::new(usage.0, usage.1, error));
     }
 }

@@ -73,7 +73,7 @@ impl RequestCtx<'_> {
                 quota_headers(h, "requests", q);
             }
             resp.body_mut()
-                .set_admission(*admission, status.as_u16() >= 400);
+                .set_admission(admission, status.as_u16() >= 400);
         }
         if let Some(exchange) = self.ai.take() {
             let meter = Meter::new(exchange, status.as_u16(), resp.headers(), self.start);
