@@ -243,8 +243,15 @@ impl ModelTable {
                 .find(|e| &*e.request_model == q && &*e.response_model == r)
                 .cloned()
         };
-        if let Some(e) = find(&self.entries.load(), request_model, response_model) {
+        let entries = self.entries.load();
+        if let Some(e) = find(&entries, request_model, response_model) {
             return e;
+        }
+        // A full table answers with its `other` entry without writing (an rcu would).
+        if entries.len() >= MAX_MODELS_PER_ROUTE {
+            if let Some(e) = find(&entries, OTHER_MODEL, OTHER_MODEL) {
+                return e;
+            }
         }
         let mut found = None;
         self.entries.rcu(|v| {

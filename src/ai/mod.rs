@@ -84,10 +84,14 @@ impl Meter {
             value(http::header::CONTENT_ENCODING).trim(),
             "" | "identity"
         );
-        let ct = value(http::header::CONTENT_TYPE).to_ascii_lowercase();
-        let format = if ct.starts_with("text/event-stream") {
+        // Compared without case, and without a lowercased copy per response.
+        let ct = value(http::header::CONTENT_TYPE).as_bytes();
+        let format = if ct
+            .get(..17)
+            .is_some_and(|p| p.eq_ignore_ascii_case(b"text/event-stream"))
+        {
             Some(Format::EventStream)
-        } else if ct.contains("json") {
+        } else if ct.windows(4).any(|w| w.eq_ignore_ascii_case(b"json")) {
             Some(Format::Json)
         } else {
             None

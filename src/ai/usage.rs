@@ -155,7 +155,7 @@ impl sse::Sink for Events {
                 Action::Keep
             };
         }
-        self.reset_event();
+        // The event's state is reset by the `boundary` that always follows.
     }
 
     fn boundary(&mut self, end: usize, continued: bool) {
@@ -295,7 +295,11 @@ impl Observer {
         }
         let f = &self.events.found;
         let mut report = std::mem::take(&mut self.events.report);
-        let cached = f.cache_creation.unwrap_or(0) + f.cache_read.unwrap_or(0);
+        // Counts are the upstream's: a hostile one must not overflow them.
+        let cached = f
+            .cache_creation
+            .unwrap_or(0)
+            .saturating_add(f.cache_read.unwrap_or(0));
         report.usage = Usage {
             input: match (f.input, cached) {
                 (Some(i), c) => Some(i.saturating_add(c)),
@@ -312,8 +316,9 @@ impl Observer {
 /// it); unchanged when it does not appear exactly once.
 fn strip_usage_null(event: Bytes) -> Bytes {
     const NEEDLE: &[u8] = b"\"usage\":null";
-    let finder = memchr::memmem::Finder::new(NEEDLE);
-    let mut found = finder.find_iter(&event);
+    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(NEEDLE));
+    let mut found = FINDER.find_iter(&event);
     let (Some(at), None) = (found.next(), found.next()) else {
         return event;
     };

@@ -74,14 +74,13 @@ pub fn requested(req: &mut Request<Incoming>) -> Option<Requested> {
 }
 
 fn connection_has_upgrade(h: &http::HeaderMap) -> bool {
-    h.get_all(header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
-    })
+    h.get_all(header::CONNECTION)
+        .iter()
+        .flat_map(tokens)
+        .any(|t| t.eq_ignore_ascii_case(b"upgrade"))
 }
 
-/// The tokens of an `Upgrade` value.
+/// The tokens of an `Upgrade` (or `Connection`) value.
 fn tokens(v: &HeaderValue) -> impl Iterator<Item = &[u8]> {
     v.as_bytes()
         .split(|&b| b == b',')
