@@ -34,12 +34,16 @@ need_apt() {
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${want[@]}" >/dev/null
 }
 
+# The sockets are closed before the ports are printed: a caller that reads the line
+# (`read -r A B < <(free_ports 2)`) goes on at once, and must find them free.
 free_ports() {
   python3 -c '
 import socket, sys
 s = [socket.socket() for _ in range(int(sys.argv[1]))]
 for x in s: x.bind(("127.0.0.1", 0))
-print(" ".join(str(x.getsockname()[1]) for x in s))' "$1"
+ports = [x.getsockname()[1] for x in s]
+for x in s: x.close()
+print(" ".join(map(str, ports)), flush=True)' "$1"
 }
 
 wait_port() {
