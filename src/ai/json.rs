@@ -403,10 +403,22 @@ impl Scanner {
                         self.escaped = false;
                         // An escaped key is never one of ours.
                         self.key_len = MAX_KEY + 1;
-                    } else if b == b'\\' {
-                        self.escaped = true;
-                        self.key_len = MAX_KEY + 1;
-                    } else if b == b'"' {
+                        s = rest;
+                        continue;
+                    }
+                    // As with string values, the key's plain bytes are taken at once (its
+                    // first MAX_KEY kept; a longer key is never one of ours).
+                    let n = memchr::memchr2(b'"', b'\\', s).unwrap_or(s.len());
+                    let room = MAX_KEY.saturating_sub(self.key_len).min(n);
+                    if room > 0 {
+                        self.key[self.key_len..self.key_len + room].copy_from_slice(&s[..room]);
+                    }
+                    self.key_len = self.key_len.saturating_add(n);
+                    s = &s[n..];
+                    let Some((&q, rest)) = s.split_first() else {
+                        return;
+                    };
+                    if q == b'"' {
                         let key = if self.key_len <= MAX_KEY {
                             Key::of(&self.key[..self.key_len])
                         } else {
@@ -417,11 +429,11 @@ impl Scanner {
                         }
                         self.state = State::Colon;
                     } else {
-                        if self.key_len < MAX_KEY {
-                            self.key[self.key_len] = b;
-                        }
-                        self.key_len = self.key_len.saturating_add(1);
+                        self.escaped = true;
+                        self.key_len = MAX_KEY + 1;
                     }
+                    s = rest;
+                    continue;
                 }
                 State::Number => match b {
                     b'0'..=b'9' => {
