@@ -11,6 +11,7 @@ mod balance;
 mod config_errors;
 mod connections;
 mod dashboard;
+mod events;
 mod discovery;
 mod examples;
 mod fallback;

@@ -6,7 +6,7 @@ use crate::mask::{Outcome, Redactor, Stream};
 
 wit_bindgen::generate!({ world: "stream-transform", path: "../../wit" });
 
-use portcullis::plugin::events::{Event, EventAction, Framing, StreamInfo, Usage};
+use portcullis::plugin::events::Framing;
 
 thread_local! {
     static REDACTOR: RefCell<Option<Redactor>> = const { RefCell::new(None) };

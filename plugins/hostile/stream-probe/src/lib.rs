@@ -22,7 +22,6 @@ mod component {
 
     wit_bindgen::generate!({ world: "stream-transform", path: "../../../wit" });
 
-    use portcullis::plugin::events::{Event, EventAction, StreamInfo, Usage};
 
     #[derive(Deserialize, Default)]
     #[serde(deny_unknown_fields)]
