@@ -474,3 +474,60 @@ async fn ten_thousand_events_through_redact_in_flat_memory() {
         (peak - before) >> 20
     );
 }
+
+/// `stop-words` (Python, componentize-py): a phrase split across two events ends the
+/// stream with OpenAI's error event (a clean end), and the access log says which plugin
+/// ended it.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs componentize-py (plugins/build-polyglot.sh installs it; .ci/run runs it)"]
+async fn stop_words_in_python_ends_the_stream_and_the_access_log_says_so() {
+    if let Err(reason) = build_polyglot("python") {
+        panic!("the Python plugin toolchain is unavailable ({reason})");
+    }
+    let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins/target/components/python-stop-words.wasm");
+    let events: Vec<Vec<u8>> = [
+        chat("Sure, the code is "),
+        chat("Internal "),
+        chat("use ONLY: 42"),
+        chat("and more"),
+        FINISH.to_string(),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
+    let up = piece_upstream("text/event-stream", events).await;
+    let plugins = format!(
+        "[[plugins]]\nname = \"stop-words\"\npath = \"{}\"\ntimeout = \"500ms\"\n\n",
+        wasm.display()
+    );
+    let routes = r#"
+[[routes]]
+name = "chat"
+path_prefix = "/v1"
+upstream = "up"
+plugins = [{ name = "stop-words", config = { phrases = ["internal use only"], message = "stopped by policy" } }]
+[routes.ai]
+api = "openai"
+"#;
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nplugin_cache_dir = \"{}\"\n\n{plugins}\
+         [[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"{up}\" }}]\n\n{routes}",
+        std::env::temp_dir().join("portcullis-test-wasm-cache").display()
+    );
+    // Compiled into the on-disk cache first by `validate` (no listener timeout there).
+    let tmp = TempDir::new();
+    assert_valid(&tmp.write("warm.toml", &config));
+    let gw = Gateway::start_logging(&config, &["--log-format", "json"]);
+    let body = json!({"model": "gpt-t", "stream": true}).to_string();
+    let got = fetch(gw.addr, "POST", "/v1/chat/completions", &body).await;
+    assert!(got.clean, "a clean end: {}", got.text());
+    let (content, datas) = contents(&got.text());
+    assert_eq!(content, "Sure, the code is Internal ");
+    let last: Value = serde_json::from_str(datas.last().unwrap()).unwrap();
+    assert_eq!(last["error"]["code"], "stop_word");
+    assert_eq!(last["error"]["message"], "stopped by policy");
+    assert!(!got.text().contains("42") && !got.text().contains("more"));
+    let line = gw.wait_log(&["\"path\":\"/v1/chat/completions\""]);
+    assert!(line.contains("\"stream_plugin\":\"stop-words:end\""), "{line}");
+}
