@@ -6,9 +6,9 @@
 //! all wording their errors through one [`section::Section`].
 
 mod ai;
-mod events;
 pub mod discovery;
 pub(crate) mod error;
+mod events;
 pub mod limits;
 mod plugins;
 pub mod resilience;
@@ -19,9 +19,9 @@ pub mod units;
 mod upstreams;
 
 pub use ai::{AiConfig, ApiChoice};
-pub use events::EventsConfig;
 pub use discovery::DiscoveryConfig;
 pub use error::ConfigError;
+pub use events::EventsConfig;
 pub use limits::{
     KeyPart, LimitBackend, LimitConfig, LimitKind, OnBackendError, RedisConfig, TokenCount,
 };

@@ -115,7 +115,9 @@ impl Held {
     ) -> Result<EventAction, PluginFailure> {
         let started = std::time::Instant::now();
         let Some(warm) = self.warm.as_mut() else {
-            return Err(PluginFailure::Trap("the stream's instance failed earlier".into()));
+            return Err(PluginFailure::Trap(
+                "the stream's instance failed earlier".into(),
+            ));
         };
         let ticks = warm.store.data().ticks;
         warm.store.set_epoch_deadline(ticks);

@@ -155,9 +155,7 @@ impl ResponseBody {
     /// chain's `first_token_timeout` bounds this wait). `Ok` also when the body is empty.
     pub async fn first_frame(&mut self) -> Result<(), BoxError> {
         let frame = std::future::poll_fn(|cx| match &mut self.inner {
-            Inner::Full { .. } | Inner::Switched { .. } | Inner::Events { .. } => {
-                Poll::Ready(None)
-            }
+            Inner::Full { .. } | Inner::Switched { .. } | Inner::Events { .. } => Poll::Ready(None),
             Inner::Upstream { body } => Pin::new(body).poll_frame(cx),
         })
         .await;
@@ -194,7 +192,8 @@ impl ResponseBody {
         &mut self,
         stage: impl FnOnce(Incoming, Option<Frame<Bytes>>) -> Box<EventStage>,
     ) {
-        let Inner::Upstream { body } = std::mem::replace(&mut self.inner, Inner::Switched { tunnel: None })
+        let Inner::Upstream { body } =
+            std::mem::replace(&mut self.inner, Inner::Switched { tunnel: None })
         else {
             unreachable!("set_events on a body that is not the upstream's");
         };

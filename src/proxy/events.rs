@@ -191,7 +191,12 @@ impl EventStage {
                         bytes
                     }
                     Verdict::Failed(plugin, failure) => {
-                        return Poll::Ready(Some(Err(self.abort(plugin, "error", failure.to_string(), log))));
+                        return Poll::Ready(Some(Err(self.abort(
+                            plugin,
+                            "error",
+                            failure.to_string(),
+                            log,
+                        ))));
                     }
                 };
                 if !out.is_empty() {
@@ -235,7 +240,10 @@ impl EventStage {
                     }
                     Ok(Cut::Partial) => {}
                     Err(plugin) => {
-                        let reason = format!("an event is larger than max_event_size ({} bytes)", self.max_event);
+                        let reason = format!(
+                            "an event is larger than max_event_size ({} bytes)",
+                            self.max_event
+                        );
                         return Poll::Ready(Some(Err(self.abort(plugin, "oversize", reason, log))));
                     }
                 }
@@ -483,7 +491,12 @@ fn encode(event: &Event, framing: Framing) -> Result<Bytes, &'static str> {
                 out.put_slice(&data[start..end.unwrap_or(data.len())]);
                 out.put_u8(b'\n');
                 let Some(end) = end else { break };
-                start = end + if data[end..].starts_with(b"\r\n") { 2 } else { 1 };
+                start = end
+                    + if data[end..].starts_with(b"\r\n") {
+                        2
+                    } else {
+                        1
+                    };
             }
             out.put_u8(b'\n');
         }
@@ -522,7 +535,8 @@ impl Fields {
 
     fn take_event(&mut self) -> Event {
         let text = |v: Vec<u8>| {
-            String::from_utf8(v).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+            String::from_utf8(v)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
         };
         let event = Event {
             name: self.name.take().map(text),
@@ -596,9 +610,13 @@ fn framing(headers: &HeaderMap, ndjson: bool) -> Option<Framing> {
     if essence.eq_ignore_ascii_case("text/event-stream") {
         return Some(Framing::Sse);
     }
-    let ndjson_type = ["application/x-ndjson", "application/ndjson", "application/jsonl"]
-        .iter()
-        .any(|t| essence.eq_ignore_ascii_case(t));
+    let ndjson_type = [
+        "application/x-ndjson",
+        "application/ndjson",
+        "application/jsonl",
+    ]
+    .iter()
+    .any(|t| essence.eq_ignore_ascii_case(t));
     (ndjson && ndjson_type).then_some(Framing::Ndjson)
 }
 
@@ -658,9 +676,8 @@ impl Gateway {
         // Events may change length: the client's framing is the gateway's.
         resp.headers_mut().remove(header::CONTENT_LENGTH);
         let max = route.config.events.max_event_size;
-        resp.body_mut().set_events(|body, first| {
-            Box::new(EventStage::new(body, first, held, framing, max))
-        });
+        resp.body_mut()
+            .set_events(|body, first| Box::new(EventStage::new(body, first, held, framing, max)));
         resp
     }
 }
@@ -708,7 +725,10 @@ mod tests {
         assert!(f.boundary && f.dispatched);
         assert_eq!(&s[..n], b": hi\nevent: a\nid: 1\ndata: x\ndata: y\n\r\n");
         let e = f.take_event();
-        assert_eq!((e.name.as_deref(), e.data.as_str(), e.id.as_deref()), (Some("a"), "x\ny", Some("1")));
+        assert_eq!(
+            (e.name.as_deref(), e.data.as_str(), e.id.as_deref()),
+            (Some("a"), "x\ny", Some("1"))
+        );
         let m = p.feed_event(&s[n..], &mut f);
         assert_eq!(n + m, s.len());
         let e = f.take_event();
@@ -725,11 +745,20 @@ mod tests {
             }
             h
         };
-        assert_eq!(framing(&h("text/event-stream; charset=utf-8", None), false), Some(Framing::Sse));
-        assert_eq!(framing(&h("Text/Event-Stream", None), false), Some(Framing::Sse));
+        assert_eq!(
+            framing(&h("text/event-stream; charset=utf-8", None), false),
+            Some(Framing::Sse)
+        );
+        assert_eq!(
+            framing(&h("Text/Event-Stream", None), false),
+            Some(Framing::Sse)
+        );
         assert_eq!(framing(&h("text/event-stream", Some("gzip")), false), None);
         assert_eq!(framing(&h("application/x-ndjson", None), false), None);
-        assert_eq!(framing(&h("application/x-ndjson", None), true), Some(Framing::Ndjson));
+        assert_eq!(
+            framing(&h("application/x-ndjson", None), true),
+            Some(Framing::Ndjson)
+        );
         assert_eq!(framing(&h("application/json", None), true), None);
     }
 }

@@ -131,8 +131,8 @@ fn dechunk(mut b: &[u8]) -> (Vec<u8>, bool) {
         let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
             return (out, false);
         };
-        let size = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16)
-            .unwrap();
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap().trim(), 16).unwrap();
         if size == 0 {
             return (out, true);
         }
@@ -205,7 +205,10 @@ async fn an_address_split_across_three_events_and_tcp_chunks_is_masked() {
     let split = [chat("Mail jo"), chat("hn.doe@exa"), chat("mple.com now. ")];
     // Each event of the address cut in two pieces, mid-JSON; the unrelated ones joined
     // with a neighbour's piece.
-    let mut pieces: Vec<Vec<u8>> = vec![format!("{comment}{role}").into_bytes(), hello.clone().into_bytes()];
+    let mut pieces: Vec<Vec<u8>> = vec![
+        format!("{comment}{role}").into_bytes(),
+        hello.clone().into_bytes(),
+    ];
     for e in &split {
         let (a, b) = e.split_at(e.len() / 2);
         pieces.push(a.as_bytes().to_vec());
@@ -224,12 +227,25 @@ async fn an_address_split_across_three_events_and_tcp_chunks_is_masked() {
     assert!(got.status.contains("200"), "{}", got.status);
     assert!(got.clean, "a clean end");
     let text = got.text();
-    assert!(!text.contains("john") && !text.contains("doe") && !text.contains("example"), "{text}");
+    assert!(
+        !text.contains("john") && !text.contains("doe") && !text.contains("example"),
+        "{text}"
+    );
     let (content, datas) = contents(&text);
     assert_eq!(content, "Hello. Mail [REDACTED] now. ");
     // The events the plugin left alone went through byte for byte.
-    for unchanged in [comment, role, hello.as_str(), ping, FINISH, "data: [DONE]\n\n"] {
-        assert!(text.contains(unchanged), "{unchanged:?} unchanged in {text:?}");
+    for unchanged in [
+        comment,
+        role,
+        hello.as_str(),
+        ping,
+        FINISH,
+        "data: [DONE]\n\n",
+    ] {
+        assert!(
+            text.contains(unchanged),
+            "{unchanged:?} unchanged in {text:?}"
+        );
     }
     assert_eq!(datas.last().map(String::as_str), Some("[DONE]"));
     // The same through a route without the plugin: the address passes.
@@ -237,7 +253,10 @@ async fn an_address_split_across_three_events_and_tcp_chunks_is_masked() {
     let routes = "[[routes]]\nname = \"chat\"\npath_prefix = \"/v1\"\nupstream = \"up\"\n";
     let gw = Gateway::start(&gateway_toml(up, "", routes));
     let plain = fetch(gw.addr, "GET", "/v1/chat/completions", "").await;
-    assert_eq!(contents(&plain.text()).0, "Hello. Mail john.doe@example.com now. ");
+    assert_eq!(
+        contents(&plain.text()).0,
+        "Hello. Mail john.doe@example.com now. "
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -248,7 +267,13 @@ async fn replace_drop_end_and_state_per_stream() {
         .collect();
     let up = piece_upstream("text/event-stream", events).await;
     let probe = |name: &str| (name.to_string(), "stream-probe".to_string());
-    let names = [probe("tag"), probe("drop"), probe("end"), probe("upper"), probe("decline")];
+    let names = [
+        probe("tag"),
+        probe("drop"),
+        probe("end"),
+        probe("upper"),
+        probe("decline"),
+    ];
     let plugins: String = names
         .iter()
         .map(|(n, f)| plugins_toml(&[(n, f, "deny")]))
@@ -277,14 +302,24 @@ path = "/decline"
 upstream = "up"
 plugins = [{ name = "decline", config = { action = "upper", open_stream = false } }]
 "#;
-    let gw = Gateway::start_logging(&gateway_toml(up, &plugins, routes), &["--log-format", "json"]);
+    let gw = Gateway::start_logging(
+        &gateway_toml(up, &plugins, routes),
+        &["--log-format", "json"],
+    );
     // State lives across the events of one stream and restarts with the next stream.
     for _ in 0..2 {
         let got = fetch(gw.addr, "GET", "/tag", "").await;
         assert!(got.clean);
         let (_, datas) = contents(&got.text());
-        assert_eq!(datas, ["1:one", "2:drop me", "3:three", "4:stop here", "5:never"]);
-        assert!(got.text().contains("id: three\n"), "the id is kept: {}", got.text());
+        assert_eq!(
+            datas,
+            ["1:one", "2:drop me", "3:three", "4:stop here", "5:never"]
+        );
+        assert!(
+            got.text().contains("id: three\n"),
+            "the id is kept: {}",
+            got.text()
+        );
     }
     let got = fetch(gw.addr, "GET", "/chain", "").await;
     assert!(got.clean, "ending is a clean end");
@@ -296,12 +331,18 @@ plugins = [{ name = "decline", config = { action = "upper", open_stream = false 
     assert!(line.contains("\"stream_plugin\":\"end:end\""), "{line}");
     // A plugin that declines the stream leaves it as it is.
     let got = fetch(gw.addr, "GET", "/decline", "").await;
-    assert_eq!(contents(&got.text()).1, ["one", "drop me", "three", "stop here", "never"]);
+    assert_eq!(
+        contents(&got.text()).1,
+        ["one", "drop me", "three", "stop here", "never"]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn ndjson_where_the_route_says_so() {
-    let lines: Vec<Vec<u8>> = vec![b"{\"a\":\"x\"}\n{\"b\":".to_vec(), b"\"y\"}\r\n\n{\"c\":\"z\"}".to_vec()];
+    let lines: Vec<Vec<u8>> = vec![
+        b"{\"a\":\"x\"}\n{\"b\":".to_vec(),
+        b"\"y\"}\r\n\n{\"c\":\"z\"}".to_vec(),
+    ];
     let up = piece_upstream("application/x-ndjson", lines).await;
     let plugins = plugins_toml(&[("upper", "stream-probe", "deny")]);
     let routes = r#"
@@ -322,9 +363,16 @@ plugins = [{ name = "upper", config = { action = "upper" } }]
     let gw = Gateway::start(&gateway_toml(up, &plugins, routes));
     let got = fetch(gw.addr, "GET", "/nd", "").await;
     // The unfinished last line is closed and goes through the plugin too.
-    assert_eq!(got.text(), "{\"a\":\"x\"}\n{\"B\":\"Y\"}\n\n{\"c\":\"z\"}\n");
+    assert_eq!(
+        got.text(),
+        "{\"a\":\"x\"}\n{\"B\":\"Y\"}\n\n{\"c\":\"z\"}\n"
+    );
     let got = fetch(gw.addr, "GET", "/plain", "").await;
-    assert_eq!(got.text(), "{\"a\":\"x\"}\n{\"b\":\"y\"}\r\n\n{\"c\":\"z\"}", "not an event stream here");
+    assert_eq!(
+        got.text(),
+        "{\"a\":\"x\"}\n{\"b\":\"y\"}\r\n\n{\"c\":\"z\"}",
+        "not an event stream here"
+    );
 }
 
 /// A trapping and a looping `on-event` under `deny` (the stream ends with the error
@@ -332,10 +380,15 @@ plugins = [{ name = "upper", config = { action = "upper" } }]
 /// (the stream passes on unmodified); the gateway keeps serving.
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_on_event_plugins_under_deny_and_allow() {
-    let events: Vec<Vec<u8>> = [chat("first "), chat("boom "), chat("last "), FINISH.to_string()]
-        .into_iter()
-        .map(String::into_bytes)
-        .collect();
+    let events: Vec<Vec<u8>> = [
+        chat("first "),
+        chat("boom "),
+        chat("last "),
+        FINISH.to_string(),
+    ]
+    .into_iter()
+    .map(String::into_bytes)
+    .collect();
     let up = piece_upstream("text/event-stream", events).await;
     let mut plugins = String::new();
     let mut routes = String::new();
@@ -353,7 +406,10 @@ async fn failing_on_event_plugins_under_deny_and_allow() {
         "[[routes]]\nname = \"ai\"\npath_prefix = \"/ai/\"\nupstream = \"up\"\n\
          plugins = [{ name = \"trap-deny\", config = { action = \"trap\", trigger = \"boom\" } }]\n[routes.ai]\napi = \"openai\"\n\n",
     );
-    let gw = Gateway::start_logging(&gateway_toml(up, &plugins, &routes), &["--log-format", "json"]);
+    let gw = Gateway::start_logging(
+        &gateway_toml(up, &plugins, &routes),
+        &["--log-format", "json"],
+    );
     for action in ["trap", "loop"] {
         let got = fetch(gw.addr, "GET", &format!("/{action}-deny/x"), "").await;
         let text = got.text();
@@ -366,22 +422,42 @@ async fn failing_on_event_plugins_under_deny_and_allow() {
             "{text}"
         );
         let line = gw.wait_log(&[&format!("\"path\":\"/{action}-deny/x\"")]);
-        assert!(line.contains(&format!("\"stream_plugin\":\"{action}-deny:error\"")), "{line}");
-        assert!(line.contains("\"error\":\"plugin_failed_mid_stream\""), "{line}");
+        assert!(
+            line.contains(&format!("\"stream_plugin\":\"{action}-deny:error\"")),
+            "{line}"
+        );
+        assert!(
+            line.contains("\"error\":\"plugin_failed_mid_stream\""),
+            "{line}"
+        );
 
         let got = fetch(gw.addr, "GET", &format!("/{action}-allow/x"), "").await;
         assert!(got.clean, "{}", got.text());
-        let want: String = [chat("first "), chat("boom "), chat("last "), FINISH.to_string()].concat();
+        let want: String = [
+            chat("first "),
+            chat("boom "),
+            chat("last "),
+            FINISH.to_string(),
+        ]
+        .concat();
         assert_eq!(got.text(), want, "unmodified");
         let line = gw.wait_log(&[&format!("\"path\":\"/{action}-allow/x\"")]);
-        assert!(line.contains(&format!("\"stream_plugin\":\"{action}-allow:error_allowed\"")), "{line}");
+        assert!(
+            line.contains(&format!(
+                "\"stream_plugin\":\"{action}-allow:error_allowed\""
+            )),
+            "{line}"
+        );
     }
     // On a model route: OpenAI's error event.
     let body = json!({"model": "gpt-t", "stream": true}).to_string();
     let got = fetch(gw.addr, "POST", "/ai/chat/completions", &body).await;
     let text = got.text();
     assert!(!got.clean);
-    assert!(text.contains("data: {\"error\":{\"code\":\"plugin_failed_mid_stream\""), "{text}");
+    assert!(
+        text.contains("data: {\"error\":{\"code\":\"plugin_failed_mid_stream\""),
+        "{text}"
+    );
     assert!(text.contains("\"type\":\"server_error\""), "{text}");
     // Still serving, with fresh instances.
     for _ in 0..2 {
@@ -420,7 +496,11 @@ async fn ten_thousand_events_through_redact_in_flat_memory() {
     let up = piece_upstream("text/event-stream", pieces).await;
     let routes = "[[routes]]\nname = \"r\"\npath = \"/redact\"\nupstream = \"up\"\nplugins = [{ name = \"redact\" }]\n\n\
                   [[routes]]\nname = \"p\"\npath = \"/plain\"\nupstream = \"up\"\n";
-    let gw = Gateway::start(&gateway_toml(up, &plugins_toml(&[("redact", "redact", "deny")]), routes));
+    let gw = Gateway::start(&gateway_toml(
+        up,
+        &plugins_toml(&[("redact", "redact", "deny")]),
+        routes,
+    ));
     let pid = gw.child.id();
     let warm = fetch(gw.addr, "GET", "/redact", "").await;
     assert!(warm.clean);
@@ -430,9 +510,11 @@ async fn ten_thousand_events_through_redact_in_flat_memory() {
     for path in ["/plain", "/redact"] {
         let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
         let started = std::time::Instant::now();
-        s.write_all(format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
+        s.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: t\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
         let mut raw = Vec::new();
         let mut buf = vec![0u8; 65536];
         let mut seen_first = false;
@@ -513,7 +595,9 @@ api = "openai"
     let config = format!(
         "[server]\nlisten = \"127.0.0.1:0\"\nplugin_cache_dir = \"{}\"\n\n{plugins}\
          [[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"{up}\" }}]\n\n{routes}",
-        std::env::temp_dir().join("portcullis-test-wasm-cache").display()
+        std::env::temp_dir()
+            .join("portcullis-test-wasm-cache")
+            .display()
     );
     // Compiled into the on-disk cache first by `validate` (no listener timeout there).
     let tmp = TempDir::new();
@@ -529,5 +613,8 @@ api = "openai"
     assert_eq!(last["error"]["message"], "stopped by policy");
     assert!(!got.text().contains("42") && !got.text().contains("more"));
     let line = gw.wait_log(&["\"path\":\"/v1/chat/completions\""]);
-    assert!(line.contains("\"stream_plugin\":\"stop-words:end\""), "{line}");
+    assert!(
+        line.contains("\"stream_plugin\":\"stop-words:end\""),
+        "{line}"
+    );
 }

@@ -82,7 +82,7 @@ def _text(data: str) -> str:
     return "".join(out)
 
 
-def _error_event(phrase: str) -> events.Event:
+def _error_event() -> events.Event:
     if _api == events.Api.ANTHROPIC:
         body = {"type": "error", "error": {"type": "invalid_request_error", "message": _message}}
         return events.Event(name="error", data=json.dumps(body, separators=(",", ":")), id=None)
@@ -122,6 +122,6 @@ class WitWorld(wit_world.WitWorld):
         for phrase in _phrases:
             if phrase in window:
                 _window = ""
-                return events.EventAction_End(_error_event(phrase))
+                return events.EventAction_End(_error_event())
         _window = window[-_keep:] if _keep else ""
         return events.EventAction_Pass()

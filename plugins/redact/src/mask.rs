@@ -2,7 +2,7 @@
 
 use regex_automata::hybrid::dfa::{Cache, DFA};
 use regex_automata::util::start;
-use regex_automata::{meta, Anchored};
+use regex_automata::{Anchored, meta};
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::BTreeMap;
@@ -52,7 +52,10 @@ impl Redactor {
             patterns.push(p.clone());
         }
         if patterns.is_empty() {
-            return Err("invalid config: nothing to redact (email, api_keys and patterns are all off)".into());
+            return Err(
+                "invalid config: nothing to redact (email, api_keys and patterns are all off)"
+                    .into(),
+            );
         }
         let max_tail = raw.max_tail.unwrap_or(256);
         if !(1..=65536).contains(&max_tail) {
@@ -184,10 +187,11 @@ impl Stream {
         };
         let mut changed = false;
         for (n, choice) in choices.iter_mut().enumerate() {
-            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(n as u64);
-            let finish = choice
-                .get("finish_reason")
-                .is_some_and(|f| !f.is_null());
+            let index = choice
+                .get("index")
+                .and_then(Value::as_u64)
+                .unwrap_or(n as u64);
+            let finish = choice.get("finish_reason").is_some_and(|f| !f.is_null());
             let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) else {
                 continue;
             };
@@ -228,7 +232,10 @@ mod tests {
 
     fn content(data: &str) -> String {
         let v: Value = serde_json::from_str(data).unwrap();
-        v["choices"][0]["delta"]["content"].as_str().unwrap_or("").to_string()
+        v["choices"][0]["delta"]["content"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     fn run(r: &Redactor, parts: &[&str]) -> String {
@@ -241,7 +248,8 @@ mod tests {
                 Outcome::Replace(d) => out.push_str(&content(&d)),
             }
         }
-        let fin = serde_json::json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}).to_string();
+        let fin = serde_json::json!({"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]})
+            .to_string();
         if let Outcome::Replace(d) = s.event(r, &fin) {
             out.push_str(&content(&d));
         }
@@ -293,7 +301,10 @@ mod tests {
 
     #[test]
     fn custom_patterns_and_bad_config() {
-        let r = Redactor::from_json(r#"{"email": false, "api_keys": false, "patterns": ["secret-[0-9]+"], "mask": "***"}"#).unwrap();
+        let r = Redactor::from_json(
+            r#"{"email": false, "api_keys": false, "patterns": ["secret-[0-9]+"], "mask": "***"}"#,
+        )
+        .unwrap();
         assert_eq!(run(&r, &["the secret-", "42 is out"]), "the *** is out");
         let err = |j: &str| Redactor::from_json(j).err().expect("an error");
         assert!(err(r#"{"patterns": ["("]}"#).contains("patterns[0]"));

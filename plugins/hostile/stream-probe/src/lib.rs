@@ -22,7 +22,6 @@ mod component {
 
     wit_bindgen::generate!({ world: "stream-transform", path: "../../../wit" });
 
-
     #[derive(Deserialize, Default)]
     #[serde(deny_unknown_fields)]
     struct Config {
@@ -60,7 +59,11 @@ mod component {
 
         fn open_stream(_info: StreamInfo) -> bool {
             *SEEN.lock().unwrap() = 0;
-            CONFIG.lock().unwrap().as_ref().is_none_or(|c| c.open_stream.unwrap_or(true))
+            CONFIG
+                .lock()
+                .unwrap()
+                .as_ref()
+                .is_none_or(|c| c.open_stream.unwrap_or(true))
         }
 
         fn on_event(event: Event, _usage: Option<Usage>) -> EventAction {
@@ -72,7 +75,11 @@ mod component {
             let guard = CONFIG.lock().unwrap();
             let c = guard.as_ref().expect("configured");
             let hit = c.trigger.as_deref().is_none_or(|t| event.data.contains(t));
-            let action = if hit { c.action.as_deref().unwrap_or("pass") } else { "pass" };
+            let action = if hit {
+                c.action.as_deref().unwrap_or("pass")
+            } else {
+                "pass"
+            };
             match action {
                 "upper" => EventAction::Replace(event.data.to_uppercase()),
                 "drop" => EventAction::Drop,
@@ -88,7 +95,9 @@ mod component {
                         x = std::hint::black_box(x.wrapping_add(1));
                     }
                 }
-                _ if c.tag_ids == Some(true) => EventAction::Replace(format!("{seen}:{}", event.data)),
+                _ if c.tag_ids == Some(true) => {
+                    EventAction::Replace(format!("{seen}:{}", event.data))
+                }
                 _ => EventAction::Pass,
             }
         }
