@@ -49,6 +49,9 @@ pub(super) async fn instantiate(
 pub struct Held {
     /// `None` once a call failed (the instance is discarded).
     warm: Option<Warm>,
+    /// A call is under way: dropped now (the client left mid-call), the instance may be
+    /// half-way through guest code and must not be pooled again.
+    calling: bool,
     bound: Arc<Bound>,
     idle: Arc<Mutex<Vec<Warm>>>,
 }
@@ -81,6 +84,7 @@ impl Pool {
                 self.observed(Hook::OpenStream, started, Ok(()))?;
                 Ok(Some(Held {
                     warm: Some(warm),
+                    calling: false,
                     bound: self.bound.clone(),
                     idle: self.idle.clone(),
                 }))
@@ -122,7 +126,10 @@ impl Held {
         let ticks = warm.store.data().ticks;
         warm.store.set_epoch_deadline(ticks);
         let exports = warm.stream.as_ref().expect("a stream plugin's instance");
-        let r = match exports.call_on_event(&mut warm.store, event, usage).await {
+        self.calling = true;
+        let called = exports.call_on_event(&mut warm.store, event, usage).await;
+        self.calling = false;
+        let r = match called {
             Ok(action) => Ok(action),
             Err(e) => {
                 let failure = classify(&e, &warm.store);
@@ -139,6 +146,9 @@ impl Held {
 impl Drop for Held {
     /// The stream ended: a healthy instance goes back to its pool (if there is room).
     fn drop(&mut self) {
+        if self.calling {
+            return;
+        }
         if let Some(warm) = self.warm.take() {
             let mut idle = self.idle.lock().expect("pool lock");
             if idle.len() < self.bound.plugin.config.pool_size {

@@ -207,11 +207,10 @@ impl Stream {
             if !tail.is_empty() {
                 self.tails.insert(index, tail);
             }
-            if had_tail || content != Some(out.as_str()) {
-                if content.is_some() || !out.is_empty() {
-                    delta.insert("content".into(), Value::String(out));
-                    changed = true;
-                }
+            if (had_tail || content != Some(out.as_str())) && (content.is_some() || !out.is_empty())
+            {
+                delta.insert("content".into(), Value::String(out));
+                changed = true;
             }
         }
         if changed {

@@ -15,6 +15,8 @@
 //! Config: `{"action": "...", "trigger": "...", "open_stream": true, "tag_ids": false}`.
 
 #[cfg(target_arch = "wasm32")]
+// The generated lowering of `stream-info` and `event` takes one argument per field.
+#[allow(clippy::too_many_arguments)]
 mod component {
     use std::sync::Mutex;
 
