@@ -736,6 +736,25 @@ mod tests {
     }
 
     #[test]
+    fn a_crlf_cut_between_pieces_ends_the_event_at_the_cr() {
+        let mut p = sse::Parser::default();
+        let mut f = Fields {
+            limit: 1024,
+            ..Fields::default()
+        };
+        assert_eq!(p.feed_event(b"data: a\r\n\r", &mut f), 10);
+        assert!(f.boundary && f.dispatched);
+        assert_eq!(f.take_event().data, "a");
+        // The LF of that CRLF is the start of the next event's bytes, not an end.
+        let n = p.feed_event(b"\ndata: b\n\n", &mut f);
+        assert_eq!(n, 10);
+        assert_eq!(f.take_event().data, "b");
+        // No end in the piece: all of it is consumed and the event goes on.
+        assert_eq!(p.feed_event(b"data: c", &mut f), 7);
+        assert!(!f.boundary);
+    }
+
+    #[test]
     fn framing_by_content_type() {
         let h = |ct: &str, enc: Option<&str>| {
             let mut h = HeaderMap::new();
