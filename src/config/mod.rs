@@ -6,6 +6,7 @@
 //! all wording their errors through one [`section::Section`].
 
 mod ai;
+pub mod composite;
 pub mod discovery;
 pub(crate) mod error;
 pub mod limits;
@@ -18,6 +19,7 @@ pub mod units;
 mod upstreams;
 
 pub use ai::{AiConfig, ApiChoice};
+pub use composite::{CompositeConfig, PartConfig};
 pub use discovery::DiscoveryConfig;
 pub use error::ConfigError;
 pub use limits::{
