@@ -477,3 +477,60 @@ async fn one_access_log_line_with_the_parts_and_metrics_per_part() {
         assert!(m.contains(want), "{want} missing in:\n{m}");
     }
 }
+
+/// A transform plugin in Python with the `response-body` hook replaces the default merge:
+/// it receives the combined answer and keeps only the detections above its `min_score`.
+#[tokio::test]
+#[ignore = "needs componentize-py (plugins/build-polyglot.sh installs it; .ci/run runs it)"]
+async fn a_python_merge_plugin_reshapes_the_combined_answer() {
+    if let Err(reason) = build_polyglot("python") {
+        panic!("the Python plugin toolchain is unavailable ({reason}): run `bash plugins/build-polyglot.sh python`");
+    }
+    let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins/target/components/python-vision-merge.wasm");
+    assert!(
+        wasm.is_file(),
+        "build-polyglot.sh did not build {}",
+        wasm.display()
+    );
+    let d = Model::start(detections, None).await;
+    let c = Model::start(classes, None).await;
+    let s = Model::start(masks, None).await;
+    let cache = std::env::temp_dir().join("portcullis-test-wasm-cache");
+    let text = vision_config(
+        addrs([&d, &c, &s]),
+        &format!(
+            "plugin_cache_dir = \"{}\"\n\n[[plugins]]\nname = \"vision-merge\"\npath = \"{}\"\ntimeout = \"500ms\"\nmemory_limit = \"256MiB\"",
+            cache.display(),
+            wasm.display()
+        ),
+        "plugins = [ { name = \"vision-merge\", config = { min_score = 0.5 } } ]",
+        &three_parts(["", "input = \"detect\"", ""]),
+    );
+    // Compiled into the cache first (no listener timeout there), so the gateway starts fast.
+    let dir = TempDir::new();
+    assert_valid(&dir.write("warm.toml", &text));
+    let gw = Gateway::start(&text);
+    let r = vision(&gw, IMAGE).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.header("content-length"),
+        Some(r.body.len().to_string().as_str())
+    );
+    let j = r.json();
+    assert_eq!(
+        j["detect"]["detections"],
+        serde_json::json!([{"label": "cat", "score": 0.92, "box": [10, 20, 110, 140]}]),
+        "{j}"
+    );
+    assert_eq!(
+        j["summary"],
+        serde_json::json!({"min_score": 0.5, "kept": 1, "dropped": 1})
+    );
+    // The pipeline step still saw detection's answer as it was, before the merge.
+    assert_eq!(
+        j["classify"],
+        serde_json::json!({"classes": ["cat-breed", "dog-breed"]})
+    );
+    assert_eq!(j["segment"], masks(b""));
+}
