@@ -21,7 +21,7 @@ use super::body::ResponseBody;
 use super::context::{ClientRequest, RequestCtx};
 use super::error::{error_object, ProxyError};
 use super::{Gateway, RouteEntry, WorkerUpstream};
-use crate::config::composite::{PartConfig, COMPOSITE_BODY};
+use crate::config::composite::PartConfig;
 use crate::config::RouteConfig;
 use crate::metrics::PartMetrics;
 use crate::upstream::call::Call;
@@ -88,9 +88,9 @@ impl Gateway {
         let cfg = &route.config;
         let c = cfg.composite.as_ref().expect("a composite route has parts");
         let parts = &c.parts;
-        req.body
-            .buffer(cfg.buffer_request_body.unwrap_or(COMPOSITE_BODY))
-            .await?;
+        // `buffer_request_body` (which the config sets on every composite route: 1 MiB
+        // unless written), never over `max_body_size`: 413 beyond.
+        req.body.buffer(route.body_limit()).await?;
         // The parts' answers are read as JSON: ask for them uncompressed.
         req.head.headers.remove(header::ACCEPT_ENCODING);
         let query = match &req.rewritten {
