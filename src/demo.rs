@@ -48,6 +48,25 @@ fn json(status: StatusCode, v: serde_json::Value, replica: &str) -> Response<Dem
         .expect("valid response")
 }
 
+/// The request's body as JSON (`null` when it is not).
+async fn json_body(req: Request<Incoming>) -> serde_json::Value {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    serde_json::from_slice(&body).unwrap_or_default()
+}
+
+/// The status `x-demo-fail: STATUS` asks a demo service to fail with.
+fn demo_fail(req: &Request<Incoming>) -> Option<StatusCode> {
+    req.headers()
+        .get("x-demo-fail")
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+}
+
 /// Token counts the demo reports: one token per word (real services use a tokenizer).
 fn usage(prompt: &str, answer: &str) -> serde_json::Value {
     let (p, c) = (
@@ -72,11 +91,7 @@ async fn chat(req: Request<Incoming>, replica: &'static str) -> Response<DemoBod
         );
     }
     // `x-demo-fail: 503` makes the demo-gpt replicas fail, to show the fallback.
-    let fail = req
-        .headers()
-        .get("x-demo-fail")
-        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok());
+    let fail = demo_fail(&req);
     if let (Some(status), true) = (fail, replica.starts_with("gpt-")) {
         return json(
             status,
@@ -84,13 +99,7 @@ async fn chat(req: Request<Incoming>, replica: &'static str) -> Response<DemoBod
             replica,
         );
     }
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let parsed = json_body(req).await;
     let model = parsed["model"].as_str().unwrap_or("demo-llm").to_string();
     let prompt = parsed["messages"]
         .as_array()
@@ -148,13 +157,7 @@ async fn chat(req: Request<Incoming>, replica: &'static str) -> Response<DemoBod
 }
 
 async fn embeddings(req: Request<Incoming>, replica: &'static str) -> Response<DemoBody> {
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let parsed = json_body(req).await;
     let inputs: Vec<String> = match &parsed["input"] {
         serde_json::Value::String(s) => vec![s.clone()],
         serde_json::Value::Array(a) => a
@@ -193,18 +196,8 @@ async fn embeddings(req: Request<Incoming>, replica: &'static str) -> Response<D
 /// `segment` answers masks (and fails with `x-demo-fail: STATUS`, to show an optional
 /// part's failure inside the composite answer).
 async fn vision(req: Request<Incoming>, kind: Service) -> Response<DemoBody> {
-    let fail = req
-        .headers()
-        .get("x-demo-fail")
-        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok());
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let fail = demo_fail(&req);
+    let parsed = json_body(req).await;
     let answer = match kind {
         Service::Detect => {
             let Some(image) = parsed["image"].as_str() else {

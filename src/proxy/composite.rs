@@ -377,3 +377,92 @@ fn summary(parts: &[PartConfig], seen: &[Seen]) -> String {
     }
     s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(name: &str, input: Option<usize>, required: bool) -> PartConfig {
+        PartConfig {
+            name: name.into(),
+            upstream: 0,
+            path: None,
+            method: None,
+            required,
+            timeout: Duration::from_secs(1),
+            input,
+        }
+    }
+
+    fn answered(body: &'static str) -> Option<Result<PartAnswer, ProxyError>> {
+        Some(Ok(PartAnswer {
+            body: Bytes::from_static(body.as_bytes()),
+            content_type: None,
+            status: 200,
+        }))
+    }
+
+    #[test]
+    fn the_answer_keeps_each_parts_bytes_and_the_error_shape() {
+        let parts = [part("a", None, false), part("b.x", None, false)];
+        let results = vec![
+            answered("{\"k\": [1, 2]}"),
+            Some(Err(ProxyError::UpstreamTimeout)),
+        ];
+        let body = merge(&parts, &results, &HeaderValue::from_static("rid-1"));
+        assert!(
+            body.starts_with(b"{\"a\":{\"k\": [1, 2]},\"b.x\":"),
+            "{body:?}"
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["b.x"]["error"]["code"], "upstream_timeout");
+        assert_eq!(v["b.x"]["error"]["request_id"], "rid-1");
+        assert_eq!(
+            v["b.x"]["error"]["message"],
+            "part `b.x`: upstream did not answer in time"
+        );
+    }
+
+    #[test]
+    fn a_failure_reaches_every_step_downstream_and_a_required_one_fails_the_request() {
+        // a ← b ← c, and d on its own.
+        let mut parts = vec![
+            part("a", None, false),
+            part("b", Some(0), false),
+            part("c", Some(1), false),
+            part("d", None, false),
+        ];
+        let mut results: Vec<Option<Result<PartAnswer, ProxyError>>> =
+            (0..4).map(|_| None).collect();
+        assert!(fail_dependents(&parts, 0, &mut results).is_none());
+        let failed = |r: &Option<Result<PartAnswer, ProxyError>>| match r {
+            Some(Err(ProxyError::PartInputFailed(n))) => Some(n.to_string()),
+            _ => None,
+        };
+        assert_eq!(failed(&results[1]).as_deref(), Some("a"));
+        assert_eq!(failed(&results[2]).as_deref(), Some("b"));
+        assert!(results[3].is_none());
+        parts[2].required = true;
+        let mut results: Vec<_> = (0..4).map(|_| None).collect();
+        let (i, e) = fail_dependents(&parts, 0, &mut results).expect("c is required");
+        assert_eq!((i, e.code()), (2, "part_input_failed"));
+    }
+
+    #[test]
+    fn the_log_field_names_each_part_and_how_it_ended() {
+        let parts = [
+            part("a", None, false),
+            part("b", None, false),
+            part("c", None, false),
+        ];
+        let seen = [
+            Seen::Answered(200, Duration::from_micros(1500)),
+            Seen::Failed("upstream_timeout", Duration::from_millis(250)),
+            Seen::Cancelled,
+        ];
+        assert_eq!(
+            summary(&parts, &seen),
+            "a:200:1.5,b:upstream_timeout:250.0,c:cancelled:-"
+        );
+    }
+}

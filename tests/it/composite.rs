@@ -116,6 +116,19 @@ fn three_parts(extra: [&str; 3]) -> String {
         + &part("segment", "segmentation", "/v1/segment", extra[2])
 }
 
+/// The gateway on `vision_config` with the three parts and nothing else.
+fn gateway(addrs: [SocketAddr; 3], extra: [&str; 3]) -> Gateway {
+    Gateway::start(&vision_config(addrs, "", "", &three_parts(extra)))
+}
+
+/// An error reply's `error.message`.
+fn message(r: &Reply) -> String {
+    r.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
 fn addrs(m: [&Model; 3]) -> [SocketAddr; 3] {
     m.map(|m| m.up.addr)
 }
@@ -193,12 +206,10 @@ async fn an_optional_part_that_times_out_is_an_error_object_in_a_200() {
     let d = Model::start(detections, None).await;
     let c = Model::start(classes, None).await;
     let slow = hanging().await;
-    let gw = Gateway::start(&vision_config(
+    let gw = gateway(
         [d.up.addr, c.up.addr, slow.addr],
-        "",
-        "",
-        &three_parts(["required = true", "", "timeout = \"200ms\""]),
-    ));
+        ["required = true", "", "timeout = \"200ms\""],
+    );
     let r = vision(&gw, IMAGE).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let j = r.json();
@@ -219,17 +230,14 @@ async fn a_required_part_that_times_out_fails_the_request_with_504_naming_it() {
     let d = Model::start(detections, None).await;
     let c = Model::start(classes, None).await;
     let slow = hanging().await;
-    let gw = Gateway::start(&vision_config(
+    let gw = gateway(
         [d.up.addr, c.up.addr, slow.addr],
-        "",
-        "",
-        &three_parts(["", "", "required = true\ntimeout = \"200ms\""]),
-    ));
+        ["", "", "required = true\ntimeout = \"200ms\""],
+    );
     let r = vision(&gw, IMAGE).await;
     assert_eq!(r.status, 504, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.error_code(), "upstream_timeout");
-    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(message.contains("part `segment`"), "{message}");
+    assert!(message(&r).contains("part `segment`"), "{}", message(&r));
 }
 
 #[tokio::test]
@@ -243,27 +251,20 @@ async fn a_required_part_answering_500_fails_the_request_with_502_naming_it() {
             .unwrap()
     })
     .await;
-    let gw = Gateway::start(&vision_config(
+    let gw = gateway(
         [broken.addr, c.up.addr, d.up.addr],
-        "",
-        "",
-        &three_parts(["required = true", "", ""]),
-    ));
+        ["required = true", "", ""],
+    );
     let r = vision(&gw, IMAGE).await;
     assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.error_code(), "upstream_status");
-    let message = r.json()["error"]["message"].as_str().unwrap().to_string();
-    assert!(
-        message.contains("part `detect`") && message.contains("500"),
-        "{message}"
-    );
+    let m = message(&r);
+    assert!(m.contains("part `detect`") && m.contains("500"), "{m}");
     // A refused connection is a 502 too, with its own code.
-    let gw = Gateway::start(&vision_config(
+    let gw = gateway(
         [closed_addr(), c.up.addr, d.up.addr],
-        "",
-        "",
-        &three_parts(["required = true", "", ""]),
-    ));
+        ["required = true", "", ""],
+    );
     let r = vision(&gw, IMAGE).await;
     assert_eq!(r.status, 502);
     assert_eq!(r.error_code(), "upstream_connect_failed");
@@ -276,12 +277,10 @@ async fn a_pipeline_step_receives_exactly_the_earlier_parts_answer() {
     let d = Model::start(detections, None).await;
     let c = Model::start(classes, None).await;
     let s = Model::start(masks, None).await;
-    let gw = Gateway::start(&vision_config(
+    let gw = gateway(
         addrs([&d, &c, &s]),
-        "",
-        "",
-        &three_parts(["required = true", "input = \"detect\"\nrequired = true", ""]),
-    ));
+        ["required = true", "input = \"detect\"\nrequired = true", ""],
+    );
     let r = vision(&gw, IMAGE).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let j = r.json();
@@ -309,12 +308,10 @@ async fn a_pipeline_step_receives_exactly_the_earlier_parts_answer() {
 async fn a_pipeline_step_whose_input_failed_reports_it() {
     let c = Model::start(classes, None).await;
     let s = Model::start(masks, None).await;
-    let gw = Gateway::start(&vision_config(
+    let gw = gateway(
         [closed_addr(), c.up.addr, s.up.addr],
-        "",
-        "",
-        &three_parts(["", "input = \"detect\"", ""]),
-    ));
+        ["", "input = \"detect\"", ""],
+    );
     let r = vision(&gw, IMAGE).await;
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let j = r.json();
@@ -345,10 +342,7 @@ async fn answers_over_the_size_cap_are_a_502_and_a_body_over_the_buffer_a_413() 
     let r = vision(&gw, IMAGE).await;
     assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(r.error_code(), "response_too_large");
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("part `detect`"));
+    assert!(message(&r).contains("part `detect`"), "{}", message(&r));
     let too_big: &'static str = Box::leak("x".repeat(100 * 1024).into_boxed_str());
     let r = vision(&gw, too_big).await;
     assert_eq!(r.status, 413);
@@ -372,12 +366,7 @@ async fn a_part_answering_what_cannot_be_merged_is_an_error_object() {
     })
     .await;
     let s = Model::start(masks, None).await;
-    let gw = Gateway::start(&vision_config(
-        [text.addr, sse.addr, s.up.addr],
-        "",
-        "",
-        &three_parts(["", "", ""]),
-    ));
+    let gw = gateway([text.addr, sse.addr, s.up.addr], ["", "", ""]);
     let j = vision(&gw, IMAGE).await.json();
     assert_eq!(j["detect"]["error"]["code"], "upstream_bad_response");
     assert!(j["detect"]["error"]["message"]
