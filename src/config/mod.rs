@@ -2,7 +2,8 @@
 //! runtime [`Config`]. Every error names the file, line, column and key.
 //!
 //! Each section is read and validated by its own file — [`server`], [`upstreams`] (with
-//! [`resilience`] and [`discovery`], one file per source), [`plugins`], [`limits`], [`routes`] —
+//! [`resilience`] and [`discovery`], one file per source), [`plugins`], [`limits`], [`routes`]
+//! (with [`composite`] for a route's parts) —
 //! all wording their errors through one [`section::Section`].
 
 mod ai;

@@ -465,6 +465,19 @@ async fn one_access_log_line_with_the_parts_and_metrics_per_part() {
     ] {
         assert!(m.contains(want), "{want} missing in:\n{m}");
     }
+    let routes = send(
+        &client(),
+        req("GET", &format!("http://{}/routes", gw.admin.unwrap()))
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+    .json();
+    assert_eq!(
+        routes["routes"][0]["parts"][2],
+        serde_json::json!({"name": "segment", "upstream": "segmentation", "required": false, "input": null}),
+        "{routes}"
+    );
 }
 
 /// A transform plugin in Python with the `response-body` hook replaces the default merge:
