@@ -17,6 +17,7 @@ const IMAGE: &str = r#"{"image":"aGVsbG8=","id":"frame-7"}"#;
 struct Received {
     method: String,
     path: String,
+    query: Option<String>,
     headers: http::HeaderMap,
     body: Bytes,
 }
@@ -41,6 +42,7 @@ impl Model {
                 log.lock().unwrap().push(Received {
                     method: parts.method.to_string(),
                     path: parts.uri.path().to_string(),
+                    query: parts.uri.query().map(str::to_string),
                     headers: parts.headers,
                     body: body.clone(),
                 });
@@ -187,6 +189,11 @@ async fn three_parts_are_called_at_once_and_answered_together() {
         let got = &got[0];
         assert_eq!(got.method, "POST");
         assert_eq!(got.path, path);
+        assert_eq!(
+            got.query.as_deref(),
+            Some("threshold=0.5"),
+            "the client's query goes along"
+        );
         assert_eq!(
             got.body,
             IMAGE.as_bytes(),
@@ -535,4 +542,96 @@ async fn a_python_merge_plugin_reshapes_the_combined_answer() {
         serde_json::json!({"classes": ["cat-breed", "dog-breed"]})
     );
     assert_eq!(j["segment"], masks(b""));
+}
+
+/// A part without `path` gets the path the route forwards; `method` replaces the client's.
+#[tokio::test]
+async fn a_part_without_a_path_gets_the_routes_and_a_method_of_its_own() {
+    let d = Model::start(detections, None).await;
+    let c = Model::start(classes, None).await;
+    let s = Model::start(masks, None).await;
+    let parts = part("detect", "detection", "/v1/detect", "method = \"put\"")
+        + "[[routes.parts]]\nname = \"classify\"\nupstream = \"classification\"\n\n"
+        + &part("segment", "segmentation", "/v1/segment", "");
+    let gw = Gateway::start(&vision_config(addrs([&d, &c, &s]), "", "", &parts));
+    assert_eq!(vision(&gw, IMAGE).await.status, 200);
+    let (detect, classify) = (&d.received()[0], &c.received()[0]);
+    assert_eq!(
+        (detect.method.as_str(), detect.path.as_str()),
+        ("PUT", "/v1/detect")
+    );
+    assert_eq!(
+        (
+            classify.method.as_str(),
+            classify.path.as_str(),
+            classify.query.as_deref()
+        ),
+        ("POST", "/v1/vision", Some("threshold=0.5"))
+    );
+}
+
+/// Signals when dropped: a handler future holding it was cancelled.
+struct Dropped(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Drop for Dropped {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// A required part's failure answers at once: the other parts are cancelled (their
+/// connections closed, so the service's handler is dropped) long before their own
+/// 60 s timeout. The required part fails only once the slow one has its request.
+#[tokio::test]
+async fn a_required_failure_cancels_the_parts_still_running() {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let tx = Arc::new(Mutex::new(Some(tx)));
+    let arrived = Arc::new(tokio::sync::Notify::new());
+    let entered = arrived.clone();
+    let slow = Upstream::start(move |_req| {
+        let guard = Dropped(tx.lock().unwrap().take());
+        entered.notify_one();
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+    })
+    .await;
+    let failing = Upstream::start(move |_req| {
+        let arrived = arrived.clone();
+        async move {
+            arrived.notified().await;
+            http::Response::builder()
+                .status(500)
+                .body(full("{}"))
+                .unwrap()
+        }
+    })
+    .await;
+    let c = Model::start(classes, None).await;
+    let gw = gateway(
+        [failing.addr, c.up.addr, slow.addr],
+        ["required = true", "", "timeout = \"60s\""],
+    );
+    // The answer is awaited only after the cancellation: a gateway that waited for the
+    // slow part would answer (and drop it) only after its 60 s.
+    let url = gw.url("/v1/vision");
+    let answer = tokio::spawn(async move {
+        send(
+            &client(),
+            req("POST", &url).body(Full::from(IMAGE)).unwrap(),
+        )
+        .await
+    });
+    tokio::time::timeout(WAIT, rx)
+        .await
+        .expect("the running part was not cancelled")
+        .expect("signal sent");
+    let r = answer.await.unwrap();
+    assert_eq!(r.status, 502, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.error_code(), "upstream_status");
+    assert!(message(&r).contains("part `detect`"), "{}", message(&r));
 }
