@@ -3,6 +3,7 @@
 #
 #   plugins/python/api-key         (componentize-py)  ->  plugins/target/components/python-api-key.wasm
 #   plugins/python/hmac-signature  (componentize-py)  ->  plugins/target/components/python-hmac-signature.wasm
+#   plugins/python/vision-merge    (componentize-py)  ->  plugins/target/components/python-vision-merge.wasm
 #   plugins/python/stop-words      (componentize-py)  ->  plugins/target/components/python-stop-words.wasm
 #   plugins/js/bearer              (componentize-js)  ->  plugins/target/components/js-bearer.wasm
 #   plugins/c/api-key              (clang, wasi-libc) ->  plugins/target/components/c-api-key.wasm
@@ -89,11 +90,9 @@ venv_install() {
     touch "$stamp"
 }
 
-# plugins/python/NAME [WORLD] -> python-NAME.wasm, with the componentize-py of the venv
-# (WORLD: the plugin's world in wit/, default auth).
+# plugins/python/NAME -> python-NAME.wasm for WIT world $2, with the componentize-py of the venv.
 build_python_plugin() {
-    local src="$here/python/$1"
-    local world="${2:-auth}"
+    local src="$here/python/$1" world="$2"
     local dst="$out/python-$1.wasm"
     local stamp="$venv/.requirements.stamp"
     if stale "$dst" "$src/app.py" "$here/python/api-key/requirements.txt" "$wit" "$stamp"; then
@@ -108,8 +107,9 @@ build_python_plugin() {
 
 build_python() {
     venv_install "$here/python/api-key/requirements.txt" "$venv/.requirements.stamp"
-    build_python_plugin api-key
-    build_python_plugin hmac-signature
+    build_python_plugin api-key auth
+    build_python_plugin hmac-signature auth
+    build_python_plugin vision-merge transform
     build_python_plugin stop-words stream-transform
 }
 

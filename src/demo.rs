@@ -1,8 +1,10 @@
 //! `portcullis demo`: OpenAI-style model services (chat completions streamed as server-sent
 //! events, with token usage; embeddings) and a gateway in front of them that shows its Wasm
 //! plugins at work — the API-key auth plugin on the chat routes, the model router sending
-//! `demo-gpt` and `demo-llama` to different pools — with the admin API and dashboard. One
-//! process, no setup: the plugins are built by `build.rs` and embedded in the binary.
+//! `demo-gpt` and `demo-llama` to different pools — with the admin API and dashboard; and
+//! three vision models (detection, classification, segmentation) behind one composite
+//! route, `/v1/vision`. One process, no setup: the plugins are built by `build.rs` and
+//! embedded in the binary.
 
 use crate::config;
 use bytes::Bytes;
@@ -46,6 +48,25 @@ fn json(status: StatusCode, v: serde_json::Value, replica: &str) -> Response<Dem
         .expect("valid response")
 }
 
+/// The request's body as JSON (`null` when it is not).
+async fn json_body(req: Request<Incoming>) -> serde_json::Value {
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+    serde_json::from_slice(&body).unwrap_or_default()
+}
+
+/// The status `x-demo-fail: STATUS` asks a demo service to fail with.
+fn demo_fail(req: &Request<Incoming>) -> Option<StatusCode> {
+    req.headers()
+        .get("x-demo-fail")
+        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
+        .and_then(|s| StatusCode::from_u16(s).ok())
+}
+
 /// Token counts the demo reports: one token per word (real services use a tokenizer).
 fn usage(prompt: &str, answer: &str) -> serde_json::Value {
     let (p, c) = (
@@ -70,11 +91,7 @@ async fn chat(req: Request<Incoming>, replica: &'static str) -> Response<DemoBod
         );
     }
     // `x-demo-fail: 503` makes the demo-gpt replicas fail, to show the fallback.
-    let fail = req
-        .headers()
-        .get("x-demo-fail")
-        .and_then(|v| v.to_str().ok()?.parse::<u16>().ok())
-        .and_then(|s| StatusCode::from_u16(s).ok());
+    let fail = demo_fail(&req);
     if let (Some(status), true) = (fail, replica.starts_with("gpt-")) {
         return json(
             status,
@@ -82,13 +99,7 @@ async fn chat(req: Request<Incoming>, replica: &'static str) -> Response<DemoBod
             replica,
         );
     }
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let parsed = json_body(req).await;
     let model = parsed["model"].as_str().unwrap_or("demo-llm").to_string();
     let prompt = parsed["messages"]
         .as_array()
@@ -146,13 +157,7 @@ async fn chat(req: Request<Incoming>, replica: &'static str) -> Response<DemoBod
 }
 
 async fn embeddings(req: Request<Incoming>, replica: &'static str) -> Response<DemoBody> {
-    let body = req
-        .into_body()
-        .collect()
-        .await
-        .map(|c| c.to_bytes())
-        .unwrap_or_default();
-    let parsed: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let parsed = json_body(req).await;
     let inputs: Vec<String> = match &parsed["input"] {
         serde_json::Value::String(s) => vec![s.clone()],
         serde_json::Value::Array(a) => a
@@ -186,7 +191,73 @@ async fn embeddings(req: Request<Incoming>, replica: &'static str) -> Response<D
     )
 }
 
-async fn serve_demo_service(name: &'static str, embed: bool) -> anyhow::Result<SocketAddr> {
+/// A vision model stand-in: `detect` finds objects in `{"image": …}` (deterministic from
+/// the image's hash), `classify` names each region of a detection answer it is sent,
+/// `segment` answers masks (and fails with `x-demo-fail: STATUS`, to show an optional
+/// part's failure inside the composite answer).
+async fn vision(req: Request<Incoming>, kind: Service) -> Response<DemoBody> {
+    let fail = demo_fail(&req);
+    let parsed = json_body(req).await;
+    let answer = match kind {
+        Service::Detect => {
+            let Some(image) = parsed["image"].as_str() else {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": "send {\"image\": \"<base64>\"}"}),
+                    "detect-a",
+                );
+            };
+            let h = crate::hash::hash_bytes(image.as_bytes());
+            let score = |k: u32| 0.05 + ((h >> (k * 8)) & 0xff) as f64 / 255.0 * 0.9;
+            let labels = ["cat", "dog", "bicycle"];
+            let found: Vec<serde_json::Value> = labels
+                .iter()
+                .zip(0u32..)
+                .map(|(label, k)| {
+                    let x = (h >> (k * 5)) & 0x1ff;
+                    serde_json::json!({"label": label, "score": (score(k) * 100.0).round() / 100.0,
+                        "box": [x, x / 2, x + 64, x / 2 + 48]})
+                })
+                .collect();
+            serde_json::json!({"model": "demo-detector", "detections": found})
+        }
+        Service::Classify => {
+            let regions = parsed["detections"].as_array().cloned().unwrap_or_default();
+            let classes: Vec<serde_json::Value> = regions
+                .iter()
+                .map(|r| {
+                    let label = r["label"].as_str().unwrap_or("object");
+                    serde_json::json!({"label": label, "class": format!("{label}/demo-breed")})
+                })
+                .collect();
+            serde_json::json!({"model": "demo-classifier", "classes": classes})
+        }
+        _ => {
+            if let Some(status) = fail {
+                return json(
+                    status,
+                    serde_json::json!({"error": "segment-a failed as asked"}),
+                    "segment-a",
+                );
+            }
+            serde_json::json!({"model": "demo-segmenter",
+                "masks": [{"label": "sky", "area": 0.38}, {"label": "road", "area": 0.21}]})
+        }
+    };
+    json(StatusCode::OK, answer, "vision")
+}
+
+/// What a demo service serves.
+#[derive(Clone, Copy)]
+enum Service {
+    Chat,
+    Embed,
+    Detect,
+    Classify,
+    Segment,
+}
+
+async fn serve_demo_service(name: &'static str, kind: Service) -> anyhow::Result<SocketAddr> {
     let l = TcpListener::bind("127.0.0.1:0").await?;
     let addr = l.local_addr()?;
     tokio::spawn(async move {
@@ -196,10 +267,10 @@ async fn serve_demo_service(name: &'static str, embed: bool) -> anyhow::Result<S
             };
             tokio::spawn(async move {
                 let svc = service_fn(move |req| async move {
-                    Ok::<_, Infallible>(if embed {
-                        embeddings(req, name).await
-                    } else {
-                        chat(req, name).await
+                    Ok::<_, Infallible>(match kind {
+                        Service::Chat => chat(req, name).await,
+                        Service::Embed => embeddings(req, name).await,
+                        _ => vision(req, kind).await,
                     })
                 });
                 let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
@@ -219,6 +290,8 @@ pub struct DemoSetup<'a> {
     pub gpt: [SocketAddr; 2],
     pub llama: SocketAddr,
     pub embed: [SocketAddr; 2],
+    /// Detection, classification, segmentation.
+    pub vision: [SocketAddr; 3],
     pub plugins: &'a Path,
 }
 
@@ -290,6 +363,49 @@ name = "embeddings"
 path = "/v1/embeddings"
 methods = ["POST"]
 upstream = "embedding-models"
+
+[[upstreams]]
+name = "detection"
+targets = [ {{ address = "{detect}" }} ]
+
+[[upstreams]]
+name = "classification"
+targets = [ {{ address = "{classify}" }} ]
+
+[[upstreams]]
+name = "segmentation"
+targets = [ {{ address = "{segment}" }} ]
+
+# One request, three vision models, one JSON answer: detection and segmentation at once,
+# classification of what detection found (a pipeline step); the key is checked once.
+[[routes]]
+name = "vision"
+path = "/v1/vision"
+methods = ["POST"]
+max_response_size = "1MiB"
+plugins = [
+  {{ name = "api-key", config = {{ keys = [ {{ key = "demo-key-alice", consumer = "alice" }} ] }} }},
+]
+
+[[routes.parts]]
+name = "detect"
+upstream = "detection"
+path = "/v1/detect"
+required = true                # no detections: the whole request fails
+timeout = "2s"
+
+[[routes.parts]]
+name = "classify"
+upstream = "classification"
+path = "/v1/classify"
+input = "detect"               # its request body is detection's answer
+timeout = "2s"
+
+[[routes.parts]]
+name = "segment"
+upstream = "segmentation"
+path = "/v1/segment"
+timeout = "2s"                 # optional: a failure is an error object in the answer
 "#,
         listen = d.listen,
         admin = d.admin_listen,
@@ -298,6 +414,9 @@ upstream = "embedding-models"
         llama = d.llama,
         embed0 = d.embed[0],
         embed1 = d.embed[1],
+        detect = d.vision[0],
+        classify = d.vision[1],
+        segment = d.vision[2],
     )
 }
 
@@ -332,13 +451,18 @@ pub async fn run(
         listen,
         admin_listen,
         gpt: [
-            serve_demo_service("gpt-a", false).await?,
-            serve_demo_service("gpt-b", false).await?,
+            serve_demo_service("gpt-a", Service::Chat).await?,
+            serve_demo_service("gpt-b", Service::Chat).await?,
         ],
-        llama: serve_demo_service("llama-a", false).await?,
+        llama: serve_demo_service("llama-a", Service::Chat).await?,
         embed: [
-            serve_demo_service("embed-a", true).await?,
-            serve_demo_service("embed-b", true).await?,
+            serve_demo_service("embed-a", Service::Embed).await?,
+            serve_demo_service("embed-b", Service::Embed).await?,
+        ],
+        vision: [
+            serve_demo_service("detect-a", Service::Detect).await?,
+            serve_demo_service("classify-a", Service::Classify).await?,
+            serve_demo_service("segment-a", Service::Segment).await?,
         ],
         plugins: &plugin_dir,
     };
@@ -391,6 +515,12 @@ pub async fn run(
     );
     println!("  curl -s http://{admin}/metrics | grep gen_ai_client_token_usage_sum   # tokens by route and model");
     println!("  curl http://{gw}/v1/embeddings -d '{{\"input\":[\"hello\",\"world\"]}}'   # no auth on this route");
+    let vision = format!("curl -s -H 'x-api-key: demo-key-alice' http://{gw}/v1/vision -d '{{\"image\":\"aGVsbG8=\"}}'");
+    println!("  {vision}   # composite: detect + segment at once, classify fed detect's answer; one JSON object");
+    println!(
+        "  {}   # segment fails: its error object in a 200",
+        vision.replacen("-s", "-s -H 'x-demo-fail: 503'", 1)
+    );
     println!("  open http://{admin}/   # the dashboard; http://{admin}/metrics for Prometheus");
     println!();
     crate::app::run(config, plugins, shutdown).await

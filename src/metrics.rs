@@ -48,6 +48,8 @@ pub struct Metrics {
     pub upgraded_bytes: IntCounterVec,
     pub rate_limited: IntCounterVec,
     pub rate_limit_backend_errors: IntCounterVec,
+    pub composite_parts: IntCounterVec,
+    pub composite_part_duration: HistogramVec,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -119,6 +121,8 @@ impl Metrics {
             // those are unbounded.
             rate_limited: counter(&r, "portcullis_rate_limited_total", "Requests refused (429) by a rate limit or token budget, by limit and the kinds of its key.", &["limit", "key"]),
             rate_limit_backend_errors: counter(&r, "portcullis_rate_limit_backend_errors_total", "Reservations Redis did not answer in time, by limit and the on_backend_error policy applied (deny, local).", &["limit", "policy"]),
+            composite_parts: counter(&r, "portcullis_composite_parts_total", "Parts of composite routes called, by route, part and outcome (ok, timeout, error, cancelled).", &["route", "part", "outcome"]),
+            composite_part_duration: histogram(&r, "portcullis_composite_part_duration_seconds", "Time from a composite route's part being sent to its body read whole, by route and part.", &["route", "part"], exponential_buckets(0.0005, 2.0, 18).expect("valid buckets")),
             registry: r,
         }
     }
@@ -410,6 +414,26 @@ impl RouteMetrics {
     pub fn observe(&self, method: &http::Method, status: u16, seconds: f64) {
         self.counters[method_index(method) * CLASSES.len() + status_class(status)].inc();
         self.duration.observe(seconds);
+    }
+}
+
+/// The outcomes of a composite route's part, in the order of [`PartMetrics::outcomes`].
+pub const PART_OUTCOMES: [&str; 4] = ["ok", "timeout", "error", "cancelled"];
+
+/// One part of a composite route: its outcome counters and duration, resolved once.
+pub struct PartMetrics {
+    /// By [`PART_OUTCOMES`].
+    pub outcomes: [IntCounter; 4],
+    pub duration: Histogram,
+}
+
+impl PartMetrics {
+    pub fn new(route: &str, part: &str) -> Self {
+        let m = get();
+        PartMetrics {
+            outcomes: PART_OUTCOMES.map(|o| m.composite_parts.with_label_values(&[route, part, o])),
+            duration: m.composite_part_duration.with_label_values(&[route, part]),
+        }
     }
 }
 

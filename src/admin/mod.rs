@@ -252,6 +252,13 @@ fn routes_json(gw: &Gateway) -> Value {
                 "plugins": entry.plugins.iter().map(|p| &*p.plugin.name).collect::<Vec<_>>(),
                 "upgrades": r.upgrades,
                 "limits": entry.limits.list.iter().map(|l| &*l.name).collect::<Vec<_>>(),
+                // A composite route's parts (its `upstream` is its first part's).
+                "parts": r.composite.as_ref().map(|c| c.parts.iter().map(|p| json!({
+                    "name": p.name,
+                    "upstream": gw.upstreams[p.upstream].name(),
+                    "required": p.required,
+                    "input": p.input.map(|i| &c.parts[i].name),
+                })).collect::<Vec<_>>()),
             })
         })
         .collect();

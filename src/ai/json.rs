@@ -14,6 +14,10 @@
 //! | `.usage` = `null` / object | usage announced absent (OpenAI chunks with `include_usage`) |
 //! | `.choices` = `[]` | the usage-only chunk of an OpenAI stream |
 //! | `.error` = object, `.type` = `"error"` | the document is an error |
+//!
+//! Speed: every other container (the contents of `choices`, `content` arrays, `*_details`
+//! objects…) is skipped whole — its brackets counted, not matched, its strings jumped over
+//! with `memchr` — and runs of whitespace, digits and literal letters are taken at once.
 
 /// The longest model name kept; a longer one is not reported.
 pub const MAX_MODEL: usize = 256;
@@ -124,6 +128,9 @@ enum State {
     AfterValue,
     /// The document is complete (only whitespace may follow).
     Done,
+    /// Inside a container nothing is captured from (see [`Scanner::live`]): its
+    /// brackets are counted (not matched) and its strings skipped, nothing else is read.
+    Dead,
     /// Not JSON, or deeper than followed: nothing more is read.
     Invalid,
 }
@@ -156,6 +163,9 @@ pub struct Scanner {
     key_len: usize,
     /// Inside a string, the last byte was a backslash.
     escaped: bool,
+    /// In a dead container: how many are open (it included), and whether in a string.
+    dead: u8,
+    dead_string: bool,
     capture: Capture,
     number: Option<u64>,
     /// The first byte of a literal (`t`, `f`, `n`).
@@ -181,6 +191,8 @@ impl Default for Scanner {
             key: [0; MAX_KEY],
             key_len: 0,
             escaped: false,
+            dead: 0,
+            dead_string: false,
             capture: Capture::None,
             number: None,
             literal: 0,
@@ -194,6 +206,17 @@ impl Default for Scanner {
     }
 }
 
+/// The bytes a dead container's skip stops at: quotes and brackets.
+static DEAD_STOPS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < 5 {
+        t[b"\"{}[]"[i] as usize] = true;
+        i += 1;
+    }
+    t
+};
+
 fn is_ws(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | b'\r')
 }
@@ -206,6 +229,8 @@ impl Scanner {
         self.objects = 0;
         self.key_len = 0;
         self.escaped = false;
+        self.dead = 0;
+        self.dead_string = false;
         self.capture = Capture::None;
         self.number = None;
         self.model_len = 0;
@@ -269,6 +294,35 @@ impl Scanner {
         }
     }
 
+    /// Whether a container opening now (an object when `object`) can hold anything
+    /// captured: the document itself, `.usage`, `.message`, `.response` and their
+    /// `.usage`. `.choices` is followed only to tell `[]` (see `State::ArrayStart`).
+    /// Every other container is skipped whole.
+    fn live(&self, object: bool) -> bool {
+        match self.depth {
+            0 => true,
+            1 => object && matches!(self.key_at(1), Key::Usage | Key::Message | Key::Response),
+            2 => {
+                object
+                    && matches!(self.key_at(1), Key::Message | Key::Response)
+                    && self.key_at(2) == Key::Usage
+            }
+            _ => false,
+        }
+    }
+
+    /// A dead container opened (its bracket read).
+    fn enter_dead(&mut self) {
+        if self.depth >= MAX_DEPTH {
+            self.state = State::Invalid;
+            return;
+        }
+        self.dead = 1;
+        self.dead_string = false;
+        self.escaped = false;
+        self.state = State::Dead;
+    }
+
     fn open(&mut self, object: bool) {
         if self.depth >= MAX_DEPTH {
             self.state = State::Invalid;
@@ -329,10 +383,19 @@ impl Scanner {
                     _ => {}
                 }
                 self.capture = Capture::None;
-                self.open(true);
+                if self.live(true) {
+                    self.open(true);
+                } else {
+                    self.enter_dead();
+                }
             }
             b'[' => {
                 let choices = self.capture == Capture::Choices;
+                if !choices && !self.live(false) {
+                    self.capture = Capture::None;
+                    self.enter_dead();
+                    return;
+                }
                 self.open(false);
                 // Kept through ArrayStart to tell `[]` apart.
                 self.capture = if choices {
@@ -374,6 +437,10 @@ impl Scanner {
         while let Some((&b, rest)) = s.split_first() {
             match self.state {
                 State::Invalid => return,
+                State::Dead => {
+                    s = self.skip_dead(s);
+                    continue;
+                }
                 State::InString => {
                     // The bulk of a document is strings: skip to the next quote or
                     // backslash at once.
@@ -435,30 +502,47 @@ impl Scanner {
                     s = rest;
                     continue;
                 }
-                State::Number => match b {
-                    b'0'..=b'9' => {
-                        self.number = self
-                            .number
-                            .and_then(|n| n.checked_mul(10))
-                            .and_then(|n| n.checked_add(u64::from(b - b'0')));
+                State::Number => {
+                    let n = s
+                        .iter()
+                        .position(|&c| !matches!(c, b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-'))
+                        .unwrap_or(s.len());
+                    if let Capture::Tokens(_) = self.capture {
+                        for &c in &s[..n] {
+                            self.number = match c {
+                                b'0'..=b'9' => self
+                                    .number
+                                    .and_then(|n| n.checked_mul(10))
+                                    .and_then(|n| n.checked_add(u64::from(c - b'0'))),
+                                _ => None,
+                            };
+                        }
                     }
-                    b'.' | b'e' | b'E' | b'+' | b'-' => self.number = None,
-                    _ => {
+                    s = &s[n..];
+                    if !s.is_empty() {
                         self.end_number();
                         self.value_done();
-                        continue; // `b` is read again in the state after the value
                     }
-                },
-                State::Literal => {
-                    if b.is_ascii_lowercase() {
-                        // `true`, `false`, `null`: the letters are not checked one by one;
-                        // whatever follows must still be a separator.
-                    } else {
-                        self.value_done();
-                        continue;
-                    }
+                    continue; // the byte after the number is read in the state after it
                 }
-                _ if is_ws(b) => {}
+                State::Literal => {
+                    // `true`, `false`, `null`: the letters are not checked one by one;
+                    // whatever follows must still be a separator.
+                    let n = s
+                        .iter()
+                        .position(|c| !c.is_ascii_lowercase())
+                        .unwrap_or(s.len());
+                    s = &s[n..];
+                    if !s.is_empty() {
+                        self.value_done();
+                    }
+                    continue;
+                }
+                _ if is_ws(b) => {
+                    let n = s.iter().position(|&c| !is_ws(c)).unwrap_or(s.len());
+                    s = &s[n..];
+                    continue;
+                }
                 State::Value => self.start_value(b),
                 State::ArrayStart => {
                     if b == b']' {
@@ -466,6 +550,13 @@ impl Scanner {
                             self.found.choices_empty = true;
                         }
                         self.close(b']');
+                    } else if self.capture == Capture::Choices {
+                        // `.choices` is not empty; nothing in it is read: skip the rest
+                        // of it as a dead container (`b` is read again there).
+                        self.depth -= 1;
+                        self.capture = Capture::None;
+                        self.enter_dead();
+                        continue;
                     } else {
                         self.start_value(b);
                     }
@@ -499,6 +590,54 @@ impl Scanner {
                 State::Done => self.state = State::Invalid,
             }
             s = rest;
+        }
+    }
+
+    /// Skips through a dead container: returns what is left of `s` after the container's
+    /// end (then the state is the one after a value) or empty.
+    fn skip_dead<'s>(&mut self, mut s: &'s [u8]) -> &'s [u8] {
+        loop {
+            if self.dead_string {
+                if self.escaped {
+                    let Some((_, rest)) = s.split_first() else {
+                        return s;
+                    };
+                    self.escaped = false;
+                    s = rest;
+                }
+                let Some(n) = memchr::memchr2(b'"', b'\\', s) else {
+                    return &[];
+                };
+                if s[n] == b'"' {
+                    self.dead_string = false;
+                } else {
+                    self.escaped = true;
+                }
+                s = &s[n + 1..];
+                continue;
+            }
+            let Some(n) = s.iter().position(|&c| DEAD_STOPS[usize::from(c)]) else {
+                return &[];
+            };
+            let c = s[n];
+            s = &s[n + 1..];
+            match c {
+                b'"' => self.dead_string = true,
+                b'{' | b'[' => {
+                    if self.depth + self.dead >= MAX_DEPTH {
+                        self.state = State::Invalid;
+                        return &[];
+                    }
+                    self.dead += 1;
+                }
+                _ => {
+                    self.dead -= 1;
+                    if self.dead == 0 {
+                        self.value_done();
+                        return s;
+                    }
+                }
+            }
         }
     }
 
@@ -642,6 +781,32 @@ mod tests {
         assert_eq!(f.input, Some(7));
     }
 
+    /// `scan` of a document serde_json accepts.
+    fn scan_valid(doc: &str) -> (Found, Option<String>, bool) {
+        serde_json::from_str::<serde_json::Value>(doc).expect("valid JSON");
+        scan(doc)
+    }
+
+    #[test]
+    fn skipped_containers_hide_nothing_and_show_nothing() {
+        // Brackets, quotes and escapes inside skipped containers' strings.
+        let (f, model, _) = scan_valid(
+            r#"{"choices":[{"delta":{"content":"]}\"[{\\"},"x":[[{}],"}"]}],"model":"m","usage":{"prompt_tokens":3,"d":{"a":[1,{"b":"]"}]},"completion_tokens":4}}"#,
+        );
+        assert_eq!(
+            (f.input, f.output, model.as_deref()),
+            (Some(3), Some(4), Some("m"))
+        );
+        assert!(!f.choices_empty);
+        // Look-alike keys inside other containers are not read.
+        let (f, model, _) = scan_valid(
+            r#"{"choices":[{"usage":{"prompt_tokens":99},"model":"no"}],"x":{"usage":{"prompt_tokens":5},"model":"no"},"message":{"content":[{"usage":{"output_tokens":7}}],"usage":{"output_tokens":2}},"usage":{"prompt_tokens":1}}"#,
+        );
+        assert_eq!((f.input, f.output, model), (Some(1), Some(2), None));
+        let (f, _, _) = scan_valid(r#"{"error":{"message":"x","type":"e","param":[null]},"y":1}"#);
+        assert!(f.error);
+    }
+
     #[test]
     fn not_json_and_too_deep() {
         assert!(scan("[DONE]").2);
@@ -650,5 +815,8 @@ mod tests {
         assert!(scan(&deep).2);
         let ok = "[".repeat(60) + &"]".repeat(60);
         assert!(!scan(&ok).2);
+        // Inside a skipped container, too.
+        let deep = format!(r#"{{"choices":{}}}"#, "[".repeat(100) + &"]".repeat(100));
+        assert!(scan(&deep).2);
     }
 }

@@ -11,6 +11,11 @@
 pub trait Sink {
     /// The next piece of the current event's data (its `data:` values joined by `\n`).
     fn data(&mut self, piece: &[u8]);
+    /// The current event's data, all of it: its only `data:` line, whose blank line
+    /// follows in the same piece. Nothing else of the event's data comes.
+    fn whole_data(&mut self, data: &[u8]) {
+        self.data(data);
+    }
     /// The current event has `event: error`.
     fn error_event(&mut self) {}
     /// An `event:` or `id:` field starts in the current event; its value follows through
@@ -52,6 +57,17 @@ enum Field {
 pub enum NamedField {
     Event,
     Id,
+}
+
+/// Whether `s`, which starts with a line end, goes on with a blank line (so the line
+/// before ends an event). A CR last in `s` may be half of a CRLF: not known yet.
+fn ends_event(s: &[u8]) -> bool {
+    let line_end = match s {
+        [b'\r', b'\n', ..] => 2,
+        [b'\r' | b'\n', _, ..] => 1,
+        _ => return false,
+    };
+    matches!(s.get(line_end), Some(b'\r' | b'\n'))
 }
 
 /// The longest field name looked at (`event`, `data`, `retry`, `id`).
@@ -200,6 +216,8 @@ impl Parser {
                 }
                 Line::Value => {
                     let n = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+                    // Nothing of this line's value was reported before.
+                    let entire = self.value_start;
                     let mut value = &rest[..n];
                     if self.value_start && !value.is_empty() {
                         self.value_start = false;
@@ -208,6 +226,11 @@ impl Parser {
                         }
                     }
                     match self.field {
+                        // The first data line, read from its start, and a blank line
+                        // right after its line end: the event's whole data is here.
+                        Field::Data if entire && self.data_lines == 1 && ends_event(&rest[n..]) => {
+                            sink.whole_data(value)
+                        }
                         Field::Data => sink.data(value),
                         Field::Event => {
                             self.match_event(value);
@@ -443,5 +466,60 @@ mod tests {
             b"\n",
             "the LF is swallowed by the CR before it"
         );
+    }
+
+    /// Records which events came whole (data and blank line in one piece).
+    #[derive(Default)]
+    struct Whole {
+        data: Vec<u8>,
+        whole: bool,
+        events: Vec<(String, bool)>,
+    }
+
+    impl Sink for Whole {
+        fn data(&mut self, piece: &[u8]) {
+            self.data.extend_from_slice(piece);
+        }
+        fn whole_data(&mut self, data: &[u8]) {
+            assert!(
+                self.data.is_empty() && !self.whole,
+                "whole data after a piece"
+            );
+            self.whole = true;
+            self.data.extend_from_slice(data);
+        }
+        fn dispatch(&mut self) {
+            let d = String::from_utf8(std::mem::take(&mut self.data)).unwrap();
+            self.events.push((d, std::mem::take(&mut self.whole)));
+        }
+        fn boundary(&mut self, _end: usize, _continued: bool) {
+            self.data.clear();
+            self.whole = false;
+        }
+    }
+
+    #[test]
+    fn whole_data_only_when_the_event_ends_in_the_piece() {
+        for eol in ["\n", "\r\n", "\r"] {
+            let s =
+                format!("data: a{eol}{eol}data:b{eol}data: c{eol}{eol}: x{eol}data: d{eol}{eol}");
+            let mut p = Parser::default();
+            let mut w = Whole::default();
+            p.feed(s.as_bytes(), &mut w);
+            let expect = [("a", true), ("b\nc", false), ("d", true)];
+            let got: Vec<(&str, bool)> = w.events.iter().map(|(d, w)| (d.as_str(), *w)).collect();
+            assert_eq!(got, expect, "{eol:?}");
+            // Cut anywhere, the data is the same, and an event is whole only when its
+            // data line and the blank line after it were in one piece.
+            for cut in 0..=s.len() {
+                let mut p = Parser::default();
+                let mut w = Whole::default();
+                p.feed(&s.as_bytes()[..cut], &mut w);
+                p.feed(&s.as_bytes()[cut..], &mut w);
+                let data: Vec<&str> = w.events.iter().map(|(d, _)| d.as_str()).collect();
+                assert_eq!(data, ["a", "b\nc", "d"], "{eol:?} cut at {cut}");
+                assert!(!w.events[1].1, "{eol:?} cut at {cut}");
+            }
+        }
     }
 }

@@ -23,6 +23,8 @@
 use super::json::{self, Found};
 use super::sse::{self, Parser};
 use bytes::{Bytes, BytesMut};
+use memchr::memmem::Finder;
+use std::sync::LazyLock;
 use std::time::Instant;
 
 /// The most of one event held while stripping; a larger event passes unedited.
@@ -128,6 +130,27 @@ impl sse::Sink for Events {
         }
         self.data_len += piece.len();
         self.json.feed(piece);
+    }
+
+    fn whole_data(&mut self, data: &[u8]) {
+        // Most events of a stream are content deltas that name nothing read here: an
+        // event without one of the keys the scanner captures under (or the `"error"`
+        // value of `.type`) is not scanned. The scanner matches keys by their raw bytes,
+        // so a document it would take something from always holds one of these.
+        static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+        static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+        static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"model\""));
+        let wanted = USAGE.find(data).is_some()
+            || ERROR.find(data).is_some()
+            || (self.report.model.is_none() && MODEL.find(data).is_some());
+        if wanted {
+            self.data(data);
+        } else {
+            // Seen, not scanned: the scanner stays empty and the event says nothing.
+            let n = data.len().min(self.head.len());
+            self.head[..n].copy_from_slice(&data[..n]);
+            self.data_len = data.len();
+        }
     }
 
     fn error_event(&mut self) {

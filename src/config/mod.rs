@@ -2,10 +2,12 @@
 //! runtime [`Config`]. Every error names the file, line, column and key.
 //!
 //! Each section is read and validated by its own file — [`server`], [`upstreams`] (with
-//! [`resilience`] and [`discovery`], one file per source), [`plugins`], [`limits`], [`routes`] —
+//! [`resilience`] and [`discovery`], one file per source), [`plugins`], [`limits`], [`routes`]
+//! (with [`composite`] for a route's parts) —
 //! all wording their errors through one [`section::Section`].
 
 mod ai;
+pub mod composite;
 pub mod discovery;
 pub(crate) mod error;
 mod events;
@@ -19,6 +21,7 @@ pub mod units;
 mod upstreams;
 
 pub use ai::{AiConfig, ApiChoice};
+pub use composite::{CompositeConfig, PartConfig};
 pub use discovery::DiscoveryConfig;
 pub use error::ConfigError;
 pub use events::EventsConfig;

@@ -46,8 +46,9 @@ pub(super) struct RawRoute {
     /// `strip_prefix = false`: forward the path without `path_prefix`.
     #[serde(default)]
     strip_prefix: bool,
-    /// `upstream = "chat"`: the `[[upstreams]]` name requests go to.
-    upstream: Spanned<String>,
+    /// `upstream = "chat"`: the `[[upstreams]]` name requests go to (a route with `parts`
+    /// has none).
+    upstream: Option<Spanned<String>>,
     /// `preserve_host = false`: send the client's Host instead of the target's address.
     #[serde(default)]
     preserve_host: bool,
@@ -85,6 +86,12 @@ pub(super) struct RawRoute {
     /// `limits = ["consumer-tokens", "model-concurrency"]`: `[[limits]]` names, all applied.
     #[serde(default)]
     limits: Vec<Spanned<String>>,
+    /// `[[routes.parts]]`: a composite route (see `config/composite.rs`).
+    #[serde(default)]
+    parts: Vec<Spanned<super::composite::RawPart>>,
+    /// `max_response_size = "4MiB"`: a composite route's parts' bodies together (502
+    /// beyond).
+    max_response_size: Option<Spanned<Size>>,
 }
 
 /// One entry of a route's `fallback = [...]`.
@@ -153,7 +160,7 @@ pub struct RouteConfig {
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub query: Vec<(String, String)>,
     pub strip_prefix: bool,
-    /// Index into [`Config::upstreams`].
+    /// Index into [`Config::upstreams`] (a composite route: its first part's).
     pub upstream: usize,
     pub host: HostPolicy,
     pub max_body_size: u64,
@@ -177,6 +184,8 @@ pub struct RouteConfig {
     pub tunnel: TunnelConfig,
     /// Indices into [`Config::limits`].
     pub limits: Vec<usize>,
+    /// The parts of a composite route (`[[routes.parts]]`).
+    pub composite: Option<super::composite::CompositeConfig>,
 }
 
 /// The bounds of a route's upgraded connections (`[routes.tunnel]`).
@@ -303,7 +312,31 @@ fn route(
         return Err(cx.error_at_table("strip_prefix", "needs `path_prefix`"));
     }
     let (methods, hosts, headers) = matchers(cx, &r)?;
-    let upstream = upstream_index(cx, &name, &r.upstream, "upstream", upstreams)?;
+    let composite = super::composite::validate(
+        cx,
+        &name,
+        &r.parts,
+        &r.max_response_size,
+        r.request_timeout.map(|d| d.0),
+        super::composite::Incompatible {
+            upstream: r.upstream.as_ref(),
+            fallback: !r.fallback.is_empty(),
+            ai: r.ai.as_ref().map(Spanned::span),
+            preserve_host: r.preserve_host,
+            upgrades: r.upgrades.as_ref().map(Spanned::span),
+        },
+        upstreams,
+    )?;
+    let upstream = match (&r.upstream, &composite) {
+        (Some(u), _) => upstream_index(cx, &name, u, "upstream", upstreams)?,
+        (None, Some(c)) => c.parts[0].upstream,
+        (None, None) => {
+            return Err(cx.error_at_table(
+                "upstream",
+                format!("route `{name}` needs `upstream` (or `[[routes.parts]]`)"),
+            ))
+        }
+    };
     let fallback = r
         .fallback
         .iter()
@@ -352,6 +385,7 @@ fn route(
     let buffer_request_body = match r.buffer_request_body {
         Some(v) => Some(v.0),
         None if !fallback.is_empty() => Some(FALLBACK_BODY.min(max_body_size)),
+        None if composite.is_some() => Some(super::composite::COMPOSITE_BODY.min(max_body_size)),
         None => None,
     };
     let host = match (&r.host_rewrite, r.preserve_host) {
@@ -380,7 +414,10 @@ fn route(
     let route_plugins = plugin_chain(cx, &name, &r.plugins, plugins)?;
     let ai = r.ai.map(|a| super::ai::validate(cx, a)).transpose()?;
     let events = super::events::validate(cx, r.events)?;
-    let upgrades = upgrades(cx, &r.upgrades, upstreams[upstream].protocol)?;
+    let upgrades = match composite {
+        Some(_) => Vec::new(),
+        None => upgrades(cx, &r.upgrades, upstreams[upstream].protocol)?,
+    };
     let tunnel = match &r.tunnel {
         None => TunnelConfig::default(),
         Some(t) => tunnel(&cx.table("tunnel", t.span()), t.get_ref())?,
@@ -409,6 +446,7 @@ fn route(
         upgrades,
         tunnel,
         limits,
+        composite,
     })
 }
 
@@ -637,7 +675,11 @@ fn plugin_chain(
     Ok(route_plugins)
 }
 
-fn check_path(cx: &Section<'_>, p: &Spanned<String>, key: &str) -> Result<String, ConfigError> {
+pub(super) fn check_path(
+    cx: &Section<'_>,
+    p: &Spanned<String>,
+    key: &str,
+) -> Result<String, ConfigError> {
     let v = p.get_ref();
     if !v.starts_with('/') {
         return Err(cx.error(p.span(), key, format!("`{v}` must start with `/`")));

@@ -43,6 +43,10 @@ pub struct AccessLog {
     pub served_by: Option<HeaderValue>,
     /// A model call's model and usage, filled in when its body ends.
     pub call: Option<crate::ai::CallLog>,
+    /// On a composite route: each part as `NAME:STATUS:MS` (STATUS the part's HTTP
+    /// status or its error code; `cancelled` with `-` for a part a required part's
+    /// failure cut short), comma-separated in the route's order.
+    pub parts: Option<String>,
 }
 
 impl AccessLog {
@@ -72,6 +76,7 @@ impl AccessLog {
             plugin = %PluginOutcome(&self.plugin),
             stream_plugin = %PluginOutcome(&self.stream_plugin),
             served_by = self.served_by.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            parts = self.parts.as_deref(),
             model = call.and_then(|c| c.request_model.as_deref()).unwrap_or("-"),
             response_model = call.and_then(|c| c.response_model.as_deref()).unwrap_or("-"),
             input_tokens = count(call.and_then(|c| c.input_tokens)),

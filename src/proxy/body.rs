@@ -39,8 +39,12 @@ pin_project! {
         Upstream { #[pin] body: Incoming },
         // The upstream's event stream through stream plugins.
         Events { stage: Box<EventStage> },
-        // A switched protocol's empty body; the tunnel takes the access-log record.
-        Switched { tunnel: Option<oneshot::Sender<Box<AccessLog>>> },
+        // A switched protocol's empty body; the tunnel takes the access-log record and
+        // the limits' reservations (held until the tunnel closes).
+        Switched {
+            tunnel: Option<oneshot::Sender<Handover>>,
+            admission: Option<Box<Admission>>,
+        },
     }
 }
 
@@ -84,7 +88,13 @@ pin_project! {
     impl PinnedDrop for ResponseBody {
         fn drop(this: Pin<&mut Self>) {
             let complete = this.ended || this.is_end_stream();
-            let this = this.project();
+            let mut this = this.project();
+            if let InnerProj::Switched { tunnel, admission } = this.inner.as_mut().project() {
+                // No access-log record (logging off): the reservations still go.
+                if let (Some(tunnel), Some(admission)) = (tunnel.take(), admission.take()) {
+                    let _ = tunnel.send(Handover { log: None, admission: Some(admission) });
+                }
+            }
             let end = if complete { End::Complete } else { End::ClientGone };
             finish_call(this.meter, this.log, this.admission, end);
             if let Some(log) = this.log.take() {
@@ -106,12 +116,13 @@ impl ResponseBody {
         )
     }
 
-    /// The (empty) body of a switched-protocols answer: its access-log record goes to
-    /// the tunnel behind `tunnel`.
-    pub fn switched(tunnel: oneshot::Sender<Box<AccessLog>>) -> Self {
+    /// The (empty) body of a switched-protocols answer: its access-log record and
+    /// reservations go to the tunnel behind `tunnel`.
+    pub fn switched(tunnel: oneshot::Sender<Handover>) -> Self {
         Self::new(
             Inner::Switched {
                 tunnel: Some(tunnel),
+                admission: None,
             },
             None,
             None,
@@ -172,9 +183,12 @@ impl ResponseBody {
     pub fn set_log(&mut self, log: Box<AccessLog>) {
         match &mut self.inner {
             // A tunnel already gone (the client left) writes no line; nor does this.
-            Inner::Switched { tunnel } => {
+            Inner::Switched { tunnel, admission } => {
                 if let Some(tunnel) = tunnel.take() {
-                    let _ = tunnel.send(log);
+                    let _ = tunnel.send(Handover {
+                        log: Some(log),
+                        admission: admission.take(),
+                    });
                 }
             }
             _ => self.log = Some(log),
@@ -192,9 +206,13 @@ impl ResponseBody {
         &mut self,
         stage: impl FnOnce(Incoming, Option<Frame<Bytes>>) -> Box<EventStage>,
     ) {
-        let Inner::Upstream { body } =
-            std::mem::replace(&mut self.inner, Inner::Switched { tunnel: None })
-        else {
+        let Inner::Upstream { body } = std::mem::replace(
+            &mut self.inner,
+            Inner::Switched {
+                tunnel: None,
+                admission: None,
+            },
+        ) else {
             unreachable!("set_events on a body that is not the upstream's");
         };
         let first = self.pending.take().map(|f| *f);
@@ -207,10 +225,23 @@ impl ResponseBody {
         self.meter = Some(meter);
     }
 
-    /// Settles `admission` when the body ends; `error`: the response is an error.
+    /// Settles `admission` when the body ends; `error`: the response is an error. A
+    /// switched protocol's are held until its tunnel closes (a `concurrent` limit counts
+    /// the open connection); set before the access-log record, which carries them there.
     pub fn set_admission(&mut self, admission: Box<Admission>, error: bool) {
-        self.admission = Some((admission, error));
+        match &mut self.inner {
+            Inner::Switched {
+                admission: held, ..
+            } => *held = Some(admission),
+            _ => self.admission = Some((admission, error)),
+        }
     }
+}
+
+/// What a switched protocol's answer hands to its tunnel once the answer is made.
+pub struct Handover {
+    pub log: Option<Box<AccessLog>>,
+    pub admission: Option<Box<Admission>>,
 }
 
 /// The call ended: its meter (if any) records it in the metrics and the access log, and

@@ -36,6 +36,8 @@ pub struct RequestCtx<'g> {
     pub plugin: Option<(Arc<str>, &'static str)>,
     /// On a route with fallbacks: the upstream (and `:model`, when rewritten) that served.
     pub served_by: Option<HeaderValue>,
+    /// On a composite route: its parts' statuses and times, for the access log.
+    pub parts: Option<String>,
     /// The model call this request is (routes with `[routes.ai]`).
     pub ai: Option<crate::ai::Exchange>,
     /// The upgrade the client asked for, until `forward` takes it.
@@ -65,6 +67,7 @@ impl<'g> RequestCtx<'g> {
             error: None,
             plugin: None,
             served_by: None,
+            parts: None,
             ai: None,
             upgrade: None,
             limits: None,
@@ -97,6 +100,7 @@ impl<'g> RequestCtx<'g> {
             stream_plugin: None,
             served_by: self.served_by.take(),
             call: None,
+            parts: self.parts.take(),
         }))
     }
 }

@@ -83,6 +83,23 @@ pub enum ProxyError {
     /// A limit counted in Redis, which did not answer; its policy is `deny`.
     #[error("rate limit `{0}` cannot be checked: its backend is unavailable")]
     LimitBackendDown(Arc<str>),
+    /// A part of a composite route failed (`proxy/composite.rs`): the whole request's
+    /// failure when the part is `required`, else its entry in the answer. Keeps the
+    /// cause's code; a 5xx cause keeps its status, any other is a 502.
+    #[error("part `{0}`: {1}")]
+    Part(Arc<str>, Box<ProxyError>),
+    /// A composite route's part answered with a status other than 2xx.
+    #[error("upstream answered {0}")]
+    PartStatus(u16),
+    /// A composite route's part answered what cannot be merged (not JSON, an event stream).
+    #[error("{0}")]
+    PartUnmergeable(&'static str),
+    /// The part whose answer is a pipeline step's input failed.
+    #[error("its input, part `{0}`, failed")]
+    PartInputFailed(Arc<str>),
+    /// A composite route's parts answered more than its `max_response_size`.
+    #[error("the parts' answers exceed the route's max_response_size of {0} bytes")]
+    ResponseTooLarge(u64),
 }
 
 fn limit_message((r, _): &(crate::limits::Refusal, Option<Api>)) -> String {
@@ -156,6 +173,12 @@ impl ProxyError {
                 StatusCode::TOO_MANY_REQUESTS
             }
             ProxyError::LimitBackendDown(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Part(_, cause) if cause.status().is_server_error() => cause.status(),
+            ProxyError::Part(..)
+            | ProxyError::PartStatus(_)
+            | ProxyError::PartUnmergeable(_)
+            | ProxyError::PartInputFailed(_)
+            | ProxyError::ResponseTooLarge(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -184,6 +207,11 @@ impl ProxyError {
             ProxyError::BadUpgrade(_) => "upstream_bad_upgrade",
             ProxyError::LimitExceeded(_) => "rate_limit_exceeded",
             ProxyError::LimitBackendDown(_) => "rate_limit_backend_unavailable",
+            ProxyError::Part(_, cause) => cause.code(),
+            ProxyError::PartStatus(_) => "upstream_status",
+            ProxyError::PartUnmergeable(_) => "upstream_bad_response",
+            ProxyError::PartInputFailed(_) => "part_input_failed",
+            ProxyError::ResponseTooLarge(_) => "response_too_large",
         }
     }
 
@@ -269,6 +297,20 @@ fn limit_response(
     resp
 }
 
+/// `{"error":{"code","message"[,"request_id"]}}`: the body of [`json_error`], and what a
+/// composite route's answer holds for a failed part.
+pub fn error_object(
+    code: &str,
+    message: &str,
+    request_id: Option<&HeaderValue>,
+) -> serde_json::Value {
+    let mut error = serde_json::json!({ "code": code, "message": message });
+    if let Some(id) = request_id {
+        error["request_id"] = id.to_str().unwrap_or("").into();
+    }
+    serde_json::json!({ "error": error })
+}
+
 /// The error shape of every response the gateway makes itself, proxy and admin alike:
 /// `{"error":{"code","message"[,"request_id"]}}` as `application/json`.
 pub fn json_error(
@@ -277,11 +319,7 @@ pub fn json_error(
     message: &str,
     request_id: Option<&HeaderValue>,
 ) -> Response<ResponseBody> {
-    let mut error = serde_json::json!({ "code": code, "message": message });
-    if let Some(id) = request_id {
-        error["request_id"] = id.to_str().unwrap_or("").into();
-    }
-    let body = serde_json::json!({ "error": error });
+    let body = error_object(code, message, request_id);
     let mut resp = Response::new(ResponseBody::full(body.to_string().into()));
     *resp.status_mut() = status;
     resp.headers_mut().insert(

@@ -34,7 +34,9 @@ impl Gateway {
         if !route.limits.is_empty() {
             admit(route, &req, ctx).await?;
         }
-        if route.config.fallback.is_empty() {
+        if route.config.composite.is_some() {
+            self.forward_composite(route, req, ctx).await
+        } else if route.config.fallback.is_empty() {
             self.forward_to(route, self.upstream(route), req, ctx).await
         } else {
             self.forward_with_fallback(route, req, ctx).await
@@ -86,7 +88,7 @@ impl Gateway {
     }
 
     /// The upstream request, everything but the endpoint.
-    fn upstream_request(
+    pub(super) fn upstream_request(
         &self,
         route: &RouteEntry,
         upstream: &Upstream,

@@ -10,6 +10,7 @@
 pub mod access_log;
 pub mod body;
 mod chain;
+mod composite;
 pub mod context;
 pub mod error;
 mod events;
@@ -52,6 +53,8 @@ pub struct RouteEntry {
     pub limits: crate::limits::RouteLimits,
     /// `x-portcullis-served-by` for each step of its fallback chain (empty without one).
     pub served_by: Vec<http::HeaderValue>,
+    /// A composite route's per-part metrics, in part order (empty for other routes).
+    pub parts: Vec<crate::metrics::PartMetrics>,
 }
 
 impl RouteEntry {
@@ -143,6 +146,7 @@ impl Gateway {
                 metrics: RouteMetrics::new(&config.name),
                 limits: limits.for_route(&config.limits),
                 served_by: fallback::served_by(&config, &upstreams),
+                parts: composite::part_metrics(&config),
                 config,
                 plugins,
             })

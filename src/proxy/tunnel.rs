@@ -18,8 +18,10 @@
 //! if no close frame has gone that way yet. Otherwise the side's TCP connection is just
 //! closed.
 
-use super::access_log::{AccessLog, TunnelEnd};
+use super::access_log::TunnelEnd;
+use super::body::Handover;
 use crate::config::TunnelConfig;
+use crate::limits::Outcome;
 use crate::metrics::{ClosedBy, TunnelMetrics};
 use crate::upstream::ActiveGuard;
 use hyper::upgrade::OnUpgrade;
@@ -88,8 +90,9 @@ pub struct Tunnel {
     /// Counts the tunnel against its endpoint (`least_connections`, active gauge).
     pub guard: ActiveGuard,
     pub lease: Option<Lease>,
-    /// The access-log record, sent once the switch has been answered.
-    pub log: oneshot::Receiver<Box<AccessLog>>,
+    /// The access-log record and the limits' reservations, sent once the switch has
+    /// been answered.
+    pub log: oneshot::Receiver<Handover>,
 }
 
 /// Why a tunnel ended.
@@ -142,7 +145,11 @@ impl Tunnel {
         };
         metrics.closed(end.by).inc();
         drop((guard, slot));
-        if let Ok(log) = log.await {
+        let Ok(handover) = log.await else { return };
+        if let Some(admission) = handover.admission {
+            admission.settle(Outcome::new(None, None, false));
+        }
+        if let Some(log) = handover.log {
             log.emit(
                 to_client,
                 Some(&TunnelEnd {

@@ -18,7 +18,6 @@
 //! `Upgrade`, RFC 9110 §7.8), so body bytes and tunnel bytes can never be confused. An
 //! upstream that answers 101 to a request that did not ask for that upgrade is a 502.
 
-use super::access_log::AccessLog;
 use super::body::ResponseBody;
 use super::context::{ClientRequest, RequestCtx};
 use super::error::ProxyError;
@@ -210,7 +209,7 @@ impl Handshake {
             parts.headers.insert(header::CONNECTION, UPGRADE_TOKEN);
             parts.headers.insert(header::UPGRADE, switched_to.clone());
         }
-        let (log_tx, log_rx) = oneshot::channel::<Box<AccessLog>>();
+        let (log_tx, log_rx) = oneshot::channel();
         let tunnel = Tunnel {
             protocol: String::from_utf8_lossy(switched_to.as_bytes()).into(),
             client: self.client,

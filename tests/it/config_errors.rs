@@ -661,3 +661,100 @@ fn stream_plugin_route_settings() {
         "patterns[0]",
     );
 }
+
+/// BASE plus a composite route `v` (routes[1]) with parts `a` and `b`; `a_extra` is line
+/// 20, `b_extra` line 24, `tail` from line 25.
+fn composite(a_extra: &str, b_extra: &str, tail: &str) -> String {
+    format!(
+        "{BASE}\n[[routes]]\nname = \"v\"\npath = \"/v\"\n\n\
+         [[routes.parts]]\nname = \"a\"\nupstream = \"chat\"\n{a_extra}\n\
+         [[routes.parts]]\nname = \"b\"\nupstream = \"chat\"\n{b_extra}\n{tail}"
+    )
+}
+
+#[test]
+fn composite_routes_are_validated() {
+    let (ok, out, _) = validate(&composite(
+        "required = true\ntimeout = \"2s\"",
+        "input = \"a\"\nmethod = \"post\"",
+        "max_response_size = \"1MiB\"",
+    ));
+    assert!(
+        !ok,
+        "a route key after the parts belongs to the last part:\n{out}"
+    );
+    let (ok, out, _) = validate(&composite("path = \"/detect\"", "input = \"a\"", ""));
+    assert!(ok, "{out}");
+    rejects(
+        &composite("", "input = \"c\"", ""),
+        24,
+        9,
+        "routes[1].parts[1].input",
+        "unknown part `c` (parts of route `v`: a, b)",
+    );
+    rejects(
+        &composite("input = \"b\"", "input = \"a\"", ""),
+        20,
+        9,
+        "routes[1].parts[0].input",
+        "the parts' inputs form a cycle (a ← b ← a)",
+    );
+    rejects(
+        &composite("input = \"a\"", "", ""),
+        20,
+        9,
+        "routes[1].parts[0].input",
+        "form a cycle (a ← a)",
+    );
+    rejects(
+        &composite("stream = true", "", ""),
+        20,
+        10,
+        "routes[1].parts[0].stream",
+        "part `a` streams, but a composite route buffers its parts' answers",
+    );
+    rejects(
+        &composite("", "", "").replace("name = \"b\"", "name = \"a\""),
+        22,
+        8,
+        "routes[1].parts[1].name",
+        "duplicate part name `a`",
+    );
+    let t = composite("", "", "");
+    let at = t.rfind("upstream = \"chat\"").unwrap();
+    rejects(
+        &format!("{}upstream = \"nope\"{}", &t[..at], &t[at + 17..]),
+        23,
+        12,
+        "routes[1].parts[1].upstream",
+        "part `b` names unknown upstream `nope`",
+    );
+    rejects(
+        &composite("", "", "[routes.ai]\n"),
+        25,
+        1,
+        "routes[1].ai",
+        "model calls stream",
+    );
+    rejects(
+        &composite("", "", "").replace("path = \"/v\"\n", "path = \"/v\"\nupstream = \"chat\"\n"),
+        16,
+        12,
+        "routes[1].upstream",
+        "route `v` has `parts`: each part names its own upstream",
+    );
+    rejects(
+        &format!("{BASE}max_response_size = \"1MiB\"\n"),
+        12,
+        21,
+        "routes[0].max_response_size",
+        "needs `parts`",
+    );
+    rejects(
+        &BASE.replace("upstream = \"chat\"\n", ""),
+        8,
+        1,
+        "routes[0].upstream",
+        "route `r` needs `upstream` (or `[[routes.parts]]`)",
+    );
+}

@@ -31,6 +31,7 @@ fn every_example_config_validates() {
         "grpc.toml",
         "tls.toml",
         "hot-reload.toml",
+        "vision.toml",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
     }

@@ -199,6 +199,31 @@ async fn demo_shows_auth_and_model_routing_plugins_streaming_and_the_dashboard()
         .unwrap_or_else(|| panic!("no output tokens for chat-gpt: {metrics}"));
     let n: f64 = tokens.rsplit(' ').next().unwrap().parse().unwrap();
     assert!(n > 0.0, "{tokens}");
+    // The composite vision route: one request, three models, one answer.
+    assert!(printed.contains("/v1/vision"), "{printed}");
+    let vision = |fail: Option<&'static str>| {
+        let mut r =
+            req("POST", &format!("http://{addr}/v1/vision")).header("x-api-key", "demo-key-alice");
+        if let Some(f) = fail {
+            r = r.header("x-demo-fail", f);
+        }
+        r.body(r#"{"image":"aGVsbG8="}"#.to_string().into())
+            .unwrap()
+    };
+    let v = send(&c, vision(None)).await;
+    assert_eq!(v.status, 200, "{}", String::from_utf8_lossy(&v.body));
+    let j = v.json();
+    let found = j["detect"]["detections"].as_array().unwrap();
+    assert!(!found.is_empty(), "{j}");
+    assert_eq!(
+        j["classify"]["classes"].as_array().unwrap().len(),
+        found.len(),
+        "classification was fed detection's answer: {j}"
+    );
+    assert!(!j["segment"]["masks"].as_array().unwrap().is_empty(), "{j}");
+    let v = send(&c, vision(Some("503"))).await;
+    assert_eq!(v.status, 200, "segment is optional");
+    assert_eq!(v.json()["segment"]["error"]["code"], "upstream_status");
     let dashboard = get(&format!("http://{admin}/")).await;
     assert_eq!(dashboard.status, 200);
     assert_eq!(

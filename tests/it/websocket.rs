@@ -524,3 +524,57 @@ async fn a_thousand_open_websockets_and_their_memory() {
     );
     assert!(per < 256.0, "{per:.1} KiB per open WebSocket");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_concurrent_limit_counts_an_open_websocket_until_it_closes() {
+    let up = WsUpstream::start().await;
+    let routes = format!(
+        "{ROUTE}limits = [\"one\"]\n\n[[limits]]\nname = \"one\"\nconcurrent = 1\nkey = [\"route\"]\n"
+    );
+    // With the access log on, the reservation goes to the tunnel with the log record;
+    // with it off, on its own.
+    for logging in [false, true] {
+        let config = ws_config(&up, "", &routes);
+        let gw = if logging {
+            Gateway::start_logging(&config, &[])
+        } else {
+            Gateway::start(&config)
+        };
+        let url = format!("ws://{}/ws", gw.addr);
+        let mut first = connect(&gw, "/ws").await;
+        first.send(Message::text("x")).await.unwrap();
+        assert_eq!(next(&mut first).await, Message::text("x"));
+        // The first tunnel is open: a second handshake does not fit.
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Err(tokio_tungstenite::tungstenite::Error::Http(r)) => {
+                assert_eq!(r.status(), 429, "logging {logging}");
+                assert!(r.headers().contains_key("retry-after"));
+            }
+            other => panic!("logging {logging}: a second tunnel was let in: {other:?}"),
+        }
+        let before = up.handshakes();
+        first.close(None).await.unwrap();
+        while first.next().await.is_some() {}
+        // Closed: the slot comes back (when the gateway's tunnel task has seen the close).
+        let mut second = until_ok(
+            "a handshake after the first tunnel closed",
+            Duration::from_secs(10),
+            Duration::from_millis(20),
+            async || match tokio_tungstenite::connect_async(url.as_str()).await {
+                Ok((ws, _)) => Ok(ws),
+                Err(tokio_tungstenite::tungstenite::Error::Http(r)) if r.status() == 429 => {
+                    Err("429")
+                }
+                Err(e) => panic!("logging {logging}: {e}"),
+            },
+        )
+        .await;
+        second.send(Message::text("y")).await.unwrap();
+        assert_eq!(next(&mut second).await, Message::text("y"));
+        assert_eq!(
+            up.handshakes(),
+            before + 1,
+            "refused handshakes never reached it"
+        );
+    }
+}
