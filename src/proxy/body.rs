@@ -342,12 +342,15 @@ impl Body for ResponseBody {
                 }
                 (None, InnerProj::Switched { .. }) => Poll::Ready(None),
                 (None, InnerProj::Events { stage }) => {
-                    match stage.poll_frame(cx, this.meter, this.log) {
+                    let polled = stage.poll_frame(cx, this.meter, this.log);
+                    if std::mem::take(&mut stage.upstream_active) {
+                        if let (Some(timer), Some(idle)) = (this.timer.as_mut(), *this.idle) {
+                            timer.as_mut().reset(Instant::now() + idle);
+                        }
+                    }
+                    match polled {
                         // Already through the meter and the plugins.
                         Poll::Ready(Some(Ok(frame))) => {
-                            if let (Some(timer), Some(idle)) = (this.timer.as_mut(), *this.idle) {
-                                timer.as_mut().reset(Instant::now() + idle);
-                            }
                             if let Some(d) = frame.data_ref() {
                                 *this.bytes += d.len() as u64;
                             }

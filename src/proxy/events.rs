@@ -97,6 +97,9 @@ pub struct EventStage {
     passing: bool,
     /// A plugin ended the stream.
     ended: bool,
+    /// The upstream sent something since the body last looked: its idle timer restarts
+    /// even when nothing went to the client (events dropped or held).
+    pub upstream_active: bool,
 }
 
 impl EventStage {
@@ -128,6 +131,7 @@ impl EventStage {
             max_event,
             passing: false,
             ended: false,
+            upstream_active: false,
         }
     }
 
@@ -272,6 +276,7 @@ impl EventStage {
                 Some(f) => Some(Ok(f)),
                 None => ready!(Pin::new(&mut self.body).poll_frame(cx)),
             };
+            self.upstream_active = true;
             match frame {
                 Some(Ok(frame)) => match frame.into_data() {
                     Ok(data) => {

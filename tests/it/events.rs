@@ -11,8 +11,12 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A raw upstream: answers every request with `content_type` and the body `pieces`, each
-/// written (and flushed, no Nagle) as its own chunk, then the last chunk.
-async fn piece_upstream(content_type: &'static str, pieces: Vec<Vec<u8>>) -> SocketAddr {
+/// written (and flushed, no Nagle) as its own chunk, `gap_ms` apart, then the last chunk.
+async fn piece_upstream(
+    content_type: &'static str,
+    pieces: Vec<Vec<u8>>,
+    gap_ms: u64,
+) -> SocketAddr {
     let pieces = Arc::new(pieces);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -39,6 +43,9 @@ async fn piece_upstream(content_type: &'static str, pieces: Vec<Vec<u8>>) -> Soc
                         // The gateway may stop reading (a plugin ended the stream).
                         if s.write_all(&chunk).await.is_err() || s.flush().await.is_err() {
                             return;
+                        }
+                        if gap_ms > 0 {
+                            tokio::time::sleep(std::time::Duration::from_millis(gap_ms)).await;
                         }
                     }
                     if s.write_all(b"0\r\n\r\n").await.is_err() {
@@ -216,7 +223,7 @@ async fn an_address_split_across_three_events_and_tcp_chunks_is_masked() {
     }
     pieces.push(format!("{ping}{FINISH}").into_bytes());
     pieces.push(b"data: [DONE]\n\n".to_vec());
-    let up = piece_upstream("text/event-stream", pieces).await;
+    let up = piece_upstream("text/event-stream", pieces, 0).await;
     let routes = "[[routes]]\nname = \"chat\"\npath_prefix = \"/v1\"\nupstream = \"up\"\nplugins = [{ name = \"redact\" }]\n";
     let gw = Gateway::start(&gateway_toml(
         up,
@@ -265,7 +272,7 @@ async fn replace_drop_end_and_state_per_stream() {
         .iter()
         .map(|d| format!("id: {d}\ndata: {d}\n\n").into_bytes())
         .collect();
-    let up = piece_upstream("text/event-stream", events).await;
+    let up = piece_upstream("text/event-stream", events, 0).await;
     let probe = |name: &str| (name.to_string(), "stream-probe".to_string());
     let names = [
         probe("tag"),
@@ -343,7 +350,7 @@ async fn ndjson_where_the_route_says_so() {
         b"{\"a\":\"x\"}\n{\"b\":".to_vec(),
         b"\"y\"}\r\n\n{\"c\":\"z\"}".to_vec(),
     ];
-    let up = piece_upstream("application/x-ndjson", lines).await;
+    let up = piece_upstream("application/x-ndjson", lines, 0).await;
     let plugins = plugins_toml(&[("upper", "stream-probe", "deny")]);
     let routes = r#"
 [[routes]]
@@ -389,7 +396,7 @@ async fn failing_on_event_plugins_under_deny_and_allow() {
     .into_iter()
     .map(String::into_bytes)
     .collect();
-    let up = piece_upstream("text/event-stream", events).await;
+    let up = piece_upstream("text/event-stream", events, 0).await;
     let mut plugins = String::new();
     let mut routes = String::new();
     for action in ["trap", "loop"] {
@@ -493,7 +500,7 @@ async fn ten_thousand_events_through_redact_in_flat_memory() {
     block.push_str(FINISH);
     block.push_str("data: [DONE]\n\n");
     pieces.push(block.into_bytes());
-    let up = piece_upstream("text/event-stream", pieces).await;
+    let up = piece_upstream("text/event-stream", pieces, 0).await;
     let routes = "[[routes]]\nname = \"r\"\npath = \"/redact\"\nupstream = \"up\"\nplugins = [{ name = \"redact\" }]\n\n\
                   [[routes]]\nname = \"p\"\npath = \"/plain\"\nupstream = \"up\"\n";
     let gw = Gateway::start(&gateway_toml(
@@ -578,7 +585,7 @@ async fn stop_words_in_python_ends_the_stream_and_the_access_log_says_so() {
     .into_iter()
     .map(String::into_bytes)
     .collect();
-    let up = piece_upstream("text/event-stream", events).await;
+    let up = piece_upstream("text/event-stream", events, 0).await;
     let plugins = format!(
         "[[plugins]]\nname = \"stop-words\"\npath = \"{}\"\ntimeout = \"500ms\"\n\n",
         wasm.display()
@@ -617,4 +624,28 @@ api = "openai"
         line.contains("\"stream_plugin\":\"stop-words:end\""),
         "{line}"
     );
+}
+
+/// A plugin that drops every event sends nothing for a while, but the upstream is active:
+/// the upstream's `idle_timeout` does not cut the stream (it counts the upstream's silence,
+/// not the client's).
+#[tokio::test(flavor = "multi_thread")]
+async fn dropped_events_do_not_count_as_upstream_silence() {
+    let events: Vec<Vec<u8>> = (0..30)
+        .map(|i| format!("data: tick {i}\n\n").into_bytes())
+        .chain([b"data: last\n\n".to_vec()])
+        .collect();
+    // 30 events 50 ms apart: 1.5 s of ticks against an idle timeout of 1 s.
+    let up = piece_upstream("text/event-stream", events, 50).await;
+    let plugins = plugins_toml(&[("drop", "stream-probe", "deny")]);
+    let config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n\n{plugins}\
+         [[upstreams]]\nname = \"up\"\nidle_timeout = \"1s\"\ntargets = [{{ address = \"{up}\" }}]\n\n\
+         [[routes]]\nname = \"r\"\npath = \"/t\"\nupstream = \"up\"\n\
+         plugins = [{{ name = \"drop\", config = {{ action = \"drop\", trigger = \"tick\" }} }}]\n"
+    );
+    let gw = Gateway::start(&config);
+    let got = fetch(gw.addr, "GET", "/t", "").await;
+    assert!(got.clean, "not cut by the idle timeout: {}", got.text());
+    assert_eq!(got.text(), "data: last\n\n");
 }
