@@ -2,7 +2,7 @@
 //!
 //! - `sse-bench serve PORT`: an OpenAI-shaped chat completion stream server on
 //!   127.0.0.1:PORT. `POST /v1/chat/completions?events=N&gap_us=G&batch=B&pad=P` answers
-//!   with N chunk events (content of P bytes), B events per write, G µs between writes
+//!   with N chunk events (content of P bytes: `x`s, or words under a `/words/` path), B events per write, G µs between writes
 //!   (0: as fast as the reader takes them), then the usage chunk and `[DONE]`. Each event
 //!   carries `"t":NANOS`, the wall-clock time it was written.
 //! - `sse-bench run URL MODE STREAMS EVENTS [ask]`: opens STREAMS concurrent streams of
@@ -42,7 +42,14 @@ async fn serve_stream(req: Request<Incoming>) -> Result<Response<ChannelBody>, I
     let events = query(&req, "events", 1000);
     let gap = Duration::from_micros(query(&req, "gap_us", 0));
     let batch = query(&req, "batch", 1).max(1);
-    let pad = "x".repeat(query(&req, "pad", 32) as usize);
+    let pad_len = query(&req, "pad", 32) as usize;
+    // Under a `/words/` path the content is words ending with a space (as model text
+    // mostly is), not one long run of `x`: `bench/events.sh` uses it for `redact`.
+    let pad = if req.uri().path().contains("/words/") {
+        "word ".repeat(pad_len.div_ceil(5))
+    } else {
+        "x".repeat(pad_len)
+    };
     let _ = req.into_body().collect().await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {

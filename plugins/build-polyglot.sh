@@ -4,6 +4,7 @@
 #   plugins/python/api-key         (componentize-py)  ->  plugins/target/components/python-api-key.wasm
 #   plugins/python/hmac-signature  (componentize-py)  ->  plugins/target/components/python-hmac-signature.wasm
 #   plugins/python/vision-merge    (componentize-py)  ->  plugins/target/components/python-vision-merge.wasm
+#   plugins/python/stop-words      (componentize-py)  ->  plugins/target/components/python-stop-words.wasm
 #   plugins/js/bearer              (componentize-js)  ->  plugins/target/components/js-bearer.wasm
 #   plugins/c/api-key              (clang, wasi-libc) ->  plugins/target/components/c-api-key.wasm
 #
@@ -109,6 +110,7 @@ build_python() {
     build_python_plugin api-key auth
     build_python_plugin hmac-signature auth
     build_python_plugin vision-merge transform
+    build_python_plugin stop-words stream-transform
 }
 
 build_js() {

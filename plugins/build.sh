@@ -19,10 +19,12 @@ plugins=(
     jwt
     headers
     model-router
+    redact
     hostile/loop-forever
     hostile/grow-memory
     hostile/trap
     hostile/escape
+    hostile/stream-probe
 )
 if (( $# )); then
     plugins=("$@")

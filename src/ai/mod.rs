@@ -136,6 +136,36 @@ impl Meter {
             return None;
         }
         let mut out = o.terminator();
+        self.put_error_event(&mut out, code, message);
+        Some(out.freeze())
+    }
+
+    /// The API's error event alone, for a stream already at an event boundary (one cut
+    /// into events by `proxy::events`); `None` as for [`Meter::error_event`].
+    pub fn bare_error_event(&self, code: &str, message: &str) -> Option<Bytes> {
+        let o = self.observer.as_ref()?;
+        if !self.exchange.error_event || o.format() != Format::EventStream {
+            return None;
+        }
+        let mut out = bytes::BytesMut::new();
+        self.put_error_event(&mut out, code, message);
+        Some(out.freeze())
+    }
+
+    /// The call's API.
+    pub fn api(&self) -> Api {
+        self.exchange.api
+    }
+
+    /// The tokens the response has reported so far.
+    pub fn usage_so_far(&self) -> usage::Usage {
+        self.observer
+            .as_ref()
+            .map(Observer::usage_so_far)
+            .unwrap_or_default()
+    }
+
+    fn put_error_event(&self, out: &mut bytes::BytesMut, code: &str, message: &str) {
         let event = match self.exchange.api {
             Api::OpenAi => serde_json::json!({
                 "error": {"message": message, "type": "server_error", "code": code}
@@ -151,7 +181,6 @@ impl Meter {
         out.put_slice(b"data: ");
         out.put_slice(event.to_string().as_bytes());
         out.put_slice(b"\n\n");
-        Some(out.freeze())
     }
 
     /// Records the call in its route's metrics; returns what its access-log line says.

@@ -2,8 +2,10 @@
 //! event stream"), fed the body in pieces of any size: line ends LF, CRLF or CR (a CR at
 //! the end of one piece and the LF at the start of the next are one line end), a leading
 //! BOM, comments, `event:` and `data:` fields (several `data:` lines joined with `\n`),
-//! other fields ignored. It holds no bytes: an event's data goes to the [`Sink`] piece by
-//! piece as it passes, and the parser keeps only its position in the grammar.
+//! `id:` (reported to sinks that ask, for `proxy::events`), other fields ignored. It holds
+//! no bytes: an event's data goes to the [`Sink`] piece by piece as it passes, and the
+//! parser keeps only its position in the grammar. [`Parser::feed_event`] stops after the
+//! first event boundary, for a reader that handles one event at a time.
 
 /// What the parser reports.
 pub trait Sink {
@@ -16,6 +18,11 @@ pub trait Sink {
     }
     /// The current event has `event: error`.
     fn error_event(&mut self) {}
+    /// An `event:` or `id:` field starts in the current event; its value follows through
+    /// [`Sink::field_value`] (replacing an earlier one of the same name).
+    fn field_start(&mut self, _field: NamedField) {}
+    /// The next piece of the value of the field that [`Sink::field_start`] announced.
+    fn field_value(&mut self, _piece: &[u8]) {}
     /// A blank line ended an event that had data: dispatch it.
     fn dispatch(&mut self);
     /// A blank line ended at `end` (an offset in the piece being fed): the bytes before it
@@ -41,7 +48,15 @@ enum Line {
 enum Field {
     Data,
     Event,
+    Id,
     Other,
+}
+
+/// The fields other than `data` a sink may read.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NamedField {
+    Event,
+    Id,
 }
 
 /// Whether `s`, which starts with a line end, goes on with a blank line (so the line
@@ -121,6 +136,17 @@ impl Parser {
 
     /// Feeds the next piece of the stream.
     pub fn feed(&mut self, chunk: &[u8], sink: &mut impl Sink) {
+        self.feed_until::<false>(chunk, sink);
+    }
+
+    /// Feeds the piece up to and including the first blank line that ends an event (the
+    /// LF of a CRLF whose CR ended the previous piece is not such an end): returns the
+    /// bytes consumed, `chunk.len()` when no event ended in it.
+    pub fn feed_event(&mut self, chunk: &[u8], sink: &mut impl Sink) -> usize {
+        self.feed_until::<true>(chunk, sink)
+    }
+
+    fn feed_until<const ONE: bool>(&mut self, chunk: &[u8], sink: &mut impl Sink) -> usize {
         let mut i = 0;
         while self.bom < 3 && i < chunk.len() {
             if chunk[i] == BOM[self.bom as usize] {
@@ -151,6 +177,9 @@ impl Parser {
                     let b = rest[0];
                     if b == b'\r' || b == b'\n' {
                         i += self.line_end(rest, i, true, sink);
+                        if ONE {
+                            return i;
+                        }
                         continue;
                     }
                     self.in_event = true;
@@ -203,7 +232,11 @@ impl Parser {
                             sink.whole_data(value)
                         }
                         Field::Data => sink.data(value),
-                        Field::Event => self.match_event(value),
+                        Field::Event => {
+                            self.match_event(value);
+                            sink.field_value(value);
+                        }
+                        Field::Id => sink.field_value(value),
                         Field::Other => {}
                     }
                     i += n;
@@ -220,6 +253,7 @@ impl Parser {
                 }
             }
         }
+        i
     }
 
     /// The field named so far starts (at its colon, or at its line's end).
@@ -235,7 +269,12 @@ impl Parser {
             }
             (true, b"event") => {
                 self.event_matched = 0;
+                sink.field_start(NamedField::Event);
                 Field::Event
+            }
+            (true, b"id") => {
+                sink.field_start(NamedField::Id);
+                Field::Id
             }
             _ => Field::Other,
         };

@@ -311,27 +311,37 @@ impl Observer {
         out
     }
 
+    /// The tokens reported by the events read so far (event streams; a JSON body says
+    /// nothing until it ends).
+    pub fn usage_so_far(&self) -> Usage {
+        usage_of(&self.events.found)
+    }
+
     /// Ends the observation: what the body said.
     pub fn report(&mut self) -> Report {
         if self.format == Format::Json {
             self.events.take_document();
         }
-        let f = &self.events.found;
         let mut report = std::mem::take(&mut self.events.report);
-        // Counts are the upstream's: a hostile one must not overflow them.
-        let cached = f
-            .cache_creation
-            .unwrap_or(0)
-            .saturating_add(f.cache_read.unwrap_or(0));
-        report.usage = Usage {
-            input: match (f.input, cached) {
-                (Some(i), c) => Some(i.saturating_add(c)),
-                (None, 0) => None,
-                (None, c) => Some(c),
-            },
-            output: f.output,
-        };
+        report.usage = usage_of(&self.events.found);
         report
+    }
+}
+
+/// The counts found, with Anthropic's cache tokens added to its input tokens.
+fn usage_of(f: &Found) -> Usage {
+    // Counts are the upstream's: a hostile one must not overflow them.
+    let cached = f
+        .cache_creation
+        .unwrap_or(0)
+        .saturating_add(f.cache_read.unwrap_or(0));
+    Usage {
+        input: match (f.input, cached) {
+            (Some(i), c) => Some(i.saturating_add(c)),
+            (None, 0) => None,
+            (None, c) => Some(c),
+        },
+        output: f.output,
     }
 }
 

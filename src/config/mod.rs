@@ -10,6 +10,7 @@ mod ai;
 pub mod composite;
 pub mod discovery;
 pub(crate) mod error;
+mod events;
 pub mod limits;
 mod plugins;
 pub mod resilience;
@@ -23,6 +24,7 @@ pub use ai::{AiConfig, ApiChoice};
 pub use composite::{CompositeConfig, PartConfig};
 pub use discovery::DiscoveryConfig;
 pub use error::ConfigError;
+pub use events::EventsConfig;
 pub use limits::{
     KeyPart, LimitBackend, LimitConfig, LimitKind, OnBackendError, RedisConfig, TokenCount,
 };

@@ -75,6 +75,8 @@ pub(super) struct RawRoute {
     first_token_timeout: Option<Spanned<Dur>>,
     /// `[routes.ai]`: the route serves model APIs (usage accounting; see `config/ai.rs`).
     ai: Option<Spanned<super::ai::RawAi>>,
+    /// `[routes.events]`: how `stream-transform` plugins see event streams.
+    events: Option<Spanned<super::events::RawEvents>>,
     /// `upgrades = ["websocket"]`: the `Upgrade` protocols forwarded as upgrades (default
     /// `["websocket"]`; `[]` forwards upgrade requests as plain requests). HTTP/1.1
     /// upstreams only.
@@ -175,6 +177,8 @@ pub struct RouteConfig {
     pub first_token_timeout: Option<Duration>,
     /// The route serves model APIs.
     pub ai: Option<super::ai::AiConfig>,
+    /// How `stream-transform` plugins see the route's event streams.
+    pub events: super::events::EventsConfig,
     /// The `Upgrade` protocols forwarded as upgrades, lowercase (`websocket`).
     pub upgrades: Vec<String>,
     pub tunnel: TunnelConfig,
@@ -409,6 +413,7 @@ fn route(
     };
     let route_plugins = plugin_chain(cx, &name, &r.plugins, plugins)?;
     let ai = r.ai.map(|a| super::ai::validate(cx, a)).transpose()?;
+    let events = super::events::validate(cx, r.events)?;
     let upgrades = match composite {
         Some(_) => Vec::new(),
         None => upgrades(cx, &r.upgrades, upstreams[upstream].protocol)?,
@@ -437,6 +442,7 @@ fn route(
         fallback_on,
         first_token_timeout,
         ai,
+        events,
         upgrades,
         tunnel,
         limits,

@@ -39,5 +39,19 @@ pub mod transform {
     });
 }
 
+/// `stream-transform`: a transform with `open-stream` and `on-event` (its own world, so
+/// transforms built before it still load; see `plugin::stream`).
+pub mod stream_transform {
+    wasmtime::component::bindgen!({
+        path: "wit",
+        world: "stream-transform",
+        exports: { default: async },
+        with: {
+            "portcullis:plugin/types": super::auth::portcullis::plugin::types,
+            "portcullis:plugin/host": super::auth::portcullis::plugin::host,
+        },
+    });
+}
+
 pub use auth::portcullis::plugin::host::LogLevel;
 pub use auth::portcullis::plugin::types::{AuthDecision, Hooks, Reply, RequestAction};

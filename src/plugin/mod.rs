@@ -5,6 +5,7 @@
 
 pub mod bindings;
 pub mod host;
+pub mod stream;
 
 use crate::config::{Config, OnError, PluginConfig};
 use bindings::auth::{Auth, AuthPre};
@@ -64,6 +65,8 @@ pub struct LoadedPlugin {
     pub role: Role,
     pre: RolePre,
     ticks: u64,
+    /// A `stream-transform`: its `open-stream` and `on-event` exports (see [`stream`]).
+    stream: Option<stream::Indices>,
 }
 
 /// Why a plugin call failed.
@@ -129,6 +132,7 @@ impl PluginHost {
                 config.path.display()
             )
         })?;
+        let stream = stream::Indices::new(&pre);
         let (role, pre) = if let Ok(p) = AuthPre::new(pre.clone()) {
             (Role::Auth, RolePre::Auth(p))
         } else if let Ok(p) = TransformPre::new(pre.clone()) {
@@ -145,6 +149,7 @@ impl PluginHost {
             role,
             pre,
             ticks,
+            stream,
         })
     }
 }
@@ -163,7 +168,7 @@ pub struct Bound {
 /// A plugin's metric handles, resolved once per binding.
 struct PluginMetrics {
     /// By [`Hook`].
-    duration: [prometheus::Histogram; 4],
+    duration: [prometheus::Histogram; 6],
     /// By kind: trap, timeout, memory.
     failures: [prometheus::IntCounter; 3],
 }
@@ -174,6 +179,8 @@ enum Hook {
     Matches = 1,
     OnRequest = 2,
     OnResponse = 3,
+    OpenStream = 4,
+    OnEvent = 5,
 }
 
 impl PluginMetrics {
@@ -187,6 +194,8 @@ impl PluginMetrics {
                 d("matches"),
                 d("on_request"),
                 d("on_response"),
+                d("open_stream"),
+                d("on_event"),
             ],
             failures: [f("trap"), f("timeout"), f("memory")],
         }
@@ -213,6 +222,8 @@ impl PluginMetrics {
 struct Warm {
     store: Store<HostState>,
     instance: RoleInstance,
+    /// A `stream-transform`'s stream exports.
+    stream: Option<stream::Exports>,
 }
 
 impl Bound {
@@ -268,6 +279,7 @@ impl Bound {
             ticks: p.ticks,
             request_id: None,
         };
+        let mut stream = None;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
         store.set_epoch_deadline(p.ticks);
@@ -280,10 +292,13 @@ impl Bound {
                 .instantiate_async(&mut store)
                 .await
                 .map(RoleInstance::Predicate),
-            RolePre::Transform(pre) => pre
+            RolePre::Transform(pre) if p.stream.is_none() => pre
                 .instantiate_async(&mut store)
                 .await
                 .map(RoleInstance::Transform),
+            RolePre::Transform(pre) => {
+                stream::instantiate(pre, p.stream.as_ref(), &mut store, &mut stream).await
+            }
         };
         let instance = instance.map_err(|e| ConfigureError::Failed(classify(&e, &store)))?;
         store.set_epoch_deadline(p.ticks);
@@ -293,7 +308,11 @@ impl Bound {
             RoleInstance::Transform(i) => i.call_configure(&mut store, &self.config_json).await,
         };
         match configured {
-            Ok(Ok(())) => Ok(Warm { store, instance }),
+            Ok(Ok(())) => Ok(Warm {
+                store,
+                instance,
+                stream,
+            }),
             Ok(Err(msg)) => Err(ConfigureError::Rejected(msg)),
             Err(e) => Err(ConfigureError::Failed(classify(&e, &store))),
         }
@@ -350,14 +369,15 @@ macro_rules! lent_call {
 /// worker thread that owns the pool, so it is never contended.
 pub struct Pool {
     pub bound: Arc<Bound>,
-    idle: Mutex<Vec<Warm>>,
+    /// Shared with the streams that hold an instance, which give it back when they end.
+    idle: Arc<Mutex<Vec<Warm>>>,
 }
 
 impl Pool {
     pub fn new(bound: Arc<Bound>) -> Self {
         Pool {
             bound,
-            idle: Mutex::new(Vec::new()),
+            idle: Arc::new(Mutex::new(Vec::new())),
         }
     }
 

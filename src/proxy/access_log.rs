@@ -34,6 +34,11 @@ pub struct AccessLog {
     /// `deny` (auth), `respond` (a transform answered), `error` (failed; 500) or
     /// `error_allowed` (failed; `on_error = "allow"` went on without it).
     pub plugin: Option<(Arc<str>, &'static str)>,
+    /// The stream plugin that decided the fate of a streamed response other than event by
+    /// event, and how: `end` (it ended the stream), `error` / `oversize` (it failed, or an
+    /// event was over `max_event_size`, under `on_error = "deny"`: the stream was cut with
+    /// an error event), `error_allowed` (it failed under `allow`; the stream went on).
+    pub stream_plugin: Option<(Arc<str>, &'static str)>,
     /// On a route with fallbacks: the upstream (and `:model`) that served the request.
     pub served_by: Option<HeaderValue>,
     /// A model call's model and usage, filled in when its body ends.
@@ -69,6 +74,7 @@ impl AccessLog {
             error = self.error.unwrap_or("-"),
             consumer = self.consumer.as_deref().unwrap_or("-"),
             plugin = %PluginOutcome(&self.plugin),
+            stream_plugin = %PluginOutcome(&self.stream_plugin),
             served_by = self.served_by.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             parts = self.parts.as_deref(),
             model = call.and_then(|c| c.request_model.as_deref()).unwrap_or("-"),

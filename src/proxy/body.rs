@@ -4,9 +4,12 @@
 //! access-log record to the connection's tunnel, which writes it when it closes. A model
 //! call's body carries its `ai::Meter`, which reads the usage as the bytes pass, and an
 //! admitted request's limit reservations, settled with that usage when the body ends.
+//! An event stream on a route with `stream-transform` plugins is read through their
+//! `proxy::events::EventStage` instead (its own variant: other bodies do not pay for it).
 //! (Request bodies going upstream are in `upstream::body`.)
 
 use super::access_log::AccessLog;
+use super::events::{EventStage, StreamAborted};
 use crate::ai::{End, Meter};
 use crate::limits::{Admission, Outcome};
 use crate::upstream::ActiveGuard;
@@ -34,6 +37,8 @@ pin_project! {
     enum Inner {
         Full { #[pin] body: Full<Bytes> },
         Upstream { #[pin] body: Incoming },
+        // The upstream's event stream through stream plugins.
+        Events { stage: Box<EventStage> },
         // A switched protocol's empty body; the tunnel takes the access-log record and
         // the limits' reservations (held until the tunnel closes).
         Switched {
@@ -161,7 +166,7 @@ impl ResponseBody {
     /// chain's `first_token_timeout` bounds this wait). `Ok` also when the body is empty.
     pub async fn first_frame(&mut self) -> Result<(), BoxError> {
         let frame = std::future::poll_fn(|cx| match &mut self.inner {
-            Inner::Full { .. } | Inner::Switched { .. } => Poll::Ready(None),
+            Inner::Full { .. } | Inner::Switched { .. } | Inner::Events { .. } => Poll::Ready(None),
             Inner::Upstream { body } => Pin::new(body).poll_frame(cx),
         })
         .await;
@@ -188,6 +193,32 @@ impl ResponseBody {
             }
             _ => self.log = Some(log),
         }
+    }
+
+    /// Whether this is the upstream's body (not the gateway's own).
+    pub fn is_upstream(&self) -> bool {
+        matches!(self.inner, Inner::Upstream { .. })
+    }
+
+    /// Reads the upstream's body through the event stage `stage` makes of it (and of the
+    /// frame read ahead, if any). Only for an upstream body.
+    pub fn set_events(
+        &mut self,
+        stage: impl FnOnce(Incoming, Option<Frame<Bytes>>) -> Box<EventStage>,
+    ) {
+        let Inner::Upstream { body } = std::mem::replace(
+            &mut self.inner,
+            Inner::Switched {
+                tunnel: None,
+                admission: None,
+            },
+        ) else {
+            unreachable!("set_events on a body that is not the upstream's");
+        };
+        let first = self.pending.take().map(|f| *f);
+        self.inner = Inner::Events {
+            stage: stage(body, first),
+        };
     }
 
     pub fn set_meter(&mut self, meter: Box<Meter>) {
@@ -252,11 +283,13 @@ impl<'a> ResponseBodyProj<'a> {
         if let Some(log) = self.log.as_mut() {
             log.error = Some(code);
         }
-        let Some(meter) = self.meter.as_mut() else {
-            finish_call(self.meter, self.log, self.admission, End::Failed(code));
-            return Poll::Ready(Some(Err(e)));
+        let event = match self.inner.as_mut().project() {
+            // Cut into events: the client is at an event boundary.
+            InnerProj::Events { stage } => stage.error_event(self.meter.as_deref(), code, &e),
+            _ => self.meter.as_mut().and_then(|meter| {
+                meter.error_event(code, &format!("the upstream failed mid-stream: {e}"))
+            }),
         };
-        let event = meter.error_event(code, &format!("the upstream failed mid-stream: {e}"));
         finish_call(self.meter, self.log, self.admission, End::Failed(code));
         match event {
             Some(event) => {
@@ -308,6 +341,32 @@ impl Body for ResponseBody {
                     body.poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
                 }
                 (None, InnerProj::Switched { .. }) => Poll::Ready(None),
+                (None, InnerProj::Events { stage }) => {
+                    let polled = stage.poll_frame(cx, this.meter, this.log);
+                    if std::mem::take(&mut stage.upstream_active) {
+                        if let (Some(timer), Some(idle)) = (this.timer.as_mut(), *this.idle) {
+                            timer.as_mut().reset(Instant::now() + idle);
+                        }
+                    }
+                    match polled {
+                        // Already through the meter and the plugins.
+                        Poll::Ready(Some(Ok(frame))) => {
+                            if let Some(d) = frame.data_ref() {
+                                *this.bytes += d.len() as u64;
+                            }
+                            return Poll::Ready(Some(Ok(frame)));
+                        }
+                        // The stage flushed the meter itself (or a plugin ended the
+                        // stream, and what the meter holds must not be sent).
+                        Poll::Ready(None) => {
+                            this.guard.take();
+                            *this.ended = true;
+                            finish_call(this.meter, this.log, this.admission, End::Complete);
+                            return Poll::Ready(None);
+                        }
+                        other => other,
+                    }
+                }
             };
             match polled {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -352,7 +411,14 @@ impl Body for ResponseBody {
                     finish_call(this.meter, this.log, this.admission, End::Complete);
                     return Poll::Ready(None);
                 }
-                Poll::Ready(Some(Err(e))) => return this.fail(e, "upstream_reset_mid_stream"),
+                Poll::Ready(Some(Err(e))) => {
+                    let code = if e.is::<StreamAborted>() {
+                        "plugin_failed_mid_stream"
+                    } else {
+                        "upstream_reset_mid_stream"
+                    };
+                    return this.fail(e, code);
+                }
                 Poll::Pending => {
                     let Some(idle) = *this.idle else {
                         return Poll::Pending;
@@ -382,6 +448,7 @@ impl Body for ResponseBody {
             Inner::Full { body } => body.is_end_stream(),
             Inner::Upstream { body } => body.is_end_stream(),
             Inner::Switched { .. } => true,
+            Inner::Events { .. } => false,
         };
         // A meter that edits may still hold bytes to send at the end.
         inner && !self.meter.as_ref().is_some_and(|m| m.edits())
@@ -395,6 +462,7 @@ impl Body for ResponseBody {
             Inner::Full { body } => body.size_hint(),
             Inner::Upstream { body } => body.size_hint(),
             Inner::Switched { .. } => SizeHint::with_exact(0),
+            Inner::Events { .. } => return SizeHint::default(),
         };
         // What the inner body has left, plus the frame read ahead.
         if let Some(n) = self

@@ -26,11 +26,13 @@ const MAX_BUFFERED_RESPONSE: usize = 16 << 20;
 pub(super) struct Passed<'g> {
     hooked: Vec<&'g Pool>,
     request: Option<RequestRes>,
+    /// The `stream-transform`s the request got past (`proxy::events`).
+    pub streaming: Vec<&'g Pool>,
 }
 
 impl Passed<'_> {
     pub fn has_response_hooks(&self) -> bool {
-        self.request.is_some()
+        self.request.is_some() || !self.streaming.is_empty()
     }
 }
 
@@ -55,6 +57,7 @@ impl Gateway {
         let mut passed = Passed {
             hooked: Vec::new(),
             request: None,
+            streaming: Vec::new(),
         };
         if pools.iter().all(|p| p.bound.plugin.role == Role::Predicate) {
             return Ok(Chain::Proceed(passed));
@@ -65,7 +68,14 @@ impl Gateway {
         let buffered = req.body.buffered.take();
         let mut res = plugin_request(req, ctx.client, buffered, false);
         res.headers = std::mem::take(&mut req.head.headers);
-        let reply = run_request_hooks(pools, &mut res, &mut passed.hooked, ctx).await;
+        let reply = run_request_hooks(
+            pools,
+            &mut res,
+            &mut passed.hooked,
+            &mut passed.streaming,
+            ctx,
+        )
+        .await;
         req.head.headers = std::mem::take(&mut res.headers);
         req.body.buffered = res.body.take();
         // Response hooks get a read-only copy of the request as it was forwarded.
@@ -149,11 +159,13 @@ impl Gateway {
 }
 
 /// The request hooks in route order; `Some` when a plugin answered the request itself.
-/// Transforms that passed it and hook the response are collected in `hooked`.
+/// Transforms that passed it and hook the response are collected in `hooked`, stream
+/// transforms in `streaming`.
 async fn run_request_hooks<'g>(
     pools: &'g [Pool],
     res: &mut RequestRes,
     hooked: &mut Vec<&'g Pool>,
+    streaming: &mut Vec<&'g Pool>,
     ctx: &mut RequestCtx<'_>,
 ) -> Result<Option<Response<ResponseBody>>, ProxyError> {
     for pool in pools {
@@ -196,6 +208,9 @@ async fn run_request_hooks<'g>(
                 }
                 if pool.bound.hooks.contains(Hooks::ON_RESPONSE) {
                     hooked.push(pool);
+                }
+                if pool.streams() {
+                    streaming.push(pool);
                 }
             }
         }

@@ -97,6 +97,7 @@ impl<'g> RequestCtx<'g> {
             consumer: self.consumer.take(),
             trace_id: self.trace_id,
             plugin: self.plugin.take(),
+            stream_plugin: None,
             served_by: self.served_by.take(),
             call: None,
             parts: self.parts.take(),

@@ -13,6 +13,7 @@ mod chain;
 mod composite;
 pub mod context;
 pub mod error;
+mod events;
 mod fallback;
 mod forward;
 pub mod headers;
@@ -230,16 +231,31 @@ impl Gateway {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let mut req = ClientRequest::read(req, ctx, &self.server)?;
         let route = self.route(&mut req, ctx).await?;
-        let (passed, response) = match self.request_chain(route, &mut req, ctx).await? {
-            Chain::Reply(passed, reply) => (passed, Ok(*reply)),
-            Chain::Proceed(passed) => (passed, self.forward(route, req, ctx).await),
+        let (mut passed, response, path) = match self.request_chain(route, &mut req, ctx).await? {
+            Chain::Reply(passed, reply) => (passed, Ok(*reply), String::new()),
+            Chain::Proceed(passed) => {
+                // Stream plugins are told the path (`open-stream`), once the head is back.
+                let path = if passed.streaming.is_empty() {
+                    String::new()
+                } else {
+                    req.target.path().to_string()
+                };
+                (passed, self.forward(route, req, ctx).await, path)
+            }
         };
         if !passed.has_response_hooks() {
             return response;
         }
         // Response hooks see the gateway's own error responses too.
         let response = response.unwrap_or_else(|e| ctx.fail(e));
-        Ok(self.response_chain(passed, response, ctx).await)
+        let streaming = std::mem::take(&mut passed.streaming);
+        let response = self.response_chain(passed, response, ctx).await;
+        if streaming.is_empty() {
+            return Ok(response);
+        }
+        Ok(self
+            .event_chain(&streaming, route, path, response, ctx)
+            .await)
     }
 }
 

@@ -626,6 +626,42 @@ key = ["model"]
     assert!(ok, "{out}");
 }
 
+#[test]
+fn stream_plugin_route_settings() {
+    // BASE has 11 lines: the route's plugins are line 12, [routes.events] line 13.
+    let redact = support::plugin("redact");
+    let with = |plugin_config: &str, events: &str| {
+        format!(
+            "{BASE}plugins = [{{ name = \"redact\"{plugin_config} }}]\n[routes.events]\n{events}\n\n\
+             [[plugins]]\nname = \"redact\"\npath = \"{redact}\"\n"
+        )
+    };
+    let (ok, out, _) = validate(&with("", "max_event_size = \"64KiB\"\nndjson = true"));
+    assert!(ok, "{out}");
+    rejects(
+        &with("", "max_event_size = \"16B\""),
+        14,
+        18,
+        "routes[0].events.max_event_size",
+        "out of range",
+    );
+    rejects(
+        &with("", "ndjson = \"yes\""),
+        14,
+        10,
+        "routes.events.ndjson",
+        "invalid type",
+    );
+    // The plugin's own word on its config, at the route's plugin entry.
+    rejects(
+        &with(", config = { patterns = [\"(\"] }", ""),
+        12,
+        12,
+        "routes[0].plugins[0]",
+        "patterns[0]",
+    );
+}
+
 /// BASE plus a composite route `v` (routes[1]) with parts `a` and `b`; `a_extra` is line
 /// 20, `b_extra` line 24, `tail` from line 25.
 fn composite(a_extra: &str, b_extra: &str, tail: &str) -> String {

@@ -13,6 +13,7 @@ mod config_errors;
 mod connections;
 mod dashboard;
 mod discovery;
+mod events;
 mod examples;
 mod fallback;
 mod grpc;
