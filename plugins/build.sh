@@ -23,6 +23,8 @@ plugins=(
     hostile/grow-memory
     hostile/trap
     hostile/escape
+    hostile/reach
+    oauth2-introspection
 )
 if (( $# )); then
     plugins=("$@")

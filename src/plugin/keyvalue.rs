@@ -356,11 +356,12 @@ impl store::Host for HostState {
                 .table
                 .push(Bucket { namespace: ns })
                 .map_err(other),
-            _ => {
+            granted => {
                 tracing::warn!(
                     target: "plugin",
                     plugin = &*self.plugin,
                     namespace = %identifier.escape_debug(),
+                    granted = granted.as_deref().unwrap_or("(none)"),
                     "key-value access denied: the namespace is not the one granted to the plugin"
                 );
                 Err(store::Error::AccessDenied)

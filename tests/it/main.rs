@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod ai;
 mod balance;
+mod capabilities;
 mod config_errors;
 mod connections;
 mod dashboard;

@@ -13,7 +13,7 @@ mod component {
 
     use support::hostile::{Config, Phase};
 
-    wit_bindgen::generate!({ world: "auth", path: "../../../wit" });
+    wit_bindgen::generate!({ world: "auth", path: "../../../wit", generate_all });
 
     use portcullis::plugin::host::{LogLevel, log};
 

@@ -1,0 +1,403 @@
+//! Plugin capabilities through the real binary: outbound HTTP (`wasi:http`, granted by
+//! `allowed_hosts`) and the key-value store (`wasi:keyvalue`, granted by `keyvalue`), the
+//! `oauth2-introspection` plugin against a local RFC 7662 endpoint, and a plugin waiting
+//! on the network while its workers keep serving.
+
+use crate::rate_limits::RedisServer;
+use crate::support::*;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+fn gateway_config(up: &Upstream, plugins: &str, routes: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nplugin_cache_dir = \"{cache}\"\n\n[[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"{}\" }}]\n\n{plugins}\n{routes}",
+        up.addr,
+        cache = std::env::temp_dir().join("portcullis-test-wasm-cache").display(),
+    )
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn outcome(r: &Reply) -> String {
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    r.json()["outcome"].as_str().unwrap().to_string()
+}
+
+async fn get_path(gw: &Gateway, path: &str, token: Option<&str>) -> Reply {
+    let mut b = req("GET", &gw.url(path));
+    if let Some(t) = token {
+        b = b.header("authorization", format!("Bearer {t}"));
+    }
+    send(&client(), b.body(Full::default()).unwrap()).await
+}
+
+/// An RFC 7662 endpoint. Tokens: `good` (active, `sub` alice, an hour left), `svc`
+/// (active, only `client_id`), `inactive`, `expired` (active but `exp` past), `hang` (no
+/// answer ever). Client credentials other than gw:s3cret are refused with 401.
+async fn idp_server() -> Upstream {
+    Upstream::start(|req: Request<Incoming>| async move {
+        let auth = req
+            .headers()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        let form = String::from_utf8_lossy(&body).to_string();
+        // base64("gw:s3cret")
+        if auth.as_deref() != Some("Basic Z3c6czNjcmV0") {
+            return Response::builder().status(401).body(full("")).unwrap();
+        }
+        let token = form
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .unwrap_or("")
+            .to_string();
+        let j = match token.as_str() {
+            "good" => serde_json::json!({"active": true, "sub": "alice", "exp": now() + 3600}),
+            "svc" => serde_json::json!({"active": true, "client_id": "svc-1"}),
+            "expired" => serde_json::json!({"active": true, "sub": "bob", "exp": now() - 10}),
+            "hang" => std::future::pending().await,
+            _ => serde_json::json!({"active": false}),
+        };
+        Response::builder()
+            .header("content-type", "application/json")
+            .body(full(j.to_string()))
+            .unwrap()
+    })
+    .await
+}
+
+fn introspection(idp: std::net::SocketAddr, allowed: &str, kv: &str) -> (String, String) {
+    let plugins = format!(
+        "[[plugins]]\nname = \"introspect\"\npath = \"{}\"\nallowed_hosts = [{allowed}]\n{kv}\n",
+        plugin("oauth2-introspection")
+    );
+    let routes = format!(
+        r#"
+[[routes]]
+name = "api"
+path_prefix = "/"
+upstream = "up"
+plugins = [ {{ name = "introspect", config = {{ introspection_url = "http://{idp}/introspect", client_id = "gw", client_secret = "s3cret", timeout_ms = 300 }} }} ]
+"#
+    );
+    (plugins, routes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_allows_active_tokens_denies_the_rest_and_caches() {
+    let up = Upstream::echo("up").await;
+    let idp = idp_server().await;
+    let (plugins, routes) = introspection(
+        idp.addr,
+        &format!("\"http://{}\"", idp.addr),
+        "keyvalue = { namespace = \"oauth2-introspection\" }",
+    );
+    let gw = Gateway::start(&gateway_config(&up, &plugins, &routes));
+
+    let r = get_path(&gw, "/x", None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(idp.hits(), 0, "no token, no call");
+
+    let r = get_path(&gw, "/x", Some("good")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["headers"]["x-portcullis-consumer"], "alice");
+    assert_eq!(idp.hits(), 1);
+    for _ in 0..5 {
+        let r = get_path(&gw, "/x", Some("good")).await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["headers"]["x-portcullis-consumer"], "alice");
+    }
+    assert_eq!(idp.hits(), 1, "the cached result answered every later request");
+
+    let r = get_path(&gw, "/x", Some("svc")).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["headers"]["x-portcullis-consumer"], "svc-1");
+
+    let hits = idp.hits();
+    let r = get_path(&gw, "/x", Some("inactive")).await;
+    assert_eq!(r.status, 401, "{:?}", r.body);
+    assert!(String::from_utf8_lossy(&r.body).contains("not active"));
+    let r = get_path(&gw, "/x", Some("expired")).await;
+    assert_eq!(r.status, 401);
+    assert!(String::from_utf8_lossy(&r.body).contains("expired"));
+    let r = get_path(&gw, "/x", Some("inactive")).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(idp.hits(), hits + 3, "denials are not cached");
+    assert_eq!(up.hits(), 7, "only the allowed requests reached the upstream");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn introspection_answers_503_when_the_idp_is_down_slow_or_not_granted() {
+    let up = Upstream::echo("up").await;
+    // Down: nothing listens there.
+    let down = closed_addr();
+    let (plugins, routes) = introspection(down, &format!("\"http://{down}\""), "");
+    let gw = Gateway::start(&gateway_config(&up, &plugins, &routes));
+    let r = get_path(&gw, "/x", Some("good")).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(r.error_code(), "idp_unavailable");
+    drop(gw);
+
+    // Slow: the IdP never answers `hang`; the plugin's 300 ms timeout answers 503 (and
+    // the instance survives: the next request is served normally).
+    let idp = idp_server().await;
+    let (plugins, routes) = introspection(idp.addr, &format!("\"http://{}\"", idp.addr), "");
+    let gw = Gateway::start(&gateway_config(&up, &plugins, &routes));
+    let r = get_path(&gw, "/x", Some("hang")).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    let r = get_path(&gw, "/x", Some("good")).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    drop(gw);
+
+    // Not granted: the IdP's origin is not in allowed_hosts (another port is), so the
+    // call never leaves the gateway.
+    let idp = idp_server().await;
+    let other = closed_addr();
+    let (plugins, routes) = introspection(idp.addr, &format!("\"http://{other}\""), "");
+    let gw = Gateway::start_logging(&gateway_config(&up, &plugins, &routes), &[]);
+    let r = get_path(&gw, "/x", Some("good")).await;
+    assert_eq!(r.status, 503, "{:?}", r.body);
+    assert_eq!(idp.hits(), 0);
+    gw.wait_log(&["outbound request denied", "introspect", &idp.addr.to_string()]);
+}
+
+fn reach_config(up: &Upstream, grants: &str, config: &str) -> String {
+    let plugins = format!(
+        "[[plugins]]\nname = \"reach\"\npath = \"{}\"\n{grants}\n",
+        plugin("reach")
+    );
+    let routes = format!(
+        "[[routes]]\nname = \"reach\"\npath_prefix = \"/reach\"\nupstream = \"up\"\nplugins = [ {{ name = \"reach\", config = {config} }} ]\n\n[[routes]]\nname = \"free\"\npath_prefix = \"/\"\nupstream = \"up\"\n"
+    );
+    gateway_config(up, &plugins, &routes)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_not_in_allowed_hosts_is_never_contacted() {
+    let up = Upstream::echo("up").await;
+    let allowed = Upstream::echo("allowed").await;
+    // The forbidden server: a bare listener, so that any connection would be queued.
+    let forbidden = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    forbidden.set_nonblocking(true).unwrap();
+    let f = forbidden.local_addr().unwrap();
+    let grant = format!("allowed_hosts = [\"http://{}\"]", allowed.addr);
+
+    let gw = Gateway::start(&reach_config(
+        &up,
+        &grant,
+        &format!("{{ fetch = \"http://{}/\" }}", allowed.addr),
+    ));
+    assert_eq!(outcome(&get_path(&gw, "/reach", None).await), "status 200");
+    assert_eq!(allowed.hits(), 1);
+    drop(gw);
+
+    for target in [
+        format!("http://{f}/"),
+        // Same host, other scheme; a name for the same address; the allowed port on
+        // another loopback address.
+        format!("https://{}/", allowed.addr),
+        format!("http://localhost:{}/", allowed.addr.port()),
+        format!("http://127.0.0.2:{}/", allowed.addr.port()),
+    ] {
+        let gw = Gateway::start_logging(
+            &reach_config(&up, &grant, &format!("{{ fetch = \"{target}\" }}")),
+            &[],
+        );
+        for _ in 0..3 {
+            assert_eq!(outcome(&get_path(&gw, "/reach", None).await), "denied", "{target}");
+        }
+        gw.wait_log(&["outbound request denied", "reach"]);
+    }
+    assert_eq!(allowed.hits(), 1, "no denied call reached the allowed server");
+    assert!(
+        matches!(forbidden.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "the forbidden server saw a connection"
+    );
+
+    // Nothing granted at all: every call is denied.
+    let gw = Gateway::start(&reach_config(
+        &up,
+        "",
+        &format!("{{ fetch = \"http://{}/\" }}", allowed.addr),
+    ));
+    assert_eq!(outcome(&get_path(&gw, "/reach", None).await), "denied");
+    assert_eq!(allowed.hits(), 1);
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keyvalue_namespace_not_granted_is_access_denied() {
+    let up = Upstream::echo("up").await;
+    let grant = "keyvalue = { namespace = \"mine\" }";
+    let gw = Gateway::start(&reach_config(&up, grant, "{ kv = \"mine\", key = \"n\" }"));
+    assert_eq!(outcome(&get_path(&gw, "/reach", None).await), "value 1");
+    assert_eq!(outcome(&get_path(&gw, "/reach", None).await), "value 2");
+    drop(gw);
+    let gw = Gateway::start_logging(
+        &reach_config(&up, grant, "{ kv = \"theirs\", key = \"n\" }"),
+        &[],
+    );
+    assert_eq!(
+        outcome(&get_path(&gw, "/reach", None).await),
+        "access-denied"
+    );
+    gw.wait_log(&["key-value access denied", "reach", "theirs"]);
+    drop(gw);
+    let gw = Gateway::start(&reach_config(&up, "", "{ kv = \"mine\", key = \"n\" }"));
+    assert_eq!(
+        outcome(&get_path(&gw, "/reach", None).await),
+        "access-denied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
+async fn a_redis_keyvalue_namespace_is_shared_by_two_gateways() {
+    let redis = RedisServer::start(None);
+    let up = Upstream::echo("up").await;
+    let config = reach_config(
+        &up,
+        "keyvalue = { namespace = \"shared\", backend = \"redis\" }",
+        "{ kv = \"shared\", key = \"n\" }",
+    ) + &format!("\n[redis]\nurl = \"{}\"\n", redis.url());
+    let a = Gateway::start(&config);
+    let b = Gateway::start(&config);
+    assert_eq!(outcome(&get_path(&a, "/reach", None).await), "value 1");
+    assert_eq!(outcome(&get_path(&b, "/reach", None).await), "value 2");
+    assert_eq!(outcome(&get_path(&a, "/reach", None).await), "value 3");
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let v: String = redis::cmd("GET")
+        .arg("portcullis:kv:shared:n")
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(v, "3");
+}
+
+/// 100 requests whose plugin waits on an IdP that holds every answer until the test
+/// releases it: while all of them wait, requests on a plugin-free route of the same
+/// workers are served (a blocked worker would leave some of them hanging). Timing goals
+/// (the plugin-free route's p99 with and without the waiting traffic) are in
+/// `bench/plugin-caps.sh`.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_waiting_on_the_network_does_not_block_its_worker() {
+    const SLOW: usize = 100;
+    let up = Upstream::echo("up").await;
+    let (open_tx, open_rx) = tokio::sync::watch::channel(false);
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let w = waiting.clone();
+    let idp = Upstream::start(move |_req: Request<Incoming>| {
+        let mut open = open_rx.clone();
+        let w = w.clone();
+        async move {
+            w.fetch_add(1, Ordering::SeqCst);
+            open.wait_for(|o| *o).await.unwrap();
+            Response::builder()
+                .body(full(Bytes::from_static(b"{}")))
+                .unwrap()
+        }
+    })
+    .await;
+    let grant = format!("allowed_hosts = [\"http://{}\"]\nio_timeout = \"60s\"\npool_size = 128", idp.addr);
+    let gw = Gateway::start(&reach_config(
+        &up,
+        &grant,
+        &format!("{{ fetch = \"http://{}/\" }}", idp.addr),
+    ));
+    let url = gw.url("/reach");
+    let slow: Vec<_> = (0..SLOW)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                send(&client(), req("GET", &url).body(Full::default()).unwrap()).await
+            })
+        })
+        .collect();
+    wait_until("every slow request waits on the IdP", WAIT, || {
+        waiting.load(Ordering::SeqCst) == SLOW
+    })
+    .await;
+    for i in 0..50 {
+        let r = get_path(&gw, &format!("/free/{i}"), None).await;
+        assert_eq!(r.status, 200);
+    }
+    assert!(
+        slow.iter().all(|t| !t.is_finished()),
+        "the slow requests were still waiting while the plugin-free ones were served"
+    );
+    assert_eq!(up.hits(), 50);
+    open_tx.send(true).unwrap();
+    for t in slow {
+        assert_eq!(outcome(&t.await.unwrap()), "status 200");
+    }
+}
+
+#[test]
+fn capability_grants_are_checked_with_file_line_and_key() {
+    let dir = TempDir::new();
+    let wasm = plugin("reach");
+    for (grant, key, message) in [
+        (
+            "allowed_hosts = [\"http://ok:1\", \"idp.example.com\"]",
+            "plugins[0].allowed_hosts",
+            "must start with http:// or https://",
+        ),
+        (
+            "allowed_hosts = [\"https://idp.example.com/path\"]",
+            "plugins[0].allowed_hosts",
+            "no path",
+        ),
+        (
+            "keyvalue = { backend = \"redis\" }",
+            "plugins[0].keyvalue.backend",
+            "needs a `[redis]` table",
+        ),
+        (
+            "keyvalue = { backend = \"disk\" }",
+            "plugins[0].keyvalue.backend",
+            "unknown key-value backend `disk`",
+        ),
+        (
+            "keyvalue = { namespace = \"a b\" }",
+            "plugins[0].keyvalue.namespace",
+            "must be 1 to 128 characters",
+        ),
+        (
+            "io_timeout = \"0s\"",
+            "plugins[0].io_timeout",
+            "must be more than 0",
+        ),
+    ] {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n[[plugins]]\nname = \"p\"\npath = \"{wasm}\"\n{grant}\n"
+        );
+        let path = dir.write("bad.toml", &text);
+        let (ok, out) = validate(&path);
+        assert!(!ok, "{grant} was accepted");
+        let col = |s: &str| grant.find(s).unwrap() + 1;
+        let column = match key {
+            "plugins[0].allowed_hosts" if grant.contains("ok:1") => col("\"idp"),
+            "plugins[0].allowed_hosts" => col("\"https"),
+            "plugins[0].keyvalue.backend" if grant.contains("disk") => col("\"disk"),
+            "plugins[0].keyvalue.backend" => col("\"redis"),
+            "plugins[0].keyvalue.namespace" => col("\"a b"),
+            _ => col("\"0s"),
+        };
+        let want = format!("{}:7:{column}: key `{key}`: ", path.display());
+        assert!(out.contains(&want), "expected `{want}` in:\n{out}");
+        assert!(out.contains(message), "expected `{message}` in:\n{out}");
+    }
+}
