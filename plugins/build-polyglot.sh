@@ -3,6 +3,7 @@
 #
 #   plugins/python/api-key         (componentize-py)  ->  plugins/target/components/python-api-key.wasm
 #   plugins/python/hmac-signature  (componentize-py)  ->  plugins/target/components/python-hmac-signature.wasm
+#   plugins/python/rate-limit      (componentize-py)  ->  plugins/target/components/python-rate-limit.wasm
 #   plugins/js/bearer              (componentize-js)  ->  plugins/target/components/js-bearer.wasm
 #   plugins/c/api-key              (clang, wasi-libc) ->  plugins/target/components/c-api-key.wasm
 #
@@ -91,13 +92,14 @@ venv_install() {
 # plugins/python/NAME -> python-NAME.wasm, with the componentize-py of the venv.
 build_python_plugin() {
     local src="$here/python/$1"
+    local world="${2:-auth}"
     local dst="$out/python-$1.wasm"
     local stamp="$venv/.requirements.stamp"
     if stale "$dst" "$src/app.py" "$here/python/api-key/requirements.txt" "$wit" "$stamp"; then
         echo "build-polyglot.sh: building $dst" >&2
         local tmp="$dst.tmp.$$"
         (cd "$src" && PYTHONDONTWRITEBYTECODE=1 "$venv/bin/componentize-py" \
-            -d "$wit" -w auth componentize app -o "$tmp")
+            -d "$wit" -w "$world" componentize app -o "$tmp")
         is_component "$tmp"
         mv -f "$tmp" "$dst"
     fi
@@ -107,6 +109,7 @@ build_python() {
     venv_install "$here/python/api-key/requirements.txt" "$venv/.requirements.stamp"
     build_python_plugin api-key
     build_python_plugin hmac-signature
+    build_python_plugin rate-limit auth-with-capabilities
 }
 
 build_js() {

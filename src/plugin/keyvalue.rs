@@ -11,8 +11,8 @@
 //! as one Lua script each so that gateways sharing the Redis see them atomically.
 //! Integers are stored as decimal text in both, as Redis's `INCRBY` does.
 
-use super::bindings::auth::portcullis::plugin::keyvalue_ext;
-use super::bindings::auth::wasi::keyvalue::{atomics, store};
+use super::bindings::capabilities::portcullis::plugin::keyvalue_ext;
+use super::bindings::capabilities::wasi::keyvalue::{atomics, store};
 use super::host::HostState;
 use crate::config::{KeyValueBackend, KeyValueGrant, RedisConfig};
 use dashmap::DashMap;

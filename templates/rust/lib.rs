@@ -11,7 +11,7 @@
 
 use std::sync::Mutex;
 
-wit_bindgen::generate!({ world: "auth", path: "wit", generate_all });
+wit_bindgen::generate!({ world: "auth", path: "wit" });
 
 use portcullis::plugin::host::{log, LogLevel};
 use portcullis::plugin::types::Reply;

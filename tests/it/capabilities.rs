@@ -79,7 +79,7 @@ async fn idp_server() -> Upstream {
 
 fn introspection(idp: std::net::SocketAddr, allowed: &str, kv: &str) -> (String, String) {
     let plugins = format!(
-        "[[plugins]]\nname = \"introspect\"\npath = \"{}\"\nallowed_hosts = [{allowed}]\n{kv}\n",
+        "[[plugins]]\nname = \"introspect\"\npath = \"{}\"\ntimeout = \"2s\"\nallowed_hosts = [{allowed}]\n{kv}\n",
         plugin("oauth2-introspection")
     );
     let routes = format!(
@@ -174,7 +174,9 @@ async fn introspection_answers_503_when_the_idp_is_down_slow_or_not_granted() {
 
 fn reach_config(up: &Upstream, grants: &str, config: &str) -> String {
     let plugins = format!(
-        "[[plugins]]\nname = \"reach\"\npath = \"{}\"\n{grants}\n",
+        // A generous CPU deadline: these tests are about capabilities, and the machine
+        // running them may be busy.
+        "[[plugins]]\nname = \"reach\"\npath = \"{}\"\ntimeout = \"2s\"\n{grants}\n",
         plugin("reach")
     );
     let routes = format!(
@@ -400,4 +402,40 @@ fn capability_grants_are_checked_with_file_line_and_key() {
         assert!(out.contains(&want), "expected `{want}` in:\n{out}");
         assert!(out.contains(message), "expected `{message}` in:\n{out}");
     }
+}
+
+/// Waiting is not CPU time: a plugin with a 50 ms CPU deadline waits 400 ms for a slow
+/// server and still answers. Waiting is bounded by `io_timeout`: against a server that
+/// never answers, the call fails inside the plugin (which answers) at 300 ms.
+#[tokio::test(flavor = "multi_thread")]
+async fn waiting_is_bounded_by_io_timeout_not_by_the_cpu_deadline() {
+    let up = Upstream::echo("up").await;
+    let slow = Upstream::start(|req: Request<Incoming>| async move {
+        if req.uri().path() == "/hang" {
+            std::future::pending::<()>().await;
+        }
+        // A slow server: its answer takes 400 ms.
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        Response::builder().body(full("")).unwrap()
+    })
+    .await;
+    let config = |path: &str| {
+        let plugins = format!(
+            "[[plugins]]\nname = \"reach\"\npath = \"{}\"\ntimeout = \"50ms\"\nio_timeout = \"{}\"\nallowed_hosts = [\"http://{}\"]\n",
+            plugin("reach"),
+            if path == "/hang" { "300ms" } else { "10s" },
+            slow.addr
+        );
+        let routes = format!(
+            "[[routes]]\nname = \"reach\"\npath_prefix = \"/\"\nupstream = \"up\"\nplugins = [ {{ name = \"reach\", config = {{ fetch = \"http://{}{path}\" }} }} ]\n",
+            slow.addr
+        );
+        gateway_config(&up, &plugins, &routes)
+    };
+    let gw = Gateway::start(&config("/slow"));
+    assert_eq!(outcome(&get_path(&gw, "/x", None).await), "status 200");
+    drop(gw);
+    let gw = Gateway::start(&config("/hang"));
+    assert_eq!(outcome(&get_path(&gw, "/x", None).await), "timed out");
+    assert_eq!(up.hits(), 0);
 }

@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use crate::keys::{ApiKeys, Outcome, Source};
 
-wit_bindgen::generate!({ world: "auth", path: "../../wit", generate_all });
+wit_bindgen::generate!({ world: "auth", path: "../../wit" });
 
 use portcullis::plugin::host::{LogLevel, log};
 use portcullis::plugin::types::Reply;

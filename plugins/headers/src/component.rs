@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use crate::rules::{Config, Headers};
 
-wit_bindgen::generate!({ world: "transform", path: "../../wit", generate_all });
+wit_bindgen::generate!({ world: "transform", path: "../../wit" });
 
 use portcullis::plugin::host::{LogLevel, log};
 

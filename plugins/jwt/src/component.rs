@@ -6,7 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::config::Config;
 use crate::token::{self, Source};
 
-wit_bindgen::generate!({ world: "auth", path: "../../wit", generate_all });
+wit_bindgen::generate!({ world: "auth", path: "../../wit" });
 
 use portcullis::plugin::host::{LogLevel, log};
 use portcullis::plugin::types::Reply;

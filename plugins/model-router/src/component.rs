@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use crate::router::{Config, Miss};
 
-wit_bindgen::generate!({ world: "predicate", path: "../../wit", generate_all });
+wit_bindgen::generate!({ world: "predicate", path: "../../wit" });
 
 use portcullis::plugin::host::{LogLevel, log};
 

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::{Config, OnIdpError, Verdict};
 
-wit_bindgen::generate!({ world: "auth", path: "../../wit", generate_all });
+wit_bindgen::generate!({ world: "auth-with-capabilities", path: "../../wit", generate_all });
 
 use portcullis::plugin::host::{LogLevel, log};
 use portcullis::plugin::keyvalue_ext;

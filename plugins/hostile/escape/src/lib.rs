@@ -100,7 +100,7 @@ mod component {
 
     use support::hostile::{Config, Phase};
 
-    wit_bindgen::generate!({ world: "auth", path: "../../../wit", generate_all });
+    wit_bindgen::generate!({ world: "auth", path: "../../../wit" });
 
     use portcullis::plugin::host::{LogLevel, log};
     use portcullis::plugin::types::Reply;

@@ -14,7 +14,7 @@ mod component {
 
     use support::hostile::{Config, Phase};
 
-    wit_bindgen::generate!({ world: "auth", path: "../../../wit", generate_all });
+    wit_bindgen::generate!({ world: "auth", path: "../../../wit" });
 
     static CONFIG: Mutex<Option<Config>> = Mutex::new(None);
     static CALLS: AtomicU64 = AtomicU64::new(0);

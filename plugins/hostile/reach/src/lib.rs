@@ -25,7 +25,7 @@ mod component {
     use super::Config;
     use std::sync::Mutex;
 
-    wit_bindgen::generate!({ world: "auth", path: "../../../wit", generate_all });
+    wit_bindgen::generate!({ world: "auth-with-capabilities", path: "../../../wit", generate_all });
 
     use portcullis::plugin::types::Reply;
     use wasi::keyvalue::{atomics, store};
