@@ -439,3 +439,73 @@ async fn waiting_is_bounded_by_io_timeout_not_by_the_cpu_deadline() {
     assert_eq!(outcome(&get_path(&gw, "/x", None).await), "timed out");
     assert_eq!(up.hits(), 0);
 }
+
+/// The Python `rate-limit` plugin's config on a gateway, its counters in `backend`.
+fn rate_limit_config(up: &Upstream, backend: &str, redis: Option<&RedisServer>) -> String {
+    build_polyglot("python").unwrap_or_else(|reason| {
+        panic!("the Python plugin toolchain is unavailable ({reason}): run `bash plugins/build-polyglot.sh python` with access to PyPI")
+    });
+    let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("plugins/target/components/python-rate-limit.wasm");
+    let plugins = format!(
+        "[[plugins]]\nname = \"rate-limit\"\npath = \"{}\"\ntimeout = \"2s\"\nkeyvalue = {{ namespace = \"rate-limit\", backend = \"{backend}\" }}\n",
+        wasm.display()
+    );
+    let routes = "[[routes]]\nname = \"api\"\npath_prefix = \"/\"\nupstream = \"up\"\nplugins = [ { name = \"rate-limit\", config = { limit = 3, window_seconds = 60, header = \"x-api-key\" } } ]\n";
+    let mut text = gateway_config(up, &plugins, routes);
+    if let Some(r) = redis {
+        text.push_str(&format!("\n[redis]\nurl = \"{}\"\n", r.url()));
+    }
+    // Compile the 18 MB component into the cache once, without a listener waiting on it.
+    let dir = TempDir::new();
+    assert_valid(&dir.write("warm.toml", &text));
+    text
+}
+
+async fn keyed(gw: &Gateway, key: &str) -> Reply {
+    send(
+        &client(),
+        req("GET", &gw.url("/x"))
+            .header("x-api-key", key)
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await
+}
+
+fn assert_limited(r: &Reply) {
+    assert_eq!(r.status, 429, "{:?}", r.body);
+    assert_eq!(r.error_code(), "rate_limited");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "retry-after {retry}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_rate_limit_plugin_counts_per_key_in_process() {
+    let up = Upstream::echo("up").await;
+    let gw = Gateway::start(&rate_limit_config(&up, "local", None));
+    for _ in 0..3 {
+        assert_eq!(keyed(&gw, "k1").await.status, 200);
+    }
+    assert_limited(&keyed(&gw, "k1").await);
+    assert_limited(&keyed(&gw, "k1").await);
+    assert_eq!(keyed(&gw, "k2").await.status, 200, "another key has its own window");
+    assert_eq!(up.hits(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
+async fn the_python_rate_limit_plugin_is_shared_by_two_gateways_through_redis() {
+    let redis = RedisServer::start(None);
+    let up = Upstream::echo("up").await;
+    let config = rate_limit_config(&up, "redis", Some(&redis));
+    let a = Gateway::start(&config);
+    let b = Gateway::start(&config);
+    assert_eq!(keyed(&a, "k1").await.status, 200);
+    assert_eq!(keyed(&b, "k1").await.status, 200);
+    assert_eq!(keyed(&a, "k1").await.status, 200);
+    assert_limited(&keyed(&b, "k1").await);
+    assert_limited(&keyed(&a, "k1").await);
+    assert_eq!(keyed(&b, "k2").await.status, 200);
+    assert_eq!(up.hits(), 4, "the limit held across both gateways");
+}
