@@ -216,7 +216,8 @@ fn capabilities(
 ) -> Result<Capabilities, ConfigError> {
     let mut allowed_hosts = Vec::new();
     for h in p.allowed_hosts.iter().flatten() {
-        let a = AllowedHost::parse(h.get_ref()).map_err(|e| cx.error(h.span(), "allowed_hosts", e))?;
+        let a =
+            AllowedHost::parse(h.get_ref()).map_err(|e| cx.error(h.span(), "allowed_hosts", e))?;
         if !allowed_hosts.contains(&a) {
             allowed_hosts.push(a);
         }
@@ -239,7 +240,10 @@ fn capabilities(
                 &kv.get_ref().backend,
                 "backend",
                 "key-value backend",
-                &[("local", KeyValueBackend::Local), ("redis", KeyValueBackend::Redis)],
+                &[
+                    ("local", KeyValueBackend::Local),
+                    ("redis", KeyValueBackend::Redis),
+                ],
                 KeyValueBackend::Local,
             )?;
             if backend == KeyValueBackend::Redis && !have_redis {
@@ -252,7 +256,9 @@ fn capabilities(
                     let v = n.get_ref();
                     if v.is_empty()
                         || v.len() > 128
-                        || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                        || !v
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
                     {
                         return Err(kcx.error(
                             n.span(),
@@ -281,9 +287,15 @@ mod tests {
     #[test]
     fn allowed_hosts_parse_scheme_host_and_port() {
         let a = AllowedHost::parse("https://IdP.example.com").unwrap();
-        assert_eq!((a.https, a.host.as_str(), a.port), (true, "idp.example.com", 443));
+        assert_eq!(
+            (a.https, a.host.as_str(), a.port),
+            (true, "idp.example.com", 443)
+        );
         let a = AllowedHost::parse("http://127.0.0.1:8080/").unwrap();
-        assert_eq!((a.https, a.host.as_str(), a.port), (false, "127.0.0.1", 8080));
+        assert_eq!(
+            (a.https, a.host.as_str(), a.port),
+            (false, "127.0.0.1", 8080)
+        );
         let a = AllowedHost::parse("http://[::1]:9").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("::1", 9));
         assert_eq!(a.origin(), "http://[::1]:9");

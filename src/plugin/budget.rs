@@ -96,6 +96,9 @@ mod tests {
         let Err(e) = b.due() else {
             panic!("60 ms of guest time is past a 50 ms budget")
         };
-        assert_eq!(e.downcast_ref::<wasmtime::Trap>(), Some(&wasmtime::Trap::Interrupt));
+        assert_eq!(
+            e.downcast_ref::<wasmtime::Trap>(),
+            Some(&wasmtime::Trap::Interrupt)
+        );
     }
 }

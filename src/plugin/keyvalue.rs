@@ -300,14 +300,15 @@ impl RedisKv {
                 .arg(format!("{}*", redis_glob_escape(&prefix)))
                 .arg("COUNT")
                 .arg(500);
-            let (next, keys): (u64, Vec<String>) = tokio::time::timeout(
-                self.config.timeout,
-                cmd.query_async(&mut conn),
-            )
-            .await
-            .map_err(|_| other("redis did not answer in time"))?
-            .map_err(|e| other(format!("redis: {e}")))?;
-            out.extend(keys.into_iter().filter_map(|k| k.strip_prefix(&prefix).map(str::to_string)));
+            let (next, keys): (u64, Vec<String>) =
+                tokio::time::timeout(self.config.timeout, cmd.query_async(&mut conn))
+                    .await
+                    .map_err(|_| other("redis did not answer in time"))?
+                    .map_err(|e| other(format!("redis: {e}")))?;
+            out.extend(
+                keys.into_iter()
+                    .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string)),
+            );
             if next == 0 {
                 return Ok(out);
             }
@@ -337,12 +338,7 @@ fn ttl_arg(ttl_ms: u64) -> KvResult<u64> {
 impl HostState {
     /// The grant and namespace behind an open bucket.
     fn bucket(&self, b: &Resource<Bucket>) -> KvResult<(Backend, Arc<str>)> {
-        let ns = self
-            .table
-            .get(b)
-            .map_err(other)?
-            .namespace
-            .clone();
+        let ns = self.table.get(b).map_err(other)?.namespace.clone();
         let g = self.kv.as_ref().ok_or(store::Error::AccessDenied)?;
         Ok((g.backend.clone(), ns))
     }
@@ -352,10 +348,9 @@ impl store::Host for HostState {
     async fn open(&mut self, identifier: String) -> KvResult<Resource<Bucket>> {
         let granted = self.kv.as_ref().map(|g| g.namespace.clone());
         match granted {
-            Some(ns) if *ns == *identifier => self
-                .table
-                .push(Bucket { namespace: ns })
-                .map_err(other),
+            Some(ns) if *ns == *identifier => {
+                self.table.push(Bucket { namespace: ns }).map_err(other)
+            }
             granted => {
                 tracing::warn!(
                     target: "plugin",
@@ -509,12 +504,9 @@ impl keyvalue_ext::Host for HostState {
     ) -> KvResult<bool> {
         let ttl = ttl_ms.map(ttl_arg).transpose()?;
         match self.bucket(&b)? {
-            (Backend::Local, ns) => Ok(LOCAL.compare_and_swap(
-                local_key(&ns, &key),
-                expected.as_deref(),
-                value,
-                ttl,
-            )),
+            (Backend::Local, ns) => {
+                Ok(LOCAL.compare_and_swap(local_key(&ns, &key), expected.as_deref(), value, ttl))
+            }
             (Backend::Redis(r), ns) => {
                 let k = r.key(&ns, &key);
                 let mut inv = r.cas.prepare_invoke();

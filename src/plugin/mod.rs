@@ -134,14 +134,14 @@ impl PluginHost {
         )?;
         // Capabilities: linked for every plugin, usable only as its config grants.
         wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-        bindings::capabilities::wasi::keyvalue::store::add_to_linker::<HostState, HasSelf<HostState>>(
-            &mut linker,
-            |s| s,
-        )?;
-        bindings::capabilities::wasi::keyvalue::atomics::add_to_linker::<HostState, HasSelf<HostState>>(
-            &mut linker,
-            |s| s,
-        )?;
+        bindings::capabilities::wasi::keyvalue::store::add_to_linker::<
+            HostState,
+            HasSelf<HostState>,
+        >(&mut linker, |s| s)?;
+        bindings::capabilities::wasi::keyvalue::atomics::add_to_linker::<
+            HostState,
+            HasSelf<HostState>,
+        >(&mut linker, |s| s)?;
         bindings::capabilities::portcullis::plugin::keyvalue_ext::add_to_linker::<
             HostState,
             HasSelf<HostState>,

@@ -132,7 +132,8 @@ impl WasiHttpHooks for Outbound {
         // The guest may ask for less time than it has left, never for more.
         let mut deadline = self.deadline;
         if let Some(o) = options {
-            let asked = o.connect_timeout.unwrap_or_default() + o.first_byte_timeout.unwrap_or_default();
+            let asked =
+                o.connect_timeout.unwrap_or_default() + o.first_byte_timeout.unwrap_or_default();
             if o.first_byte_timeout.is_some() {
                 deadline = deadline.min(Instant::now() + asked);
             }

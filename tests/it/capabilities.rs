@@ -118,7 +118,11 @@ async fn introspection_allows_active_tokens_denies_the_rest_and_caches() {
         assert_eq!(r.status, 200);
         assert_eq!(r.json()["headers"]["x-portcullis-consumer"], "alice");
     }
-    assert_eq!(idp.hits(), 1, "the cached result answered every later request");
+    assert_eq!(
+        idp.hits(),
+        1,
+        "the cached result answered every later request"
+    );
 
     let r = get_path(&gw, "/x", Some("svc")).await;
     assert_eq!(r.status, 200);
@@ -134,7 +138,11 @@ async fn introspection_allows_active_tokens_denies_the_rest_and_caches() {
     let r = get_path(&gw, "/x", Some("inactive")).await;
     assert_eq!(r.status, 401);
     assert_eq!(idp.hits(), hits + 3, "denials are not cached");
-    assert_eq!(up.hits(), 7, "only the allowed requests reached the upstream");
+    assert_eq!(
+        up.hits(),
+        7,
+        "only the allowed requests reached the upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -169,7 +177,11 @@ async fn introspection_answers_503_when_the_idp_is_down_slow_or_not_granted() {
     let r = get_path(&gw, "/x", Some("good")).await;
     assert_eq!(r.status, 503, "{:?}", r.body);
     assert_eq!(idp.hits(), 0);
-    gw.wait_log(&["outbound request denied", "introspect", &idp.addr.to_string()]);
+    gw.wait_log(&[
+        "outbound request denied",
+        "introspect",
+        &idp.addr.to_string(),
+    ]);
 }
 
 fn reach_config(up: &Upstream, grants: &str, config: &str) -> String {
@@ -217,11 +229,19 @@ async fn a_host_not_in_allowed_hosts_is_never_contacted() {
             &[],
         );
         for _ in 0..3 {
-            assert_eq!(outcome(&get_path(&gw, "/reach", None).await), "denied", "{target}");
+            assert_eq!(
+                outcome(&get_path(&gw, "/reach", None).await),
+                "denied",
+                "{target}"
+            );
         }
         gw.wait_log(&["outbound request denied", "reach"]);
     }
-    assert_eq!(allowed.hits(), 1, "no denied call reached the allowed server");
+    assert_eq!(
+        allowed.hits(),
+        1,
+        "no denied call reached the allowed server"
+    );
     assert!(
         matches!(forbidden.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
         "the forbidden server saw a connection"
@@ -313,7 +333,10 @@ async fn a_plugin_waiting_on_the_network_does_not_block_its_worker() {
         }
     })
     .await;
-    let grant = format!("allowed_hosts = [\"http://{}\"]\nio_timeout = \"60s\"\npool_size = 128", idp.addr);
+    let grant = format!(
+        "allowed_hosts = [\"http://{}\"]\nio_timeout = \"60s\"\npool_size = 128",
+        idp.addr
+    );
     let gw = Gateway::start(&reach_config(
         &up,
         &grant,
@@ -489,7 +512,11 @@ async fn the_python_rate_limit_plugin_counts_per_key_in_process() {
     }
     assert_limited(&keyed(&gw, "k1").await);
     assert_limited(&keyed(&gw, "k1").await);
-    assert_eq!(keyed(&gw, "k2").await.status, 200, "another key has its own window");
+    assert_eq!(
+        keyed(&gw, "k2").await.status,
+        200,
+        "another key has its own window"
+    );
     assert_eq!(up.hits(), 4);
 }
 
@@ -508,4 +535,97 @@ async fn the_python_rate_limit_plugin_is_shared_by_two_gateways_through_redis() 
     assert_limited(&keyed(&a, "k1").await);
     assert_eq!(keyed(&b, "k2").await.status, 200);
     assert_eq!(up.hits(), 4, "the limit held across both gateways");
+}
+
+/// An HS256 JWT over `claims` with header `kid`.
+fn hs256(kid: &str, secret: &[u8], claims: serde_json::Value) -> String {
+    use base64::Engine as _;
+    use hmac::Mac as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let header = b64.encode(format!(r#"{{"alg":"HS256","typ":"JWT","kid":"{kid}"}}"#));
+    let payload = b64.encode(claims.to_string());
+    let input = format!("{header}.{payload}");
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret).unwrap();
+    mac.update(input.as_bytes());
+    format!("{input}.{}", b64.encode(mac.finalize().into_bytes()))
+}
+
+/// The IdP rotates its key: a token signed with the new one is accepted without a reload,
+/// once the refresh interval allows a fetch; tokens with forged `kid`s meanwhile cost no
+/// fetch at all (the IdP's hits are counted).
+#[tokio::test(flavor = "multi_thread")]
+async fn jwt_follows_a_key_rotation_at_its_jwks_uri_without_a_fetch_storm() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let jwks = |kid: &str, secret: &[u8]| {
+        serde_json::json!({"keys": [{"kty": "oct", "kid": kid, "alg": "HS256", "use": "sig", "k": b64.encode(secret)}]}).to_string()
+    };
+    let current = Arc::new(std::sync::Mutex::new(jwks(
+        "a",
+        b"secret-a-0123456789abcdef-0123456",
+    )));
+    let served = current.clone();
+    let idp = Upstream::start(move |_req: Request<Incoming>| {
+        let body = served.lock().unwrap().clone();
+        async move {
+            Response::builder()
+                .header("content-type", "application/json")
+                .body(full(body))
+                .unwrap()
+        }
+    })
+    .await;
+    let up = Upstream::echo("up").await;
+    let plugins = format!(
+        "[[plugins]]\nname = \"jwt\"\npath = \"{}\"\ntimeout = \"2s\"\nallowed_hosts = [\"http://{}\"]\n",
+        plugin("jwt"),
+        idp.addr
+    );
+    let routes = format!(
+        "[[routes]]\nname = \"api\"\npath_prefix = \"/\"\nupstream = \"up\"\nplugins = [ {{ name = \"jwt\", config = {{ jwks_uri = \"http://{}/jwks.json\", jwks_refresh_seconds = 1 }} }} ]\n",
+        idp.addr
+    );
+    // One worker: every request meets the same warm instance, so the fetch count is exact.
+    let gw = Gateway::start(&gateway_config(&up, &plugins, &routes).replacen(
+        "[server]\n",
+        "[server]\nworkers = 1\n",
+        1,
+    ));
+    let claims = serde_json::json!({"sub": "alice", "exp": now() + 600});
+    let old = hs256("a", b"secret-a-0123456789abcdef-0123456", claims.clone());
+    let r = get_path(&gw, "/x", Some(&old)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    assert_eq!(r.json()["headers"]["x-portcullis-consumer"], "alice");
+    assert_eq!(idp.hits(), 1, "the first request fetched the keys");
+
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        let forged = hs256(&format!("forged-{i}"), b"whatever", claims.clone());
+        assert_eq!(get_path(&gw, "/x", Some(&forged)).await.status, 401);
+    }
+    // At most one fetch per started refresh interval (1 s), however many forged kids.
+    let allowed = started.elapsed().as_secs() as usize + 1;
+    assert!(
+        idp.hits() - 1 <= allowed,
+        "20 forged kids in {:?} caused {} fetches",
+        started.elapsed(),
+        idp.hits() - 1
+    );
+
+    // Rotation: the IdP now publishes only key b.
+    *current.lock().unwrap() = jwks("b", b"secret-b-0123456789abcdef-0123456");
+    let new = hs256("b", b"secret-b-0123456789abcdef-0123456", claims.clone());
+    // The refresh interval (1 s) must pass before the next fetch: that wait is the
+    // behaviour under test, not a stand-in for an event.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let r = get_path(&gw, "/x", Some(&new)).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let hits = idp.hits();
+    assert_eq!(get_path(&gw, "/x", Some(&new)).await.status, 200);
+    assert_eq!(idp.hits(), hits, "a known key needs no fetch");
+    assert_eq!(
+        get_path(&gw, "/x", Some(&old)).await.status,
+        401,
+        "the retired key is gone"
+    );
 }

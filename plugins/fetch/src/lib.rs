@@ -96,7 +96,8 @@ pub fn send(
         .iter()
         .map(|(n, v)| (n.to_string(), v.as_bytes().to_vec()))
         .collect();
-    let fields = Fields::from_list(&list).map_err(|e| FetchError::BadUrl(format!("header: {e:?}")))?;
+    let fields =
+        Fields::from_list(&list).map_err(|e| FetchError::BadUrl(format!("header: {e:?}")))?;
     let req = OutgoingRequest::new(fields);
     let m = match method {
         "GET" => Method::Get,
@@ -109,8 +110,10 @@ pub fn send(
     let bad = |what: &str| FetchError::BadUrl(format!("{what} of {url}"));
     req.set_method(&m).map_err(|_| bad("method"))?;
     req.set_scheme(Some(&scheme)).map_err(|_| bad("scheme"))?;
-    req.set_authority(Some(authority)).map_err(|_| bad("authority"))?;
-    req.set_path_with_query(Some(path)).map_err(|_| bad("path"))?;
+    req.set_authority(Some(authority))
+        .map_err(|_| bad("authority"))?;
+    req.set_path_with_query(Some(path))
+        .map_err(|_| bad("path"))?;
     let out = req.body().map_err(|_| bad("body"))?;
     let options = timeout.map(|t| {
         let o = RequestOptions::new();
@@ -139,7 +142,9 @@ pub fn send(
     };
     let status = resp.status();
     let headers = resp.headers().entries();
-    let incoming = resp.consume().map_err(|_| FetchError::Failed("no body".into()))?;
+    let incoming = resp
+        .consume()
+        .map_err(|_| FetchError::Failed("no body".into()))?;
     let body = read_all(&incoming)?;
     drop(resp);
     Ok(Response {

@@ -47,7 +47,11 @@ fn idp_failed(cfg: &Config, why: &str) -> AuthDecision {
     log(LogLevel::Warn, &format!("introspection failed: {why}"));
     match cfg.on_idp_error {
         OnIdpError::Allow => AuthDecision::Allow(None),
-        OnIdpError::Deny => reply(503, "idp_unavailable", "the identity provider did not answer"),
+        OnIdpError::Deny => reply(
+            503,
+            "idp_unavailable",
+            "the identity provider did not answer",
+        ),
     }
 }
 
@@ -55,14 +59,24 @@ fn idp_failed(cfg: &Config, why: &str) -> AuthDecision {
 fn cached(bucket: &store::Bucket, key: &str) -> Option<Option<String>> {
     let v = bucket.get(key).ok()??;
     let v: serde_json::Value = serde_json::from_slice(&v).ok()?;
-    if v.get("exp").and_then(|e| e.as_u64()).is_some_and(|e| e <= now()) {
+    if v.get("exp")
+        .and_then(|e| e.as_u64())
+        .is_some_and(|e| e <= now())
+    {
         return None;
     }
-    Some(v.get("consumer").and_then(|c| c.as_str()).map(str::to_string))
+    Some(
+        v.get("consumer")
+            .and_then(|c| c.as_str())
+            .map(str::to_string),
+    )
 }
 
 fn introspect(cfg: &Config, token: &str) -> Result<Verdict, String> {
-    let body = format!("token={}&token_type_hint=access_token", crate::form_encode(token));
+    let body = format!(
+        "token={}&token_type_hint=access_token",
+        crate::form_encode(token)
+    );
     let auth = cfg.basic_auth();
     let resp = fetch::send(
         "POST",

@@ -182,7 +182,10 @@ mod tests {
                 exp: None
             }
         );
-        assert_eq!(verdict(br#"{"active":false}"#, now).unwrap(), Verdict::Inactive);
+        assert_eq!(
+            verdict(br#"{"active":false}"#, now).unwrap(),
+            Verdict::Inactive
+        );
         assert_eq!(
             verdict(br#"{"active":true,"exp":999}"#, now).unwrap(),
             Verdict::Expired
