@@ -105,10 +105,17 @@ impl AllowedHost {
         if host.is_empty() {
             return Err(format!("`{s}` has no host"));
         }
-        let port = match auth.port_u16() {
-            Some(0) => return Err(format!("`{s}`: port 0")),
-            Some(p) => p,
-            None if rest.ends_with(':') => return Err(format!("`{s}`: empty port")),
+        // The port as written (`Authority::port` hides one that is out of range).
+        let written = auth
+            .as_str()
+            .rsplit_once(':')
+            .map(|(_, p)| p)
+            .filter(|p| !p.contains(']'));
+        let port = match written {
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(format!("`{s}`: the port must be 1 to 65535")),
+                Ok(p) => p,
+            },
             None if https => 443,
             None => 80,
         };
