@@ -79,9 +79,7 @@ impl ApiKeys {
                         None | Some(serde_json::Value::Null) => None,
                         Some(serde_json::Value::String(c)) if !c.is_empty() => Some(c.clone()),
                         Some(_) => {
-                            return Err(format!(
-                                "keys[{i}]: `consumer` must be a non-empty string"
-                            ));
+                            return Err(format!("keys[{i}]: `consumer` must be a non-empty string"));
                         }
                     };
                     (key, consumer)
