@@ -70,6 +70,7 @@ fn bench(c: &mut Criterion) {
             timeout: Duration::from_millis(20),
             on_error: OnError::Deny,
             pool_size: 8,
+            capabilities: Default::default(),
         };
         let plugin = Arc::new(host.load(&config).unwrap());
         let bound = rt

@@ -5,6 +5,7 @@
 #   plugins/python/hmac-signature  (componentize-py)  ->  plugins/target/components/python-hmac-signature.wasm
 #   plugins/python/vision-merge    (componentize-py)  ->  plugins/target/components/python-vision-merge.wasm
 #   plugins/python/stop-words      (componentize-py)  ->  plugins/target/components/python-stop-words.wasm
+#   plugins/python/rate-limit      (componentize-py)  ->  plugins/target/components/python-rate-limit.wasm
 #   plugins/js/bearer              (componentize-js)  ->  plugins/target/components/js-bearer.wasm
 #   plugins/c/api-key              (clang, wasi-libc) ->  plugins/target/components/c-api-key.wasm
 #
@@ -92,7 +93,8 @@ venv_install() {
 
 # plugins/python/NAME -> python-NAME.wasm for WIT world $2, with the componentize-py of the venv.
 build_python_plugin() {
-    local src="$here/python/$1" world="$2"
+    local src="$here/python/$1"
+    local world="${2:-auth}"
     local dst="$out/python-$1.wasm"
     local stamp="$venv/.requirements.stamp"
     if stale "$dst" "$src/app.py" "$here/python/api-key/requirements.txt" "$wit" "$stamp"; then
@@ -111,6 +113,7 @@ build_python() {
     build_python_plugin hmac-signature auth
     build_python_plugin vision-merge transform
     build_python_plugin stop-words stream-transform
+    build_python_plugin rate-limit auth-with-capabilities
 }
 
 build_js() {

@@ -25,6 +25,8 @@ plugins=(
     hostile/trap
     hostile/escape
     hostile/stream-probe
+    hostile/reach
+    oauth2-introspection
 )
 if (( $# )); then
     plugins=("$@")

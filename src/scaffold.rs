@@ -13,7 +13,54 @@ pub enum Lang {
     C,
 }
 
-const WIT: &str = include_str!("../wit/plugin.wit");
+/// The WIT package and the WASI packages it imports (`wit/deps/`), as a project needs
+/// them to generate bindings.
+const WIT: &[(&str, &str)] = &[
+    ("wit/plugin.wit", include_str!("../wit/plugin.wit")),
+    (
+        "wit/capabilities.wit",
+        include_str!("../wit/capabilities.wit"),
+    ),
+    ("wit/deps/cli.wit", include_str!("../wit/deps/cli.wit")),
+    (
+        "wit/deps/clocks.wit",
+        include_str!("../wit/deps/clocks.wit"),
+    ),
+    (
+        "wit/deps/filesystem.wit",
+        include_str!("../wit/deps/filesystem.wit"),
+    ),
+    ("wit/deps/http.wit", include_str!("../wit/deps/http.wit")),
+    ("wit/deps/io.wit", include_str!("../wit/deps/io.wit")),
+    (
+        "wit/deps/random.wit",
+        include_str!("../wit/deps/random.wit"),
+    ),
+    (
+        "wit/deps/sockets.wit",
+        include_str!("../wit/deps/sockets.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/atomic.wit",
+        include_str!("../wit/deps/keyvalue/atomic.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/batch.wit",
+        include_str!("../wit/deps/keyvalue/batch.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/store.wit",
+        include_str!("../wit/deps/keyvalue/store.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/watch.wit",
+        include_str!("../wit/deps/keyvalue/watch.wit"),
+    ),
+    (
+        "wit/deps/keyvalue/world.wit",
+        include_str!("../wit/deps/keyvalue/world.wit"),
+    ),
+];
 
 /// The WASI preview1 reactor adapter in a C project: `wasm-tools component new` turns the
 /// module clang links (which imports `wasi_snapshot_preview1`) into a component with it.
@@ -47,7 +94,8 @@ pub fn new_plugin(lang: Lang, name: &str, dir: &Path) -> anyhow::Result<PathBuf>
             .into_bytes()
             .into()
     };
-    let mut files: Vec<(&str, Cow<'static, [u8]>)> = vec![("wit/plugin.wit", text(WIT))];
+    let mut files: Vec<(&str, Cow<'static, [u8]>)> =
+        WIT.iter().map(|(path, t)| (*path, text(t))).collect();
     match lang {
         Lang::Rust => {
             files.push((

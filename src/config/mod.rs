@@ -28,7 +28,9 @@ pub use events::EventsConfig;
 pub use limits::{
     KeyPart, LimitBackend, LimitConfig, LimitKind, OnBackendError, RedisConfig, TokenCount,
 };
-pub use plugins::{OnError, PluginConfig};
+pub use plugins::{
+    AllowedHost, Capabilities, KeyValueBackend, KeyValueGrant, OnError, PluginConfig,
+};
 pub use routes::{
     Fallback, HostPolicy, PathMatch, RouteConfig, RoutePlugin, TunnelConfig, FALLBACK_BODY,
 };
@@ -102,7 +104,7 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
 fn validate(raw: RawConfig, src: &Source<'_>) -> Result<Config, ConfigError> {
     let (server, default_body) = server::validate(src, raw.server)?;
     let upstreams = upstreams::validate(src, raw.upstreams)?;
-    let plugins = plugins::validate(src, raw.plugins)?;
+    let plugins = plugins::validate(src, raw.plugins, raw.redis.is_some())?;
     let (limits, redis) = limits::validate(src, raw.limits, raw.redis)?;
     let routes = routes::validate(src, raw.routes, &upstreams, &plugins, &limits, default_body)?;
     Ok(Config {

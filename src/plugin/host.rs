@@ -1,6 +1,7 @@
 //! What the host gives a guest: the store's state (sandboxed WASI, resource table, memory
 //! limits), the `request`/`response` resources backed by the gateway's own header maps
-//! (nothing is copied into the guest unless it asks), and `log`.
+//! (nothing is copied into the guest unless it asks), and `log`. The capabilities
+//! (`wasi:http`, `wasi:keyvalue`) live in `outbound.rs` and `keyvalue.rs`.
 
 use super::bindings::auth::portcullis::plugin::{host, types};
 use super::bindings::LogLevel;
@@ -46,6 +47,23 @@ pub struct HostState {
     pub ticks: u64,
     /// The id of the request being handled, for log lines.
     pub request_id: Option<HeaderValue>,
+    /// `wasi:http`: its context and the hooks that police and send outbound calls.
+    pub http: wasmtime_wasi_http::WasiHttpCtx,
+    pub outbound: super::outbound::Outbound,
+    /// `wasi:keyvalue`: the plugin's grant, if any.
+    pub kv: Option<super::keyvalue::Grant>,
+    /// Where the current call's time went (used by plugins with capabilities).
+    pub budget: super::budget::Budget,
+}
+
+impl wasmtime_wasi_http::WasiHttpView for HostState {
+    fn http(&mut self) -> wasmtime_wasi_http::WasiHttpCtxView<'_> {
+        wasmtime_wasi_http::WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.outbound,
+        }
+    }
 }
 
 /// The store's memory limit (`memory_limit`). A growth past it traps the call, and the

@@ -4,7 +4,10 @@
 //! CPU deadline (epoch interruption) and memory limit; a failed call discards its instance.
 
 pub mod bindings;
+pub mod budget;
 pub mod host;
+pub mod keyvalue;
+pub mod outbound;
 pub mod stream;
 
 use crate::config::{Config, OnError, PluginConfig};
@@ -56,6 +59,18 @@ enum RoleInstance {
 pub struct PluginHost {
     engine: Engine,
     linker: Linker<HostState>,
+    /// The pool every plugin's outbound calls go through.
+    outbound: Arc<outbound::OutboundClient>,
+}
+
+/// What a plugin was granted, resolved once at load.
+struct Granted {
+    /// Whether anything was (the plugin then runs with [`budget`] and a wall-clock bound).
+    any: bool,
+    allowed: Arc<[crate::config::AllowedHost]>,
+    kv: Option<keyvalue::Grant>,
+    io_timeout: Duration,
+    max_response: u64,
 }
 
 /// A compiled, linked plugin.
@@ -67,6 +82,7 @@ pub struct LoadedPlugin {
     ticks: u64,
     /// A `stream-transform`: its `open-stream` and `on-event` exports (see [`stream`]).
     stream: Option<stream::Indices>,
+    granted: Granted,
 }
 
 /// Why a plugin call failed.
@@ -119,11 +135,40 @@ impl PluginHost {
             &mut linker,
             |s| s,
         )?;
-        Ok(PluginHost { engine, linker })
+        // Capabilities: linked for every plugin, usable only as its config grants.
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+        bindings::capabilities::wasi::keyvalue::store::add_to_linker::<
+            HostState,
+            HasSelf<HostState>,
+        >(&mut linker, |s| s)?;
+        bindings::capabilities::wasi::keyvalue::atomics::add_to_linker::<
+            HostState,
+            HasSelf<HostState>,
+        >(&mut linker, |s| s)?;
+        bindings::capabilities::portcullis::plugin::keyvalue_ext::add_to_linker::<
+            HostState,
+            HasSelf<HostState>,
+        >(&mut linker, |s| s)?;
+        let outbound = Arc::new(outbound::OutboundClient::new().map_err(anyhow::Error::msg)?);
+        Ok(PluginHost {
+            engine,
+            linker,
+            outbound,
+        })
     }
 
     /// Compiles (or loads from the cache) and links one plugin, finding its role.
     pub fn load(&self, config: &PluginConfig) -> anyhow::Result<LoadedPlugin> {
+        self.load_granted(config, None)
+    }
+
+    /// As [`Self::load`], with the Redis of the config's `[redis]` for a key-value grant
+    /// with `backend = "redis"`.
+    pub fn load_granted(
+        &self,
+        config: &PluginConfig,
+        redis: Option<&Arc<keyvalue::RedisKv>>,
+    ) -> anyhow::Result<LoadedPlugin> {
         let component = Component::from_file(&self.engine, &config.path)
             .map_err(|e| anyhow::anyhow!("cannot compile `{}`: {e:#}", config.path.display()))?;
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
@@ -143,6 +188,17 @@ impl PluginHost {
             anyhow::bail!("`{}` implements none of the worlds auth, transform, predicate of portcullis:plugin@0.1.0", config.path.display());
         };
         let ticks = (config.timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
+        let caps = &config.capabilities;
+        let granted = Granted {
+            any: caps.any(),
+            allowed: caps.allowed_hosts.clone().into(),
+            kv: caps
+                .keyvalue
+                .as_ref()
+                .and_then(|g| keyvalue::Grant::new(g, redis)),
+            io_timeout: caps.io_timeout,
+            max_response: caps.max_response_size,
+        };
         Ok(LoadedPlugin {
             config: config.clone(),
             name: Arc::from(config.name.as_str()),
@@ -150,6 +206,7 @@ impl PluginHost {
             pre,
             ticks,
             stream,
+            granted,
         })
     }
 }
@@ -162,6 +219,7 @@ pub struct Bound {
     /// For transforms: the hooks it declared.
     pub hooks: Hooks,
     engine: Engine,
+    outbound: Arc<outbound::OutboundClient>,
     metrics: PluginMetrics,
 }
 
@@ -242,10 +300,12 @@ impl Bound {
             config_json: Arc::from(config_json),
             hooks: Hooks::empty(),
             engine: host.engine.clone(),
+            outbound: host.outbound.clone(),
         };
         let mut warm = b.instantiate().await.map_err(|e| e.to_string())?;
         if let RoleInstance::Transform(t) = &warm.instance {
             warm.store.set_epoch_deadline(b.plugin.ticks);
+            begin_call(&mut warm.store);
             b.hooks = t
                 .call_declare_hooks(&mut warm.store)
                 .await
@@ -278,10 +338,24 @@ impl Bound {
             route: self.route.clone(),
             ticks: p.ticks,
             request_id: None,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            outbound: outbound::Outbound {
+                plugin: p.name.clone(),
+                allowed: p.granted.allowed.clone(),
+                client: self.outbound.clone(),
+                max_response: p.granted.max_response,
+                io_timeout: p.granted.io_timeout,
+                deadline: tokio::time::Instant::now() + p.granted.io_timeout,
+            },
+            kv: p.granted.kv.clone(),
+            budget: budget::Budget::new(p.config.timeout, EPOCH_TICK),
         };
         let mut stream = None;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.memory);
+        if p.granted.any {
+            budget::install(&mut store);
+        }
         store.set_epoch_deadline(p.ticks);
         let instance = match &p.pre {
             RolePre::Auth(pre) => pre
@@ -302,6 +376,7 @@ impl Bound {
         };
         let instance = instance.map_err(|e| ConfigureError::Failed(classify(&e, &store)))?;
         store.set_epoch_deadline(p.ticks);
+        begin_call(&mut store);
         let configured = match &instance {
             RoleInstance::Auth(i) => i.call_configure(&mut store, &self.config_json).await,
             RoleInstance::Predicate(i) => i.call_configure(&mut store, &self.config_json).await,
@@ -348,10 +423,14 @@ macro_rules! lent_call {
             Err(e) => return ($req, $pool.observed($hook, started, Err(e))),
         };
         let rq = lend(&mut warm, $req);
+        let bound = $pool.wall_bound();
         let r = match &warm.instance {
             RoleInstance::$role(i) => {
-                i.$method(&mut warm.store, Resource::new_borrow(rq.rep()))
-                    .await
+                bounded(
+                    bound,
+                    i.$method(&mut warm.store, Resource::new_borrow(rq.rep())),
+                )
+                .await
             }
             _ => unreachable!("a pool only holds instances of its plugin's role"),
         };
@@ -383,6 +462,10 @@ impl Pool {
 
     pub fn on_error(&self) -> OnError {
         self.bound.plugin.config.on_error
+    }
+
+    fn wall_bound(&self) -> Option<Duration> {
+        self.bound.plugin.wall_bound()
     }
 
     /// A warm instance: from the pool, or a new configured one.
@@ -468,12 +551,16 @@ impl Pool {
             .table
             .push(resp)
             .expect("resource table has room");
+        let bound = self.wall_bound();
         let r = match &warm.instance {
             RoleInstance::Transform(t) => {
-                t.call_on_response(
-                    &mut warm.store,
-                    Resource::new_borrow(rq.rep()),
-                    Resource::new_borrow(rs.rep()),
+                bounded(
+                    bound,
+                    t.call_on_response(
+                        &mut warm.store,
+                        Resource::new_borrow(rq.rep()),
+                        Resource::new_borrow(rs.rep()),
+                    ),
                 )
                 .await
             }
@@ -487,10 +574,45 @@ impl Pool {
     }
 }
 
+impl LoadedPlugin {
+    /// The wall-clock limit of one call of a plugin that may wait: its `io_timeout`
+    /// plus its CPU `timeout` (to act on what the wait gave it). None for the others,
+    /// which cannot wait: their CPU deadline is their limit.
+    fn wall_bound(&self) -> Option<Duration> {
+        self.granted
+            .any
+            .then(|| self.granted.io_timeout + self.config.timeout)
+    }
+}
+
+/// Runs one export call, within `bound` of wall-clock time when there is one. A call cut
+/// off there is reported as the epoch interrupt it stands in for (a timeout), and the
+/// instance is discarded like any failed one.
+pub(super) async fn bounded<R>(
+    bound: Option<Duration>,
+    call: impl std::future::Future<Output = wasmtime::Result<R>>,
+) -> wasmtime::Result<R> {
+    match bound {
+        None => call.await,
+        Some(d) => match tokio::time::timeout(d, call).await {
+            Ok(r) => r,
+            Err(_) => Err(wasmtime::Trap::Interrupt.into()),
+        },
+    }
+}
+
+/// A hook call begins: its CPU account and its outbound deadline start now.
+pub(super) fn begin_call(store: &mut Store<HostState>) {
+    let s = store.data_mut();
+    s.budget.start();
+    s.outbound.deadline = tokio::time::Instant::now() + s.outbound.io_timeout;
+}
+
 /// Puts the request in the instance's resource table for one call and arms the deadline.
 fn lend(warm: &mut Warm, req: RequestRes) -> Resource<RequestRes> {
     let ticks = warm.store.data().ticks;
     warm.store.set_epoch_deadline(ticks);
+    begin_call(&mut warm.store);
     warm.store.data_mut().request_id = req.headers.get("x-request-id").cloned();
     warm.store
         .data_mut()
@@ -523,8 +645,13 @@ impl PluginSet {
 
     pub async fn load(host: &PluginHost, config: &Config) -> anyhow::Result<Self> {
         let mut loaded = Vec::with_capacity(config.plugins.len());
+        // One Redis connection for the key-value grants of this config's plugins.
+        let redis = config
+            .redis
+            .clone()
+            .map(|c| Arc::new(keyvalue::RedisKv::new(c)));
         for p in &config.plugins {
-            let l = host.load(p).map_err(|e| {
+            let l = host.load_granted(p, redis.as_ref()).map_err(|e| {
                 anyhow::anyhow!("{}: plugin `{}`: {e}", config.source.display(), p.name)
             })?;
             loaded.push(Arc::new(l));

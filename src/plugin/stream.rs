@@ -9,7 +9,7 @@
 use super::bindings::stream_transform as st;
 use super::bindings::transform::{Transform, TransformPre};
 use super::host::HostState;
-use super::{classify, Bound, Hook, PluginFailure, Pool, RoleInstance, Warm};
+use super::{begin_call, bounded, classify, Bound, Hook, PluginFailure, Pool, RoleInstance, Warm};
 use crate::config::OnError;
 pub use st::portcullis::plugin::events::{Api, Event, EventAction, Framing, StreamInfo, Usage};
 use std::sync::{Arc, Mutex};
@@ -76,9 +76,14 @@ impl Pool {
         };
         let ticks = warm.store.data().ticks;
         warm.store.set_epoch_deadline(ticks);
+        begin_call(&mut warm.store);
         warm.store.data_mut().request_id = Some(request_id.clone());
         let exports = warm.stream.as_ref().expect("a stream plugin's instance");
-        let r = exports.call_open_stream(&mut warm.store, info).await;
+        let r = bounded(
+            self.bound.plugin.wall_bound(),
+            exports.call_open_stream(&mut warm.store, info),
+        )
+        .await;
         match r {
             Ok(true) => {
                 self.observed(Hook::OpenStream, started, Ok(()))?;
@@ -125,9 +130,14 @@ impl Held {
         };
         let ticks = warm.store.data().ticks;
         warm.store.set_epoch_deadline(ticks);
+        begin_call(&mut warm.store);
         let exports = warm.stream.as_ref().expect("a stream plugin's instance");
         self.calling = true;
-        let called = exports.call_on_event(&mut warm.store, event, usage).await;
+        let called = bounded(
+            self.bound.plugin.wall_bound(),
+            exports.call_on_event(&mut warm.store, event, usage),
+        )
+        .await;
         self.calling = false;
         let r = match called {
             Ok(action) => Ok(action),

@@ -8,6 +8,7 @@ mod support;
 mod admin;
 mod ai;
 mod balance;
+mod capabilities;
 mod composite;
 mod config_errors;
 mod connections;

@@ -340,14 +340,14 @@ async fn a_reload_keeps_the_counters_of_unchanged_limits() {
 
 /// A `redis-server` on a free port, in a temporary folder, without persistence; killed
 /// on drop.
-struct RedisServer {
+pub(crate) struct RedisServer {
     child: std::process::Child,
     port: u16,
     _dir: TempDir,
 }
 
 impl RedisServer {
-    fn start(port: Option<u16>) -> RedisServer {
+    pub(crate) fn start(port: Option<u16>) -> RedisServer {
         let port = port.unwrap_or_else(|| {
             std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -383,7 +383,7 @@ impl RedisServer {
         }
     }
 
-    fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
     }
 

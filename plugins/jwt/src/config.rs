@@ -91,7 +91,14 @@ pub struct Config {
     pub query: Option<String>,
     pub consumer_claim: String,
     pub hide_credentials: bool,
+    /// Where to fetch more keys (a JWKS document) through `wasi:http`.
+    pub jwks_uri: Option<String>,
+    /// The fewest seconds between two fetches of `jwks_uri`.
+    pub jwks_refresh: u64,
 }
+
+/// The least `jwks_refresh_seconds`.
+pub const MIN_JWKS_REFRESH: u64 = 1;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -116,6 +123,10 @@ struct RawConfig {
     consumer_claim: Option<String>,
     #[serde(default)]
     hide_credentials: bool,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    jwks_refresh_seconds: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -312,6 +323,26 @@ fn raw_key(i: usize, raw: RawKey) -> Result<Key, String> {
     Ok(key)
 }
 
+/// The usable keys of a JWKS document (`{"keys": [...]}`); `what` names it in errors.
+pub fn jwks_keys(doc: &Value, what: &str) -> Result<Vec<Key>, String> {
+    let list = doc
+        .get("keys")
+        .and_then(Value::as_array)
+        .ok_or_else(|| format!("`{what}` must be a JWKS document: {{\"keys\": [...]}}"))?;
+    let mut keys = Vec::new();
+    for (i, jwk) in list.iter().enumerate() {
+        if let Some(k) = jwk_key(jwk, None, false, &format!("{what}.keys[{i}]"))? {
+            keys.push(k);
+        }
+    }
+    if keys.is_empty() {
+        return Err(format!(
+            "`{what}` holds no usable key (RSA for RS256 or oct for HS256, use \"sig\")"
+        ));
+    }
+    Ok(keys)
+}
+
 impl Config {
     pub fn from_json(json: &str) -> Result<Config, String> {
         let raw: RawConfig = support::parse_config(json)?;
@@ -326,26 +357,22 @@ impl Config {
                 }
                 v => v,
             };
-            let list = doc
-                .get("keys")
-                .and_then(Value::as_array)
-                .ok_or("`jwks` must be a JWKS document: {\"keys\": [...]}")?;
-            let before = keys.len();
-            for (i, jwk) in list.iter().enumerate() {
-                if let Some(k) = jwk_key(jwk, None, false, &format!("jwks.keys[{i}]"))? {
-                    keys.push(k);
-                }
-            }
-            if keys.len() == before {
-                return Err(
-                    "`jwks` holds no usable key (RSA for RS256 or oct for HS256, use \"sig\")"
-                        .into(),
-                );
-            }
+            keys.extend(jwks_keys(&doc, "jwks")?);
         }
-        if keys.is_empty() {
+        let jwks_uri = match raw.jwks_uri {
+            Some(u) if u.starts_with("https://") || u.starts_with("http://") => Some(u),
+            Some(_) => return Err("`jwks_uri` must be an http:// or https:// URL".into()),
+            None => None,
+        };
+        let jwks_refresh = raw.jwks_refresh_seconds.unwrap_or(300);
+        if jwks_refresh < MIN_JWKS_REFRESH {
+            return Err(format!(
+                "`jwks_refresh_seconds` must be at least {MIN_JWKS_REFRESH}"
+            ));
+        }
+        if keys.is_empty() && jwks_uri.is_none() {
             return Err(
-                "no keys: give `keys` (secret, secret_base64, pem or jwk entries) and/or `jwks`"
+                "no keys: give `keys` (secret, secret_base64, pem or jwk entries), `jwks` and/or `jwks_uri`"
                     .into(),
             );
         }
@@ -379,6 +406,8 @@ impl Config {
             query: raw.query,
             consumer_claim,
             hide_credentials: raw.hide_credentials,
+            jwks_uri,
+            jwks_refresh,
         })
     }
 }

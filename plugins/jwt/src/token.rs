@@ -83,6 +83,22 @@ fn signature_ok(material: &Material, input: &[u8], sig: &[u8]) -> bool {
 /// (the `consumer_claim` claim, when it is a string); `Err` a short reason fit for the
 /// client.
 pub fn verify(cfg: &Config, token: &str, now: u64) -> Result<Option<String>, String> {
+    verify_with(cfg, &[], token, now)
+}
+
+/// Whether a refusal of [`verify_with`] was for want of a key (no key of the token's
+/// algorithm, or none with its `kid`): the one a fresh JWKS could cure.
+pub fn wants_key(reason: &str) -> bool {
+    reason.starts_with("no ") && reason.contains(" key")
+}
+
+/// As [`verify`], with `fetched` (the keys of `jwks_uri`) tried after the config's own.
+pub fn verify_with(
+    cfg: &Config,
+    fetched: &[crate::config::Key],
+    token: &str,
+    now: u64,
+) -> Result<Option<String>, String> {
     if token.len() > MAX_TOKEN_BYTES {
         return Err("token too large".into());
     }
@@ -116,6 +132,7 @@ pub fn verify(cfg: &Config, token: &str, now: u64) -> Result<Option<String>, Str
     let mut candidates = cfg
         .keys
         .iter()
+        .chain(fetched)
         .filter(|k| k.alg() == alg && (kid.is_none() || k.kid.is_none() || k.kid.as_deref() == kid))
         .peekable();
     if candidates.peek().is_none() {
