@@ -85,3 +85,16 @@ bench_tmp() {
   TMP=$(mktemp -d "/tmp/$1.XXXXXX")
   chmod 755 "$TMP"   # nginx workers may run as 'nobody'
 }
+
+# build_sse_bench BIN BENCH: builds the gateway and the `sse-bench` example for $PROFILE
+# (release or the dev build) when either is missing.
+build_sse_bench() {
+  [[ -x $1 && -x $2 ]] && return 0
+  if [[ $PROFILE == release ]]; then
+    log "building (cargo build --release --bin portcullis --example sse-bench)"
+    cargo build --release --bin portcullis --example sse-bench
+  else
+    log "building (cargo build --bin portcullis --example sse-bench)"
+    cargo build --bin portcullis --example sse-bench
+  fi
+}

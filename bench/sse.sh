@@ -42,15 +42,7 @@ for v in ROUNDS STREAMS EVENTS LAT_EVENTS; do
 done
 BIN=target/$PROFILE/portcullis
 BENCH=target/$PROFILE/examples/sse-bench
-if [[ ! -x $BIN || ! -x $BENCH ]]; then
-  if [[ $PROFILE == release ]]; then
-    log "building (cargo build --release --bin portcullis --example sse-bench)"
-    cargo build --release --bin portcullis --example sse-bench
-  else
-    log "building (cargo build --bin portcullis --example sse-bench)"
-    cargo build --bin portcullis --example sse-bench
-  fi
-fi
+build_sse_bench "$BIN" "$BENCH"
 need_apt nginx
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
