@@ -86,7 +86,12 @@ mod tests {
     proptest! {
         /// Over any whole number of cycles each endpoint gets exactly its weight's share,
         /// and the schedule is smooth: after any k picks, endpoint i has been chosen
-        /// within one of its fair share k·w_i/W (no bunching).
+        /// fewer than one time more than its fair share k·w_i/W, and fewer than n−1
+        /// times less (n endpoints). Why: with current weights cw (they sum to 0), the
+        /// deviation c_i − k·w_i/W is −cw_i/W; the picked endpoint had the largest
+        /// cw + w, at least W/n, so after losing W its cw stays above −W, and the others'
+        /// only grow: every cw_i > −W, hence every cw_i < (n−1)·W. (Within one either way does
+        /// not hold for three or more endpoints: proptest found one 1.007 behind.)
         #[test]
         fn exact_shares_and_smooth(weights in proptest::collection::vec(1u32..50, 1..6), cycles in 1usize..4) {
             let w = SmoothWeightedRoundRobin::new(&weights);
@@ -98,7 +103,9 @@ mod tests {
                 counts[w.pick()] += 1;
                 for (i, &c) in counts.iter().enumerate() {
                     let fair = k as f64 * weights[i] as f64 / total;
-                    prop_assert!((c as f64 - fair).abs() < 1.0 + 1e-9, "endpoint {} after {} picks: {} vs fair {}", i, k, c, fair);
+                    let behind = (weights.len() - 1).max(1) as f64;
+                    prop_assert!((c as f64) - fair < 1.0 + 1e-9, "endpoint {} after {} picks: {} vs fair {}", i, k, c, fair);
+                    prop_assert!(fair - (c as f64) < behind + 1e-9, "endpoint {} after {} picks: {} vs fair {}", i, k, c, fair);
                 }
             }
             for (i, &c) in counts.iter().enumerate() {
