@@ -80,6 +80,8 @@ struct Events {
     head: [u8; 6],
     data_len: usize,
     error_event: bool,
+    /// The current event was not scanned (see `whole_data`): the scanner is untouched.
+    skipped: bool,
     /// The counts, last value of each wins.
     found: Found,
     report: Report,
@@ -116,7 +118,9 @@ impl Events {
     }
 
     fn reset_event(&mut self) {
-        self.json.reset();
+        if !std::mem::take(&mut self.skipped) {
+            self.json.reset();
+        }
         self.data_len = 0;
         self.error_event = false;
     }
@@ -146,10 +150,11 @@ impl sse::Sink for Events {
         if wanted {
             self.data(data);
         } else {
-            // Seen, not scanned: the scanner stays empty and the event says nothing.
+            // Seen, not scanned: the event says nothing (`dispatch` takes no document).
             let n = data.len().min(self.head.len());
             self.head[..n].copy_from_slice(&data[..n]);
             self.data_len = data.len();
+            self.skipped = true;
         }
     }
 
@@ -165,7 +170,10 @@ impl sse::Sink for Events {
         if self.data_len == 6 && &self.head == b"[DONE]" {
             self.report.done = true;
         } else {
-            self.take_document();
+            // A skipped event's scanner is as `reset` left it: nothing to take.
+            if !self.skipped {
+                self.take_document();
+            }
             if self.error_event {
                 self.report.upstream_error = true;
             }
