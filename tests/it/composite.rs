@@ -640,34 +640,11 @@ async fn a_required_failure_cancels_the_parts_still_running() {
 /// answered 200 (which would open a tunnel); no part is called.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_http2_websocket_to_a_composite_route_is_refused() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
     let d = Model::start(detections, None).await;
     let c = Model::start(classes, None).await;
     let s = Model::start(masks, None).await;
     let gw = gateway(addrs([&d, &c, &s]), ["", "", ""]);
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) must have arrived first.
-    let resp = until_ok(
-        "an extended CONNECT answered",
-        std::time::Duration::from_secs(10),
-        std::time::Duration::from_millis(20),
-        async || {
-            let req = http::Request::builder()
-                .method("CONNECT")
-                .uri(format!("http://{}/v1/vision", gw.addr))
-                .header("sec-websocket-version", "13")
-                .extension(hyper::ext::Protocol::from_static("websocket"))
-                .body(Full::<Bytes>::default())
-                .unwrap();
-            sender.send_request(req).await
-        },
-    )
-    .await;
+    let resp = h2_websocket_connect(gw.addr, "/v1/vision").await;
     assert_eq!(resp.status(), 403);
     assert_eq!(d.up.hits() + c.up.hits() + s.up.hits(), 0);
 }

@@ -723,3 +723,31 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .expect("VmRSS in /proc/PID/status")
 }
+
+/// Opens an HTTP/2 connection to `addr` and sends a WebSocket extended CONNECT (RFC 8441)
+/// for `path`, retried until the server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) have
+/// arrived; returns the answer.
+pub async fn h2_websocket_connect(addr: SocketAddr, path: &str) -> Response<Incoming> {
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    until_ok(
+        "an extended CONNECT answered",
+        Duration::from_secs(10),
+        Duration::from_millis(20),
+        async || {
+            let req = Request::builder()
+                .method("CONNECT")
+                .uri(format!("http://{addr}{path}"))
+                .header("sec-websocket-version", "13")
+                .extension(hyper::ext::Protocol::from_static("websocket"))
+                .body(Full::<Bytes>::default())
+                .unwrap();
+            sender.send_request(req).await
+        },
+    )
+    .await
+}

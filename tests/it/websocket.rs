@@ -263,33 +263,10 @@ async fn the_auth_plugin_runs_on_the_handshake_and_a_denied_one_never_reaches_th
 
 #[tokio::test(flavor = "multi_thread")]
 async fn websocket_over_http2_extended_connect_reaches_an_http1_upstream() {
-    use hyper_util::rt::{TokioExecutor, TokioIo};
+    use hyper_util::rt::TokioIo;
     let up = WsUpstream::start().await;
     let gw = Gateway::start(&ws_config(&up, "", ROUTE));
-    let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let (mut sender, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .unwrap();
-    tokio::spawn(conn);
-    // The server's SETTINGS (with ENABLE_CONNECT_PROTOCOL) must have arrived first.
-    let every = Duration::from_millis(20);
-    let resp = until_ok(
-        "an extended CONNECT answered",
-        Duration::from_secs(10),
-        every,
-        async || {
-            let req = http::Request::builder()
-                .method("CONNECT")
-                .uri(format!("http://{}/ws/h2", gw.addr))
-                .header("sec-websocket-version", "13")
-                .extension(hyper::ext::Protocol::from_static("websocket"))
-                .body(Full::<Bytes>::default())
-                .unwrap();
-            sender.send_request(req).await
-        },
-    )
-    .await;
+    let resp = h2_websocket_connect(gw.addr, "/ws/h2").await;
     assert_eq!(resp.status(), 200);
     assert!(resp.headers().get("sec-websocket-accept").is_none());
     let seen = up.handshakes.lock().unwrap()[0].clone();
