@@ -98,3 +98,34 @@ build_sse_bench() {
     cargo build --bin portcullis --example sse-bench
   fi
 }
+
+# upstream_nginx PORT LOCATION: starts a private nginx (one worker, no access log,
+# keep-alive without limit) on 127.0.0.1:PORT whose `location /` block is LOCATION;
+# config and logs in $TMP (bench_tmp first), nginx binary $NGINX.
+upstream_nginx() {
+  cat >"$TMP/upstream.conf" <<CONF
+worker_processes 1;
+pid $TMP/upstream.pid;
+error_log $TMP/upstream-error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path $TMP/b; proxy_temp_path $TMP/p; fastcgi_temp_path $TMP/f;
+    uwsgi_temp_path $TMP/u; scgi_temp_path $TMP/s;
+    server {
+        listen 127.0.0.1:$1;
+        location / { $2 }
+    }
+}
+CONF
+  "$NGINX" -p "$TMP/" -c "$TMP/upstream.conf" -g 'daemon off;' >"$TMP/upstream.log" 2>&1 &
+  PIDS+=("$!")
+}
+
+# private_redis PORT: a redis-server on 127.0.0.1:PORT that persists nothing (dir $TMP).
+private_redis() {
+  redis-server --port "$1" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
+    >"$TMP/redis.log" 2>&1 &
+  PIDS+=("$!")
+}

@@ -46,30 +46,9 @@ mkdir -p "$OUT"
 bench_tmp portcullis-limits
 read -r UP_PORT PC_PORT RD_PORT < <(free_ports 3)
 
-cat >"$TMP/upstream.conf" <<CONF
-worker_processes 1;
-pid $TMP/upstream.pid;
-error_log $TMP/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path $TMP/b; proxy_temp_path $TMP/p; fastcgi_temp_path $TMP/f;
-    uwsgi_temp_path $TMP/u; scgi_temp_path $TMP/s;
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        location / {
-            default_type application/json;
-            return 200 '{"model":"m","usage":{"prompt_tokens":10,"completion_tokens":20}}';
-        }
-    }
-}
-CONF
-"$NGINX" -p "$TMP/" -c "$TMP/upstream.conf" -g 'daemon off;' >"$TMP/upstream.log" 2>&1 &
-PIDS+=("$!")
-redis-server --port "$RD_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
-  >"$TMP/redis.log" 2>&1 &
-PIDS+=("$!")
+upstream_nginx "$UP_PORT" "default_type application/json;
+            return 200 '{\"model\":\"m\",\"usage\":{\"prompt_tokens\":10,\"completion_tokens\":20}}';"
+private_redis "$RD_PORT"
 
 route() { # NAME LIMITS
   printf '[[routes]]\nname = "%s"\npath_prefix = "/%s"\nstrip_prefix = true\nupstream = "up"\nlimits = %s\n\n[routes.ai]\n\n' "$1" "$1" "$2"

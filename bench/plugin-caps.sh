@@ -49,27 +49,8 @@ mkdir -p "$OUT"
 bench_tmp portcullis-plugin-caps
 read -r UP_PORT PC_PORT RD_PORT IDP_PORT < <(free_ports 4)
 
-cat >"$TMP/upstream.conf" <<CONF
-worker_processes 1;
-pid $TMP/upstream.pid;
-error_log $TMP/upstream-error.log warn;
-events { worker_connections 4096; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path $TMP/b; proxy_temp_path $TMP/p; fastcgi_temp_path $TMP/f;
-    uwsgi_temp_path $TMP/u; scgi_temp_path $TMP/s;
-    server {
-        listen 127.0.0.1:$UP_PORT;
-        location / { default_type text/plain; return 200 'ok'; }
-    }
-}
-CONF
-"$NGINX" -p "$TMP/" -c "$TMP/upstream.conf" -g 'daemon off;' >"$TMP/upstream.log" 2>&1 &
-PIDS+=("$!")
-redis-server --port "$RD_PORT" --bind 127.0.0.1 --save '' --appendonly no --dir "$TMP" \
-  >"$TMP/redis.log" 2>&1 &
-PIDS+=("$!")
+upstream_nginx "$UP_PORT" "default_type text/plain; return 200 'ok';"
+private_redis "$RD_PORT"
 # The IdP: introspection (always active, counted) and a 200 ms `/slow`.
 cat >"$TMP/idp.py" <<'PY'
 import http.server, json, sys, time
