@@ -54,6 +54,9 @@ pub struct HostState {
     pub kv: Option<super::keyvalue::Grant>,
     /// Where the current call's time went (used by plugins with capabilities).
     pub budget: super::budget::Budget,
+    /// The plugin was granted a capability (so it may wait: its calls keep the accounts
+    /// above; the others' calls skip them).
+    pub granted: bool,
 }
 
 impl wasmtime_wasi_http::WasiHttpView for HostState {

@@ -349,6 +349,7 @@ impl Bound {
             },
             kv: p.granted.kv.clone(),
             budget: budget::Budget::new(p.config.timeout, EPOCH_TICK),
+            granted: p.granted.any,
         };
         let mut stream = None;
         let mut store = Store::new(&self.engine, state);
@@ -601,9 +602,13 @@ pub(super) async fn bounded<R>(
     }
 }
 
-/// A hook call begins: its CPU account and its outbound deadline start now.
+/// A hook call begins: its CPU account and its outbound deadline start now (for a plugin
+/// with a capability: the others cannot wait, and their epoch deadline is their limit).
 pub(super) fn begin_call(store: &mut Store<HostState>) {
     let s = store.data_mut();
+    if !s.granted {
+        return;
+    }
     s.budget.start();
     s.outbound.deadline = tokio::time::Instant::now() + s.outbound.io_timeout;
 }
