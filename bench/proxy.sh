@@ -12,7 +12,7 @@
 #   5. runs wrk against [direct, nginx, portcullis], interleaved, ROUNDS times
 #      (even rounds in reverse order; use an even ROUNDS to balance position),
 #      and prints per target the median req/s, p50 and p99 latency (ms), the
-#      gateway's CPU per request (user+sys from /proc, Portcullis targets only) and
+#      proxies' CPU per request (user+sys from /proc: Portcullis, and nginx's master + workers) and
 #      the ratios portcullis/nginx for req/s and p99.
 # Both nginx instances run from a temp dir with their own conf/pid/logs; the
 # system nginx is never touched. Every process started is stopped on exit.
@@ -224,6 +224,7 @@ log "upstream nginx on 127.0.0.1:$UP_PORT (worker_processes $CORES)"
 start_nginx proxy "$TMP/proxy-nginx.conf"
 wait_port "$NGX_PORT" "$LAST_PID" "$TMP/proxy-error.log" "nginx proxy"
 log "nginx proxy on 127.0.0.1:$NGX_PORT (worker_processes $CORES = number of cores, upstream keepalive 64, access_log off)"
+NGX_PID=$LAST_PID
 
 TARGETS=(direct nginx)
 declare -A URL=(
@@ -232,6 +233,8 @@ declare -A URL=(
 )
 # start_portcullis TARGET CONFIG PORT DESCRIPTION [BINARY]
 declare -A PID
+# The nginx proxy's CPU is its master's and its workers' (found when measured).
+PID[nginx]=$NGX_PID
 start_portcullis() {
   local t=$1 conf=$2 port=$3 bin=${5:-$BIN}
   "$bin" run --config "$conf" --log-level warn >"$TMP/$t.log" 2>&1 &
@@ -258,13 +261,20 @@ fi
 for t in "${TARGETS[@]}"; do check_200 "$t" "${URL[$t]}"; done
 
 # --- wrk runs ------------------------------------------------------------------
-# cpu_ticks PID -> user + system clock ticks the process has used so far
-cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# cpu_ticks PID -> user + system clock ticks the process and its children (nginx's
+# workers; Portcullis has none) have used so far
+cpu_ticks() {
+  local p t=0
+  for p in "$1" $(pgrep -P "$1" || true); do
+    t=$(( t + $(awk '{ print $14 + $15 }' "/proc/$p/stat") ))
+  done
+  echo "$t"
+}
 CLK_TCK=$(getconf CLK_TCK)
 
 # run_wrk TARGET DURATION OUTFILE
-# For a Portcullis target, also appends "cpu_ticks N" to OUTFILE: the CPU the gateway
-# process used during the run (user + system), for CPU per request.
+# For a Portcullis target and the nginx proxy, also appends "cpu_ticks N" to OUTFILE:
+# the CPU the proxy's processes used during the run (user + system), for CPU per request.
 run_wrk() {
   local t=$1 d=$2 f=$3 s before=""
   s=$(to_seconds "$d")
@@ -295,7 +305,7 @@ parse_wrk() {
     /Non-2xx or 3xx responses:/ { err += $NF }
     END {
       if (rps == "" || p50 == "" || p99 == "") exit 1
-      # CPU microseconds per request of the gateway process (0: not measured).
+      # CPU microseconds per request of the proxy processes (0: not measured).
       cpu = (ticks != "" && reqs > 0) ? ticks * 1e6 / tck / reqs : 0
       printf "%.2f %.3f %.3f %d %.2f\n", rps, p50, p99, err, cpu
     }' tck="$CLK_TCK" "$1"
@@ -351,9 +361,11 @@ summary="$OUT/summary.txt"
   if [[ $SKIP_PORTCULLIS != 1 ]]; then
     echo
     awk -v pr="${MED_RPS[portcullis]}" -v nr="${MED_RPS[nginx]}" -v pp="${MED_P99[portcullis]}" -v np="${MED_P99[nginx]}" \
+        -v pc="${MED_CPU[portcullis]}" -v nc="${MED_CPU[nginx]}" \
       'BEGIN {
          printf "portcullis/nginx  req/s ratio: %s   (higher is better)\n", (nr > 0 ? sprintf("%.3f", pr / nr) : "n/a")
          printf "portcullis/nginx  p99 ratio:   %s   (lower is better)\n",  (np > 0 ? sprintf("%.3f", pp / np) : "n/a")
+         printf "portcullis/nginx  CPU per request: %s   (user+sys of the proxy processes; lower is better)\n", (nc > 0 ? sprintf("%.3f", pc / nc) : "n/a")
        }'
   fi
   if [[ $RESILIENCE == 1 && $SKIP_PORTCULLIS != 1 ]]; then
