@@ -23,6 +23,7 @@ const MAX_BUFFERED_RESPONSE: usize = 16 << 20;
 /// What the response chain needs from the request chain: the transforms with an
 /// `on-response` hook that the request got past, and a read-only copy of the request as
 /// it was forwarded.
+#[derive(Default)]
 pub(super) struct Passed<'g> {
     hooked: Vec<&'g Pool>,
     request: Option<RequestRes>,
@@ -54,11 +55,7 @@ impl Gateway {
         ctx: &mut RequestCtx<'g>,
     ) -> Result<Chain<'g>, ProxyError> {
         let pools = self.pools(route);
-        let mut passed = Passed {
-            hooked: Vec::new(),
-            request: None,
-            streaming: Vec::new(),
-        };
+        let mut passed = Passed::default();
         if pools.iter().all(|p| p.bound.plugin.role == Role::Predicate) {
             return Ok(Chain::Proceed(passed));
         }

@@ -30,16 +30,19 @@ impl Gateway {
         mut req: ClientRequest,
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
-        ctx.ai = super::model::read_call(route, &mut req).await?;
+        // What only some routes do is boxed (see `Gateway::process`).
+        if route.config.ai.is_some() {
+            ctx.ai = Box::pin(super::model::read_call(route, &mut req)).await?;
+        }
         if !route.limits.is_empty() {
-            admit(route, &req, ctx).await?;
+            Box::pin(admit(route, &req, ctx)).await?;
         }
         if route.config.composite.is_some() {
-            self.forward_composite(route, req, ctx).await
+            Box::pin(self.forward_composite(route, req, ctx)).await
         } else if route.config.fallback.is_empty() {
             self.forward_to(route, self.upstream(route), req, ctx).await
         } else {
-            self.forward_with_fallback(route, req, ctx).await
+            Box::pin(self.forward_with_fallback(route, req, ctx)).await
         }
     }
 

@@ -85,6 +85,8 @@ pub struct Tables {
     pub limits: crate::limits::Limits,
     /// Counts requests no route took (404, 405, 400).
     unrouted: RouteMetrics,
+    /// Whether any route has a predicate plugin (routing then may await plugins).
+    predicates: bool,
 }
 
 /// One worker's state of a route: its warm plugin instances.
@@ -150,8 +152,14 @@ impl Gateway {
                 config,
                 plugins,
             })
-            .collect();
+            .collect::<Vec<RouteEntry>>();
+        let predicates = routes.iter().any(|r| {
+            r.plugins
+                .iter()
+                .any(|b| b.plugin.role == crate::plugin::Role::Predicate)
+        });
         let tables = Arc::new(Tables {
+            predicates,
             config_text: config.text,
             config_hash: config.hash,
             server: config.server,
@@ -231,7 +239,15 @@ impl Gateway {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let mut req = ClientRequest::read(req, ctx, &self.server)?;
         let route = self.route(&mut req, ctx).await?;
-        let (mut passed, response, path) = match self.request_chain(route, &mut req, ctx).await? {
+        // The plugin phases are boxed, and entered only by routes that have plugins: a
+        // future holds room for its largest state, and this one is moved into place for
+        // every request and kept by every connection, so what only some routes use must
+        // not make it larger for all of them.
+        let chain = match self.pools(route).is_empty() {
+            true => Chain::Proceed(chain::Passed::default()),
+            false => Box::pin(self.request_chain(route, &mut req, ctx)).await?,
+        };
+        let (mut passed, response, path) = match chain {
             Chain::Reply(passed, reply) => (passed, Ok(*reply), String::new()),
             Chain::Proceed(passed) => {
                 // Stream plugins are told the path (`open-stream`), once the head is back.
@@ -249,13 +265,11 @@ impl Gateway {
         // Response hooks see the gateway's own error responses too.
         let response = response.unwrap_or_else(|e| ctx.fail(e));
         let streaming = std::mem::take(&mut passed.streaming);
-        let response = self.response_chain(passed, response, ctx).await;
+        let response = Box::pin(self.response_chain(passed, response, ctx)).await;
         if streaming.is_empty() {
             return Ok(response);
         }
-        Ok(self
-            .event_chain(&streaming, route, path, response, ctx)
-            .await)
+        Ok(Box::pin(self.event_chain(&streaming, route, path, response, ctx)).await)
     }
 }
 

@@ -20,6 +20,23 @@ impl Gateway {
         req: &mut ClientRequest,
         ctx: &mut RequestCtx<'g>,
     ) -> Result<&'g RouteEntry, ProxyError> {
+        if self.predicates {
+            // Boxed, as the other plugin phases are (`Gateway::process`).
+            return Box::pin(self.route_with_predicates(req, ctx)).await;
+        }
+        let chosen = self
+            .router
+            .candidates(&req.head, req.target.path(), req.target.host())
+            .next();
+        self.chosen(chosen, req, ctx)
+    }
+
+    /// [`Self::route`] when some route has predicate plugins.
+    async fn route_with_predicates<'g>(
+        &'g self,
+        req: &mut ClientRequest,
+        ctx: &mut RequestCtx<'g>,
+    ) -> Result<&'g RouteEntry, ProxyError> {
         // The predicates' read-only view of the request, built once if any route has them.
         let mut view: Option<RequestRes> = None;
         let mut chosen = None;
@@ -58,6 +75,17 @@ impl Gateway {
             chosen = Some(route);
             break;
         }
+        self.chosen(chosen, req, ctx)
+    }
+
+    /// The route that takes the request, or 404/405 when none does; a body is refused up
+    /// front when its declared length is over what the route will take (or buffer).
+    fn chosen<'g>(
+        &'g self,
+        chosen: Option<&'g RouteEntry>,
+        req: &ClientRequest,
+        ctx: &mut RequestCtx<'g>,
+    ) -> Result<&'g RouteEntry, ProxyError> {
         let Some(route) = chosen else {
             return Err(
                 match self
@@ -72,8 +100,6 @@ impl Gateway {
             );
         };
         ctx.route = Some(route);
-        // A body is refused up front when its declared length is over what this route
-        // will take (or buffer).
         let limit = route.body_limit();
         if req
             .body

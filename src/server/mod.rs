@@ -47,6 +47,9 @@ type Accepted = (
     Registration,
 );
 
+/// A request being served: boxed (see `worker`).
+type Handling = std::pin::Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
+
 /// Binds every listener of `server`, announces each on stdout as
 /// `listening on http://ADDR` (`https://` for TLS listeners; tests and scripts read this),
 /// then serves until `shutdown` resolves and in-flight requests have drained. Worker `i`
@@ -295,10 +298,13 @@ async fn worker(
                 // Each request is served by the gateway current when it arrives; a reload
                 // swaps the slot and requests in flight finish on the old one.
                 let (slot, client) = (slot.clone(), Arc::new(client));
-                let handler = move |req: Request<Incoming>| {
+                // Boxed: hyper keeps room for a request's future in every connection, idle
+                // ones too, and moves it there for every request; the box is made only
+                // while a request is served, and moving it moves one pointer.
+                let handler = move |req: Request<Incoming>| -> Handling {
                     let gw = slot.load_full();
                     let client = client.clone();
-                    async move { gw.handle(req, &client).await }
+                    Box::pin(async move { gw.handle(req, &client).await })
                 };
                 tokio::spawn(async move {
                     let state = registration.state.clone();
