@@ -101,24 +101,41 @@ fn chunked_alone(h: &HeaderMap) -> bool {
     }
 }
 
-/// Removes the hop-by-hop headers of RFC 9110 §7.6.1: `Connection` and every header it
-/// names, `Keep-Alive`, `Proxy-*`, `TE` (kept as `te: trailers` when the client asked for
-/// trailers, which gRPC needs), `Transfer-Encoding`, `Upgrade`.
+/// Removes the hop-by-hop headers of RFC 9110 §7.6.1: `Connection` and every header its
+/// fields name (all of them: several `Connection` fields are one list), `Keep-Alive`,
+/// `Proxy-*`, `TE` (kept as `te: trailers` when the client asked for trailers, which gRPC
+/// needs), `Transfer-Encoding`, `Upgrade`.
+///
+/// Runs on every request and response: a head with none of them (the common request) is
+/// one scan of its names, and the named headers are removed by the names' text, with no
+/// allocation.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h.remove(header::CONNECTION) {
-        let mut named = Vec::new();
-        for value in std::iter::once(&conn).chain(h.get_all(header::CONNECTION).iter()) {
-            if let Ok(v) = value.to_str() {
-                named.extend(
-                    v.split(',')
-                        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok()),
-                );
+    let hop = |n: &HeaderName| {
+        n == header::CONNECTION
+            || n == header::TE
+            || n == header::TRANSFER_ENCODING
+            || n == header::UPGRADE
+            || n == header::PROXY_AUTHENTICATE
+            || n == header::PROXY_AUTHORIZATION
+            || n == KEEP_ALIVE
+            || n == PROXY_CONNECTION
+    };
+    if !h.keys().any(hop) {
+        return;
+    }
+    if let header::Entry::Occupied(e) = h.entry(header::CONNECTION) {
+        let mut fields = e.remove_entry_mult().1;
+        let first = fields.next();
+        // Empty unless the head has several `Connection` fields (no allocation then).
+        let rest: Vec<HeaderValue> = fields.collect();
+        for value in first.iter().chain(&rest) {
+            for name in value.as_bytes().split(|&b| b == b',') {
+                // Not a valid name (or empty): nothing in the map has it.
+                if let Ok(name) = std::str::from_utf8(name.trim_ascii()) {
+                    h.remove(name);
+                }
             }
         }
-        for name in named {
-            h.remove(name);
-        }
-        h.remove(header::CONNECTION);
     }
     let wants_trailers = h.get_all(header::TE).iter().any(|v| {
         v.to_str().is_ok_and(|s| {
@@ -217,6 +234,30 @@ mod tests {
         );
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert_eq!(h.get("x-kept").unwrap(), "1");
+    }
+
+    #[test]
+    fn every_connection_field_counts_and_a_clean_head_is_untouched() {
+        let mut h = HeaderMap::new();
+        h.append(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(
+            header::CONNECTION,
+            HeaderValue::from_static(" X-One ,,x-two, bad name"),
+        );
+        for n in ["x-one", "x-two", "x-three"] {
+            h.insert(n, HeaderValue::from_static("1"));
+        }
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-one").is_none() && h.get("x-two").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert_eq!(h.get("x-three").unwrap(), "1");
+        let mut clean = HeaderMap::new();
+        clean.insert(header::HOST, HeaderValue::from_static("a"));
+        clean.append("x-many", HeaderValue::from_static("1"));
+        clean.append("x-many", HeaderValue::from_static("2"));
+        let before = clean.clone();
+        strip_hop_by_hop(&mut clean);
+        assert_eq!(clean, before);
     }
 
     #[test]

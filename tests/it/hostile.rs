@@ -473,6 +473,26 @@ async fn connection_cannot_remove_the_gateways_own_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn every_connection_header_names_hop_by_hop_headers() {
+    // Two `Connection` fields are one list (RFC 9110 §5.3): what the second names is as
+    // hop-by-hop as what the first names, and neither reaches the upstream.
+    let rec = Recorder::start().await;
+    let gw = hostile_gateway(&rec, "");
+    let r = answers(
+        gw.addr,
+        b"GET /t HTTP/1.1\r\nHost: a\r\nConnection: keep-alive\r\nX-Hop-A: 1\r\n\
+          Connection: x-hop-a , X-Hop-B\r\nX-Hop-B: 2\r\nConnection: \r\nX-Kept: 3\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r[0].status, 200, "{r:?}");
+    let s = &rec.seen()[0];
+    assert_eq!(s.header("x-hop-a"), None);
+    assert_eq!(s.header("x-hop-b"), None);
+    assert_eq!(s.header("connection"), None);
+    assert_eq!(s.header("x-kept"), Some("3"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn client_trailers_cannot_carry_gateway_managed_headers() {
     let rec = Recorder::start().await;
     let gw = hostile_gateway(&rec, "");
