@@ -165,21 +165,15 @@ to_seconds() {
   case $u in s) echo "$n" ;; m) echo $((n * 60)) ;; h) echo $((n * 3600)) ;; esac
 }
 
-cpu_ticks() {
+# proc_sum PID FILE AWK: the number AWK reads from /proc/<p>/FILE, summed over PID and its
+# children.
+proc_sum() {
   local p t=0
-  for p in "$1" $(pgrep -P "$1" || true); do
-    t=$(( t + $(awk '{ print $14 + $15 }' "/proc/$p/stat") ))
-  done
+  for p in "$1" $(pgrep -P "$1" || true); do t=$(( t + $(awk "$3" "/proc/$p/$2") )); done
   echo "$t"
 }
-
-rss_kb() {
-  local p t=0
-  for p in "$1" $(pgrep -P "$1" || true); do
-    t=$(( t + $(awk '/^VmRSS:/ { print $2 }' "/proc/$p/status") ))
-  done
-  echo "$t"
-}
+cpu_ticks() { proc_sum "$1" stat '{ print $14 + $15 }'; }
+rss_kb() { proc_sum "$1" status '/^VmRSS:/ { print $2 }'; }
 
 check_200() {
   local name=$1 url=$2 code body
@@ -203,7 +197,8 @@ run_wrk() {
   return 0
 }
 
-# parse_wrk FILE -> "req_s p50_ms p99_ms errors cpu_us_per_request" (cpu 0: not measured)
+# parse_wrk FILE -> "req_s p50_ms p99_ms errors cpu_us_per_request" (cpu 0: not measured;
+# errors: socket errors and non-2xx answers)
 parse_wrk() {
   awk '
     function ms(v,   n, u) {
@@ -224,7 +219,7 @@ parse_wrk() {
     END {
       if (rps == "" || p50 == "" || p99 == "") exit 1
       cpu = (ticks != "" && reqs > 0) ? ticks * 1e6 / tck / reqs : 0
-      printf "%.2f %.3f %.3f %d %.2f\n", rps, p50, p99, err, cpu
+      printf "%.2f %.4f %.4f %d %.2f\n", rps, p50, p99, err, cpu
     }' tck="$CLK_TCK" "$1"
 }
 
