@@ -49,6 +49,12 @@
 #   IDLE_CONNS        idle connection counts                            ["3000 10000"]
 #   IDLE_SETTLE       seconds the connections stay idle before RSS is read [2]
 #   PORTCULLIS_BIN    gateway binary [target/release/portcullis; built when that is missing]
+#   ACCESS_LOG        1 = access logs on, as users run them: nginx's to a file with
+#                     buffer=64k, Portcullis's default one (--log-level info) to a file
+#                     (server.access_log); HAProxy's stay off. The logs stay in the
+#                     temp dir (*.access, removed at exit; ~100 bytes a request)  [0]
+#   PORTCULLIS_SERVER extra lines for every Portcullis [server] section, to try a
+#                     setting: PORTCULLIS_SERVER='workers = 1'                 []
 #   SKIP_LOAD, SKIP_HIGH, SKIP_IDLE, SKIP_HAPROXY, SKIP_PLUGIN, SKIP_TLS
 #                     1 = leave that part or target out                 [0]
 #
@@ -65,6 +71,8 @@ HIGH_CONNECTIONS=${HIGH_CONNECTIONS:-1000}
 IDLE_CONNS=${IDLE_CONNS:-3000 10000}
 IDLE_SETTLE=${IDLE_SETTLE:-2}
 IDLE_CONCURRENCY=64
+ACCESS_LOG=${ACCESS_LOG:-0}
+PORTCULLIS_SERVER=${PORTCULLIS_SERVER:-}
 for v in SKIP_LOAD SKIP_HIGH SKIP_IDLE SKIP_HAPROXY SKIP_PLUGIN SKIP_TLS; do
   declare "$v=${!v:-0}"
 done
@@ -81,6 +89,7 @@ for v in ROUNDS THREADS CONNECTIONS HIGH_CONNECTIONS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 [[ $IDLE_SETTLE =~ ^[0-9]+$ ]] || die "IDLE_SETTLE must be a number of seconds"
+[[ $ACCESS_LOG == [01] ]] || die "ACCESS_LOG must be 0 or 1"
 IDLE_MAX=0
 for n in $IDLE_CONNS; do
   [[ $n =~ ^[1-9][0-9]*$ ]] || die "IDLE_CONNS must be positive integers (got '$n')"
@@ -150,7 +159,7 @@ pid $TMP/$name.pid;
 error_log $TMP/$name-error.log warn;
 events { worker_connections $MAXCONN; }
 http {
-    access_log off;
+    access_log $(if [[ $ACCESS_LOG == 1 && $name != upstream ]]; then echo "$TMP/$name.access combined buffer=64k"; else echo off; fi);
     keepalive_requests 1000000;
     keepalive_timeout 600s;
 $(temp_paths "$name")
@@ -189,7 +198,9 @@ portcullis_conf() {
   [[ $mode != apikey ]] || plugins="[{ name = \"api-key\", config = { keys = [{ key = \"$API_KEY\", consumer = \"bench\" }] } }]"
   {
     printf '[server]\nlisten = %s\nkeep_alive_timeout = "600s"\nheader_read_timeout = "600s"\nmax_connections = %s\n' "$listen" "$MAXCONN"
-    printf 'plugin_cache_dir = "%s"\n\n' "$TMP/wasm-cache"
+    printf 'plugin_cache_dir = "%s"\n' "$TMP/wasm-cache"
+    [[ $ACCESS_LOG != 1 ]] || printf 'access_log = { path = "%s" }\n' "$TMP/$name.access"
+    printf '%s\n\n' "$PORTCULLIS_SERVER"
     printf '[[upstreams]]\nname = "up"\ntargets = [{ address = "127.0.0.1:%s" }]\n\n' "$UP_PORT"
     [[ $mode != apikey ]] || printf '[[plugins]]\nname = "api-key"\npath = "%s/api-key.wasm"\n\n' "$COMP"
     printf '[[routes]]\nname = "all"\npath_prefix = "/"\nupstream = "up"\nplugins = %s\n' "$plugins"
@@ -198,9 +209,12 @@ portcullis_conf() {
     || { cat "$TMP/$name-validate.log" >&2; die "Portcullis config $name invalid"; }
 }
 
-# start_portcullis NAME PORT: runs $TMP/NAME.toml (access log off: --log-level warn).
+# start_portcullis NAME PORT: runs $TMP/NAME.toml (access log off: --log-level warn, unless
+# ACCESS_LOG=1).
+PC_LOG_LEVEL=warn
+[[ $ACCESS_LOG != 1 ]] || PC_LOG_LEVEL=info
 start_portcullis() {
-  "$BIN" run --config "$TMP/$1.toml" --log-level warn >"$TMP/$1.log" 2>&1 &
+  "$BIN" run --config "$TMP/$1.toml" --log-level "$PC_LOG_LEVEL" >"$TMP/$1.log" 2>&1 &
   PIDS+=("$!")
   LAST_PID=$!
   wait_port "$2" "$LAST_PID" "$TMP/$1.log" "$1"
@@ -290,6 +304,14 @@ if [[ $SKIP_LOAD != 1 ]]; then
   for t in "${TARGETS[@]}"; do
     if [[ -n ${PID[$t]:-} ]]; then stop_pid "${PID[$t]}"; fi
   done
+  ACCESS_LINES=""
+  if [[ $ACCESS_LOG == 1 ]]; then   # stopped, nginx has written its buffers out
+    for t in "${TARGETS[@]}"; do
+      [[ $t != direct && $t != haproxy ]] || continue
+      [[ -s $TMP/$t.access ]] || die "ACCESS_LOG=1 but $t wrote no access log"
+      ACCESS_LINES+="$t $(wc -l <"$TMP/$t.access"), "
+    done
+  fi
 fi
 
 # --- 2. idle keep-alive connections --------------------------------------------------------
@@ -349,9 +371,11 @@ has() { local t; for t in "${TARGETS[@]}"; do [[ $t == "$1" ]] && return 0; done
 {
   echo "Portcullis benchmark suite $STAMP"
   echo "machine: $CORES cores, load average $LOAD_BEFORE at the start, $(cut -d' ' -f1-3 /proc/loadavg) at the end"
+  [[ -z $PORTCULLIS_SERVER ]] || echo "Portcullis [server] extra: $PORTCULLIS_SERVER"
   echo "nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), HAProxy $("$HAPROXY" -v | awk 'NR == 1 { print $3 }'), $(wrk -v 2>&1 | awk 'NR == 1 { print $1, $2 }'), $("$BIN" --version) ($BIN)"
   if [[ $SKIP_LOAD != 1 ]]; then
-    echo "wrk -t$THREADS -d$DURATION --latency, $ROUNDS interleaved round(s), medians; access logs off; cpu = user+sys of the proxy's processes per request"
+    echo "wrk -t$THREADS -d$DURATION --latency, $ROUNDS interleaved round(s), medians; access logs $( ((ACCESS_LOG)) && echo "on (nginx, Portcullis)" || echo off); cpu = user+sys of the proxy's processes per request"
+    [[ -z ${ACCESS_LINES:-} ]] || echo "access log lines: ${ACCESS_LINES%, }"
     for c in "${PASSES[@]}"; do
       echo
       echo "$c connections"
