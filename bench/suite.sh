@@ -367,6 +367,7 @@ ratio_row() { # LABEL A B TAG
     "$(ratio "${MED_RPS[$4$2]:-}" "${MED_RPS[$4$3]:-}")" "$(ratio "${MED_P99[$4$2]:-}" "${MED_P99[$4$3]:-}")" \
     "$(ratio "${MED_CPU[$4$2]:-}" "${MED_CPU[$4$3]:-}")"
 }
+mb_pair() { awk -v p="$1" 'BEGIN { split(p, a, " "); printf "%.1f -> %.1f", a[1] / 1024, a[2] / 1024 }'; }
 has() { local t; for t in "${TARGETS[@]}"; do [[ $t == "$1" ]] && return 0; done; return 1; }
 {
   echo "Portcullis benchmark suite $STAMP"
@@ -395,11 +396,15 @@ has() { local t; for t in "${TARGETS[@]}"; do [[ $t == "$1" ]] && return 0; done
   fi
   if [[ $SKIP_IDLE != 1 ]]; then
     echo
-    echo "idle keep-alive connections: RSS growth per connection (nginx: master + workers), KB"
-    printf '  %-12s %12s %14s %18s\n' connections nginx portcullis "portcullis/nginx"
+    echo "idle keep-alive connections: RSS growth per connection (nginx: master + workers), KB;"
+    echo "  RSS before -> after, MB (nginx's 'before' holds its worker_connections = $MAXCONN"
+    echo "  slots per worker, about 0.4 KB each, filled in at start)"
+    printf '  %-12s %10s %12s %18s %20s %20s\n' connections nginx portcullis "portcullis/nginx" \
+      "nginx MB" "portcullis MB"
     for n in $IDLE_CONNS; do
-      printf '  %-12s %12s %14s %18s\n' "$n" "${IDLE_KB[nginx:$n]}" "${IDLE_KB[portcullis:$n]}" \
-        "$(ratio "${IDLE_KB[portcullis:$n]}" "${IDLE_KB[nginx:$n]}")"
+      printf '  %-12s %10s %12s %18s %20s %20s\n' "$n" "${IDLE_KB[nginx:$n]}" "${IDLE_KB[portcullis:$n]}" \
+        "$(ratio "${IDLE_KB[portcullis:$n]}" "${IDLE_KB[nginx:$n]}")" \
+        "$(mb_pair "${IDLE_RSS[nginx:$n]}")" "$(mb_pair "${IDLE_RSS[portcullis:$n]}")"
     done
   fi
   if [[ $SKIP_LOAD != 1 ]]; then
