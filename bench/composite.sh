@@ -154,26 +154,6 @@ assert set(a) == {"detect", "classify", "segment"}, a
 assert [len(a[k]["items"]) for k in ("detect", "classify", "segment")] == [4, 10, 20], a
 ' "$answer" || die "the composite route did not answer the three parts: $answer"
 
-# parse_wrk FILE -> "req_s p50_ms"
-parse_wrk() {
-  awk '
-    function ms(v,   n, u) {
-      n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
-      if (u == "us") return n / 1000
-      if (u == "ms") return n
-      if (u == "s")  return n * 1000
-      return -1
-    }
-    /^ *50% / { p50 = ms($2) }
-    /^Requests\/sec:/ { rps = $2 }
-    /Non-2xx or 3xx responses:/ { bad += $NF }
-    END {
-      if (rps == "" || p50 == "" || bad > 0) exit 1
-      printf "%.2f %.4f\n", rps, p50
-    }' "$1"
-}
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-
 declare -A P50 RPS
 LAT_TARGETS=(detect classify segment single composite)
 LOAD_TARGETS=(single composite)
@@ -185,7 +165,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for t in "${order[@]}"; do
     f="$TMP/lat-$t-$r.log"
     wrk -t1 -c1 -d"$DURATION" --latency "${URL[$t]}" >"$f"
-    read -r _ p50 < <(parse_wrk "$f") || die "wrk against $t failed: $(cat "$f")"
+    read -r _ p50 _ bad _ < <(parse_wrk "$f") && (( bad == 0 )) || die "wrk against $t failed: $(cat "$f")"
     P50[$t]+="$p50 "
   done
   order=("${LOAD_TARGETS[@]}")
@@ -193,7 +173,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
   for t in "${order[@]}"; do
     f="$TMP/load-$t-$r.log"
     wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "${URL[$t]}" >"$f"
-    read -r rps _ < <(parse_wrk "$f") || die "wrk against $t failed: $(cat "$f")"
+    read -r rps _ _ bad _ < <(parse_wrk "$f") && (( bad == 0 )) || die "wrk against $t failed: $(cat "$f")"
     RPS[$t]+="$rps "
   done
 done

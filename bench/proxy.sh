@@ -63,13 +63,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "THREADS must be a positive integer"
 (( THREADS <= CONNECTIONS )) || die "THREADS must be <= CONNECTIONS"
 
-# wrk duration -> seconds (for the hard timeout around each wrk run)
-to_seconds() {
-  local d=$1
-  [[ $d =~ ^([0-9]+)(s|m|h)?$ ]] || die "bad duration '$d' (use e.g. 10s, 1m)"
-  local n=${BASH_REMATCH[1]} u=${BASH_REMATCH[2]:-s}
-  case $u in s) echo "$n" ;; m) echo $((n * 60)) ;; h) echo $((n * 3600)) ;; esac
-}
 DUR_S=$(to_seconds "$DURATION")
 (( DUR_S > 0 )) || die "DURATION must be > 0"
 if [[ $WARMUP == 0 ]]; then WARM_S=0; else WARM_S=$(to_seconds "$WARMUP"); fi
@@ -105,15 +98,6 @@ read -r UP_PORT NGX_PORT PC_PORT RS_PORT BL_PORT < <(free_ports 5)
 [[ -n ${PC_PORT:-} ]] || die "could not pick free ports"
 
 # --- helpers -----------------------------------------------------------------
-# check_200 NAME URL: one request must return 200 with the upstream body
-check_200() {
-  local name=$1 url=$2 code body
-  body=$(curl -sS --max-time 5 -o - -w '\n%{http_code}' "$url") || die "$name: request to $url failed"
-  code=${body##*$'\n'}
-  [[ $code == 200 ]] || die "$name: $url returned HTTP $code, expected 200"
-  [[ $body == *"hello from upstream"* ]] || die "$name: $url did not return the upstream body"
-}
-
 # start_nginx NAME CONF: run nginx in the foreground (daemon off) in background
 start_nginx() {
   local name=$1 conf=$2
@@ -261,86 +245,10 @@ fi
 for t in "${TARGETS[@]}"; do check_200 "$t" "${URL[$t]}"; done
 
 # --- wrk runs ------------------------------------------------------------------
-# cpu_ticks PID -> user + system clock ticks the process and its children (nginx's
-# workers; Portcullis has none) have used so far
-cpu_ticks() {
-  local p t=0
-  for p in "$1" $(pgrep -P "$1" || true); do
-    t=$(( t + $(awk '{ print $14 + $15 }' "/proc/$p/stat") ))
-  done
-  echo "$t"
-}
-CLK_TCK=$(getconf CLK_TCK)
-
-# run_wrk TARGET DURATION OUTFILE
-# For a Portcullis target and the nginx proxy, also appends "cpu_ticks N" to OUTFILE:
-# the CPU the proxy's processes used during the run (user + system), for CPU per request.
-run_wrk() {
-  local t=$1 d=$2 f=$3 s before=""
-  s=$(to_seconds "$d")
-  [[ -n ${PID[$t]:-} ]] && before=$(cpu_ticks "${PID[$t]}")
-  timeout -k 5 $((s + 30)) wrk -t"$THREADS" -c"$CONNECTIONS" -d"$d" --latency "${URL[$t]}" >"$f" 2>&1 \
-    || { cat "$f" >&2; die "wrk against $t failed"; }
-  [[ -n $before ]] && echo "cpu_ticks $(( $(cpu_ticks "${PID[$t]}") - before ))" >>"$f"
-  return 0
-}
-
-# parse_wrk FILE -> "req_s p50_ms p99_ms errors"
-parse_wrk() {
-  awk '
-    function ms(v,   n, u) {
-      n = v; sub(/[a-z]+$/, "", n); u = v; sub(/^[0-9.]+/, "", u)
-      if (u == "us") return n / 1000
-      if (u == "ms") return n
-      if (u == "s")  return n * 1000
-      if (u == "m")  return n * 60000
-      return -1
-    }
-    /^ *50% / { p50 = ms($2) }
-    /^ *99% / { p99 = ms($2) }
-    /^Requests\/sec:/ { rps = $2 }
-    /requests in / { reqs = $1 }
-    /^cpu_ticks / { ticks = $2 }
-    /Socket errors:/ { gsub(/,/, ""); err += $4 + $6 + $8 + $10 }
-    /Non-2xx or 3xx responses:/ { err += $NF }
-    END {
-      if (rps == "" || p50 == "" || p99 == "") exit 1
-      # CPU microseconds per request of the proxy processes (0: not measured).
-      cpu = (ticks != "" && reqs > 0) ? ticks * 1e6 / tck / reqs : 0
-      printf "%.2f %.3f %.3f %d %.2f\n", rps, p50, p99, err, cpu
-    }' tck="$CLK_TCK" "$1"
-}
-
-median() { sort -g | awk '{ a[NR] = $1 } END { if (NR == 0) print "nan"; else if (NR % 2) print a[(NR + 1) / 2]; else print (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-
 total_s=$(( (ROUNDS * DUR_S + WARM_S) * ${#TARGETS[@]} ))
 log "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency; $ROUNDS round(s) of [${TARGETS[*]}], ~${total_s}s of load"
 
-if (( WARM_S > 0 )); then
-  for t in "${TARGETS[@]}"; do run_wrk "$t" "$WARMUP" "$OUT/warmup-$t.txt"; done
-  log "warm-up done ($WARMUP per target)"
-fi
-
-declare -A RPS P50 P99 ERR CPU MED_RPS MED_P99 MED_CPU
-for ((r = 1; r <= ROUNDS; r++)); do
-  # Even rounds run the targets in reverse order: whichever runs second in a pair is
-  # measured a few percent lower on this box (an A/A run of two identical Portcullis
-  # configs gave 0.91 without this), so the order must not favour anyone.
-  order=("${TARGETS[@]}")
-  if (( r % 2 == 0 )); then
-    order=()
-    for ((k = ${#TARGETS[@]} - 1; k >= 0; k--)); do order+=("${TARGETS[$k]}"); done
-  fi
-  for t in "${order[@]}"; do
-    f="$OUT/round$r-$t.txt"
-    run_wrk "$t" "$DURATION" "$f"
-    read -r rps p50 p99 err cpu < <(parse_wrk "$f") || die "could not parse wrk output $f"
-    RPS[$t]+="$rps "; P50[$t]+="$p50 "; P99[$t]+="$p99 "; ERR[$t]=$(( ${ERR[$t]:-0} + err ))
-    CPU[$t]+="$cpu "
-    printf '    round %d %-10s %10.0f req/s  p50 %7.3f ms  p99 %7.3f ms  errors %d  cpu %6.2f us/req\n' \
-      "$r" "$t" "$rps" "$p50" "$p99" "$err" "$cpu"
-  done
-done
+wrk_rounds "$CONNECTIONS" ""
 
 # --- summary -------------------------------------------------------------------
 summary="$OUT/summary.txt"
@@ -349,40 +257,23 @@ summary="$OUT/summary.txt"
   echo "machine: $CORES cores; nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), worker_processes $CORES (upstream and proxy)"
   echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS round(s), medians over rounds"
   echo
-  printf '%-12s %12s %10s %10s %8s %12s\n' target "req/s" "p50 ms" "p99 ms" errors "cpu us/req"
-  for t in "${TARGETS[@]}"; do
-    m_rps=$(tr ' ' '\n' <<<"${RPS[$t]}" | grep . | median)
-    m_p50=$(tr ' ' '\n' <<<"${P50[$t]}" | grep . | median)
-    m_p99=$(tr ' ' '\n' <<<"${P99[$t]}" | grep . | median)
-    m_cpu=$(tr ' ' '\n' <<<"${CPU[$t]}" | grep . | median)
-    MED_RPS[$t]=$m_rps; MED_P99[$t]=$m_p99; MED_CPU[$t]=$m_cpu
-    printf '%-12s %12.0f %10.3f %10.3f %8d %12.2f\n' "$t" "$m_rps" "$m_p50" "$m_p99" "${ERR[$t]}" "$m_cpu"
-  done
+  wrk_table ""
   if [[ $SKIP_PORTCULLIS != 1 ]]; then
     echo
-    awk -v pr="${MED_RPS[portcullis]}" -v nr="${MED_RPS[nginx]}" -v pp="${MED_P99[portcullis]}" -v np="${MED_P99[nginx]}" \
-        -v pc="${MED_CPU[portcullis]}" -v nc="${MED_CPU[nginx]}" \
-      'BEGIN {
-         printf "portcullis/nginx  req/s ratio: %s   (higher is better)\n", (nr > 0 ? sprintf("%.3f", pr / nr) : "n/a")
-         printf "portcullis/nginx  p99 ratio:   %s   (lower is better)\n",  (np > 0 ? sprintf("%.3f", pp / np) : "n/a")
-         printf "portcullis/nginx  CPU per request: %s   (user+sys of the proxy processes; lower is better)\n", (nc > 0 ? sprintf("%.3f", pc / nc) : "n/a")
-       }'
+    echo "portcullis/nginx  req/s ratio: $(ratio "${MED_RPS[portcullis]}" "${MED_RPS[nginx]}")   (higher is better)"
+    echo "portcullis/nginx  p99 ratio:   $(ratio "${MED_P99[portcullis]}" "${MED_P99[nginx]}")   (lower is better)"
+    echo "portcullis/nginx  CPU per request: $(ratio "${MED_CPU[portcullis]}" "${MED_CPU[nginx]}")   (user+sys of the proxy processes; lower is better)"
   fi
   if [[ $RESILIENCE == 1 && $SKIP_PORTCULLIS != 1 ]]; then
-    awk -v r="${MED_RPS[resilient]}" -v p="${MED_RPS[portcullis]}" \
-      'BEGIN { printf "resilient/portcullis req/s ratio: %s   (breakers + health checks + outlier detection; goal >= 0.97)\n", (p > 0 ? sprintf("%.3f", r / p) : "n/a") }'
+    echo "resilient/portcullis req/s ratio: $(ratio "${MED_RPS[resilient]}" "${MED_RPS[portcullis]}")   (breakers + health checks + outlier detection; goal >= 0.97)"
   fi
   if [[ -n ${BASELINE_BIN:-} && $SKIP_PORTCULLIS != 1 ]]; then
-    awk -v b="${MED_RPS[baseline]}" -v p="${MED_RPS[portcullis]}" -v bp="${MED_P99[baseline]}" -v pp="${MED_P99[portcullis]}" \
-        -v bc="${MED_CPU[baseline]}" -v pc="${MED_CPU[portcullis]}" \
-      'BEGIN {
-         printf "portcullis/baseline req/s ratio: %s   (same run; >= 1 means no loss)\n", (b > 0 ? sprintf("%.3f", p / b) : "n/a")
-         printf "portcullis/baseline p99 ratio:   %s   (lower is better)\n", (bp > 0 ? sprintf("%.3f", pp / bp) : "n/a")
-         printf "portcullis/baseline CPU per request: %s   (process user+sys per request; lower is better)\n", (bc > 0 ? sprintf("%.3f", pc / bc) : "n/a")
-       }'
+    echo "portcullis/baseline req/s ratio: $(ratio "${MED_RPS[portcullis]}" "${MED_RPS[baseline]}")   (same run; >= 1 means no loss)"
+    echo "portcullis/baseline p99 ratio:   $(ratio "${MED_P99[portcullis]}" "${MED_P99[baseline]}")   (lower is better)"
+    echo "portcullis/baseline CPU per request: $(ratio "${MED_CPU[portcullis]}" "${MED_CPU[baseline]}")   (process user+sys per request; lower is better)"
   fi
   for t in "${TARGETS[@]}"; do
-    (( ${ERR[$t]} == 0 )) || echo "WARNING: $t had ${ERR[$t]} socket errors / non-2xx responses"
+    (( ${ERRS[$t]} == 0 )) || echo "WARNING: $t had ${ERRS[$t]} socket errors / non-2xx responses"
   done
 } | tee "$summary"
 echo
