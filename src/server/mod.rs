@@ -28,7 +28,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
@@ -216,17 +215,23 @@ const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 ///   and the connection gets GOAWAY ENHANCE_YOUR_CALM.
 const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
 
-fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
+/// The HTTP/1 and HTTP/2 connection settings. The protocol is known before a connection is
+/// served (`connection::first_bytes` reads the HTTP/2 preface or not), so each connection
+/// gets its own protocol's connection alone — hyper-util's `auto` connection held room for
+/// both (the HTTP/2 state is the larger) and read the preface a second time.
+struct Builders {
+    h1: hyper::server::conn::http1::Builder,
+    h2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+fn connection_builder(server: &ServerConfig) -> Builders {
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new())
         .header_read_timeout(server.header_read_timeout)
         .max_buf_size(server.max_header_size.max(8192) + 1024)
         .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
         // SETTINGS_MAX_HEADER_LIST_SIZE: a larger decoded head (HPACK references to the
         // dynamic table included) is answered 431; over 4 times this, GOAWAY.
         .max_header_list_size(server.max_header_size as u32)
@@ -237,7 +242,43 @@ fn connection_builder(server: &ServerConfig) -> auto::Builder<TokioExecutor> {
         .enable_connect_protocol()
         .keep_alive_interval(server.http2_keep_alive_interval)
         .keep_alive_timeout(server.http2_keep_alive_timeout);
-    builder
+    Builders { h1, h2 }
+}
+
+/// A served HTTP/1 or HTTP/2 connection, boxed: the task of a connection holds a pointer,
+/// and the box is as large as its own protocol's state.
+trait Served: Future<Output = Result<(), hyper::Error>> + Send {
+    /// hyper's graceful shutdown: finish what is in flight (HTTP/2: GOAWAY first).
+    fn shut_down(self: std::pin::Pin<&mut Self>);
+}
+
+impl<I, S, B> Served for hyper::server::conn::http1::UpgradeableConnection<I, S>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send,
+    S::Future: Send,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
+}
+
+impl<I, S, B> Served for hyper::server::conn::http2::Connection<I, S, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<Incoming, ResBody = B> + Send,
+    S::Future: Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.graceful_shutdown()
+    }
 }
 
 /// The time bounds of a connection that the server keeps itself (hyper keeps the others:
@@ -306,23 +347,27 @@ async fn worker(
                     let client = client.clone();
                     Box::pin(async move { gw.handle(req, &client).await })
                 };
+                let state = registration.state.clone();
+                // Plain and TLS connections are separate tasks, each as large as its own
+                // kind needs (a TLS handshake's state is large).
+                let Some(acceptor) = tls else {
+                    tokio::spawn(async move {
+                        serve(builder, bounds, state, watcher, stream, peer, handler).await;
+                        drop(registration);
+                    });
+                    continue;
+                };
                 tokio::spawn(async move {
-                    let state = registration.state.clone();
-                    match tls {
-                        None => serve(builder, bounds, state, watcher, stream, peer, handler).await,
-                        Some(acceptor) => {
-                            let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
-                            let handshake = tokio::select! {
-                                r = handshake => Some(r),
-                                () = state.closed() => None,
-                            };
-                            match handshake {
-                                Some(Ok(Ok(tls))) => serve(builder, bounds, state, watcher, tls, peer, handler).await,
-                                Some(Ok(Err(e))) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
-                                Some(Err(_)) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
-                                None => tracing::debug!(peer = %peer, "connection closed during its TLS handshake to stay under max_connections"),
-                            }
-                        }
+                    let handshake = tokio::time::timeout(handshake_timeout, acceptor.accept(stream));
+                    let handshake = tokio::select! {
+                        r = handshake => Some(r),
+                        () = state.closed() => None,
+                    };
+                    match handshake {
+                        Some(Ok(Ok(tls))) => serve(builder, bounds, state, watcher, tls, peer, handler).await,
+                        Some(Ok(Err(e))) => tracing::debug!(peer = %peer, error = %e, "TLS handshake failed"),
+                        Some(Err(_)) => tracing::debug!(peer = %peer, "TLS handshake timed out"),
+                        None => tracing::debug!(peer = %peer, "connection closed during its TLS handshake to stay under max_connections"),
                     }
                     drop(registration);
                 });
@@ -340,7 +385,7 @@ async fn worker(
 /// graceful shutdown) and given [`GOAWAY_GRACE`] to finish; an idle HTTP/1 connection is
 /// just closed. At the drain both finish what is in flight.
 async fn serve<IO, H, F>(
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Builders>,
     bounds: Bounds,
     state: Arc<ConnState>,
     mut drain: DrainWatch,
@@ -373,8 +418,11 @@ async fn serve<IO, H, F>(
         let answer = handler(req);
         async move { Ok::<_, Infallible>(answer.await.map(|b| Counted::new(b, in_flight))) }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
+    let io = TokioIo::new(io);
+    let mut conn: std::pin::Pin<Box<dyn Served>> = match h2 {
+        true => Box::pin(builder.h2.serve_connection(io, svc)),
+        false => Box::pin(builder.h1.serve_connection(io, svc).with_upgrades()),
+    };
     let closing = tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
@@ -391,14 +439,14 @@ async fn serve<IO, H, F>(
     };
     match closing {
         None => {
-            conn.as_mut().graceful_shutdown();
+            conn.as_mut().shut_down();
             if let Err(e) = conn.await {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with error while draining");
             }
         }
         Some(bound) if h2 => {
             tracing::debug!(peer = %peer, bound, "idle HTTP/2 connection closed with GOAWAY");
-            conn.as_mut().graceful_shutdown();
+            conn.as_mut().shut_down();
             let _ = tokio::time::timeout(GOAWAY_GRACE, conn).await;
         }
         Some(bound) => tracing::debug!(peer = %peer, bound, "idle HTTP/1 connection closed"),
