@@ -12,12 +12,12 @@ use super::access_log::AccessLog;
 use super::events::{EventStage, StreamAborted};
 use crate::ai::{End, Meter};
 use crate::limits::{Admission, Outcome};
+use crate::upstream::pool::PooledBody;
 use crate::upstream::ActiveGuard;
 use crate::BoxError;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
-use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use std::future::Future;
 use std::pin::Pin;
@@ -36,7 +36,7 @@ pin_project! {
     #[project = InnerProj]
     enum Inner {
         Full { #[pin] body: Full<Bytes> },
-        Upstream { #[pin] body: Incoming },
+        Upstream { #[pin] body: PooledBody },
         // The upstream's event stream through stream plugins.
         Events { stage: Box<EventStage> },
         // A switched protocol's empty body; the tunnel takes the access-log record and
@@ -130,7 +130,7 @@ impl ResponseBody {
         )
     }
 
-    pub fn upstream(body: Incoming, idle: Duration, guard: ActiveGuard, route: Arc<str>) -> Self {
+    pub fn upstream(body: PooledBody, idle: Duration, guard: ActiveGuard, route: Arc<str>) -> Self {
         Self::new(
             Inner::Upstream { body },
             Some(idle),
@@ -204,7 +204,7 @@ impl ResponseBody {
     /// frame read ahead, if any). Only for an upstream body.
     pub fn set_events(
         &mut self,
-        stage: impl FnOnce(Incoming, Option<Frame<Bytes>>) -> Box<EventStage>,
+        stage: impl FnOnce(PooledBody, Option<Frame<Bytes>>) -> Box<EventStage>,
     ) {
         let Inner::Upstream { body } = std::mem::replace(
             &mut self.inner,

@@ -21,11 +21,11 @@ use crate::ai::Meter;
 use crate::config::OnError;
 use crate::plugin::stream::{Api, Event, EventAction, Framing, Held, StreamInfo, Usage};
 use crate::plugin::{PluginFailure, Pool};
+use crate::upstream::pool::PooledBody;
 use crate::BoxError;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{header, HeaderMap, Response};
 use http_body::{Body, Frame};
-use hyper::body::Incoming;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -71,7 +71,7 @@ enum Cut {
 
 /// The event-level reader and writer of one streamed response.
 pub struct EventStage {
-    body: Incoming,
+    body: PooledBody,
     /// A frame read ahead (`ResponseBody::first_frame`), read before the body.
     first: Option<Frame<Bytes>>,
     framing: Framing,
@@ -104,7 +104,7 @@ pub struct EventStage {
 
 impl EventStage {
     fn new(
-        body: Incoming,
+        body: PooledBody,
         first: Option<Frame<Bytes>>,
         plugins: Vec<Held>,
         framing: Framing,

@@ -179,7 +179,7 @@ impl Handshake {
     pub fn open(
         self,
         route: &RouteEntry,
-        mut response: Response<Incoming>,
+        mut response: Response<crate::upstream::pool::PooledBody>,
         guard: ActiveGuard,
         ctx: &RequestCtx<'_>,
         drain_timeout: Duration,

@@ -5,10 +5,10 @@
 use super::body::UpstreamBody;
 use super::classify::{self, TryError};
 use super::connector::TlsConnector;
+use super::pool::{Http1Pool, PooledBody};
 use crate::config::{Protocol, UpstreamConfig};
 use http::uri::{PathAndQuery, Scheme};
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -27,9 +27,11 @@ pub trait SendTry {
     fn scheme(&self) -> Scheme;
 }
 
-/// An upstream's connection pool. Plain upstreams keep the bare `HttpConnector` client,
-/// so TLS costs them nothing.
+/// An upstream's connection pool. Plain HTTP/1.1 upstreams (most of them) use this
+/// worker's own [`Http1Pool`]; HTTP/2 and TLS upstreams (ALPN may pick either protocol)
+/// use hyper-util's client.
 pub enum UpstreamClient {
+    Http1(Http1Pool),
     Plain(Client<HttpConnector, UpstreamBody>),
     Tls(Client<TlsConnector, UpstreamBody>),
 }
@@ -50,6 +52,11 @@ impl UpstreamClient {
             b.http2_only(true);
         }
         match &cfg.tls {
+            None if cfg.protocol == Protocol::Http1 => UpstreamClient::Http1(Http1Pool::new(
+                connector,
+                cfg.pool_idle_timeout,
+                cfg.pool_max_idle_per_target,
+            )),
             None => UpstreamClient::Plain(b.build(connector)),
             Some(tls) => {
                 UpstreamClient::Tls(b.build(TlsConnector::new(connector, tls, cfg.connect_timeout)))
@@ -59,19 +66,21 @@ impl UpstreamClient {
 }
 
 impl SendTry for UpstreamClient {
-    type Body = Incoming;
+    type Body = PooledBody;
 
-    async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<Incoming>, TryError> {
+    async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<PooledBody>, TryError> {
         let sent = match self {
+            UpstreamClient::Http1(p) => return p.send(req).await,
             UpstreamClient::Plain(c) => c.request(req).await,
             UpstreamClient::Tls(c) => c.request(req).await,
         };
-        sent.map_err(|e| classify::client_error(&e))
+        sent.map(|r| r.map(PooledBody::from))
+            .map_err(|e| classify::client_error(&e))
     }
 
     fn scheme(&self) -> Scheme {
         match self {
-            UpstreamClient::Plain(_) => Scheme::HTTP,
+            UpstreamClient::Http1(_) | UpstreamClient::Plain(_) => Scheme::HTTP,
             UpstreamClient::Tls(_) => Scheme::HTTPS,
         }
     }

@@ -13,6 +13,7 @@ pub mod client;
 pub mod connector;
 pub mod health_check;
 pub mod outlier;
+pub mod pool;
 pub mod replay;
 pub mod retry;
 pub mod window;

@@ -3,6 +3,7 @@
 use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
+use std::time::Duration;
 
 async fn two_upstreams() -> (Upstream, Upstream, Gateway) {
     let public = Upstream::echo("public").await;
@@ -356,4 +357,183 @@ async fn keep_alive_reuses_the_client_connection() {
         s.read_exact(&mut body).await.unwrap();
         assert!(String::from_utf8_lossy(&body).contains(&format!("\"/anything/n{i}\"")));
     }
+}
+
+/// A raw HTTP/1.1 upstream that counts the connections it accepted and those that ended:
+/// `/small` answers 5 bytes, `/empty` 204, `/close` answers and then closes the connection
+/// (without saying so), `/big` sends a 4 MB body slowly enough to be cut.
+struct CountingUpstream {
+    addr: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ended: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CountingUpstream {
+    async fn start() -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (accepted, ended) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (a, e) = (accepted.clone(), ended.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = l.accept().await.unwrap();
+                a.fetch_add(1, Ordering::SeqCst);
+                let e = e.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    'conn: loop {
+                        let head_end = loop {
+                            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                                break i + 4;
+                            }
+                            let mut chunk = [0u8; 4096];
+                            match s.read(&mut chunk).await {
+                                Ok(0) | Err(_) => break 'conn,
+                                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                            }
+                        };
+                        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+                        buf.drain(..head_end);
+                        let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                        let ok = match path.as_str() {
+                            _ if head.starts_with("HEAD ") => {
+                                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+                                    .await
+                            }
+                            "/empty" => s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await,
+                            "/big" => {
+                                let n = 4 << 20;
+                                let hd = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
+                                let mut r = s.write_all(hd.as_bytes()).await;
+                                for _ in 0..n / 16384 {
+                                    if r.is_err() {
+                                        break;
+                                    }
+                                    r = s.write_all(&[b'x'; 16384]).await;
+                                }
+                                r
+                            }
+                            _ => {
+                                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+                                    .await
+                            }
+                        };
+                        if ok.is_err() || path == "/close" {
+                            break;
+                        }
+                    }
+                    e.fetch_add(1, Ordering::SeqCst);
+                });
+            }
+        });
+        CountingUpstream {
+            addr,
+            accepted,
+            ended,
+        }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn ended(&self) -> usize {
+        self.ended.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn one_worker_gateway(up: &CountingUpstream, upstream_extra: &str) -> Gateway {
+    let text = config(
+        upstream_extra,
+        &[up.addr],
+        "[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"up\"\n",
+    )
+    .replacen("[server]\n", "[server]\nworkers = 1\n", 1);
+    Gateway::start(&text)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_once_their_response_is_read() {
+    let up = CountingUpstream::start().await;
+    let gw = one_worker_gateway(&up, "");
+    for i in 0..10 {
+        let r = get(&gw.url("/small")).await;
+        assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]), "request {i}");
+    }
+    for _ in 0..3 {
+        assert_eq!(get(&gw.url("/empty")).await.status, 204);
+        let r = send(
+            &client(),
+            req("HEAD", &gw.url("/small"))
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+    }
+    assert_eq!(
+        up.accepted(),
+        1,
+        "every request went on the one pooled connection"
+    );
+}
+
+#[tokio::test]
+async fn a_closed_or_cut_upstream_connection_is_not_reused() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = CountingUpstream::start().await;
+    let gw = one_worker_gateway(&up, "");
+    // The upstream closes its connection after answering, without saying so.
+    assert_eq!(get(&gw.url("/close")).await.status, 200);
+    wait_until("the upstream closed", Duration::from_secs(10), || {
+        up.ended() == 1
+    })
+    .await;
+    let r = get(&gw.url("/small")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    assert_eq!(up.accepted(), 2);
+    // A client that goes away part-way through a body: that upstream connection still
+    // has body bytes in it and must not carry the next request.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = [0u8; 64];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(
+        first[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    drop(s);
+    wait_until("the cut connection closed", Duration::from_secs(10), || {
+        up.ended() == 2
+    })
+    .await;
+    let r = get(&gw.url("/small")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    assert_eq!(
+        up.accepted(),
+        3,
+        "a new connection for the request after the cut one"
+    );
+}
+
+#[tokio::test]
+async fn idle_upstream_connections_close_after_pool_idle_timeout() {
+    let up = CountingUpstream::start().await;
+    let gw = one_worker_gateway(&up, "pool_idle_timeout = \"1s\"");
+    assert_eq!(get(&gw.url("/small")).await.status, 200);
+    assert_eq!(up.accepted(), 1);
+    wait_until(
+        "the idle connection closed",
+        Duration::from_secs(10),
+        || up.ended() == 1,
+    )
+    .await;
+    assert_eq!(get(&gw.url("/small")).await.status, 200);
+    assert_eq!(up.accepted(), 2);
 }
