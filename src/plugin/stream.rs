@@ -9,10 +9,13 @@
 use super::bindings::stream_transform as st;
 use super::bindings::transform::{Transform, TransformPre};
 use super::host::HostState;
-use super::{begin_call, bounded, classify, Bound, Hook, PluginFailure, Pool, RoleInstance, Warm};
+use super::{
+    begin_call, bounded, classify, give_back, Bound, Hook, IdleStore, PluginFailure, Pool,
+    RoleInstance, Warm,
+};
 use crate::config::OnError;
 pub use st::portcullis::plugin::events::{Api, Event, EventAction, Framing, StreamInfo, Usage};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use wasmtime::component::InstancePre;
 use wasmtime::Store;
 
@@ -53,7 +56,7 @@ pub struct Held {
     /// half-way through guest code and must not be pooled again.
     calling: bool,
     bound: Arc<Bound>,
-    idle: Arc<Mutex<Vec<Warm>>>,
+    idle: IdleStore,
 }
 
 impl Pool {
@@ -160,10 +163,7 @@ impl Drop for Held {
             return;
         }
         if let Some(warm) = self.warm.take() {
-            let mut idle = self.idle.lock().expect("pool lock");
-            if idle.len() < self.bound.plugin.config.pool_size {
-                idle.push(warm);
-            }
+            give_back(&self.idle, &self.bound, warm);
         }
     }
 }
