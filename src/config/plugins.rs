@@ -209,7 +209,7 @@ pub(super) fn validate(
         let pool_size = p.pool_size.map(|n| Spanned::new(p.name.span(), n));
         let pool_size = cx.between(&pool_size, "pool_size", 1..=1024)?.unwrap_or(8);
         let max_warm = cx
-            .between(&p.max_warm, "max_warm", 1..=65536)?
+            .between(&p.max_warm, "max_warm", 1..=4096)?
             .unwrap_or(pool_size.max(16));
         let idle_timeout = cx
             .positive(&p.idle_timeout, "idle_timeout")?

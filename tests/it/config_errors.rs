@@ -772,7 +772,7 @@ fn plugin_pool_settings() {
         16,
         12,
         "plugins[0].max_warm",
-        "must be between 1 and 65536",
+        "must be between 1 and 4096",
     );
     rejects(
         &with("idle_timeout = \"0s\""),

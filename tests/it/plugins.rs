@@ -3,6 +3,7 @@
 use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
+use std::time::Duration;
 
 fn plugins_config(up: &Upstream, plugins: &str, routes: &str) -> String {
     format!(
@@ -541,4 +542,48 @@ fn plugin_entries_naming_one_file_compile_it_once() {
     let set = portcullis::plugin::PluginSet::for_config(&config).unwrap();
     assert_eq!(set.components, 1, "one compiled component for both entries");
     assert_eq!(set.routes.iter().map(Vec::len).sum::<usize>(), 20);
+}
+
+/// A warm instance left unused for `idle_timeout` is dropped; the next call makes a fresh one.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_instances_are_dropped_after_the_idle_timeout() {
+    let up = Upstream::echo("up").await;
+    let config = plugins_config(
+        &up,
+        &format!("{}idle_timeout = \"1s\"\n", api_key_plugin()),
+        PROTECTED,
+    )
+    .replacen(
+        "[server]\n",
+        "[server]\nadmin_listen = \"127.0.0.1:0\"\n",
+        1,
+    );
+    let gw = Gateway::start(&config);
+    let url = format!("http://{}/plugins", gw.admin.expect("admin listener"));
+    let idle = async || {
+        let r = send(&client(), req("GET", &url).body(Full::default()).unwrap()).await;
+        r.json()["plugins"][0]["idle_instances"].as_u64().unwrap()
+    };
+    let call = || {
+        req("GET", &gw.url("/admin/x"))
+            .header("x-api-key", "k-123")
+            .body(Full::default())
+            .unwrap()
+    };
+    assert_eq!(send(&client(), call()).await.status, 200);
+    until_ok(
+        "the idle instance to be dropped",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || match idle().await {
+            0 => Ok(()),
+            n => Err(n),
+        },
+    )
+    .await;
+    assert_eq!(
+        send(&client(), call()).await.status,
+        200,
+        "a fresh instance serves"
+    );
 }
