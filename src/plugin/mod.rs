@@ -306,12 +306,6 @@ struct Warm {
 }
 
 impl Bound {
-    /// The binding's key in its worker's [`IdleStore`]: its address, unique while it lives
-    /// (every pool holds it).
-    fn key(self: &Arc<Self>) -> usize {
-        Arc::as_ptr(self) as usize
-    }
-
     /// Binds `plugin` to a route: instantiates it once and runs `configure` (and, for a
     /// transform, `declare-hooks`), so a bad config fails here with the plugin's words.
     pub async fn new(
@@ -483,40 +477,73 @@ pub struct Pool {
     /// Shared with the worker's other routes that use the plugin, and with the streams that
     /// hold an instance, which give it back when they end.
     idle: IdleStore,
+    /// This pool's instances in the store: those configured with the route's config, which
+    /// routes with the same plugin config share.
+    key: usize,
+    /// Whether this pool is the first of its key in the worker (it reports the key's idle
+    /// instances; the others report none, so that sums count each once).
+    first: bool,
+}
+
+/// One plugin's store in a worker and the configs its routes gave it.
+struct PluginStore {
+    plugin: Arc<LoadedPlugin>,
+    idle: IdleStore,
+    /// A key per distinct config: the address of the first binding with that config
+    /// (unique while it lives, and the worker's pool of it holds it).
+    configs: Vec<(Arc<str>, usize)>,
 }
 
 /// Builds one worker's [`Pool`]s: one [`IdleStore`] per plugin, shared by its routes.
 #[derive(Default)]
 pub struct WorkerPools {
-    stores: Vec<(Arc<LoadedPlugin>, IdleStore)>,
+    stores: Vec<PluginStore>,
 }
 
 impl WorkerPools {
     /// The pool of `bound` in this worker. Starts empty: instances are made on demand.
     pub fn pool(&mut self, bound: &Arc<Bound>) -> Pool {
         let plugin = &bound.plugin;
-        let idle = match self.stores.iter().find(|(p, _)| Arc::ptr_eq(p, plugin)) {
-            Some((_, store)) => store.clone(),
+        let at = match self
+            .stores
+            .iter()
+            .position(|s| Arc::ptr_eq(&s.plugin, plugin))
+        {
+            Some(at) => at,
             None => {
-                let store = Arc::new(Mutex::new(idle::Idle::new(plugin.config.max_warm)));
-                self.stores.push((plugin.clone(), store.clone()));
-                store
+                self.stores.push(PluginStore {
+                    plugin: plugin.clone(),
+                    idle: Arc::new(Mutex::new(idle::Idle::new(plugin.config.max_warm))),
+                    configs: Vec::new(),
+                });
+                self.stores.len() - 1
+            }
+        };
+        let store = &mut self.stores[at];
+        let (key, first) = match store.configs.iter().find(|(c, _)| *c == bound.config_json) {
+            Some(&(_, key)) => (key, false),
+            None => {
+                let key = Arc::as_ptr(bound) as usize;
+                store.configs.push((bound.config_json.clone(), key));
+                (key, true)
             }
         };
         Pool {
             bound: bound.clone(),
-            idle,
+            idle: store.idle.clone(),
+            key,
+            first,
         }
     }
 }
 
-/// Gives a healthy instance back to its worker's store; what the store refuses or evicts
-/// is dropped after the lock is released.
-fn give_back(idle: &IdleStore, bound: &Arc<Bound>, warm: Warm) {
-    let dropped =
-        idle.lock()
-            .expect("pool lock")
-            .put(bound.key(), warm, bound.plugin.config.pool_size);
+/// Gives a healthy instance of `key` back to its worker's store; what the store refuses or
+/// evicts is dropped after the lock is released.
+fn give_back(idle: &IdleStore, key: usize, bound: &Bound, warm: Warm) {
+    let dropped = idle
+        .lock()
+        .expect("pool lock")
+        .put(key, warm, bound.plugin.config.pool_size);
     drop(dropped);
 }
 
@@ -531,9 +558,17 @@ impl Pool {
 
     /// A warm instance: from the pool, or a new configured one.
     async fn checkout(&self) -> Result<Warm, PluginFailure> {
-        let warm = self.idle.lock().expect("pool lock").take(self.bound.key());
+        let warm = self.idle.lock().expect("pool lock").take(self.key);
         match warm {
-            Some(w) => Ok(w),
+            Some(mut w) => {
+                // It may have served another route with the same config: its log lines
+                // name this one now.
+                let route = &mut w.store.data_mut().route;
+                if !Arc::ptr_eq(route, &self.bound.route) {
+                    *route = self.bound.route.clone();
+                }
+                Ok(w)
+            }
             None => {
                 idle::ensure_sweeper(&self.idle, self.bound.plugin.config.idle_timeout);
                 self.instantiate().await
@@ -552,7 +587,7 @@ impl Pool {
     fn finish<R>(&self, warm: Warm, result: wasmtime::Result<R>) -> Result<R, PluginFailure> {
         match result {
             Ok(r) => {
-                give_back(&self.idle, &self.bound, warm);
+                give_back(&self.idle, self.key, &self.bound, warm);
                 Ok(r)
             }
             Err(e) => {
@@ -574,9 +609,13 @@ impl Pool {
         result
     }
 
-    /// Warm instances of this route pooled right now.
+    /// Warm instances of this route's config pooled right now (reported by the first
+    /// route with that config; the others report 0).
     pub fn idle(&self) -> usize {
-        self.idle.lock().expect("pool lock").count(self.bound.key())
+        if !self.first {
+            return 0;
+        }
+        self.idle.lock().expect("pool lock").count(self.key)
     }
 
     pub async fn authenticate(

@@ -57,6 +57,7 @@ pub struct Held {
     calling: bool,
     bound: Arc<Bound>,
     idle: IdleStore,
+    key: usize,
 }
 
 impl Pool {
@@ -95,6 +96,7 @@ impl Pool {
                     calling: false,
                     bound: self.bound.clone(),
                     idle: self.idle.clone(),
+                    key: self.key,
                 }))
             }
             Ok(false) => {
@@ -163,7 +165,7 @@ impl Drop for Held {
             return;
         }
         if let Some(warm) = self.warm.take() {
-            give_back(&self.idle, &self.bound, warm);
+            give_back(&self.idle, self.key, &self.bound, warm);
         }
     }
 }

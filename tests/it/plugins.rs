@@ -587,3 +587,39 @@ async fn idle_instances_are_dropped_after_the_idle_timeout() {
         "a fresh instance serves"
     );
 }
+
+/// Routes that give a plugin the same config share its instances: ten such routes served
+/// one after another by one worker leave one warm instance, not ten.
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_with_the_same_plugin_config_share_instances() {
+    let up = Upstream::echo("up").await;
+    let mut routes = String::new();
+    for i in 0..10 {
+        routes += &format!(
+            "[[routes]]\nname = \"r{i}\"\npath_prefix = \"/r{i}/\"\nupstream = \"up\"\n\
+             plugins = [ {{ name = \"api-key\", config = {{ keys = [ {{ key = \"k-1\", consumer = \"alice\" }} ] }} }} ]\n\n"
+        );
+    }
+    let config = plugins_config(&up, &api_key_plugin(), &routes).replacen(
+        "[server]\n",
+        "[server]\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n",
+        1,
+    );
+    let gw = Gateway::start(&config);
+    let c = client();
+    for i in 0..10 {
+        let r = send(
+            &c,
+            req("GET", &gw.url(&format!("/r{i}/x")))
+                .header("x-api-key", "k-1")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["headers"]["x-portcullis-consumer"], "alice");
+    }
+    let url = format!("http://{}/plugins", gw.admin.expect("admin listener"));
+    let r = send(&client(), req("GET", &url).body(Full::default()).unwrap()).await;
+    assert_eq!(r.json()["plugins"][0]["idle_instances"], 1);
+}
