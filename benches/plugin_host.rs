@@ -13,7 +13,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use portcullis::config::{OnError, PluginConfig};
 use portcullis::plugin::host::RequestRes;
-use portcullis::plugin::{Bound, PluginHost, Pool};
+use portcullis::plugin::{Bound, PluginHost, WorkerPools};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,6 +70,8 @@ fn bench(c: &mut Criterion) {
             timeout: Duration::from_millis(20),
             on_error: OnError::Deny,
             pool_size: 8,
+            max_warm: 16,
+            idle_timeout: Duration::from_secs(60),
             capabilities: Default::default(),
         };
         let plugin = Arc::new(host.load(&config).unwrap());
@@ -81,7 +83,7 @@ fn bench(c: &mut Criterion) {
                 r#"{"keys":[{"key":"k-123","consumer":"alice"}]}"#,
             ))
             .unwrap();
-        Pool::new(Arc::new(bound))
+        WorkerPools::default().pool(&Arc::new(bound))
     };
     let rust = pool("api-key", "api-key.wasm");
     let c_built = root

@@ -325,6 +325,8 @@ fn plugins_json(live: &Live) -> Value {
                         "timeout_ms": p.config.timeout.as_secs_f64() * 1e3,
                         "on_error": format!("{:?}", p.config.on_error).to_lowercase(),
                         "pool_size": p.config.pool_size,
+                        "max_warm": p.config.max_warm,
+                        "idle_timeout_ms": p.config.idle_timeout.as_secs_f64() * 1e3,
                         "routes": [],
                         "idle_instances": 0,
                     }));

@@ -27,6 +27,12 @@ pub(super) struct RawPlugin {
     on_error: OnError,
     /// `pool_size = 8`: warm instances kept per (route, worker).
     pool_size: Option<usize>,
+    /// `max_warm = 16`: warm instances kept per worker over all the routes that use the
+    /// plugin; past it the least recently used one is dropped (default: 16, or `pool_size`
+    /// when that is larger).
+    max_warm: Option<Spanned<usize>>,
+    /// `idle_timeout = "60s"`: a warm instance unused this long is dropped.
+    idle_timeout: Option<Spanned<Dur>>,
     /// `allowed_hosts = ["https://idp.example.com", "http://10.0.0.7:8080"]`: where the
     /// plugin may send requests through `wasi:http/outgoing-handler` (scheme, host and
     /// optional port; the scheme's default port when none). Nothing by default.
@@ -174,6 +180,8 @@ pub struct PluginConfig {
     pub timeout: Duration,
     pub on_error: OnError,
     pub pool_size: usize,
+    pub max_warm: usize,
+    pub idle_timeout: Duration,
     pub capabilities: Capabilities,
 }
 
@@ -200,6 +208,12 @@ pub(super) fn validate(
         // `pool_size` has no span of its own: an error about it points at the name.
         let pool_size = p.pool_size.map(|n| Spanned::new(p.name.span(), n));
         let pool_size = cx.between(&pool_size, "pool_size", 1..=1024)?.unwrap_or(8);
+        let max_warm = cx
+            .between(&p.max_warm, "max_warm", 1..=4096)?
+            .unwrap_or(pool_size.max(16));
+        let idle_timeout = cx
+            .positive(&p.idle_timeout, "idle_timeout")?
+            .unwrap_or(Duration::from_secs(60));
         let capabilities = capabilities(&cx, &name, &p, have_redis)?;
         plugins.push(PluginConfig {
             name,
@@ -208,6 +222,8 @@ pub(super) fn validate(
             timeout: p.timeout.map_or(Duration::from_millis(20), |d| d.0),
             on_error: p.on_error,
             pool_size,
+            max_warm,
+            idle_timeout,
             capabilities,
         });
     }

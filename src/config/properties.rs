@@ -115,6 +115,7 @@ const KEYS: &[&str] = &[
     "plugins",
     "buffer_request_body",
     "pool_size",
+    "max_warm",
     "memory_limit",
     "on_error",
     "address",

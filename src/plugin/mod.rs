@@ -1,11 +1,14 @@
-//! The WebAssembly plugin host (DESIGN §4): one wasmtime engine, components compiled once
-//! (and cached on disk across restarts), linked and type-checked once per plugin, and per
-//! (route, worker) pools of warm, configured instances. Every call runs under the plugin's
-//! CPU deadline (epoch interruption) and memory limit; a failed call discards its instance.
+//! The WebAssembly plugin host (DESIGN §4): one wasmtime engine, each component file
+//! compiled once per config (and cached on disk across restarts), linked and type-checked
+//! once per plugin, and per (plugin, worker) pools of warm instances, each configured for
+//! one route, sized by demand and shrunk when idle ([`idle`]). Every call runs under the
+//! plugin's CPU deadline (epoch interruption) and memory limit; a failed call discards its
+//! instance.
 
 pub mod bindings;
 pub mod budget;
 pub mod host;
+pub mod idle;
 pub mod keyvalue;
 pub mod outbound;
 pub mod stream;
@@ -16,6 +19,7 @@ use bindings::predicate::{Predicate, PredicatePre};
 use bindings::transform::{Transform, TransformPre};
 use bindings::{AuthDecision, Hooks, RequestAction};
 use host::{HostState, RequestRes, ResponseRes};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -162,6 +166,14 @@ impl PluginHost {
         self.load_granted(config, None)
     }
 
+    /// Compiles (or loads from the cache) the component at `path`.
+    pub fn compile(&self, path: &Path) -> anyhow::Result<Component> {
+        let component = Component::from_file(&self.engine, path)
+            .map_err(|e| anyhow::anyhow!("cannot compile `{}`: {e:#}", path.display()))?;
+        tracing::debug!(path = %path.display(), "plugin component compiled");
+        Ok(component)
+    }
+
     /// As [`Self::load`], with the Redis of the config's `[redis]` for a key-value grant
     /// with `backend = "redis"`.
     pub fn load_granted(
@@ -169,9 +181,18 @@ impl PluginHost {
         config: &PluginConfig,
         redis: Option<&Arc<keyvalue::RedisKv>>,
     ) -> anyhow::Result<LoadedPlugin> {
-        let component = Component::from_file(&self.engine, &config.path)
-            .map_err(|e| anyhow::anyhow!("cannot compile `{}`: {e:#}", config.path.display()))?;
-        let pre = self.linker.instantiate_pre(&component).map_err(|e| {
+        let component = self.compile(&config.path)?;
+        self.link(config, &component, redis)
+    }
+
+    /// Links a compiled component as the plugin `config` describes, finding its role.
+    fn link(
+        &self,
+        config: &PluginConfig,
+        component: &Component,
+        redis: Option<&Arc<keyvalue::RedisKv>>,
+    ) -> anyhow::Result<LoadedPlugin> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
             anyhow::anyhow!(
                 "cannot link `{}` (it may import something the sandbox does not grant): {e:#}",
                 config.path.display()
@@ -445,22 +466,88 @@ macro_rules! lent_call {
     }};
 }
 
-/// One worker's warm instances of a [`Bound`] plugin. The mutex is only ever taken by the
-/// worker thread that owns the pool, so it is never contended.
+/// One worker's idle instances of one plugin, over the routes that use it.
+type IdleStore = Arc<Mutex<idle::Idle<Warm>>>;
+
+/// One worker's warm instances of a [`Bound`] plugin: its route's share of the worker's
+/// [`IdleStore`] of the plugin. The mutex is only ever taken by the worker thread that owns
+/// the pool (and its sweeper task, on the same thread), so it is never contended.
 pub struct Pool {
     pub bound: Arc<Bound>,
-    /// Shared with the streams that hold an instance, which give it back when they end.
-    idle: Arc<Mutex<Vec<Warm>>>,
+    /// Shared with the worker's other routes that use the plugin, and with the streams that
+    /// hold an instance, which give it back when they end.
+    idle: IdleStore,
+    /// This pool's instances in the store: those configured with the route's config, which
+    /// routes with the same plugin config share.
+    key: usize,
+    /// Whether this pool is the first of its key in the worker (it reports the key's idle
+    /// instances; the others report none, so that sums count each once).
+    first: bool,
+}
+
+/// One plugin's store in a worker and the configs its routes gave it.
+struct PluginStore {
+    plugin: Arc<LoadedPlugin>,
+    idle: IdleStore,
+    /// A key per distinct config: the address of the first binding with that config
+    /// (unique while it lives, and the worker's pool of it holds it).
+    configs: Vec<(Arc<str>, usize)>,
+}
+
+/// Builds one worker's [`Pool`]s: one [`IdleStore`] per plugin, shared by its routes.
+#[derive(Default)]
+pub struct WorkerPools {
+    stores: Vec<PluginStore>,
+}
+
+impl WorkerPools {
+    /// The pool of `bound` in this worker. Starts empty: instances are made on demand.
+    pub fn pool(&mut self, bound: &Arc<Bound>) -> Pool {
+        let plugin = &bound.plugin;
+        let at = match self
+            .stores
+            .iter()
+            .position(|s| Arc::ptr_eq(&s.plugin, plugin))
+        {
+            Some(at) => at,
+            None => {
+                self.stores.push(PluginStore {
+                    plugin: plugin.clone(),
+                    idle: Arc::new(Mutex::new(idle::Idle::new(plugin.config.max_warm))),
+                    configs: Vec::new(),
+                });
+                self.stores.len() - 1
+            }
+        };
+        let store = &mut self.stores[at];
+        let (key, first) = match store.configs.iter().find(|(c, _)| *c == bound.config_json) {
+            Some(&(_, key)) => (key, false),
+            None => {
+                let key = Arc::as_ptr(bound) as usize;
+                store.configs.push((bound.config_json.clone(), key));
+                (key, true)
+            }
+        };
+        Pool {
+            bound: bound.clone(),
+            idle: store.idle.clone(),
+            key,
+            first,
+        }
+    }
+}
+
+/// Gives a healthy instance of `key` back to its worker's store; what the store refuses or
+/// evicts is dropped after the lock is released.
+fn give_back(idle: &IdleStore, key: usize, bound: &Bound, warm: Warm) {
+    let dropped = idle
+        .lock()
+        .expect("pool lock")
+        .put(key, warm, bound.plugin.config.pool_size);
+    drop(dropped);
 }
 
 impl Pool {
-    pub fn new(bound: Arc<Bound>) -> Self {
-        Pool {
-            bound,
-            idle: Arc::new(Mutex::new(Vec::new())),
-        }
-    }
-
     pub fn on_error(&self) -> OnError {
         self.bound.plugin.config.on_error
     }
@@ -471,26 +558,36 @@ impl Pool {
 
     /// A warm instance: from the pool, or a new configured one.
     async fn checkout(&self) -> Result<Warm, PluginFailure> {
-        let warm = self.idle.lock().expect("pool lock").pop();
+        let warm = self.idle.lock().expect("pool lock").take(self.key);
         match warm {
-            Some(w) => Ok(w),
-            None => self.bound.instantiate().await.map_err(|e| match e {
-                ConfigureError::Failed(f) => f,
-                ConfigureError::Rejected(m) => {
-                    PluginFailure::Trap(format!("configure rejected: {m}"))
+            Some(mut w) => {
+                // It may have served another route with the same config: its log lines
+                // name this one now.
+                let route = &mut w.store.data_mut().route;
+                if !Arc::ptr_eq(route, &self.bound.route) {
+                    *route = self.bound.route.clone();
                 }
-            }),
+                Ok(w)
+            }
+            None => {
+                idle::ensure_sweeper(&self.idle, self.bound.plugin.config.idle_timeout);
+                self.instantiate().await
+            }
         }
+    }
+
+    async fn instantiate(&self) -> Result<Warm, PluginFailure> {
+        self.bound.instantiate().await.map_err(|e| match e {
+            ConfigureError::Failed(f) => f,
+            ConfigureError::Rejected(m) => PluginFailure::Trap(format!("configure rejected: {m}")),
+        })
     }
 
     /// Returns a healthy instance to the pool; a failed one is dropped.
     fn finish<R>(&self, warm: Warm, result: wasmtime::Result<R>) -> Result<R, PluginFailure> {
         match result {
             Ok(r) => {
-                let mut idle = self.idle.lock().expect("pool lock");
-                if idle.len() < self.bound.plugin.config.pool_size {
-                    idle.push(warm);
-                }
+                give_back(&self.idle, self.key, &self.bound, warm);
                 Ok(r)
             }
             Err(e) => {
@@ -512,9 +609,13 @@ impl Pool {
         result
     }
 
-    /// Warm instances pooled right now.
+    /// Warm instances of this route's config pooled right now (reported by the first
+    /// route with that config; the others report 0).
     pub fn idle(&self) -> usize {
-        self.idle.lock().expect("pool lock").len()
+        if !self.first {
+            return 0;
+        }
+        self.idle.lock().expect("pool lock").count(self.key)
     }
 
     pub async fn authenticate(
@@ -631,6 +732,9 @@ fn lend(warm: &mut Warm, req: RequestRes) -> Resource<RequestRes> {
 /// names the file position of the route's plugin entry.
 pub struct PluginSet {
     pub routes: Vec<Vec<Arc<Bound>>>,
+    /// Component files compiled (or read from the disk cache): one per distinct path,
+    /// however many `[[plugins]]` entries and routes use it.
+    pub components: usize,
 }
 
 impl PluginSet {
@@ -655,8 +759,18 @@ impl PluginSet {
             .redis
             .clone()
             .map(|c| Arc::new(keyvalue::RedisKv::new(c)));
+        // Entries naming the same file share its compiled code.
+        let mut components: HashMap<&Path, Component> = HashMap::new();
         for p in &config.plugins {
-            let l = host.load_granted(p, redis.as_ref()).map_err(|e| {
+            let l = match components.get(p.path.as_path()) {
+                Some(c) => host.link(p, c, redis.as_ref()),
+                None => host.compile(&p.path).and_then(|c| {
+                    let l = host.link(p, &c, redis.as_ref());
+                    components.insert(&p.path, c);
+                    l
+                }),
+            }
+            .map_err(|e| {
                 anyhow::anyhow!("{}: plugin `{}`: {e}", config.source.display(), p.name)
             })?;
             loaded.push(Arc::new(l));
@@ -683,13 +797,17 @@ impl PluginSet {
             }
             routes.push(bound);
         }
-        Ok(PluginSet { routes })
+        Ok(PluginSet {
+            routes,
+            components: components.len(),
+        })
     }
 
     /// No plugins on any of `routes` routes.
     pub fn none(routes: usize) -> Self {
         PluginSet {
             routes: (0..routes).map(|_| Vec::new()).collect(),
+            components: 0,
         }
     }
 

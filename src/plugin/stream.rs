@@ -9,10 +9,13 @@
 use super::bindings::stream_transform as st;
 use super::bindings::transform::{Transform, TransformPre};
 use super::host::HostState;
-use super::{begin_call, bounded, classify, Bound, Hook, PluginFailure, Pool, RoleInstance, Warm};
+use super::{
+    begin_call, bounded, classify, give_back, Bound, Hook, IdleStore, PluginFailure, Pool,
+    RoleInstance, Warm,
+};
 use crate::config::OnError;
 pub use st::portcullis::plugin::events::{Api, Event, EventAction, Framing, StreamInfo, Usage};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use wasmtime::component::InstancePre;
 use wasmtime::Store;
 
@@ -53,7 +56,8 @@ pub struct Held {
     /// half-way through guest code and must not be pooled again.
     calling: bool,
     bound: Arc<Bound>,
-    idle: Arc<Mutex<Vec<Warm>>>,
+    idle: IdleStore,
+    key: usize,
 }
 
 impl Pool {
@@ -92,6 +96,7 @@ impl Pool {
                     calling: false,
                     bound: self.bound.clone(),
                     idle: self.idle.clone(),
+                    key: self.key,
                 }))
             }
             Ok(false) => {
@@ -160,10 +165,7 @@ impl Drop for Held {
             return;
         }
         if let Some(warm) = self.warm.take() {
-            let mut idle = self.idle.lock().expect("pool lock");
-            if idle.len() < self.bound.plugin.config.pool_size {
-                idle.push(warm);
-            }
+            give_back(&self.idle, self.key, &self.bound, warm);
         }
     }
 }

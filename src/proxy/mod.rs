@@ -26,7 +26,7 @@ pub mod upgrade;
 
 use crate::config::{Config, RouteConfig, ServerConfig};
 use crate::metrics::RouteMetrics;
-use crate::plugin::{Bound, PluginSet, Pool};
+use crate::plugin::{Bound, PluginSet, Pool, WorkerPools};
 use crate::router::Router;
 use crate::upstream::client::UpstreamClient;
 use crate::upstream::Upstream;
@@ -91,7 +91,8 @@ pub struct Tables {
 
 /// One worker's state of a route: its warm plugin instances.
 pub struct WorkerRoute {
-    /// `pools[k]`: warm instances of the route's `k`-th plugin.
+    /// `pools[k]`: warm instances of the route's `k`-th plugin (the route's share of the
+    /// worker's instances of that plugin).
     pub pools: Vec<Pool>,
 }
 
@@ -180,11 +181,13 @@ impl Gateway {
                 client: UpstreamClient::new(&u.config),
             })
             .collect();
+        // One store of idle instances per plugin, shared by the routes that use it.
+        let mut pools = WorkerPools::default();
         let routes = tables
             .routes()
             .iter()
             .map(|r| WorkerRoute {
-                pools: r.plugins.iter().map(|b| Pool::new(b.clone())).collect(),
+                pools: r.plugins.iter().map(|b| pools.pool(b)).collect(),
             })
             .collect();
         Gateway {

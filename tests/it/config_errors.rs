@@ -758,3 +758,27 @@ fn composite_routes_are_validated() {
         "route `r` needs `upstream` (or `[[routes.parts]]`)",
     );
 }
+
+#[test]
+fn plugin_pool_settings() {
+    // BASE has 11 lines: the plugin's extra line is line 16.
+    let key = support::plugin("api-key");
+    let with =
+        |extra: &str| format!("{BASE}\n[[plugins]]\nname = \"k\"\npath = \"{key}\"\n{extra}\n");
+    let (ok, out, _) = validate(&with("max_warm = 4\nidle_timeout = \"5m\""));
+    assert!(ok, "{out}");
+    rejects(
+        &with("max_warm = 0"),
+        16,
+        12,
+        "plugins[0].max_warm",
+        "must be between 1 and 4096",
+    );
+    rejects(
+        &with("idle_timeout = \"0s\""),
+        16,
+        16,
+        "plugins[0].idle_timeout",
+        "must be more than 0",
+    );
+}

@@ -3,6 +3,7 @@
 use crate::support::*;
 use bytes::Bytes;
 use http_body_util::Full;
+use std::time::Duration;
 
 fn plugins_config(up: &Upstream, plugins: &str, routes: &str) -> String {
     format!(
@@ -441,4 +442,184 @@ async fn a_trapped_instance_is_replaced_by_a_fresh_one() {
         "1",
         "the trapped instance was discarded and a fresh one serves"
     );
+}
+
+/// Twelve routes use one plugin, each with a key and consumer of its own. Pools start
+/// empty; each worker keeps at most `max_warm` instances over all of them (not one per
+/// route), and whichever instance serves a call was configured for that call's route.
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_share_a_bounded_pool_each_call_served_by_its_routes_config() {
+    const ROUTES: usize = 12;
+    let up = Upstream::echo("up").await;
+    let mut routes = String::new();
+    for i in 0..ROUTES {
+        routes += &format!(
+            "[[routes]]\nname = \"r{i}\"\npath_prefix = \"/r{i}/\"\nupstream = \"up\"\n\
+             plugins = [ {{ name = \"api-key\", config = {{ keys = [ {{ key = \"k-{i}\", consumer = \"c-{i}\" }} ] }} }} ]\n\n"
+        );
+    }
+    let config = plugins_config(&up, &format!("{}max_warm = 3\n", api_key_plugin()), &routes)
+        .replacen(
+            "[server]\n",
+            "[server]\nadmin_listen = \"127.0.0.1:0\"\nworkers = 2\n",
+            1,
+        );
+    let gw = Gateway::start(&config);
+    let c = client();
+    let idle = || async {
+        let url = format!("http://{}/plugins", gw.admin.expect("admin listener"));
+        let r = send(&client(), req("GET", &url).body(Full::default()).unwrap()).await;
+        r.json()["plugins"][0]["idle_instances"].as_u64().unwrap()
+    };
+    assert_eq!(
+        idle().await,
+        0,
+        "no instance is kept before a request needs one"
+    );
+    let call = |i: usize, key: usize| {
+        req("GET", &gw.url(&format!("/r{i}/x")))
+            .header("x-api-key", format!("k-{key}"))
+            .body(Full::default())
+            .unwrap()
+    };
+    // Three rounds over all the routes: more routes than warm instances, so instances
+    // are evicted and made again along the way.
+    for _ in 0..3 {
+        for i in 0..ROUTES {
+            let r = send(&c, call(i, i)).await;
+            assert_eq!(r.status, 200, "route r{i} with its own key");
+            assert_eq!(
+                r.json()["headers"]["x-portcullis-consumer"],
+                format!("c-{i}")
+            );
+            let other = (i + 1) % ROUTES;
+            let r = send(&c, call(i, other)).await;
+            assert_eq!(r.status, 401, "route r{i} with route r{other}'s key");
+        }
+    }
+    let kept = idle().await;
+    assert!(
+        (1..=6).contains(&kept),
+        "at most max_warm (3) per worker (2) over {ROUTES} routes, kept {kept}"
+    );
+    // Many calls at once on one route: each gets an instance.
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (c, r) = (client(), call(5, 5));
+        calls.spawn(async move { send(&c, r).await.status });
+    }
+    while let Some(status) = calls.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let kept = idle().await;
+    assert!(
+        (1..=6).contains(&kept),
+        "still bounded after a burst, kept {kept}"
+    );
+}
+
+/// Two `[[plugins]]` entries naming one file, on many routes: the file is compiled once.
+#[test]
+fn plugin_entries_naming_one_file_compile_it_once() {
+    let dir = TempDir::new();
+    let path = plugin("api-key");
+    let mut text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nplugin_cache_dir = \"{cache}\"\n\n\
+         [[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"127.0.0.1:9\" }}]\n\n\
+         [[plugins]]\nname = \"a\"\npath = \"{path}\"\n\n[[plugins]]\nname = \"b\"\npath = \"{path}\"\n\n",
+        cache = std::env::temp_dir()
+            .join("portcullis-test-wasm-cache")
+            .display(),
+    );
+    for i in 0..20 {
+        let name = if i % 2 == 0 { "a" } else { "b" };
+        text += &format!(
+            "[[routes]]\nname = \"r{i}\"\npath_prefix = \"/r{i}/\"\nupstream = \"up\"\n\
+             plugins = [ {{ name = \"{name}\", config = {{ keys = [ {{ key = \"k-{i}\" }} ] }} }} ]\n\n"
+        );
+    }
+    let config = portcullis::config::load(&dir.write("portcullis.toml", &text)).unwrap();
+    let set = portcullis::plugin::PluginSet::for_config(&config).unwrap();
+    assert_eq!(set.components, 1, "one compiled component for both entries");
+    assert_eq!(set.routes.iter().map(Vec::len).sum::<usize>(), 20);
+}
+
+/// A warm instance left unused for `idle_timeout` is dropped; the next call makes a fresh one.
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_instances_are_dropped_after_the_idle_timeout() {
+    let up = Upstream::echo("up").await;
+    let config = plugins_config(
+        &up,
+        &format!("{}idle_timeout = \"1s\"\n", api_key_plugin()),
+        PROTECTED,
+    )
+    .replacen(
+        "[server]\n",
+        "[server]\nadmin_listen = \"127.0.0.1:0\"\n",
+        1,
+    );
+    let gw = Gateway::start(&config);
+    let url = format!("http://{}/plugins", gw.admin.expect("admin listener"));
+    let idle = async || {
+        let r = send(&client(), req("GET", &url).body(Full::default()).unwrap()).await;
+        r.json()["plugins"][0]["idle_instances"].as_u64().unwrap()
+    };
+    let call = || {
+        req("GET", &gw.url("/admin/x"))
+            .header("x-api-key", "k-123")
+            .body(Full::default())
+            .unwrap()
+    };
+    assert_eq!(send(&client(), call()).await.status, 200);
+    until_ok(
+        "the idle instance to be dropped",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        async || match idle().await {
+            0 => Ok(()),
+            n => Err(n),
+        },
+    )
+    .await;
+    assert_eq!(
+        send(&client(), call()).await.status,
+        200,
+        "a fresh instance serves"
+    );
+}
+
+/// Routes that give a plugin the same config share its instances: ten such routes served
+/// one after another by one worker leave one warm instance, not ten.
+#[tokio::test(flavor = "multi_thread")]
+async fn routes_with_the_same_plugin_config_share_instances() {
+    let up = Upstream::echo("up").await;
+    let mut routes = String::new();
+    for i in 0..10 {
+        routes += &format!(
+            "[[routes]]\nname = \"r{i}\"\npath_prefix = \"/r{i}/\"\nupstream = \"up\"\n\
+             plugins = [ {{ name = \"api-key\", config = {{ keys = [ {{ key = \"k-1\", consumer = \"alice\" }} ] }} }} ]\n\n"
+        );
+    }
+    let config = plugins_config(&up, &api_key_plugin(), &routes).replacen(
+        "[server]\n",
+        "[server]\nadmin_listen = \"127.0.0.1:0\"\nworkers = 1\n",
+        1,
+    );
+    let gw = Gateway::start(&config);
+    let c = client();
+    for i in 0..10 {
+        let r = send(
+            &c,
+            req("GET", &gw.url(&format!("/r{i}/x")))
+                .header("x-api-key", "k-1")
+                .body(Full::default())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(r.status, 200);
+        assert_eq!(r.json()["headers"]["x-portcullis-consumer"], "alice");
+    }
+    let url = format!("http://{}/plugins", gw.admin.expect("admin listener"));
+    let r = send(&client(), req("GET", &url).body(Full::default()).unwrap()).await;
+    assert_eq!(r.json()["plugins"][0]["idle_instances"], 1);
 }
