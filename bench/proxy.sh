@@ -5,10 +5,13 @@
 #   1. installs wrk and nginx with apt-get if they are missing (Debian, root);
 #   2. starts a private nginx as a fast upstream (fixed 200 "hello" body);
 #   3. starts a second private nginx as a reverse proxy in front of it
-#      (upstream keepalive 64, HTTP/1.1 to the upstream, access_log off,
+#      (upstream keepalive 64, HTTP/1.1 to the upstream, access_log off — with
+#      ACCESS_LOG=1 `access_log FILE combined buffer=64k flush=1s`,
 #      worker_processes = number of cores);
 #   4. starts Portcullis in front of the same upstream (builds it with
-#      `cargo build --release` if the default binary is missing);
+#      `cargo build --release` if the default binary is missing) at
+#      `--log-level warn` (access log off) — with ACCESS_LOG=1 at the default
+#      level with `server.access_log = { path = FILE }`, as users run it;
 #   5. runs wrk against [direct, nginx, portcullis], interleaved, ROUNDS times
 #      (even rounds in reverse order; use an even ROUNDS to balance position),
 #      and prints per target the median req/s, p50 and p99 latency (ms), the
@@ -35,6 +38,9 @@
 #   RESILIENCE      1 = also run a second Portcullis ("resilient") with circuit
 #                   breakers, HTTP health checks and outlier detection on the
 #                   same healthy upstream, and print resilient/portcullis [0]
+#   ACCESS_LOG      1 = both proxies write their access log to a file (nginx
+#                   buffered, Portcullis' default writer), the line count of
+#                   each file is checked against the requests made        [0]
 #   BASELINE_BIN    another build of the gateway (e.g. the previous commit's
 #                   release binary): run it as "baseline" with the same plain
 #                   config and print portcullis/baseline, a same-run ratio  []
@@ -50,6 +56,7 @@ THREADS=${THREADS:-2}
 WARMUP=${WARMUP:-2s}
 SKIP_PORTCULLIS=${SKIP_PORTCULLIS:-0}
 RESILIENCE=${RESILIENCE:-0}
+ACCESS_LOG=${ACCESS_LOG:-0}
 DEFAULT_BIN=target/release/portcullis
 BIN=${PORTCULLIS_BIN:-$DEFAULT_BIN}
 
@@ -58,6 +65,7 @@ BENCH_NAME=proxy.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 # --- argument checks -------------------------------------------------------
+[[ $ACCESS_LOG == 0 || $ACCESS_LOG == 1 ]] || die "ACCESS_LOG must be 0 or 1 (got '$ACCESS_LOG')"
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || die "ROUNDS must be a positive integer (got '$ROUNDS')"
 [[ $CONNECTIONS =~ ^[1-9][0-9]*$ ]] || die "CONNECTIONS must be a positive integer"
 [[ $THREADS =~ ^[1-9][0-9]*$ ]] || die "THREADS must be a positive integer"
@@ -133,13 +141,25 @@ http {
 EOF
 
 # --- proxy nginx -----------------------------------------------------------------
+# ACCESS_LOG=1: each proxy writes an access log to a file, nginx with its usual buffer.
+if [[ $ACCESS_LOG == 1 ]]; then
+  NGX_ACCESS="access_log $TMP/nginx-access.log combined buffer=64k flush=1s;"
+  PC_ACCESS="access_log = { path = \"$TMP/portcullis-access.log\" }"
+  PC_LEVEL=info
+  LOG_NOTE="access logs on: nginx buffer=64k flush=1s, Portcullis server.access_log at --log-level info"
+else
+  NGX_ACCESS="access_log off;"
+  PC_ACCESS=""
+  PC_LEVEL=warn
+  LOG_NOTE="access logs off"
+fi
 cat >"$TMP/proxy-nginx.conf" <<EOF
 worker_processes $CORES;
 pid $TMP/proxy-nginx.pid;
 error_log $TMP/proxy-error.log warn;
 events { worker_connections 4096; }
 http {
-    access_log off;
+    $NGX_ACCESS
     keepalive_requests 1000000;
     keepalive_timeout 75s;
     client_body_temp_path $TMP/px-body;
@@ -167,6 +187,7 @@ EOF
 cat >"$TMP/portcullis.toml" <<EOF
 [server]
 listen = "127.0.0.1:$PC_PORT"
+$PC_ACCESS
 
 [[upstreams]]
 name = "up"
@@ -180,7 +201,8 @@ upstream = "up"
 EOF
 
 # The same, with every passive and active protection on (and nothing failing).
-sed "s/127.0.0.1:$PC_PORT/127.0.0.1:$RS_PORT/" "$TMP/portcullis.toml" >"$TMP/portcullis-resilient.toml"
+sed -e "s/127.0.0.1:$PC_PORT/127.0.0.1:$RS_PORT/" -e "s/portcullis-access.log/resilient-access.log/" \
+  "$TMP/portcullis.toml" >"$TMP/portcullis-resilient.toml"
 cat >>"$TMP/portcullis-resilient.toml" <<EOF
 
 [upstreams.circuit_breaker]
@@ -207,7 +229,7 @@ log "upstream nginx on 127.0.0.1:$UP_PORT (worker_processes $CORES)"
 
 start_nginx proxy "$TMP/proxy-nginx.conf"
 wait_port "$NGX_PORT" "$LAST_PID" "$TMP/proxy-error.log" "nginx proxy"
-log "nginx proxy on 127.0.0.1:$NGX_PORT (worker_processes $CORES = number of cores, upstream keepalive 64, access_log off)"
+log "nginx proxy on 127.0.0.1:$NGX_PORT (worker_processes $CORES = number of cores, upstream keepalive 64, $LOG_NOTE)"
 NGX_PID=$LAST_PID
 
 TARGETS=(direct nginx)
@@ -221,7 +243,7 @@ declare -A PID
 PID[nginx]=$NGX_PID
 start_portcullis() {
   local t=$1 conf=$2 port=$3 bin=${5:-$BIN}
-  "$bin" run --config "$conf" --log-level warn >"$TMP/$t.log" 2>&1 &
+  "$bin" run --config "$conf" --log-level "$PC_LEVEL" >"$TMP/$t.log" 2>&1 &
   PIDS+=("$!")
   PID[$t]=$!
   wait_port "$port" "$!" "$TMP/$t.log" "$t"
@@ -237,7 +259,8 @@ if [[ $SKIP_PORTCULLIS != 1 ]]; then
   fi
   if [[ -n ${BASELINE_BIN:-} ]]; then
     [[ -x $BASELINE_BIN ]] || die "BASELINE_BIN '$BASELINE_BIN' not found/executable"
-    sed "s/127.0.0.1:$PC_PORT/127.0.0.1:$BL_PORT/" "$TMP/portcullis.toml" >"$TMP/portcullis-baseline.toml"
+    sed -e "s/127.0.0.1:$PC_PORT/127.0.0.1:$BL_PORT/" -e "s/portcullis-access.log/baseline-access.log/" \
+      "$TMP/portcullis.toml" >"$TMP/portcullis-baseline.toml"
     start_portcullis baseline "$TMP/portcullis-baseline.toml" "$BL_PORT" "$BASELINE_BIN" "$BASELINE_BIN"
   fi
 fi
@@ -256,6 +279,7 @@ summary="$OUT/summary.txt"
   echo "Portcullis proxy benchmark $STAMP"
   echo "machine: $CORES cores; nginx $("$NGINX" -v 2>&1 | sed 's/.*nginx\///'), worker_processes $CORES (upstream and proxy)"
   echo "wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency, $ROUNDS round(s), medians over rounds"
+  echo "$LOG_NOTE"
   echo
   wrk_table ""
   if [[ $SKIP_PORTCULLIS != 1 ]]; then
@@ -275,6 +299,19 @@ summary="$OUT/summary.txt"
   for t in "${TARGETS[@]}"; do
     (( ${ERRS[$t]} == 0 )) || echo "WARNING: $t had ${ERRS[$t]} socket errors / non-2xx responses"
   done
+  if [[ $ACCESS_LOG == 1 ]]; then
+    # Every request is a line: wrk's count (it misses the few in flight when it stops)
+    # plus the check request, against the lines in each file once both have flushed
+    # (nginx within flush=1s, Portcullis within 100 ms).
+    sleep 1.5
+    for t in "${TARGETS[@]}"; do
+      case $t in direct) continue ;; nginx) f=$TMP/nginx-access.log ;; portcullis) f=$TMP/portcullis-access.log ;; *) f=$TMP/$t-access.log ;; esac
+      made=$(( $(cat "$OUT"/*-"$t".txt | awk '/requests in / { n += $1 } END { print n + 0 }') + 1 ))
+      lines=$(wc -l <"$f" 2>/dev/null || echo 0)
+      printf 'access log %-10s %10d lines for %10d requests counted by wrk\n' "$t" "$lines" "$made"
+      (( lines >= made )) || echo "WARNING: $t's access log is missing $(( made - lines )) lines"
+    done
+  fi
 } | tee "$summary"
 echo
 log "raw wrk outputs, configs and logs: ${OUT#"$ROOT"/}/"

@@ -4,6 +4,7 @@
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
 use portcullis::config::{AccessLogFile, AccessLogFormat};
+use portcullis::proxy::access_log::writer as access_log;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -67,17 +68,33 @@ enum LogFormat {
     Json,
 }
 
-/// The log on stderr; with `server.access_log` the access lines (target `access`) go to
-/// that file instead, appended by a background thread so the request path never waits on
-/// the disk. The returned guard flushes the file when dropped.
+/// The log on stderr, and the access log (`proxy/access_log`) when `serving`: on at the
+/// default `info` level (a filter that turns off target `access`, e.g. `--log-level warn`,
+/// turns it off), always with `server.access_log`, whose file then gets the lines instead
+/// of stderr. The returned guard writes out the lines not yet written when dropped.
 fn init_logging(
     format: LogFormat,
     level: &str,
     access_file: Option<&AccessLogFile>,
-) -> anyhow::Result<Option<tracing_appender::non_blocking::WorkerGuard>> {
+    serving: bool,
+) -> anyhow::Result<Option<access_log::Flush>> {
     use std::io::IsTerminal as _;
-    use tracing_subscriber::filter::{filter_fn, FilterExt as _, Targets};
     use tracing_subscriber::{fmt, prelude::*, EnvFilter, Layer};
+    let out = match access_file {
+        Some(file) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&file.path)
+                .with_context(|| {
+                    format!(
+                        "cannot open the access log `{}` (server.access_log.path)",
+                        file.path.display()
+                    )
+                })?,
+        ),
+        None => None,
+    };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let stderr = fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
@@ -86,36 +103,26 @@ fn init_logging(
         LogFormat::Text => stderr.boxed(),
         LogFormat::Json => stderr.json().flatten_event(true).boxed(),
     };
-    let Some(file) = access_file else {
-        tracing_subscriber::registry()
-            .with(stderr.with_filter(filter))
-            .init();
-        return Ok(None);
-    };
-    let out = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&file.path)
-        .with_context(|| {
-            format!(
-                "cannot open the access log `{}` (server.access_log.path)",
-                file.path.display()
-            )
-        })?;
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(true)
-        .thread_name("portcullis-access-log")
-        .finish(out);
-    let lines = fmt::layer().with_ansi(false).with_writer(writer);
-    let lines = match file.format {
-        AccessLogFormat::Text => lines.boxed(),
-        AccessLogFormat::Json => lines.json().flatten_event(true).boxed(),
-    };
     tracing_subscriber::registry()
-        .with(stderr.with_filter(filter.and(filter_fn(|m| m.target() != "access"))))
-        .with(lines.with_filter(Targets::new().with_target("access", tracing::Level::INFO)))
+        .with(stderr.with_filter(filter))
         .init();
-    Ok(Some(guard))
+    if !serving {
+        return Ok(None);
+    }
+    let (out, format) = match (out, access_file) {
+        (Some(f), Some(file)) => (access_log::Output::File(f), file.format),
+        // Asked once here: the request path reads the answer from a static.
+        _ if tracing::enabled!(target: "access", tracing::Level::INFO) => (
+            access_log::Output::Stderr,
+            match format {
+                LogFormat::Text => AccessLogFormat::Text,
+                LogFormat::Json => AccessLogFormat::Json,
+            },
+        ),
+        _ => return Ok(None),
+    };
+    let flush = access_log::start(out, format).context("cannot start the access-log writer")?;
+    Ok(Some(flush))
 }
 
 fn main() -> ExitCode {
@@ -129,7 +136,11 @@ fn main() -> ExitCode {
         Some(Ok(c)) => c.server.access_log.as_ref(),
         _ => None,
     };
-    let _flush_on_exit = match init_logging(cli.log_format, &cli.log_level, access_file) {
+    let serving = matches!(
+        cli.command,
+        Some(Command::Run | Command::Demo { .. }) | None
+    );
+    let _flush_on_exit = match init_logging(cli.log_format, &cli.log_level, access_file, serving) {
         Ok(guard) => guard,
         Err(e) => {
             eprintln!("error: {e:#}");

@@ -19,11 +19,18 @@ const MAX_TRACESTATE_MEMBERS: usize = 32;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceId(pub [u8; 16]);
 
-impl std::fmt::Display for TraceId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl TraceId {
+    /// The 32 lowercase hex digits.
+    pub fn hex(&self) -> [u8; 32] {
         let mut buf = [0u8; 32];
         hex_into(&self.0, &mut buf);
-        f.write_str(std::str::from_utf8(&buf).expect("hex is ASCII"))
+        buf
+    }
+}
+
+impl std::fmt::Display for TraceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(std::str::from_utf8(&self.hex()).expect("hex is ASCII"))
     }
 }
 

@@ -188,17 +188,7 @@ async fn keyed_get(gw: &Gateway, key: &str, request_id: &str) -> Reply {
 /// The JSON line of the access-log file that mentions `needle`, once it is written (the
 /// file is appended by a background thread).
 async fn wait_file_line(path: &std::path::Path, needle: &str) -> serde_json::Value {
-    let what = format!("a line with {needle} in {}", path.display());
-    let every = std::time::Duration::from_millis(20);
-    let line = until_ok(&what, WAIT, every, async || {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        let line = text
-            .lines()
-            .find(|l| l.contains(needle))
-            .map(str::to_string);
-        line.ok_or("not written yet")
-    })
-    .await;
+    let line = wait_file_text(path, needle).await;
     serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
 }
 
@@ -249,4 +239,216 @@ async fn access_log_names_a_failed_plugin_and_its_policy() {
         let j: serde_json::Value = serde_json::from_str(&line).unwrap();
         assert_eq!(j["plugin"], outcome, "{line}");
     }
+}
+
+/// The echo upstream behind `/v1` (with `[routes.ai]`: the request's model is logged), and
+/// `server.access_log` in `format` (`None`: the access log on stderr).
+fn file_log_config(up: &Upstream, format: Option<&str>) -> String {
+    let file = format.map_or(String::new(), |f| {
+        format!("access_log = {{ path = \"access.log\", format = \"{f}\" }}\n")
+    });
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\n{file}\n\
+         [[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"{}\" }}]\n\n{ROUTE}\n[routes.ai]\n",
+        up.addr
+    )
+}
+
+/// The line of the access-log file that mentions `needle`, once it is written (the file
+/// is appended by a background thread).
+async fn wait_file_text(path: &std::path::Path, needle: &str) -> String {
+    let what = format!("a line with {needle} in {}", path.display());
+    until_ok(
+        &what,
+        WAIT,
+        std::time::Duration::from_millis(20),
+        async || {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            let line = text
+                .lines()
+                .find(|l| l.contains(needle))
+                .map(str::to_string);
+            line.ok_or("not written yet")
+        },
+    )
+    .await
+}
+
+/// One request and then nothing: the line is written while the gateway idles (the writer's
+/// timer, not more traffic or the exit, takes it out of the worker's batch), in text.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lone_request_reaches_a_text_access_log_file_while_the_gateway_idles() {
+    let up = Upstream::echo("up").await;
+    let gw = Gateway::start(&file_log_config(&up, Some("text")));
+    let r = send(
+        &client(),
+        req("GET", &gw.url("/v1/models"))
+            .header("x-request-id", "rid-lone")
+            .body(Full::default())
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let line = wait_file_text(&gw.dir.0.join("access.log"), "rid-lone").await;
+    assert!(
+        line.split(' ').next().unwrap().ends_with('Z') && line.contains("  INFO access: "),
+        "{line}"
+    );
+    for field in [
+        "method=GET",
+        "path=/v1/models",
+        "route=\"chat\"",
+        "status=200",
+        &format!("upstream=\"{}\"", up.addr),
+        "request_id=\"rid-lone\"",
+        "ttft_ms=-1.0",
+    ] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+    assert!(!line.contains('\u{1b}'), "no ANSI codes: {line:?}");
+}
+
+/// SIGTERM: the gateway drains, and every line still in a worker's batch is written before
+/// it exits.
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_writes_every_buffered_line_before_exit() {
+    const N: usize = 300;
+    let up = Upstream::echo("up").await;
+    let mut gw = Gateway::start(&file_log_config(&up, Some("json")));
+    let c = client();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..N {
+        let (c, url) = (c.clone(), gw.url("/v1/models"));
+        requests.spawn(async move {
+            let r = send(
+                &c,
+                req("GET", &url)
+                    .header("x-request-id", format!("rid-term-{i}"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await;
+            assert_eq!(r.status, 200);
+        });
+    }
+    while let Some(done) = requests.join_next().await {
+        done.unwrap();
+    }
+    gw.terminate();
+    let status = tokio::task::block_in_place(|| gw.child.wait()).unwrap();
+    assert!(status.success(), "{status}");
+    let text = std::fs::read_to_string(gw.dir.0.join("access.log")).unwrap();
+    let mut seen = std::collections::HashSet::new();
+    for line in text.lines() {
+        let j: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(j["target"], "access", "{line}");
+        seen.insert(j["request_id"].as_str().unwrap().to_string());
+    }
+    let missing: Vec<usize> = (0..N)
+        .filter(|i| !seen.contains(&format!("rid-term-{i}")))
+        .collect();
+    assert!(missing.is_empty(), "lines lost at exit: {missing:?}");
+    assert_eq!(text.lines().count(), N, "one line per request");
+}
+
+/// Sends `head` and `body` on a new connection and reads the answer to its end.
+async fn raw_exchange(addr: std::net::SocketAddr, head: &[u8], body: &[u8]) -> Vec<u8> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    s.read_to_end(&mut answer).await.unwrap();
+    answer
+}
+
+/// A path with a quote, a backslash, U+0085 and U+2028 (the gateway lets them through) and
+/// a model name with a newline, a quote and an escape sequence (decoded from the JSON
+/// body), sent over a raw socket: the line stays one line, the JSON parses to the same
+/// values, the text quotes and escapes them, and no control character reaches the log.
+#[tokio::test(flavor = "multi_thread")]
+async fn hostile_path_and_model_cannot_forge_or_break_a_line() {
+    const PATH: &str = "/v1/a\"b\\c\u{85}d\u{2028}e/chat/completions";
+    const MODEL: &str =
+        "m\n2026-01-01T00:00:00.000000Z  INFO access: status=200 \"forged\u{1b}[31m";
+    let up = Upstream::echo("up").await;
+    let body = serde_json::json!({ "model": MODEL, "messages": [] }).to_string();
+    let exchange = |addr, rid: &str| {
+        let head = format!(
+            "POST {PATH} HTTP/1.1\r\nHost: x\r\nx-request-id: {rid}\r\ncontent-type: application/json\r\n\
+             content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        );
+        let body = body.clone();
+        async move { raw_exchange(addr, head.as_bytes(), body.as_bytes()).await }
+    };
+
+    // JSON, to the file.
+    let gw = Gateway::start(&file_log_config(&up, Some("json")));
+    let answer = exchange(gw.addr, "rid-hostile-json").await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let file = gw.dir.0.join("access.log");
+    let j = wait_file_line(&file, "rid-hostile-json").await;
+    assert_eq!(j["path"], PATH);
+    assert_eq!(j["model"], MODEL);
+    assert_eq!(j["status"], 200);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(!text.contains(['\u{1b}', '\u{85}', '\u{2028}']), "{text:?}");
+
+    // Text, on stderr.
+    let gw = Gateway::start_logging(&file_log_config(&up, None), &[]);
+    let answer = exchange(gw.addr, "rid-hostile-text").await;
+    assert!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    let line = tokio::task::block_in_place(|| gw.wait_log(&["access:", "rid-hostile-text"]));
+    assert!(!line.contains(['\u{1b}', '\u{85}', '\u{2028}']), "{line:?}");
+    for field in [
+        r#" path="/v1/a\"b\\c\u{85}d\u{2028}e/chat/completions" "#,
+        r#" model="m\n2026-01-01T00:00:00.000000Z  INFO access: status=200 \"forged\u{1b}[31m" "#,
+        " status=200 ",
+    ] {
+        assert!(line.contains(field), "{field} missing in {line}");
+    }
+    // The forged text is inside the model's quotes, not a field of its own.
+    let keys = text_keys(line.split_once(" access: ").unwrap().1);
+    assert_eq!(
+        keys.iter().filter(|k| *k == "status").count(),
+        1,
+        "{keys:?}"
+    );
+    assert!(keys.iter().all(|k| !k.contains(['"', ' '])), "{keys:?}");
+}
+
+/// The keys of a text line's `key=value key="quoted \" value"` fields, in order.
+fn text_keys(mut fields: &str) -> Vec<String> {
+    let mut keys = Vec::new();
+    while let Some((key, rest)) = fields.split_once('=') {
+        keys.push(key.to_string());
+        let end = if let Some(quoted) = rest.strip_prefix('"') {
+            let mut escaped = false;
+            let close = quoted
+                .char_indices()
+                .find(|&(_, c)| {
+                    let end = c == '"' && !escaped;
+                    escaped = c == '\\' && !escaped;
+                    end
+                })
+                .map(|(i, _)| i + 1)
+                .expect("a closing quote");
+            close + 1
+        } else {
+            rest.find(' ').unwrap_or(rest.len())
+        };
+        fields = rest[end..].trim_start_matches(' ');
+    }
+    keys
 }

@@ -1,0 +1,360 @@
+//! One access-log line, formatted straight into a byte buffer: text (`key=value` after a
+//! timestamp, `INFO` and `access:`, as the gateway's other log lines look) or a JSON object
+//! (`timestamp`, `level`, the fields, `target`). Numbers go through `itoa`/`ryu`, strings are
+//! copied with their escapes: a value a client controls (the path, the request id, a model
+//! name) can neither end the line, nor break the JSON, nor carry a terminal escape sequence.
+//! No ANSI colouring: the line is data.
+
+use crate::config::AccessLogFormat;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// A line being written into `buf`; [`Line::finish`] ends it with its newline.
+pub struct Line<'a> {
+    buf: &'a mut Vec<u8>,
+    json: bool,
+}
+
+impl<'a> Line<'a> {
+    /// Starts a line at `now`: its timestamp and level (and, in text, its target).
+    pub fn start(buf: &'a mut Vec<u8>, format: AccessLogFormat, now: SystemTime) -> Self {
+        let json = format == AccessLogFormat::Json;
+        if json {
+            buf.extend_from_slice(b"{\"timestamp\":\"");
+            timestamp(buf, now);
+            buf.extend_from_slice(b"\",\"level\":\"INFO\"");
+        } else {
+            timestamp(buf, now);
+            buf.extend_from_slice(b"  INFO access:");
+        }
+        Line { buf, json }
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.json {
+            self.buf.extend_from_slice(b",\"");
+            self.buf.extend_from_slice(key.as_bytes());
+            self.buf.extend_from_slice(b"\":");
+        } else {
+            self.buf.push(b' ');
+            self.buf.extend_from_slice(key.as_bytes());
+            self.buf.push(b'=');
+        }
+    }
+
+    /// A string, quoted in both formats: `route="chat"`, `"route":"chat"`.
+    pub fn str(&mut self, key: &str, value: &str) {
+        self.key(key);
+        if self.json {
+            json_string(self.buf, &[value]);
+        } else {
+            text_quoted(self.buf, &[value]);
+        }
+    }
+
+    /// A string made of `parts`, bare in text unless it needs quotes (`path=/v1/x`,
+    /// `plugin=api-key:deny`; a value with a space, a quote, a backslash or a control
+    /// character is quoted and escaped), a JSON string in JSON.
+    pub fn bare(&mut self, key: &str, parts: &[&str]) {
+        self.key(key);
+        if self.json {
+            json_string(self.buf, parts);
+        } else if parts.iter().any(|p| !p.is_empty()) && parts.iter().all(|p| is_bare(p)) {
+            for p in parts {
+                self.buf.extend_from_slice(p.as_bytes());
+            }
+        } else {
+            text_quoted(self.buf, parts);
+        }
+    }
+
+    /// ASCII known to need no escaping (a socket address, hex digits), written as a
+    /// bare word in text and between quotes in JSON.
+    pub fn ascii(&mut self, key: &str, value: &[u8]) {
+        debug_assert!(value
+            .iter()
+            .all(|b| b.is_ascii_graphic() && !b"\"\\".contains(b)));
+        self.key(key);
+        if self.json {
+            self.buf.push(b'"');
+            self.buf.extend_from_slice(value);
+            self.buf.push(b'"');
+        } else {
+            self.buf.extend_from_slice(value);
+        }
+    }
+
+    pub fn u64(&mut self, key: &str, value: u64) {
+        self.key(key);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    pub fn i64(&mut self, key: &str, value: i64) {
+        self.key(key);
+        self.buf
+            .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+    }
+
+    /// The shortest decimal that reads back as `value` (`1.25`, `-1.0`); JSON has no
+    /// NaN or infinity, so those are `null` there.
+    pub fn f64(&mut self, key: &str, value: f64) {
+        self.key(key);
+        if self.json && !value.is_finite() {
+            self.buf.extend_from_slice(b"null");
+        } else {
+            self.buf
+                .extend_from_slice(ryu::Buffer::new().format(value).as_bytes());
+        }
+    }
+
+    /// Ends the line (in JSON with its `"target":"access"`) and its newline.
+    pub fn finish(self) {
+        if self.json {
+            self.buf.extend_from_slice(b",\"target\":\"access\"}\n");
+        } else {
+            self.buf.push(b'\n');
+        }
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds), as the other log lines have it.
+fn timestamp(buf: &mut Vec<u8>, now: SystemTime) {
+    let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let secs = since.as_secs();
+    let (year, month, day) = civil_date((secs / 86_400) as i64);
+    let of_day = secs % 86_400;
+    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut put = |end: usize, width: usize, n: u64| {
+        let mut n = n;
+        for slot in out[end - width..end].iter_mut().rev() {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(4, 4, year.clamp(0, 9999) as u64);
+    put(7, 2, month.into());
+    put(10, 2, day.into());
+    put(13, 2, of_day / 3600);
+    put(16, 2, of_day / 60 % 60);
+    put(19, 2, of_day % 60);
+    put(26, 6, since.subsec_micros().into());
+    buf.extend_from_slice(&out);
+}
+
+/// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_date(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+/// Whether a character must be escaped: ASCII and C1 control characters and the Unicode
+/// line and paragraph separators (some viewers break lines on them).
+fn is_control(c: char) -> bool {
+    c.is_control() || c == '\u{2028}' || c == '\u{2029}'
+}
+
+/// Whether `s` can stand unquoted in a text line: no space, quote, backslash or control.
+fn is_bare(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+        || (!s.is_ascii()
+            && !s
+                .chars()
+                .any(|c| c == ' ' || c == '"' || c == '\\' || is_control(c)))
+}
+
+/// Copies `s`, escaping what `is_special` flags (a byte below 0x80) or what needs a look
+/// at the whole character (any byte from 0x80), with `escape`.
+fn escaped(
+    buf: &mut Vec<u8>,
+    s: &str,
+    is_special: impl Fn(u8) -> bool,
+    escape: impl Fn(&mut Vec<u8>, char),
+) {
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b < 0x80 && !is_special(b) {
+            i += 1;
+            continue;
+        }
+        let c = s[i..].chars().next().expect("a char starts here");
+        let len = c.len_utf8();
+        if b < 0x80 || is_control(c) {
+            buf.extend_from_slice(&bytes[start..i]);
+            escape(buf, c);
+            start = i + len;
+        }
+        i += len;
+    }
+    buf.extend_from_slice(&bytes[start..]);
+}
+
+/// A Rust-style quoted string, as the text log writes string fields: `"a\"b\n\u{1b}"`.
+fn text_quoted(buf: &mut Vec<u8>, parts: &[&str]) {
+    quoted(buf, parts, |buf, c| {
+        use std::io::Write as _;
+        let _ = match c {
+            '\0' => buf.write_all(b"\\0"),
+            c => write!(buf, "\\u{{{:x}}}", c as u32),
+        };
+    });
+}
+
+/// A JSON string: `"a\"b\n\u001b"`.
+fn json_string(buf: &mut Vec<u8>, parts: &[&str]) {
+    quoted(buf, parts, |buf, c| {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let n = c as u32;
+        buf.extend_from_slice(b"\\u");
+        for shift in [12, 8, 4, 0] {
+            buf.push(HEX[((n >> shift) & 0xf) as usize]);
+        }
+    });
+}
+
+/// `parts` between quotes: a quote, a backslash, `\n`, `\r` and `\t` escaped as both
+/// formats write them, any other control character with `control`.
+fn quoted(buf: &mut Vec<u8>, parts: &[&str], control: impl Fn(&mut Vec<u8>, char)) {
+    buf.push(b'"');
+    for part in parts {
+        escaped(
+            buf,
+            part,
+            |b| b < 0x20 || b == 0x7f || b == b'"' || b == b'\\',
+            |buf, c| match c {
+                '"' => buf.extend_from_slice(b"\\\""),
+                '\\' => buf.extend_from_slice(b"\\\\"),
+                '\n' => buf.extend_from_slice(b"\\n"),
+                '\r' => buf.extend_from_slice(b"\\r"),
+                '\t' => buf.extend_from_slice(b"\\t"),
+                c => control(buf, c),
+            },
+        );
+    }
+    buf.push(b'"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn line(format: AccessLogFormat, fill: impl FnOnce(&mut Line<'_>)) -> String {
+        let mut buf = Vec::new();
+        let at = UNIX_EPOCH + Duration::from_micros(1_764_660_741_790_799);
+        let mut l = Line::start(&mut buf, format, at);
+        fill(&mut l);
+        l.finish();
+        String::from_utf8(buf).unwrap()
+    }
+
+    const HOSTILE: &str = "a\"b\\c\nd\re\tf\u{1b}[31mg\u{7f}h\u{85}i\u{2028}j\0k é";
+
+    #[test]
+    fn text_line() {
+        let l = line(AccessLogFormat::Text, |l| {
+            l.ascii("client", b"127.0.0.1:5");
+            l.bare("path", &["/v1/a=b"]);
+            l.str("route", "chat");
+            l.u64("status", 200);
+            l.f64("duration_ms", 1.5);
+            l.f64("upstream_ms", -1.0);
+            l.i64("input_tokens", -1);
+            l.bare("plugin", &["api-key", ":", "deny"]);
+        });
+        assert_eq!(
+            l,
+            "2025-12-02T07:32:21.790799Z  INFO access: client=127.0.0.1:5 path=/v1/a=b \
+             route=\"chat\" status=200 duration_ms=1.5 upstream_ms=-1.0 input_tokens=-1 \
+             plugin=api-key:deny\n"
+        );
+    }
+
+    #[test]
+    fn json_line() {
+        let l = line(AccessLogFormat::Json, |l| {
+            l.ascii("client", b"127.0.0.1:5");
+            l.bare("path", &["/v1/x"]);
+            l.u64("status", 200);
+            l.f64("ttft_ms", f64::NAN);
+            l.bare("plugin", &["-"]);
+        });
+        assert_eq!(
+            l,
+            "{\"timestamp\":\"2025-12-02T07:32:21.790799Z\",\"level\":\"INFO\",\
+             \"client\":\"127.0.0.1:5\",\"path\":\"/v1/x\",\"status\":200,\"ttft_ms\":null,\
+             \"plugin\":\"-\",\"target\":\"access\"}\n"
+        );
+    }
+
+    #[test]
+    fn hostile_values_stay_on_one_line_and_in_their_field() {
+        let text = line(AccessLogFormat::Text, |l| {
+            l.str("model", HOSTILE);
+            l.bare("path", &[HOSTILE]);
+            l.bare("p", &["with space"]);
+            l.bare("e", &[""]);
+        });
+        assert_eq!(text.matches('\n').count(), 1, "{text}");
+        assert!(!text.contains('\u{1b}') && !text.contains('\u{85}') && !text.contains('\u{2028}'));
+        let want = "\"a\\\"b\\\\c\\nd\\re\\tf\\u{1b}[31mg\\u{7f}h\\u{85}i\\u{2028}j\\0k é\"";
+        assert!(
+            text.contains(&format!(" model={want} path={want} ")),
+            "{text}"
+        );
+        assert!(text.ends_with(" p=\"with space\" e=\"\"\n"), "{text}");
+
+        let json = line(AccessLogFormat::Json, |l| {
+            l.str("model", HOSTILE);
+            l.bare("path", &[HOSTILE]);
+        });
+        assert_eq!(json.matches('\n').count(), 1, "{json}");
+        assert!(!json.contains('\u{1b}') && !json.contains('\u{2028}'));
+        let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+        assert_eq!(v["model"], HOSTILE);
+        assert_eq!(v["path"], HOSTILE);
+        assert_eq!(v["target"], "access");
+    }
+
+    #[test]
+    fn bare_values_that_need_no_quotes() {
+        assert!(is_bare("/v1/chat/completions") && is_bare("/ünïcode") && is_bare("a=b"));
+        for quoted in ["", "a b", "a\"", "a\\", "a\u{85}", "ü\u{2028}", "ü b"] {
+            assert!(!is_bare(quoted) || quoted.is_empty(), "{quoted:?}");
+        }
+    }
+
+    /// Every hour of a few centuries against `httpdate`'s formatting of the same instant.
+    #[test]
+    fn timestamps_match_httpdate() {
+        const MONTHS: [&str; 12] = [
+            "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+        ];
+        let mut secs = 0u64;
+        while secs < 8_000_000_000 {
+            let at = UNIX_EPOCH + Duration::from_secs(secs) + Duration::from_micros(42);
+            let mut buf = Vec::new();
+            timestamp(&mut buf, at);
+            let ours = String::from_utf8(buf).unwrap();
+            // `Thu, 01 Jan 1970 00:00:00 GMT`
+            let http = httpdate::fmt_http_date(at);
+            let f: Vec<&str> = http.split([' ', ',']).filter(|s| !s.is_empty()).collect();
+            let month = MONTHS.iter().position(|m| *m == f[2]).unwrap() + 1;
+            let want = format!("{}-{month:02}-{}T{}.000042Z", f[3], f[1], f[4]);
+            assert_eq!(ours, want, "at {secs}");
+            secs += 3_599 * 7;
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! The access-log line: one line per request, written when the response body has been
+//! sent (or the client went away, or the upstream failed mid-body: `error` then says so),
+//! so it carries the bytes sent, the full duration and, for a model call, its model and
+//! token usage. An upgraded connection (WebSocket) writes its line when the tunnel closes,
+//! with the bytes each way, who closed it and why (`proxy/tunnel.rs`).
+//!
+//! The line is formatted straight into the thread's batch ([`line`]: text `key=value` or a
+//! JSON object, `--log-format` for stderr, `server.access_log.format` for a file) and
+//! written by a background thread ([`writer`]); `main` decides whether the log is on and
+//! where it goes.
+
+pub mod line;
+pub mod writer;
+
+use self::line::Line;
+use super::trace_context::TraceId;
+use crate::config::AccessLogFormat;
+use crate::metrics::ClosedBy;
+use http::{HeaderValue, Method, StatusCode};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct AccessLog {
+    pub start: Instant,
+    pub client: SocketAddr,
+    pub method: Method,
+    pub path: String,
+    pub route: Option<Arc<str>>,
+    pub endpoint: Option<Arc<str>>,
+    pub status: StatusCode,
+    pub request_id: HeaderValue,
+    /// Time to the upstream's response head, when there was one.
+    pub upstream_ms: Option<f64>,
+    /// The synthetic error code, when the gateway answered itself.
+    pub error: Option<&'static str>,
+    /// The consumer an auth plugin named.
+    pub consumer: Option<String>,
+    /// The W3C trace id this request went upstream with.
+    pub trace_id: TraceId,
+    /// The plugin that decided the request's fate other than by passing it on, and how:
+    /// `deny` (auth), `respond` (a transform answered), `error` (failed; 500) or
+    /// `error_allowed` (failed; `on_error = "allow"` went on without it).
+    pub plugin: Option<(Arc<str>, &'static str)>,
+    /// The stream plugin that decided the fate of a streamed response other than event by
+    /// event, and how: `end` (it ended the stream), `error` / `oversize` (it failed, or an
+    /// event was over `max_event_size`, under `on_error = "deny"`: the stream was cut with
+    /// an error event), `error_allowed` (it failed under `allow`; the stream went on).
+    pub stream_plugin: Option<(Arc<str>, &'static str)>,
+    /// On a route with fallbacks: the upstream (and `:model`) that served the request.
+    pub served_by: Option<HeaderValue>,
+    /// A model call's model and usage, filled in when its body ends.
+    pub call: Option<crate::ai::CallLog>,
+    /// On a composite route: each part as `NAME:STATUS:MS` (STATUS the part's HTTP
+    /// status or its error code; `cancelled` with `-` for a part a required part's
+    /// failure cut short), comma-separated in the route's order.
+    pub parts: Option<String>,
+}
+
+impl AccessLog {
+    /// Whether access logging is on; when it is off no record is built at all.
+    pub fn enabled() -> bool {
+        writer::started()
+    }
+
+    /// Writes the line: `bytes` sent to the client, and for an upgraded connection how its
+    /// tunnel ended (these fields are left out of other lines).
+    pub fn emit(&self, bytes: u64, tunnel: Option<&TunnelEnd>) {
+        let now = std::time::SystemTime::now();
+        writer::append(|buf, format| self.write(buf, format, now, bytes, tunnel));
+    }
+
+    /// The line in `format` at `now`, appended to `buf`.
+    pub fn write(
+        &self,
+        buf: &mut Vec<u8>,
+        format: AccessLogFormat,
+        now: std::time::SystemTime,
+        bytes: u64,
+        tunnel: Option<&TunnelEnd>,
+    ) {
+        let call = self.call.as_ref();
+        let count = |n: Option<u64>| n.map_or(-1, |n| n.min(i64::MAX as u64) as i64);
+        let mut l = Line::start(buf, format, now);
+        let mut client = [0u8; 64];
+        l.ascii("client", socket_addr(&self.client, &mut client));
+        l.bare("method", &[self.method.as_str()]);
+        l.bare("path", &[&self.path]);
+        l.str("route", self.route.as_deref().unwrap_or("-"));
+        l.str("upstream", self.endpoint.as_deref().unwrap_or("-"));
+        l.u64("status", self.status.as_u16().into());
+        l.u64("bytes", bytes);
+        l.f64("duration_ms", self.start.elapsed().as_secs_f64() * 1e3);
+        l.f64("upstream_ms", self.upstream_ms.unwrap_or(-1.0));
+        l.str("error", self.error.unwrap_or("-"));
+        l.str("consumer", self.consumer.as_deref().unwrap_or("-"));
+        plugin_outcome(&mut l, "plugin", &self.plugin);
+        plugin_outcome(&mut l, "stream_plugin", &self.stream_plugin);
+        let served_by = self.served_by.as_ref().and_then(|v| v.to_str().ok());
+        l.str("served_by", served_by.unwrap_or("-"));
+        if let Some(parts) = &self.parts {
+            l.str("parts", parts);
+        }
+        l.str(
+            "model",
+            call.and_then(|c| c.request_model.as_deref()).unwrap_or("-"),
+        );
+        let response_model = call.and_then(|c| c.response_model.as_deref());
+        l.str("response_model", response_model.unwrap_or("-"));
+        l.i64("input_tokens", count(call.and_then(|c| c.input_tokens)));
+        l.i64("output_tokens", count(call.and_then(|c| c.output_tokens)));
+        l.f64("ttft_ms", call.and_then(|c| c.ttft_ms).unwrap_or(-1.0));
+        l.str("request_id", self.request_id.to_str().unwrap_or("-"));
+        l.ascii("trace_id", &self.trace_id.hex());
+        if let Some(t) = tunnel {
+            l.str("upgrade", &t.protocol);
+            l.u64("bytes_received", t.to_upstream);
+            l.str("closed_by", t.closed_by.as_str());
+            l.str("close_reason", t.reason);
+        }
+        l.finish();
+    }
+}
+
+/// `NAME:OUTCOME`, or `-`.
+fn plugin_outcome(l: &mut Line<'_>, key: &str, p: &Option<(Arc<str>, &'static str)>) {
+    match p {
+        Some((name, outcome)) => l.bare(key, &[name, ":", outcome]),
+        None => l.bare(key, &["-"]),
+    }
+}
+
+/// `127.0.0.1:5555` (`[::1]:5555`) in `buf`.
+fn socket_addr<'b>(addr: &SocketAddr, buf: &'b mut [u8; 64]) -> &'b [u8] {
+    let SocketAddr::V4(a) = addr else {
+        use std::io::Write as _;
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        // At most 54 bytes (`[v6%scope]:port`).
+        let _ = write!(cursor, "{addr}");
+        let len = cursor.position() as usize;
+        return &buf[..len];
+    };
+    let mut len = 0;
+    let mut put = |bytes: &[u8]| {
+        buf[len..len + bytes.len()].copy_from_slice(bytes);
+        len += bytes.len();
+    };
+    for (i, octet) in a.ip().octets().iter().enumerate() {
+        if i > 0 {
+            put(b".");
+        }
+        put(itoa::Buffer::new().format(*octet).as_bytes());
+    }
+    put(b":");
+    put(itoa::Buffer::new().format(a.port()).as_bytes());
+    &buf[..len]
+}
+
+/// How an upgraded connection ended.
+pub struct TunnelEnd {
+    /// The protocol switched to (`websocket`).
+    pub protocol: Box<str>,
+    /// Bytes copied from the client to the upstream (the line's `bytes` are the other way).
+    pub to_upstream: u64,
+    pub closed_by: ClosedBy,
+    /// `eof`, `reset`, `idle_timeout`, `max_duration`, `shutdown`, `upgrade_failed`.
+    pub reason: &'static str,
+}
