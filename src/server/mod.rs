@@ -118,6 +118,9 @@ where
             .name(format!("portcullis-worker-{i}"))
             .spawn(move || {
                 rt.block_on(worker(slot, rx, stop));
+                // Connections cut at the drain timeout end (and write their access-log
+                // lines) when the runtime is dropped: before saying this worker is done.
+                drop(rt);
                 let _ = done_tx.send(());
             })
             .context("cannot start a worker thread")?;
