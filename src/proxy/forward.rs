@@ -60,7 +60,9 @@ impl Gateway {
         if let Some(h) = &handshake {
             h.request_headers(&mut call.head);
         }
-        let called = upstream.call(client, call).await;
+        // Boxed: the try loop's state is the largest part of the request's future, and
+        // each enclosing future copies its child's state into place when it starts it.
+        let called = Box::pin(upstream.call(client, call)).await;
         ctx.endpoint = called.endpoint;
         let answer = called
             .result
