@@ -110,16 +110,7 @@ fn chunked_alone(h: &HeaderMap) -> bool {
 /// one scan of its names, and the named headers are removed by the names' text, with no
 /// allocation.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let hop = |n: &HeaderName| {
-        n == header::CONNECTION
-            || n == header::TE
-            || n == header::TRANSFER_ENCODING
-            || n == header::UPGRADE
-            || n == header::PROXY_AUTHENTICATE
-            || n == header::PROXY_AUTHORIZATION
-            || n == KEEP_ALIVE
-            || n == PROXY_CONNECTION
-    };
+    let hop = |n: &HeaderName| n == header::CONNECTION || n == header::TE || ALWAYS.contains(n);
     if !h.keys().any(hop) {
         return;
     }
@@ -147,13 +138,21 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     if wants_trailers {
         h.insert(header::TE, HeaderValue::from_static("trailers"));
     }
-    h.remove(KEEP_ALIVE);
-    h.remove(PROXY_CONNECTION);
-    h.remove(header::PROXY_AUTHENTICATE);
-    h.remove(header::PROXY_AUTHORIZATION);
-    h.remove(header::TRANSFER_ENCODING);
-    h.remove(header::UPGRADE);
+    for name in ALWAYS {
+        h.remove(name);
+    }
 }
+
+/// The hop-by-hop headers removed whatever `Connection` says (`TE` may stay as
+/// `te: trailers`).
+const ALWAYS: [HeaderName; 6] = [
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
 
 /// Sets `X-Forwarded-For`/`-Proto`/`-Host`. With `trust` the client is a trusted proxy:
 /// its `X-Forwarded-For` chain is extended and its `-Proto`/`-Host` kept; otherwise all

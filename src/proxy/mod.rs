@@ -85,8 +85,6 @@ pub struct Tables {
     pub limits: crate::limits::Limits,
     /// Counts requests no route took (404, 405, 400).
     unrouted: RouteMetrics,
-    /// Whether any route has a predicate plugin (routing then may await plugins).
-    predicates: bool,
 }
 
 /// One worker's state of a route: its warm plugin instances.
@@ -153,14 +151,8 @@ impl Gateway {
                 config,
                 plugins,
             })
-            .collect::<Vec<RouteEntry>>();
-        let predicates = routes.iter().any(|r| {
-            r.plugins
-                .iter()
-                .any(|b| b.plugin.role == crate::plugin::Role::Predicate)
-        });
+            .collect();
         let tables = Arc::new(Tables {
-            predicates,
             config_text: config.text,
             config_hash: config.hash,
             server: config.server,

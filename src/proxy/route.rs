@@ -20,18 +20,26 @@ impl Gateway {
         req: &mut ClientRequest,
         ctx: &mut RequestCtx<'g>,
     ) -> Result<&'g RouteEntry, ProxyError> {
-        if self.predicates {
-            // Boxed, as the other plugin phases are (`Gateway::process`).
-            return Box::pin(self.route_with_predicates(req, ctx)).await;
-        }
-        let chosen = self
+        let first = self
             .router
             .candidates(&req.head, req.target.path(), req.target.host())
             .next();
-        self.chosen(chosen, req, ctx)
+        match first {
+            // Boxed, as the other plugin phases are (`Gateway::process`).
+            Some(r)
+                if self
+                    .pools(r)
+                    .iter()
+                    .any(|p| p.bound.plugin.role == Role::Predicate) =>
+            {
+                Box::pin(self.route_with_predicates(req, ctx)).await
+            }
+            // A first candidate without predicates takes the request, as in the loop below.
+            first => self.chosen(first, req, ctx),
+        }
     }
 
-    /// [`Self::route`] when some route has predicate plugins.
+    /// [`Self::route`] when the first candidate route has predicate plugins.
     async fn route_with_predicates<'g>(
         &'g self,
         req: &mut ClientRequest,

@@ -129,23 +129,14 @@ impl TryError {
     }
 }
 
-/// Classifies an error of hyper's client.
+/// Classifies an error of hyper-util's client.
 pub fn client_error(err: &hyper_util::client::legacy::Error) -> TryError {
-    classify(err, err.is_connect())
+    error(err, err.is_connect())
 }
 
-/// Classifies an error of a hyper connection (`upstream::pool`); `connecting`: it came
-/// from the connection's handshake.
-pub fn hyper_error(err: &hyper::Error, connecting: bool) -> TryError {
-    classify(err, connecting)
-}
-
-/// Classifies an error of connecting to an endpoint.
-pub fn connect_error(err: &(dyn std::error::Error + Send + Sync + 'static)) -> TryError {
-    classify(err, true)
-}
-
-fn classify(err: &(dyn std::error::Error + 'static), connecting: bool) -> TryError {
+/// Classifies a failed try's error (`upstream::pool`: connecting, the connection's
+/// handshake, or sending); `connecting`: no connection was made.
+pub fn error(err: &(dyn std::error::Error + 'static), connecting: bool) -> TryError {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(err);
     let mut timed_out = false;
     while let Some(e) = source {

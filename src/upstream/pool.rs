@@ -65,20 +65,19 @@ impl Http1Pool {
             .path_and_query()
             .map_or_else(|| Uri::from_static("/"), |pq| Uri::from(pq.clone()));
         let absolute = std::mem::replace(req.uri_mut(), origin);
-        while let Some(mut conn) = self.checkout(&authority) {
+        loop {
+            let (mut conn, pooled) = match self.checkout(&authority) {
+                Some(conn) => (conn, true),
+                None => (self.connect(absolute.clone()).await?, false),
+            };
             match conn.try_send_request(req).await {
                 Ok(resp) => return Ok(self.pooled(resp, conn, authority)),
                 Err(mut e) => match e.take_message() {
-                    // Not sent: the connection had closed; try the next one.
-                    Some(back) => req = back,
-                    None => return Err(classify::hyper_error(e.error(), false)),
+                    // Not sent: the pooled connection had closed; try the next one.
+                    Some(back) if pooled => req = back,
+                    _ => return Err(classify::error(e.error(), false)),
                 },
             }
-        }
-        let mut conn = self.connect(absolute).await?;
-        match conn.try_send_request(req).await {
-            Ok(resp) => Ok(self.pooled(resp, conn, authority)),
-            Err(e) => Err(classify::hyper_error(e.error(), false)),
         }
     }
 
@@ -100,11 +99,11 @@ impl Http1Pool {
             .clone()
             .call(to)
             .await
-            .map_err(|e| classify::connect_error(&e))?;
+            .map_err(|e| classify::error(&e, true))?;
         let (send, conn) = http1::Builder::new()
             .handshake::<_, UpstreamBody>(tcp)
             .await
-            .map_err(|e| classify::hyper_error(&e, true))?;
+            .map_err(|e| classify::error(&e, true))?;
         // With upgrades: a 101 hands the connection to the tunnel (`proxy::upgrade`).
         tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
