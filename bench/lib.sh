@@ -173,6 +173,9 @@ proc_sum() {
   echo "$t"
 }
 cpu_ticks() { proc_sum "$1" stat '{ print $14 + $15 }'; }
+# cpu_ns PID: the CPU time PID's threads have run, in nanoseconds (schedstat: exact, not
+# in 10 ms ticks).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ t += $1 } END { printf "%d\n", t }'; }
 rss_kb() { proc_sum "$1" status '/^VmRSS:/ { print $2 }'; }
 
 check_200() {

@@ -11,7 +11,9 @@
 #
 # Runs wrk against [plain, local, redis], interleaved, ROUNDS times, and prints per route
 # the median req/s and p99, the ratios local/plain and redis/plain, the added p99 (ms),
-# and Redis round trips per request (EVALSHA calls from `INFO commandstats` / requests).
+# the gateway's CPU per request (its threads' /proc schedstat over the run / requests) and
+# its ratio to plain's, and Redis round trips per request (EVALSHA calls from
+# `INFO commandstats` / requests).
 #
 # Usage: bash bench/limits.sh
 #        PORTCULLIS_BIN=target/debug/portcullis DURATION=3s ROUNDS=1 bash bench/limits.sh
@@ -67,6 +69,7 @@ wait_port "$UP_PORT"
 wait_port "$RD_PORT"
 "$BIN" run --config "$TMP/portcullis.toml" --log-level warn >"$TMP/portcullis.log" 2>&1 &
 PIDS+=("$!")
+GATEWAY=$!
 wait_port "$PC_PORT"
 for r in plain local redis; do
   code=$(curl -sS -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PC_PORT/$r/v1/chat/completions")
@@ -80,19 +83,21 @@ evalsha_calls() {
 
 # run ROUTE ROUND: one wrk run; writes req/s, requests and p99 (ms) to $TMP/ROUTE.results
 run() {
-  local r=$1 n=$2 f="$OUT/wrk-$1-$2.txt" before after
+  local r=$1 n=$2 f="$OUT/wrk-$1-$2.txt" before after cpu
   before=$(evalsha_calls)
+  cpu=$(cpu_ns "$GATEWAY")
   wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency \
     "http://127.0.0.1:$PC_PORT/$r/v1/chat/completions" >"$f"
+  cpu=$(( $(cpu_ns "$GATEWAY") - cpu ))
   after=$(evalsha_calls)
-  python3 - "$f" "$r" "$((after - before))" >>"$TMP/$r.results" <<'PY'
+  python3 - "$f" "$r" "$((after - before))" "$cpu" >>"$TMP/$r.results" <<'PY'
 import re, sys
 text = open(sys.argv[1]).read()
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
 n = int(re.search(r"(\d+) requests in", text).group(1))
 v, unit = re.search(r"^\s+99%\s+([\d.]+)(us|ms|s)\s*$", text, re.M).groups()
 p99 = float(v) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
-print(rps, n, p99, sys.argv[3])
+print(rps, n, p99, sys.argv[3], int(sys.argv[4]) / n / 1e3)
 PY
 }
 
@@ -109,11 +114,13 @@ for r in ("plain", "local", "redis"):
     rows = [list(map(float, l.split())) for l in open(f"{sys.argv[1]}/{r}.results")]
     res[r] = dict(rps=statistics.median(x[0] for x in rows),
                   p99=statistics.median(x[2] for x in rows),
-                  trips=sum(x[3] for x in rows) / max(1.0, sum(x[1] for x in rows)))
-print(f"{'route':8} {'req/s':>10} {'p99 ms':>8} {'redis round trips/req':>22}")
+                  trips=sum(x[3] for x in rows) / max(1.0, sum(x[1] for x in rows)),
+                  cpu=statistics.median(x[4] for x in rows))
+print(f"{'route':8} {'req/s':>10} {'p99 ms':>8} {'gateway CPU us/req':>19} {'redis round trips/req':>22}")
 for r, v in res.items():
-    print(f"{r:8} {v['rps']:10.0f} {v['p99']:8.2f} {v['trips']:22.2f}")
+    print(f"{r:8} {v['rps']:10.0f} {v['p99']:8.2f} {v['cpu']:19.2f} {v['trips']:22.2f}")
 for r in ("local", "redis"):
     print(f"{r}/plain req/s: {res[r]['rps'] / res['plain']['rps']:.3f}   "
-          f"added p99: {res[r]['p99'] - res['plain']['p99']:+.2f} ms")
+          f"added p99: {res[r]['p99'] - res['plain']['p99']:+.2f} ms   "
+          f"gateway CPU per request: {res[r]['cpu'] / res['plain']['cpu']:.3f}x (+{res[r]['cpu'] - res['plain']['cpu']:.2f} us)")
 PY

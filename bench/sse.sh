@@ -24,7 +24,8 @@
 # Env knobs:
 #   ROUNDS [3]  STREAMS [4]  EVENTS [50000]  LAT_EVENTS [3000]
 #   PROFILE [release]  (binaries: target/$PROFILE/portcullis, target/$PROFILE/examples/sse-bench)
-# Goals (issue 14): on − direct ≤ 50 µs p99 per event; on/off events/s ≥ 0.95.
+# Goals (issue 14): on − direct ≤ 50 µs p99 per event; on/off events/s ≥ 0.95. Also printed:
+# each gateway's CPU per event in the throughput runs (/proc schedstat, all threads), on/off.
 set -euo pipefail
 
 ROUNDS=${ROUNDS:-3}
@@ -96,9 +97,12 @@ $ai
 TOML
   "$BIN" run --config "$TMP/$1.toml" --log-level warn >"$TMP/$1.log" 2>&1 &
   PIDS+=("$!"); wait_port "$2" "$!" "$TMP/$1.log"
+  GW[$1]=$!
 }
+declare -A GW
 gateway off "$OFF" 0
 gateway on "$ON" 1
+GW[inject]=${GW[on]}
 
 PATH_=/v1/chat/completions
 declare -A URL=([direct]="http://127.0.0.1:$UP$PATH_" [nginx]="http://127.0.0.1:$NGX$PATH_"
@@ -107,30 +111,34 @@ declare -A ASK=([direct]=ask [nginx]=ask [off]=ask [on]=ask [inject]="")
 TARGETS=(direct nginx off on inject)
 log "$PROFILE build; $ROUNDS round(s); throughput: $STREAMS streams x $EVENTS events; latency: $LAT_EVENTS events, 1 ms apart"
 
-declare -A TPUT P50 P99 P999
+declare -A TPUT P50 P99 P999 NSEV
 for ((r = 1; r <= ROUNDS; r++)); do
   order=("${TARGETS[@]}")
   if (( r % 2 == 0 )); then order=(); for ((k = ${#TARGETS[@]} - 1; k >= 0; k--)); do order+=("${TARGETS[$k]}"); done; fi
   for t in "${order[@]}"; do
+    before=$([[ -n ${GW[$t]:-} ]] && cpu_ns "${GW[$t]}" || echo 0)
     read -r _ eps < <("$BENCH" run "${URL[$t]}" throughput "$STREAMS" "$EVENTS" ${ASK[$t]})
+    # The gateway's CPU per event of the throughput run (gateways only).
+    nsev=$([[ -n ${GW[$t]:-} ]] && echo $(( ($(cpu_ns "${GW[$t]}") - before) / (STREAMS * EVENTS) )) || echo 0)
     read -r _ p50 p99 p999 < <("$BENCH" run "${URL[$t]}" latency 1 "$LAT_EVENTS" ${ASK[$t]})
-    TPUT[$t]+="$eps "; P50[$t]+="$p50 "; P99[$t]+="$p99 "; P999[$t]+="$p999 "
-    printf '    round %d %-7s %12.0f events/s   latency p50 %8.1f us  p99 %8.1f us  p99.9 %8.1f us\n' "$r" "$t" "$eps" "$p50" "$p99" "$p999"
+    TPUT[$t]+="$eps "; P50[$t]+="$p50 "; P99[$t]+="$p99 "; P999[$t]+="$p999 "; NSEV[$t]+="$nsev "
+    printf '    round %d %-7s %12.0f events/s  %5d ns CPU/event   latency p50 %8.1f us  p99 %8.1f us  p99.9 %8.1f us\n' "$r" "$t" "$eps" "$nsev" "$p50" "$p99" "$p999"
   done
 done
 
 median() { tr ' ' '\n' | grep . | sort -g | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
-declare -A M_T M_50 M_99 M_999
+declare -A M_T M_50 M_99 M_999 M_NS
 echo
-printf '%-8s %14s %12s %12s %12s\n' target "events/s" "p50 us" "p99 us" "p99.9 us"
+printf '%-8s %14s %14s %12s %12s %12s\n' target "events/s" "CPU ns/event" "p50 us" "p99 us" "p99.9 us"
 for t in "${TARGETS[@]}"; do
   M_T[$t]=$(median <<<"${TPUT[$t]}"); M_50[$t]=$(median <<<"${P50[$t]}")
-  M_99[$t]=$(median <<<"${P99[$t]}"); M_999[$t]=$(median <<<"${P999[$t]}")
-  printf '%-8s %14.0f %12.1f %12.1f %12.1f\n' "$t" "${M_T[$t]}" "${M_50[$t]}" "${M_99[$t]}" "${M_999[$t]}"
+  M_99[$t]=$(median <<<"${P99[$t]}"); M_999[$t]=$(median <<<"${P999[$t]}"); M_NS[$t]=$(median <<<"${NSEV[$t]}")
+  printf '%-8s %14.0f %14.0f %12.1f %12.1f %12.1f\n' "$t" "${M_T[$t]}" "${M_NS[$t]}" "${M_50[$t]}" "${M_99[$t]}" "${M_999[$t]}"
 done
 echo
-awk -v on="${M_T[on]}" -v inj="${M_T[inject]}" -v off="${M_T[off]}" -v ngx="${M_T[nginx]}" -v dir="${M_T[direct]}" \
+awk -v onns="${M_NS[on]}" -v offns="${M_NS[off]}" -v injns="${M_NS[inject]}" -v on="${M_T[on]}" -v inj="${M_T[inject]}" -v off="${M_T[off]}" -v ngx="${M_T[nginx]}" -v dir="${M_T[direct]}" \
     -v on99="${M_99[on]}" -v inj99="${M_99[inject]}" -v off99="${M_99[off]}" -v ngx99="${M_99[nginx]}" -v dir99="${M_99[direct]}" 'BEGIN {
+  printf "gateway CPU per event   on/off %.3f   inject/off %.3f   (the gateway process alone; events/s also moves with the client and upstream on the same cores)\n", onns / offns, injns / offns
   printf "events/s   on/off %.3f   inject/off %.3f   off/direct %.3f   on/nginx %.3f   (goal: on/off >= 0.95)\n", on / off, inj / off, off / dir, on / ngx
   printf "added p99  on %+.1f us   inject %+.1f us   off %+.1f us   nginx %+.1f us   per event, vs direct (goal: on <= 50 us)\n", on99 - dir99, inj99 - dir99, off99 - dir99, ngx99 - dir99
 }'

@@ -134,6 +134,13 @@ impl Parser {
         self.line == Line::Start && !self.in_event
     }
 
+    /// Whether the stream is at an event boundary with nothing at all pending: past the
+    /// BOM check and not after a CR. Whole events may then be read by a caller without
+    /// the parser, which goes on after them in the same state.
+    pub fn at_clean_boundary(&self) -> bool {
+        self.at_boundary() && self.bom == 3 && !self.after_cr
+    }
+
     /// Feeds the next piece of the stream.
     pub fn feed(&mut self, chunk: &[u8], sink: &mut impl Sink) {
         self.feed_until::<false>(chunk, sink);

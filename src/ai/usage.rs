@@ -45,10 +45,6 @@ pub struct Report {
     pub usage: Usage,
     /// When the first event with data arrived (event streams only).
     pub first_event: Option<Instant>,
-    /// Events with data seen (`[DONE]` included).
-    pub events: u64,
-    /// The stream ended with `data: [DONE]`.
-    pub done: bool,
     /// The upstream sent an error (an `error` event or object).
     pub upstream_error: bool,
 }
@@ -76,9 +72,6 @@ enum Action {
 #[derive(Default)]
 struct Events {
     json: json::Scanner,
-    /// The first bytes of the current event's data (to tell `[DONE]`).
-    head: [u8; 6],
-    data_len: usize,
     error_event: bool,
     /// The current event was not scanned (see `whole_data`): the scanner is untouched.
     skipped: bool,
@@ -121,39 +114,22 @@ impl Events {
         if !std::mem::take(&mut self.skipped) {
             self.json.reset();
         }
-        self.data_len = 0;
         self.error_event = false;
     }
 }
 
 impl sse::Sink for Events {
     fn data(&mut self, piece: &[u8]) {
-        if self.data_len < self.head.len() {
-            let n = piece.len().min(self.head.len() - self.data_len);
-            self.head[self.data_len..self.data_len + n].copy_from_slice(&piece[..n]);
-        }
-        self.data_len += piece.len();
         self.json.feed(piece);
     }
 
     fn whole_data(&mut self, data: &[u8]) {
-        // Most events of a stream are content deltas that name nothing read here: an
-        // event without one of the keys the scanner captures under (or the `"error"`
-        // value of `.type`) is not scanned. The scanner matches keys by their raw bytes,
-        // so a document it would take something from always holds one of these.
-        static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
-        static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
-        static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"model\""));
-        let wanted = USAGE.find(data).is_some()
-            || ERROR.find(data).is_some()
-            || (self.report.model.is_none() && MODEL.find(data).is_some());
-        if wanted {
+        if wanted(data, self.stripping, self.report.model.is_none()) {
             self.data(data);
         } else {
             // Seen, not scanned: the event says nothing (`dispatch` takes no document).
-            let n = data.len().min(self.head.len());
-            self.head[..n].copy_from_slice(&data[..n]);
-            self.data_len = data.len();
+            // `data: [DONE]` is one of these; one split across pieces is fed to the
+            // scanner, which finds nothing in it.
             self.skipped = true;
         }
     }
@@ -163,29 +139,24 @@ impl sse::Sink for Events {
     }
 
     fn dispatch(&mut self) {
-        self.report.events += 1;
         if self.report.first_event.is_none() {
             self.report.first_event = Some(Instant::now());
         }
-        if self.data_len == 6 && &self.head == b"[DONE]" {
-            self.report.done = true;
-        } else {
-            // A skipped event's scanner is as `reset` left it: nothing to take.
-            if !self.skipped {
-                self.take_document();
-            }
-            if self.error_event {
-                self.report.upstream_error = true;
-            }
-            let f = &self.json.found;
-            self.action = if f.choices_empty && f.usage_object {
-                Action::Drop
-            } else if f.usage_null {
-                Action::StripNull
-            } else {
-                Action::Keep
-            };
+        // A skipped event's scanner is as `reset` left it: nothing to take.
+        if !self.skipped {
+            self.take_document();
         }
+        if self.error_event {
+            self.report.upstream_error = true;
+        }
+        let f = &self.json.found;
+        self.action = if f.choices_empty && f.usage_object {
+            Action::Drop
+        } else if f.usage_null {
+            Action::StripNull
+        } else {
+            Action::Keep
+        };
         // The event's state is reset by the `boundary` that always follows.
     }
 
@@ -201,6 +172,76 @@ impl sse::Sink for Events {
             self.last_action = action;
             self.actions.push((end, action));
         }
+    }
+}
+
+/// Where the next key the scanner captures under — or an `error`: the value of `.type`,
+/// or the name of an `event: error` — starts in `s`. Most events of a stream are content
+/// deltas that name nothing read here, and an event without one of these need not be
+/// scanned: the scanner matches keys by their raw bytes, so a document it would take
+/// something from always holds one. Unless stripping, a `"usage":null` (what every chunk
+/// of a stream with `include_usage` carries) says nothing and is passed over.
+#[derive(Clone, Copy)]
+enum Needle {
+    Usage { stripping: bool },
+    Error,
+    Model,
+}
+
+impl Needle {
+    fn find(self, s: &[u8]) -> Option<usize> {
+        static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+        static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"error"));
+        static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"model\""));
+        match self {
+            Needle::Usage { stripping } => {
+                let mut from = 0;
+                loop {
+                    let at = from + USAGE.find(&s[from..])?;
+                    from = at + USAGE.needle().len();
+                    if stripping || !s[from..].starts_with(b":null") {
+                        return Some(at);
+                    }
+                }
+            }
+            Needle::Error => ERROR.find(s),
+            Needle::Model => MODEL.find(s),
+        }
+    }
+}
+
+/// Whether an event's data holds something the scanner reads (see [`Needle`]).
+fn wanted(data: &[u8], stripping: bool, model: bool) -> bool {
+    Needle::Usage { stripping }.find(data).is_some()
+        || Needle::Error.find(data).is_some()
+        || (model && Needle::Model.find(data).is_some())
+}
+
+/// Where in one piece the needles are next, each searched for once per piece (so the
+/// skim is linear however many hits there are): `None` not searched yet, `usize::MAX`
+/// none left.
+#[derive(Default)]
+struct Hits([Option<usize>; 3]);
+
+impl Hits {
+    /// The first hit at or after `at`.
+    fn next(&mut self, chunk: &[u8], at: usize, stripping: bool, model: bool) -> usize {
+        let needles = [
+            Some(Needle::Usage { stripping }),
+            Some(Needle::Error),
+            model.then_some(Needle::Model),
+        ];
+        let mut first = usize::MAX;
+        for (cached, needle) in self.0.iter_mut().zip(needles) {
+            let Some(needle) = needle else { continue };
+            let p = match *cached {
+                Some(p) if p >= at => p,
+                _ => needle.find(&chunk[at..]).map_or(usize::MAX, |i| at + i),
+            };
+            *cached = Some(p);
+            first = first.min(p);
+        }
+        first
     }
 }
 
@@ -250,10 +291,47 @@ impl Observer {
                 self.events.json.feed(chunk);
                 None
             }
-            Format::EventStream => {
+            Format::EventStream if self.events.stripping => {
                 self.sse.feed(chunk, &mut self.events);
-                self.events.stripping.then(|| self.strip(chunk))
+                Some(self.strip(chunk))
             }
+            Format::EventStream => {
+                self.skim(chunk);
+                None
+            }
+        }
+    }
+
+    /// Reads a piece of an event stream (not stripping, which must see every event).
+    /// Whole events that say nothing read here (no [`Needle`] in them) are skimmed: the
+    /// parser need not see their bytes — it would only walk their lines — and goes on
+    /// after them at an event boundary, as it would have been. Such a run ends at the
+    /// last blank line before the next hit; a blank line there is two LFs in a row (an
+    /// LF always ends a line, so one right after it ends an empty line), which streams
+    /// with CR line ends lack: the parser reads those. It also reads every event up to
+    /// the first (whose time is taken), the event of each hit, and an incomplete last
+    /// event.
+    fn skim(&mut self, chunk: &[u8]) {
+        let mut hits = Hits::default();
+        let mut at = 0;
+        while at < chunk.len() {
+            let events = &mut self.events;
+            if self.sse.at_clean_boundary() && events.report.first_event.is_some() {
+                let model = events.report.model.is_none();
+                let end = hits.next(chunk, at, false, model).min(chunk.len());
+                match memchr::memmem::rfind(&chunk[at..end], b"\n\n") {
+                    Some(blank) => at += blank + 2,
+                    // No blank line of LFs before the hit: the parser reads up to it.
+                    None => {
+                        self.sse.feed(&chunk[at..end], events);
+                        at = end;
+                    }
+                }
+                if at == chunk.len() {
+                    break;
+                }
+            }
+            at += self.sse.feed_event(&chunk[at..], &mut self.events);
         }
     }
 
@@ -412,8 +490,7 @@ mod tests {
                 output: Some(42)
             }
         );
-        assert_eq!(r.events, 3);
-        assert!(!r.done && !r.upstream_error);
+        assert!(!r.upstream_error);
     }
 
     #[test]
@@ -434,7 +511,6 @@ mod tests {
                     output: Some(4)
                 }
             );
-            assert!(r.done);
         }
         // Without stripping, every byte passes.
         let (_, out) = run(Format::EventStream, false, &[s]);
@@ -473,6 +549,111 @@ mod tests {
                 output: None
             }
         );
+    }
+
+    /// Events of every shape the skim reads or leaves to the parser.
+    const SHAPES: &[&str] = &[
+        "data: {\"id\":\"c\",\"model\":\"m-1\",\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\n",
+        "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"x \\\"y\\\" 日本\"}}]}\n\n",
+        "event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"text\":\"x\"}}\n\n",
+        "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4}}\n\n",
+        "event: message_delta\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":42}}\n\n",
+        "data: [DONE]\n\n",
+        "data:[DONE]\n\n",
+        "data: [DONE] \n\n",
+        "data: [DONE]\ndata: x\n\n",
+        "data: {\"a\":\ndata: 1}\n\n",
+        ": ping\n\n",
+        "data: {\"x\":1}\r\n\r\n",
+        "data: {\"x\":2}\r\r",
+        "event: error\ndata: {\"message\":\"boom\"}\n\n",
+        "event:error\n\n",
+        "data: {\"error\":{\"message\":\"x\"}}\n\n",
+        "event: ping\n\n",
+        "\n",
+        "id: 5\ndata: {}\n\n",
+        "data:\n\n",
+        "data\n\n",
+        "retry: 10\ndata: {\"model\":\"late\"}\n\n",
+    ];
+
+    /// The parser alone, one byte at a time: what the skim must agree with.
+    fn parsed(stream: &[u8]) -> Report {
+        let (mut parser, mut events) = (Parser::default(), Events::default());
+        for b in stream.chunks(1) {
+            parser.feed(b, &mut events);
+        }
+        let mut report = std::mem::take(&mut events.report);
+        report.usage = usage_of(&events.found);
+        report
+    }
+
+    fn comparable(mut r: Report) -> (Report, bool) {
+        let first = r.first_event.take().is_some();
+        (r, first)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+        /// Whole events in a piece are skimmed, not parsed: the report is exactly the
+        /// parser's, whatever the events and wherever the pieces end (at event
+        /// boundaries, where the skim starts, or anywhere).
+        #[test]
+        fn skimming_reports_what_the_parser_does(
+            shapes in proptest::collection::vec(0..SHAPES.len(), 1..30),
+            at_events in proptest::collection::vec(proptest::prelude::any::<bool>(), 30),
+            cuts in proptest::collection::vec(0..4000usize, 0..6),
+        ) {
+            let stream: String = shapes.iter().map(|&i| SHAPES[i]).collect();
+            let mut ends: Vec<usize> = shapes
+                .iter()
+                .scan(0, |end, &i| { *end += SHAPES[i].len(); Some(*end) })
+                .zip(&at_events)
+                .filter_map(|(end, &cut)| cut.then_some(end))
+                .collect();
+            ends.extend(cuts.iter().map(|c| c % (stream.len() + 1)));
+            ends.sort_unstable();
+            let mut pieces: Vec<&[u8]> = Vec::new();
+            let mut last = 0;
+            for end in ends.into_iter().chain([stream.len()]) {
+                pieces.push(&stream.as_bytes()[last..end]);
+                last = end;
+            }
+            let (skimmed, out) = run(Format::EventStream, false, &pieces);
+            proptest::prop_assert_eq!(out, stream.as_bytes());
+            proptest::prop_assert_eq!(
+                comparable(skimmed),
+                comparable(parsed(stream.as_bytes()))
+            );
+        }
+    }
+
+    #[test]
+    fn needles_and_their_next_hits() {
+        let usage = Needle::Usage { stripping: false };
+        assert_eq!(usage.find(br#"{"usage":null,"a":1}"#), None, "says nothing");
+        assert_eq!(usage.find(br#"{"usage":null,"usage":{}}"#), Some(14));
+        let s = br#"{"usage":null}"#;
+        assert_eq!(
+            Needle::Usage { stripping: true }.find(s),
+            Some(1),
+            "stripping edits it"
+        );
+        assert!(wanted(b"event: error", false, false));
+        assert!(!wanted(br#"{"model":"m"}"#, false, false), "model known");
+        assert!(wanted(br#"{"model":"m"}"#, false, true));
+        // Each needle is searched for once per piece, whatever the cursor does.
+        let chunk = b"error.error.\"model\".\"usage\"";
+        let mut hits = Hits::default();
+        assert_eq!(hits.next(chunk, 0, false, true), 0);
+        assert_eq!(hits.next(chunk, 1, false, true), 6);
+        assert_eq!(hits.next(chunk, 7, false, true), 12);
+        assert_eq!(
+            hits.next(chunk, 7, false, false),
+            20,
+            "model known: not looked for"
+        );
+        assert_eq!(hits.next(chunk, 21, false, false), usize::MAX);
     }
 
     #[test]
