@@ -14,12 +14,18 @@ const RING: usize = SLOTS as usize + 1;
 
 /// The sub-window `now_ms` falls in (absolute: counted from the clock's zero).
 pub fn slot(now_ms: u64, window_ms: u64) -> u64 {
-    (now_ms as u128 * SLOTS as u128 / window_ms as u128) as u64
+    match now_ms.checked_mul(SLOTS) {
+        Some(n) => n / window_ms,
+        None => (now_ms as u128 * SLOTS as u128 / window_ms as u128) as u64,
+    }
 }
 
 /// When sub-window `k` begins.
 fn slot_start(k: u64, window_ms: u64) -> u64 {
-    (k as u128 * window_ms as u128).div_ceil(SLOTS as u128) as u64
+    match k.checked_mul(window_ms) {
+        Some(n) => n.div_ceil(SLOTS),
+        None => (k as u128 * window_ms as u128).div_ceil(SLOTS as u128) as u64,
+    }
 }
 
 /// When a charge made in sub-window `k` stops being counted.
@@ -111,7 +117,12 @@ impl Window {
         }
         self.counts[(self.head % RING as u64) as usize] += cost;
         self.total += cost;
-        let newest = self.live().filter(|(_, c)| *c > 0).last();
+        // The newest sub-window with a count: the current one, unless nothing was taken.
+        let newest = if cost > 0 {
+            Some((self.head, cost))
+        } else {
+            self.live().filter(|(_, c)| *c > 0).last()
+        };
         Ok(Taken {
             slot: self.head,
             remaining: limit - self.total,

@@ -12,6 +12,7 @@ use crate::ai::Meter;
 use crate::limits::Quota;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{header, Response};
+use std::fmt::Write as _;
 
 /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{kind}` headers for the most constrained
 /// limit of a kind (`reset`: until the window holds nothing, as `1.5s`).
@@ -27,10 +28,13 @@ pub fn quota_headers(h: &mut HeaderMap, kind: &str, q: &Quota) {
         HeaderName::from_static("x-ratelimit-reset-requests"),
     ];
     let [limit, remaining, reset] = if kind == "tokens" { TOKENS } else { REQUESTS };
-    let reset_value = if q.reset_ms % 1000 == 0 {
-        format!("{}s", q.reset_ms / 1000)
+    // Seconds with milliseconds when there are any (`60s`, `1.250s`), in integers.
+    let mut reset_value = String::with_capacity(24);
+    let (secs, ms) = (q.reset_ms / 1000, q.reset_ms % 1000);
+    let _ = if ms == 0 {
+        write!(reset_value, "{secs}s")
     } else {
-        format!("{:.3}s", q.reset_ms as f64 / 1000.0)
+        write!(reset_value, "{secs}.{ms:03}s")
     };
     h.insert(limit, HeaderValue::from(q.limit));
     h.insert(remaining, HeaderValue::from(q.remaining));
@@ -87,5 +91,36 @@ impl RequestCtx<'_> {
             resp.body_mut().set_log(log);
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quota_headers_say_seconds_with_milliseconds_when_there_are_any() {
+        let mut h = HeaderMap::new();
+        for (ms, want) in [(60_000, "60s"), (1_250, "1.250s"), (7, "0.007s"), (0, "0s")] {
+            let q = Quota {
+                limit: 100,
+                remaining: 40,
+                reset_ms: ms,
+            };
+            quota_headers(&mut h, "tokens", &q);
+            assert_eq!(h["x-ratelimit-reset-tokens"], want);
+        }
+        assert_eq!(h["x-ratelimit-limit-tokens"], "100");
+        assert_eq!(h["x-ratelimit-remaining-tokens"], "40");
+        quota_headers(
+            &mut h,
+            "requests",
+            &Quota {
+                limit: 5,
+                remaining: 4,
+                reset_ms: 999,
+            },
+        );
+        assert_eq!(h["x-ratelimit-reset-requests"], "0.999s");
     }
 }
