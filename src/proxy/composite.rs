@@ -127,7 +127,7 @@ impl Gateway {
         for (i, p) in parts.iter().enumerate() {
             if p.input.is_none() {
                 let call = calls[i].take().expect("each part is started once");
-                running.push(self.call_part(i, p, call, &used, max));
+                running.push(Box::pin(self.call_part(i, p, call, &used, max)));
             }
         }
         let failed = loop {
@@ -145,7 +145,7 @@ impl Gateway {
                         if p.input == Some(i) {
                             let mut call = calls[j].take().expect("each part is started once");
                             pipe(&mut call, &answer);
-                            running.push(self.call_part(j, p, call, &used, max));
+                            running.push(Box::pin(self.call_part(j, p, call, &used, max)));
                         }
                     }
                     results[i] = Some(Ok(answer));
