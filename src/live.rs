@@ -166,6 +166,14 @@ impl Live {
             .name("portcullis-reload".into())
             .spawn(move || {
                 let plugins = PluginSet::for_config(&config).map_err(|e| format!("{e:#}"));
+                // So is building a tokenizer's encoder (the first time a config names it).
+                for t in config
+                    .routes
+                    .iter()
+                    .filter_map(|r| r.ai.as_ref()?.tokenizer)
+                {
+                    crate::ai::prompt::warm(t);
+                }
                 let _ = tx.send(plugins.map(|p| (config, p)));
             })
             .map_err(|e| format!("cannot start the reload thread: {e}"))?;

@@ -7,6 +7,8 @@
 //!   rewritten to ask a streamed OpenAI chat completion for its usage.
 //! - [`sse`]: an incremental `text/event-stream` parser.
 //! - [`json`]: an incremental JSON scanner for the few values wanted.
+//! - [`prompt`]: the exact token count of a request's prompt, on a route with a
+//!   tokenizer.
 //! - [`usage`]: both together over a response body ([`usage::Observer`]).
 //!
 //! A call is an [`Exchange`] on the request side (built by `proxy::model`), and a
@@ -14,6 +16,7 @@
 //! metrics and the access-log fields when the body ends, fails or is abandoned.
 
 pub mod json;
+pub mod prompt;
 #[cfg(test)]
 mod recorded;
 pub mod request;
@@ -43,6 +46,8 @@ pub struct Exchange {
     pub max_tokens: Option<u64>,
     /// The request body's length, when it was read.
     pub body_len: Option<u64>,
+    /// The prompt's tokens, when the route's tokenizer counted them.
+    pub prompt_tokens: Option<u64>,
 }
 
 /// How a response body ended.

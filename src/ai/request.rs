@@ -1,11 +1,14 @@
 //! The request side of a model call: which API and operation the path names, the
 //! request's `model`, and — for a streamed OpenAI chat completion (or completion) whose
-//! body lacks `stream_options.include_usage` — the body rewritten to ask for usage.
+//! body lacks `stream_options.include_usage` — the body rewritten to ask for usage; on a
+//! route with a tokenizer, the prompt's tokens (`prompt`), in the same pass over the body.
 
 use super::json::MAX_MODEL;
-use crate::config::ApiChoice;
+use super::prompt;
+use crate::config::{ApiChoice, Tokenizer};
 use bytes::{Bytes, BytesMut};
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// The API family a call speaks (its error shape, where its usage is).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +69,7 @@ pub fn classify(choice: ApiChoice, path: &str) -> Option<(Api, Operation)> {
 
 /// The fields of a request body the gateway reads; everything else is skipped.
 #[derive(Deserialize)]
-struct Fields {
+struct Fields<'a> {
     model: Option<serde_json::Value>,
     stream: Option<serde_json::Value>,
     /// `Some(Null)` when written as `null`: present all the same.
@@ -77,6 +80,15 @@ struct Fields {
     max_tokens: Option<serde_json::Value>,
     max_completion_tokens: Option<serde_json::Value>,
     max_output_tokens: Option<serde_json::Value>,
+    /// Where the prompt is (borrowed unparsed: skipped as cheaply as an unknown member).
+    #[serde(borrow)]
+    messages: Option<&'a RawValue>,
+    #[serde(borrow)]
+    prompt: Option<&'a RawValue>,
+    #[serde(borrow)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow)]
+    system: Option<&'a RawValue>,
 }
 
 fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
@@ -92,11 +104,21 @@ pub struct Read {
     pub max_tokens: Option<u64>,
     /// The body with `stream_options.include_usage = true`, when the gateway adds it.
     pub rewritten: Option<Bytes>,
+    /// The prompt's tokens, counted with the tokenizer asked for, when its shape is known
+    /// (see [`prompt`]).
+    pub prompt_tokens: Option<u64>,
 }
 
-/// Reads a buffered request body; `include_usage`: add it where it is missing.
-pub fn read(body: &[u8], api: Api, op: Operation, include_usage: bool) -> Read {
-    let Ok(f) = serde_json::from_slice::<Fields>(body) else {
+/// Reads a buffered request body; `include_usage`: add it where it is missing;
+/// `tokenizer`: count the prompt's tokens with it.
+pub fn read(
+    body: &[u8],
+    api: Api,
+    op: Operation,
+    include_usage: bool,
+    tokenizer: Option<Tokenizer>,
+) -> Read {
+    let Ok(f) = serde_json::from_slice::<Fields<'_>>(body) else {
         return Read::default();
     };
     let model = f
@@ -123,11 +145,19 @@ pub fn read(body: &[u8], api: Api, op: Operation, include_usage: bool) -> Read {
     ]
     .into_iter()
     .find_map(|v| v.as_ref().and_then(|v| v.as_u64()));
+    let members = prompt::Members {
+        messages: f.messages,
+        prompt: f.prompt,
+        input: f.input,
+        system: f.system,
+    };
+    let prompt_tokens = tokenizer.and_then(|t| prompt::count(t, api, op, &members));
     Read {
         model,
         stream,
         max_tokens,
         rewritten,
+        prompt_tokens,
     }
 }
 
@@ -200,7 +230,7 @@ mod tests {
     }
 
     fn rewritten(body: &str) -> Option<String> {
-        read(body.as_bytes(), Api::OpenAi, Operation::Chat, true)
+        read(body.as_bytes(), Api::OpenAi, Operation::Chat, true, None)
             .rewritten
             .map(|b| String::from_utf8(b.to_vec()).unwrap())
     }
@@ -238,7 +268,7 @@ mod tests {
             (r#"{"max_tokens":-1}"#, None),
             (r#"{"max_tokens":"7"}"#, None),
         ] {
-            let r = read(body.as_bytes(), Api::OpenAi, Operation::Chat, true);
+            let r = read(body.as_bytes(), Api::OpenAi, Operation::Chat, true, None);
             assert_eq!(r.max_tokens, want, "{body}");
         }
         assert_eq!(rewritten(r#"{"messages":[]}"#), None);
@@ -248,6 +278,7 @@ mod tests {
             Api::Anthropic,
             Operation::Messages,
             true,
+            None,
         );
         assert_eq!(
             (r.model.as_deref(), r.stream, r.rewritten),
@@ -258,6 +289,7 @@ mod tests {
             Api::OpenAi,
             Operation::Embeddings,
             true,
+            None,
         );
         assert_eq!(r.rewritten, None);
         let r = read(
@@ -265,6 +297,7 @@ mod tests {
             Api::OpenAi,
             Operation::Chat,
             false,
+            None,
         );
         assert_eq!(r.rewritten, None);
     }

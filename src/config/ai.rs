@@ -26,6 +26,10 @@ pub(super) struct RawAi {
     /// `default_max_tokens = 4096`: the output tokens a token limit reserves for a request
     /// that does not say (`max_tokens`, `max_completion_tokens`, `max_output_tokens`).
     default_max_tokens: Option<Spanned<i64>>,
+    /// `tokenizer = "o200k_base"`: a token limit counts the prompt's tokens with this
+    /// encoding (`"o200k_base"` or `"cl100k_base"`) instead of estimating them from the
+    /// body's length (see `ai::prompt`).
+    tokenizer: Option<Spanned<String>>,
 }
 
 /// Which API the route's calls speak.
@@ -39,6 +43,15 @@ pub enum ApiChoice {
     Anthropic,
 }
 
+/// The BPE encoding a route counts prompt tokens with (`tokenizer`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tokenizer {
+    /// GPT-4o, GPT-4.1, GPT-5 and the o-series.
+    O200kBase,
+    /// GPT-4, GPT-3.5-turbo, the text-embedding-3 models.
+    Cl100kBase,
+}
+
 #[derive(Clone, Debug)]
 pub struct AiConfig {
     pub api: ApiChoice,
@@ -46,6 +59,8 @@ pub struct AiConfig {
     pub stream_error_event: bool,
     pub max_request_body: u64,
     pub default_max_tokens: u64,
+    /// `None`: the prompt's tokens are estimated from the body's length.
+    pub tokenizer: Option<Tokenizer>,
 }
 
 /// The default `max_request_body`.
@@ -84,11 +99,22 @@ pub(super) fn validate(cx: &Section<'_>, raw: Spanned<RawAi>) -> Result<AiConfig
             1..=10_000_000,
         )?
         .map_or(DEFAULT_MAX_TOKENS, |n| n as u64);
+    let tokenizer = cx.choice(
+        &raw.tokenizer,
+        "tokenizer",
+        "tokenizer",
+        &[
+            ("o200k_base", Some(Tokenizer::O200kBase)),
+            ("cl100k_base", Some(Tokenizer::Cl100kBase)),
+        ],
+        None,
+    )?;
     Ok(AiConfig {
         api,
         include_usage: raw.include_usage.unwrap_or(true),
         stream_error_event: raw.stream_error_event.unwrap_or(true),
         max_request_body,
         default_max_tokens,
+        tokenizer,
     })
 }

@@ -20,7 +20,7 @@ mod server;
 pub mod units;
 mod upstreams;
 
-pub use ai::{AiConfig, ApiChoice};
+pub use ai::{AiConfig, ApiChoice, Tokenizer};
 pub use composite::{CompositeConfig, PartConfig};
 pub use discovery::DiscoveryConfig;
 pub use error::ConfigError;

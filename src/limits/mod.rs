@@ -13,7 +13,10 @@
 //! - [`redis`]: the Redis backend (one Lua round trip to reserve, one to settle).
 //!
 //! The estimate of a model call: input = the request body's length / 4 (about 4 bytes a
-//! token in English text and JSON), output = its `max_completion_tokens`, `max_tokens` or
+//! token in English text and JSON) — or, on a route with `ai.tokenizer`, the prompt's
+//! exact token count by that encoding where the API's shape is known (`ai::prompt` says
+//! what is counted; anything else, or more than 1 MiB of text, keeps the length
+//! estimate) — output = its `max_completion_tokens`, `max_tokens` or
 //! `max_output_tokens`, else the route's `ai.default_max_tokens`. A `total` limit reserves
 //! both. Settling, a count the response reported replaces its estimate; one it did not
 //! report (a stream cut short, a client gone, an unreadable body) stays charged at the
@@ -76,6 +79,19 @@ impl RouteLimits {
         self.list
             .iter()
             .any(|l| matches!(l.config.kind, LimitKind::Tokens { .. }))
+    }
+
+    /// Whether any of them counts input tokens (a route's tokenizer then counts them).
+    pub fn counts_input_tokens(&self) -> bool {
+        self.list.iter().any(|l| {
+            matches!(
+                l.config.kind,
+                LimitKind::Tokens {
+                    count: TokenCount::Input | TokenCount::Total,
+                    ..
+                }
+            )
+        })
     }
 }
 

@@ -174,7 +174,7 @@ async fn admit(
                 .body_len
                 .unwrap_or_else(|| ai.map_or(0, |a| a.max_request_body));
             (
-                body.div_ceil(4),
+                x.prompt_tokens.unwrap_or(body.div_ceil(4)),
                 x.max_tokens
                     .unwrap_or_else(|| ai.map_or(0, |a| a.default_max_tokens)),
                 x.request_model.as_deref(),

@@ -141,15 +141,22 @@ impl Gateway {
             .into_iter()
             .zip(plugins.routes)
             .enumerate()
-            .map(|(index, (config, plugins))| RouteEntry {
-                index,
-                name: Arc::from(config.name.as_str()),
-                metrics: RouteMetrics::new(&config.name),
-                limits: limits.for_route(&config.limits),
-                served_by: fallback::served_by(&config, &upstreams),
-                parts: composite::part_metrics(&config),
-                config,
-                plugins,
+            .map(|(index, (config, plugins))| {
+                // A tokenizer's encoder is built here (or by the reload thread), once
+                // per process, not on a request.
+                if let Some(t) = config.ai.as_ref().and_then(|a| a.tokenizer) {
+                    crate::ai::prompt::warm(t);
+                }
+                RouteEntry {
+                    index,
+                    name: Arc::from(config.name.as_str()),
+                    metrics: RouteMetrics::new(&config.name),
+                    limits: limits.for_route(&config.limits),
+                    served_by: fallback::served_by(&config, &upstreams),
+                    parts: composite::part_metrics(&config),
+                    config,
+                    plugins,
+                }
             })
             .collect();
         let tables = Arc::new(Tables {

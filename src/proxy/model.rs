@@ -4,12 +4,14 @@
 //! only when plugins already buffered it or it declares a length within the route's
 //! `ai.max_request_body`; a larger or undeclared (chunked) body streams through unread
 //! — except on a route with a token limit, which reads every body up to that size (413
-//! beyond) to estimate the tokens it reserves.
+//! beyond) to estimate the tokens it reserves, and, where the route names a
+//! `tokenizer` and a limit counts input tokens, to count the prompt's tokens (`ai::prompt`;
+//! a body over 16 KiB on the blocking pool).
 
 use super::context::ClientRequest;
 use super::error::ProxyError;
 use super::RouteEntry;
-use crate::ai::{request, Exchange};
+use crate::ai::{prompt, request, Exchange};
 use http::header;
 use hyper::body::Body as _;
 
@@ -32,12 +34,22 @@ pub(super) async fn read_call(
     if req.body.buffered.is_none() && (must_read || declared.is_some_and(|n| n > 0 && n <= cap)) {
         req.body.buffer(cap).await?;
     }
-    let read = req
-        .body
-        .buffered
-        .as_deref()
-        .map(|b| request::read(b, api, operation, ai.include_usage))
-        .unwrap_or_default();
+    // The prompt is counted only where a limit reserves input tokens; a body large
+    // enough to keep a worker busy is read on the blocking pool (the `Bytes` shared, not
+    // copied), so the worker's other connections do not wait behind it.
+    let tokenizer = ai.tokenizer.filter(|_| route.limits.counts_input_tokens());
+    let include_usage = ai.include_usage;
+    let read = match req.body.buffered.clone() {
+        None => request::Read::default(),
+        Some(b) if tokenizer.is_some() && b.len() > prompt::INLINE_BODY => {
+            tokio::task::spawn_blocking(move || {
+                request::read(&b, api, operation, include_usage, tokenizer)
+            })
+            .await
+            .unwrap_or_default()
+        }
+        Some(b) => request::read(&b, api, operation, include_usage, tokenizer),
+    };
     let injected = read.rewritten.is_some();
     if let Some(body) = read.rewritten {
         // Sent with its own Content-Length (`forward` sets it from the buffered bytes).
@@ -54,6 +66,7 @@ pub(super) async fn read_call(
         error_event: ai.stream_error_event,
         metrics: route.metrics.models.clone(),
         max_tokens: read.max_tokens,
+        prompt_tokens: read.prompt_tokens,
         // A body declared empty is known to be empty (it was not read).
         body_len: req
             .body

@@ -448,9 +448,16 @@ fn model_route_settings() {
     // BASE has 11 lines; [routes.ai] is line 12, its first key line 13.
     let with = |ai: &str| format!("{BASE}[routes.ai]\n{ai}\n");
     let (ok, out, _) = validate(&with(
-        "api = \"openai\"\ninclude_usage = false\nstream_error_event = true\nmax_request_body = \"2MiB\"",
+        "api = \"openai\"\ninclude_usage = false\nstream_error_event = true\nmax_request_body = \"2MiB\"\ntokenizer = \"cl100k_base\"",
     ));
     assert!(ok, "{out}");
+    rejects(
+        &with("tokenizer = \"gpt2\""),
+        13,
+        13,
+        "routes[0].ai.tokenizer",
+        "unknown tokenizer `gpt2` (expected \"o200k_base\" or \"cl100k_base\")",
+    );
     rejects(
         &with("api = \"gemini\""),
         13,

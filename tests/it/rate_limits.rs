@@ -1,9 +1,9 @@
 //! Rate limits and token budgets (`[[limits]]`) end to end: 50 concurrent streaming
 //! clients against one token budget stay within it (plus the settlement error of what
 //! was in flight), and what the limiter counts equals exactly what the upstream reported;
-//! refusals in the API's shape; concurrency slots; counters kept across a reload. The
-//! fleet tests run three gateways on one real `redis-server` (killed and restarted
-//! mid-test).
+//! refusals in the API's shape; concurrency slots; counters kept across a reload; a
+//! tokenizer's exact prompt count at the budget's edge. The fleet tests run three
+//! gateways on one real `redis-server` (killed and restarted mid-test).
 
 use crate::support::*;
 use bytes::Bytes;
@@ -336,6 +336,100 @@ async fn a_reload_keeps_the_counters_of_unchanged_limits() {
     // The limit changed: it starts afresh.
     reload(gateway_config(up.addr, &more, &limit(301))).await;
     assert_eq!(send(&c, chat(&url, "k-alice", 40)).await.status, 200);
+}
+
+/// A streamed chat completion whose one user message is `content`.
+fn chat_with(url: &str, content: &str, max_tokens: u64) -> http::Request<Full<Bytes>> {
+    req("POST", url)
+        .header("content-type", "application/json")
+        .header("x-api-key", "k-alice")
+        .body(Full::new(Bytes::from(chat_body(content, max_tokens))))
+        .unwrap()
+}
+
+fn chat_body(content: &str, max_tokens: u64) -> String {
+    json!({"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true},
+        "max_tokens": max_tokens, "messages": [{"role": "user", "content": content}]})
+    .to_string()
+}
+
+/// `[routes.ai] tokenizer`: the reservation is the prompt's exact token count (plus
+/// `max_tokens`), decided at the budget's edge where body length / 4 decides otherwise.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tokenizer_reserves_the_prompts_exact_token_count() {
+    const MAX: u64 = 50;
+    // Many bytes and few tokens (over 16 KiB: counted on the blocking pool), and few
+    // bytes and many tokens (each byte of a hieroglyph is a token).
+    let few = "abcdefghijklmnopqrstuvwxyz".repeat(800);
+    let many = "\u{13000}".repeat(100);
+    // The prompt's tokens by OpenAI's cookbook, from tiktoken-rs itself (gpt-4o: o200k_base).
+    let exact = |content: &str| {
+        let m = tiktoken_rs::ChatCompletionRequestMessage {
+            role: "user".into(),
+            content: Some(content.into()),
+            ..Default::default()
+        };
+        tiktoken_rs::num_tokens_from_messages("gpt-4o", &[m]).unwrap() as u64
+    };
+    let estimate = |content: &str, max| (chat_body(content, max).len() as u64).div_ceil(4) + max;
+    let few_budget = exact(&few) + MAX;
+    let many_budget = exact(&many) + MAX - 1;
+    // The edges where the length estimate decides otherwise.
+    assert!(chat_body(&few, MAX).len() > 16 << 10);
+    assert!(
+        estimate(&few, MAX) > few_budget,
+        "the estimate would refuse"
+    );
+    assert!(
+        estimate(&many, MAX) <= many_budget,
+        "the estimate would admit"
+    );
+
+    let tally = Arc::new(Tally::default());
+    let up = model(tally).await;
+    let tokenizer =
+        |route: String| route.trim_end().to_string() + "\ntokenizer = \"o200k_base\"\n\n";
+    let routes = tokenizer(model_route("few", "/few", "[\"few\"]", "openai"))
+        + &tokenizer(model_route("many", "/many", "[\"many\"]", "openai"))
+        + &model_route("estimated", "/estimated", "[\"estimated\"]", "openai");
+    let limits = format!(
+        "[[limits]]\nname = \"few\"\ntokens = {few_budget}\nwindow = \"1m\"\n\n\
+         [[limits]]\nname = \"many\"\ntokens = {many_budget}\nwindow = \"1m\"\n\n\
+         [[limits]]\nname = \"estimated\"\ntokens = {few_budget}\nwindow = \"1m\"\n"
+    );
+    let gw = Gateway::start(&gateway_config(up.addr, &routes, &limits));
+    let c = client();
+    let url = |prefix: &str| gw.url(&format!("{prefix}/v1/chat/completions"));
+    let remaining = |r: &Reply| -> u64 {
+        r.header("x-ratelimit-remaining-tokens")
+            .expect("x-ratelimit-remaining-tokens")
+            .parse()
+            .unwrap()
+    };
+
+    // One token over the budget: refused, nothing reserved.
+    let r = send(&c, chat_with(&url("/few"), &few, MAX + 1)).await;
+    assert_eq!(r.status, 429, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(remaining(&r), few_budget);
+    // Exactly the budget: admitted, and all of it reserved.
+    let r = send(&c, chat_with(&url("/few"), &few, MAX)).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(
+        r.header("x-ratelimit-limit-tokens"),
+        Some(&*few_budget.to_string())
+    );
+    assert_eq!(remaining(&r), 0);
+    // The same request and budget on a route without a tokenizer: the estimate refuses.
+    let r = send(&c, chat_with(&url("/estimated"), &few, MAX)).await;
+    assert_eq!(r.status, 429);
+
+    // The other way: the estimate fits, the prompt's tokens do not.
+    let r = send(&c, chat_with(&url("/many"), &many, MAX)).await;
+    assert_eq!(r.status, 429, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(remaining(&r), many_budget);
+    let r = send(&c, chat_with(&url("/many"), &many, MAX - 1)).await;
+    assert_eq!(r.status, 200, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(remaining(&r), 0);
 }
 
 /// A `redis-server` on a free port, in a temporary folder, without persistence; killed
