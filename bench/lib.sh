@@ -174,8 +174,8 @@ proc_sum() {
 }
 cpu_ticks() { proc_sum "$1" stat '{ print $14 + $15 }'; }
 # cpu_ns PID: the CPU time PID's threads have run, in nanoseconds (schedstat: exact, not
-# in 10 ms ticks).
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ t += $1 } END { printf "%d\n", t }'; }
+# in 10 ms ticks; %.0f: mawk's %d stops at 2^31).
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ t += $1 } END { printf "%.0f\n", t }'; }
 rss_kb() { proc_sum "$1" status '/^VmRSS:/ { print $2 }'; }
 
 check_200() {

@@ -10,6 +10,7 @@ use super::error::ProxyError;
 use super::headers;
 use crate::ai::Meter;
 use crate::limits::Quota;
+use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{header, Response};
 use std::fmt::Write as _;
@@ -28,20 +29,24 @@ pub fn quota_headers(h: &mut HeaderMap, kind: &str, q: &Quota) {
         HeaderName::from_static("x-ratelimit-reset-requests"),
     ];
     let [limit, remaining, reset] = if kind == "tokens" { TOKENS } else { REQUESTS };
-    // Seconds with milliseconds when there are any (`60s`, `1.250s`), in integers.
-    let mut reset_value = String::with_capacity(24);
+    // The three values written into one buffer and shared by the headers. The reset is
+    // seconds with milliseconds when there are any (`60s`, `1.250s`).
+    let mut b = BytesMut::with_capacity(64);
+    let _ = write!(b, "{}", q.limit);
+    let l = b.len();
+    let _ = write!(b, "{}", q.remaining);
+    let r = b.len();
     let (secs, ms) = (q.reset_ms / 1000, q.reset_ms % 1000);
     let _ = if ms == 0 {
-        write!(reset_value, "{secs}s")
+        write!(b, "{secs}s")
     } else {
-        write!(reset_value, "{secs}.{ms:03}s")
+        write!(b, "{secs}.{ms:03}s")
     };
-    h.insert(limit, HeaderValue::from(q.limit));
-    h.insert(remaining, HeaderValue::from(q.remaining));
-    h.insert(
-        reset,
-        HeaderValue::try_from(reset_value).expect("digits, a dot and `s`"),
-    );
+    let b = b.freeze();
+    let value = |v: Bytes| HeaderValue::from_maybe_shared(v).expect("digits, a dot and `s`");
+    h.insert(limit, value(b.slice(..l)));
+    h.insert(remaining, value(b.slice(l..r)));
+    h.insert(reset, value(b.slice(r..)));
 }
 
 impl RequestCtx<'_> {
