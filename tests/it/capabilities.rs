@@ -437,6 +437,17 @@ async fn waiting_is_bounded_by_io_timeout_not_by_the_cpu_deadline() {
         if req.uri().path() == "/hang" {
             std::future::pending::<()>().await;
         }
+        if req.uri().path() == "/late-body" {
+            // The head at once, the body 400 ms later: the plugin waits in a host call
+            // that returns a list, so the host calls back into the guest to allocate it,
+            // and the CPU deadline that passed during the wait comes due in there.
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+                let _ = tx.send(Bytes::from_static(b"{}")).await;
+            });
+            return Response::builder().body(stream(rx)).unwrap();
+        }
         // A slow server: its answer takes 400 ms.
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
         Response::builder().body(full("")).unwrap()
@@ -457,6 +468,11 @@ async fn waiting_is_bounded_by_io_timeout_not_by_the_cpu_deadline() {
     };
     let gw = Gateway::start(&config("/slow"));
     assert_eq!(outcome(&get_path(&gw, "/x", None).await), "status 200");
+    drop(gw);
+    let gw = Gateway::start(&config("/late-body"));
+    for _ in 0..2 {
+        assert_eq!(outcome(&get_path(&gw, "/x", None).await), "status 200");
+    }
     drop(gw);
     let gw = Gateway::start(&config("/hang"));
     assert_eq!(outcome(&get_path(&gw, "/x", None).await), "timed out");
