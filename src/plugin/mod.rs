@@ -250,6 +250,8 @@ struct PluginMetrics {
     duration: [prometheus::Histogram; 6],
     /// By kind: trap, timeout, memory.
     failures: [prometheus::IntCounter; 3],
+    /// Instances made for calls that found none warm.
+    created: prometheus::IntCounter,
 }
 
 #[derive(Clone, Copy)]
@@ -277,6 +279,7 @@ impl PluginMetrics {
                 d("on_event"),
             ],
             failures: [f("trap"), f("timeout"), f("memory")],
+            created: m.plugin_instances_created.with_label_values(&[plugin]),
         }
     }
 
@@ -513,7 +516,10 @@ impl WorkerPools {
             None => {
                 self.stores.push(PluginStore {
                     plugin: plugin.clone(),
-                    idle: Arc::new(Mutex::new(idle::Idle::new(plugin.config.max_warm))),
+                    idle: Arc::new(Mutex::new(idle::Idle::new(
+                        plugin.config.max_warm,
+                        plugin.config.pool_size,
+                    ))),
                     configs: Vec::new(),
                 });
                 self.stores.len() - 1
@@ -537,13 +543,10 @@ impl WorkerPools {
     }
 }
 
-/// Gives a healthy instance of `key` back to its worker's store; what the store refuses or
-/// evicts is dropped after the lock is released.
-fn give_back(idle: &IdleStore, key: usize, bound: &Bound, warm: Warm) {
-    let dropped = idle
-        .lock()
-        .expect("pool lock")
-        .put(key, warm, bound.plugin.config.pool_size);
+/// Gives a healthy instance of `key` back to its worker's store; what the store evicts is
+/// dropped after the lock is released.
+fn give_back(idle: &IdleStore, key: usize, warm: Warm) {
+    let dropped = idle.lock().expect("pool lock").put(key, warm);
     drop(dropped);
 }
 
@@ -577,6 +580,7 @@ impl Pool {
     }
 
     async fn instantiate(&self) -> Result<Warm, PluginFailure> {
+        self.bound.metrics.created.inc();
         self.bound.instantiate().await.map_err(|e| match e {
             ConfigureError::Failed(f) => f,
             ConfigureError::Rejected(m) => PluginFailure::Trap(format!("configure rejected: {m}")),
@@ -587,7 +591,7 @@ impl Pool {
     fn finish<R>(&self, warm: Warm, result: wasmtime::Result<R>) -> Result<R, PluginFailure> {
         match result {
             Ok(r) => {
-                give_back(&self.idle, self.key, &self.bound, warm);
+                give_back(&self.idle, self.key, warm);
                 Ok(r)
             }
             Err(e) => {

@@ -370,6 +370,85 @@ async fn a_plugin_waiting_on_the_network_does_not_block_its_worker() {
     }
 }
 
+/// The value of the Prometheus line starting with `prefix` (0 when absent).
+async fn metric(gw: &Gateway, prefix: &str) -> f64 {
+    let r = get(&format!("http://{}/metrics", gw.admin.unwrap())).await;
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Each call that waits (here on an IdP that holds it until the test lets it go) holds an
+/// instance. A worker whose route had more such calls in flight than `pool_size` and
+/// `max_warm` keeps every instance they give back, so the next burst as large finds them
+/// warm instead of making them again — dropping them cost the Python rate-limit plugin
+/// on Redis 95% of its throughput. (The idle sweep trims the store back to `pool_size`
+/// and `max_warm` later: `plugin::idle`'s tests.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_waiting_calls_past_pool_size_and_max_warm_keeps_its_instances_warm() {
+    const BURST: usize = 4;
+    let up = Upstream::echo("up").await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let (g, w) = (gate.clone(), waiting.clone());
+    let idp = Upstream::start(move |_req: Request<Incoming>| {
+        let (g, w) = (g.clone(), w.clone());
+        async move {
+            w.fetch_add(1, Ordering::SeqCst);
+            g.acquire().await.unwrap().forget();
+            Response::builder()
+                .body(full(Bytes::from_static(b"{}")))
+                .unwrap()
+        }
+    })
+    .await;
+    let grant = format!(
+        "allowed_hosts = [\"http://{}\"]\nio_timeout = \"60s\"\npool_size = 1\nmax_warm = 2",
+        idp.addr
+    );
+    // One worker, so that every call of a burst is in the same pool.
+    let config = reach_config(
+        &up,
+        &grant,
+        &format!("{{ fetch = \"http://{}/\" }}", idp.addr),
+    )
+    .replacen(
+        "[server]\n",
+        "[server]\nworkers = 1\nadmin_listen = \"127.0.0.1:0\"\n",
+        1,
+    );
+    let gw = Gateway::start(&config);
+    let created = "portcullis_plugin_instances_created_total{plugin=\"reach\"}";
+    for wave in 1..=2 {
+        let calls: Vec<_> = (0..BURST)
+            .map(|_| {
+                let url = gw.url("/reach");
+                tokio::spawn(async move {
+                    send(&client(), req("GET", &url).body(Full::default()).unwrap()).await
+                })
+            })
+            .collect();
+        wait_until("every call of the burst waits on the IdP", WAIT, || {
+            waiting.load(Ordering::SeqCst) == wave * BURST
+        })
+        .await;
+        // Every call holds its instance now: the first burst made one each.
+        assert_eq!(metric(&gw, created).await, BURST as f64, "burst {wave}");
+        gate.add_permits(BURST);
+        for c in calls {
+            assert_eq!(outcome(&c.await.unwrap()), "status 200");
+        }
+        assert_eq!(
+            metric(&gw, "portcullis_plugin_pool_instances{plugin=\"reach\"}").await,
+            BURST as f64,
+            "burst {wave}: every instance went back to the pool"
+        );
+    }
+}
+
 #[test]
 fn capability_grants_are_checked_with_file_line_and_key() {
     let dir = TempDir::new();
