@@ -326,7 +326,10 @@ impl Bound {
             engine: host.engine.clone(),
             outbound: host.outbound.clone(),
         };
-        let mut warm = b.instantiate().await.map_err(|e| e.to_string())?;
+        let mut warm = b
+            .instantiate(b.plugin.granted.kv.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         if let RoleInstance::Transform(t) = &warm.instance {
             warm.store.set_epoch_deadline(b.plugin.ticks);
             begin_call(&mut warm.store);
@@ -341,7 +344,8 @@ impl Bound {
         Ok(b)
     }
 
-    async fn instantiate(&self) -> Result<Warm, ConfigureError> {
+    /// A fresh configured instance, its key-value grant through `kv`'s connection.
+    async fn instantiate(&self, kv: Option<keyvalue::Grant>) -> Result<Warm, ConfigureError> {
         let p = &self.plugin;
         // The sandbox: no args, env, preopened dirs, sockets or stdin.
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
@@ -371,7 +375,7 @@ impl Bound {
                 io_timeout: p.granted.io_timeout,
                 deadline: tokio::time::Instant::now() + p.granted.io_timeout,
             },
-            kv: p.granted.kv.clone(),
+            kv,
             budget: budget::Budget::new(p.config.timeout, EPOCH_TICK),
             granted: p.granted.any,
         };
@@ -486,21 +490,26 @@ pub struct Pool {
     /// Whether this pool is the first of its key in the worker (it reports the key's idle
     /// instances; the others report none, so that sums count each once).
     first: bool,
+    /// The plugin's key-value grant, through this worker's connection.
+    kv: Option<keyvalue::Grant>,
 }
 
 /// One plugin's store in a worker and the configs its routes gave it.
 struct PluginStore {
     plugin: Arc<LoadedPlugin>,
     idle: IdleStore,
+    kv: Option<keyvalue::Grant>,
     /// A key per distinct config: the address of the first binding with that config
     /// (unique while it lives, and the worker's pool of it holds it).
     configs: Vec<(Arc<str>, usize)>,
 }
 
-/// Builds one worker's [`Pool`]s: one [`IdleStore`] per plugin, shared by its routes.
+/// Builds one worker's [`Pool`]s: one [`IdleStore`] per plugin, shared by its routes, and
+/// the worker's own Redis connections for their key-value grants.
 #[derive(Default)]
 pub struct WorkerPools {
     stores: Vec<PluginStore>,
+    redis: keyvalue::WorkerRedis,
 }
 
 impl WorkerPools {
@@ -514,8 +523,14 @@ impl WorkerPools {
         {
             Some(at) => at,
             None => {
+                let kv = plugin
+                    .granted
+                    .kv
+                    .as_ref()
+                    .map(|g| g.on_worker(&mut self.redis));
                 self.stores.push(PluginStore {
                     plugin: plugin.clone(),
+                    kv,
                     idle: Arc::new(Mutex::new(idle::Idle::new(
                         plugin.config.max_warm,
                         plugin.config.pool_size,
@@ -539,6 +554,7 @@ impl WorkerPools {
             idle: store.idle.clone(),
             key,
             first,
+            kv: store.kv.clone(),
         }
     }
 }
@@ -581,10 +597,15 @@ impl Pool {
 
     async fn instantiate(&self) -> Result<Warm, PluginFailure> {
         self.bound.metrics.created.inc();
-        self.bound.instantiate().await.map_err(|e| match e {
-            ConfigureError::Failed(f) => f,
-            ConfigureError::Rejected(m) => PluginFailure::Trap(format!("configure rejected: {m}")),
-        })
+        self.bound
+            .instantiate(self.kv.clone())
+            .await
+            .map_err(|e| match e {
+                ConfigureError::Failed(f) => f,
+                ConfigureError::Rejected(m) => {
+                    PluginFailure::Trap(format!("configure rejected: {m}"))
+                }
+            })
     }
 
     /// Returns a healthy instance to the pool; a failed one is dropped.

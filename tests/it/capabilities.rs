@@ -309,6 +309,47 @@ async fn a_redis_keyvalue_namespace_is_shared_by_two_gateways() {
     assert_eq!(v, "3");
 }
 
+/// Each worker talks to Redis over a connection of its own: redis-rs drives a connection
+/// from a task on the runtime that opened it, so one shared by the workers (each its own
+/// event loop) made every other worker's round trips cross threads and wait on the first
+/// one's loop. Client connections are dealt to the workers in turn, so two requests on
+/// fresh connections are served by both.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
+async fn each_worker_talks_to_redis_over_its_own_connection() {
+    let redis = RedisServer::start(None);
+    let up = Upstream::echo("up").await;
+    let config = reach_config(
+        &up,
+        "keyvalue = { namespace = \"shared\", backend = \"redis\" }",
+        "{ kv = \"shared\", key = \"n\" }",
+    )
+    .replacen("[server]\n", "[server]\nworkers = 2\n", 1)
+        + &format!("\n[redis]\nurl = \"{}\"\n", redis.url());
+    let gw = Gateway::start(&config);
+    assert_eq!(outcome(&get_path(&gw, "/reach", None).await), "value 1");
+    assert_eq!(outcome(&get_path(&gw, "/reach", None).await), "value 2");
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
+    let gateway = clients
+        .lines()
+        .filter(|l| !l.contains("cmd=client"))
+        .count();
+    assert_eq!(gateway, 2, "one connection per worker: {clients}");
+    // Each keeps its connection: more requests open no more.
+    for n in 3..=6 {
+        assert_eq!(
+            outcome(&get_path(&gw, "/reach", None).await),
+            format!("value {n}")
+        );
+    }
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
+    assert_eq!(clients.lines().count(), 3, "{clients}");
+}
+
 /// 100 requests whose plugin waits on an IdP that holds every answer until the test
 /// releases it: while all of them wait, requests on a plugin-free route of the same
 /// workers are served (a blocked worker would leave some of them hanging). Timing goals
