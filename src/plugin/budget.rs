@@ -1,10 +1,13 @@
 //! The CPU deadline of a plugin that may wait: time spent in host calls (the network, the
 //! key-value store, `wasi:io/poll`) is not the plugin's CPU, so it is taken out of the
-//! epoch deadline. A store call hook adds up the time between entering and leaving the
-//! host; when the epoch deadline comes due, the callback compares the time spent in wasm
-//! (wall time since the call began, less the host's) with the plugin's `timeout` and
-//! either traps (`Trap::Interrupt`, reported as a timeout like any other) or pushes the
-//! deadline out by what is left. Waiting itself is bounded by `io_timeout` in the pool.
+//! epoch deadline. A store call hook clocks the guest's own stretches — from each entry
+//! into wasm (a call from the host, a host call returning) to each exit (a return to the
+//! host, a call of the host) — so a host call that calls back into the guest (to allocate
+//! the list it returns, through `cabi_realloc`) counts only the guest's part. When the
+//! epoch deadline comes due, the callback compares the guest's time in this hook call
+//! with the plugin's `timeout` and either traps (`Trap::Interrupt`, reported as a timeout
+//! like any other) or pushes the deadline out by what is left. Waiting itself is bounded
+//! by `io_timeout` in the pool.
 //!
 //! Plugins without capabilities keep the plain trapping deadline: nothing they can call
 //! waits, and they pay for no call hook.
@@ -13,13 +16,14 @@ use super::host::HostState;
 use std::time::{Duration, Instant};
 use wasmtime::{CallHook, Store, UpdateDeadline};
 
-/// One hook call's account of where its time went.
+/// One hook call's account of the guest's time.
 pub struct Budget {
     cpu: Duration,
     tick: Duration,
-    started: Instant,
-    in_host: Duration,
-    entered: Option<Instant>,
+    /// The guest's time in this call, its current stretch not included.
+    in_wasm: Duration,
+    /// When the guest's current stretch began; `None` while the host runs.
+    since: Option<Instant>,
 }
 
 impl Budget {
@@ -27,34 +31,28 @@ impl Budget {
         Budget {
             cpu,
             tick,
-            started: Instant::now(),
-            in_host: Duration::ZERO,
-            entered: None,
+            in_wasm: Duration::ZERO,
+            since: None,
         }
     }
 
     /// A new hook call begins.
     pub fn start(&mut self) {
-        self.started = Instant::now();
-        self.in_host = Duration::ZERO;
-        self.entered = None;
+        self.in_wasm = Duration::ZERO;
+        self.since = None;
     }
 
     fn hook(&mut self, h: CallHook) {
-        match h {
-            CallHook::CallingHost => self.entered = Some(Instant::now()),
-            CallHook::ReturningFromHost => {
-                if let Some(t) = self.entered.take() {
-                    self.in_host += t.elapsed();
-                }
-            }
-            CallHook::CallingWasm | CallHook::ReturningFromWasm => {}
+        if h.exiting_host() {
+            self.since = Some(Instant::now());
+        } else if let Some(t) = self.since.take() {
+            self.in_wasm += t.elapsed();
         }
     }
 
     /// Time spent running the guest in this call.
     fn spent(&self) -> Duration {
-        self.started.elapsed().saturating_sub(self.in_host)
+        self.in_wasm + self.since.map_or(Duration::ZERO, |t| t.elapsed())
     }
 
     /// The epoch deadline came due: trap if the guest has had its CPU time, else the
@@ -86,12 +84,14 @@ mod tests {
     fn host_time_is_not_spent() {
         let mut b = Budget::new(Duration::from_millis(50), Duration::from_millis(1));
         b.start();
+        b.hook(CallHook::CallingWasm);
         b.hook(CallHook::CallingHost);
         std::thread::sleep(Duration::from_millis(80));
         b.hook(CallHook::ReturningFromHost);
         assert!(b.spent() < Duration::from_millis(50));
         assert!(matches!(b.due(), Ok(UpdateDeadline::Continue(n)) if n >= 1));
         b.start();
+        b.hook(CallHook::CallingWasm);
         std::thread::sleep(Duration::from_millis(60));
         let Err(e) = b.due() else {
             panic!("60 ms of guest time is past a 50 ms budget")
@@ -100,5 +100,31 @@ mod tests {
             e.downcast_ref::<wasmtime::Trap>(),
             Some(&wasmtime::Trap::Interrupt)
         );
+    }
+
+    /// A host call that waits, then calls back into the guest (`cabi_realloc` for the list
+    /// it returns), where the epoch deadline that passed during the wait comes due: the
+    /// wait is still the host's.
+    #[test]
+    fn a_deadline_due_inside_a_host_call_does_not_count_the_host_wait() {
+        let mut b = Budget::new(Duration::from_millis(50), Duration::from_millis(1));
+        b.start();
+        b.hook(CallHook::CallingWasm);
+        b.hook(CallHook::CallingHost);
+        std::thread::sleep(Duration::from_millis(80));
+        // The host lowers its answer: into the guest's realloc, whose entry finds the
+        // deadline passed and calls the epoch libcall (itself a host call).
+        b.hook(CallHook::CallingWasm);
+        b.hook(CallHook::CallingHost);
+        assert!(
+            b.spent() < Duration::from_millis(50),
+            "spent {:?}",
+            b.spent()
+        );
+        assert!(matches!(b.due(), Ok(UpdateDeadline::Continue(_))));
+        b.hook(CallHook::ReturningFromHost);
+        b.hook(CallHook::ReturningFromWasm);
+        b.hook(CallHook::ReturningFromHost);
+        assert!(b.spent() < Duration::from_millis(50));
     }
 }

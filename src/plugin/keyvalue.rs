@@ -8,7 +8,8 @@
 //! reloads), where an expired entry reads as absent and is swept every few thousand
 //! writes; and Redis, with the `[redis]` connection settings of the gateway's limits
 //! (URL, timeout, key prefix), keys `PREFIX:kv:NAMESPACE:KEY`, the compound operations
-//! as one Lua script each so that gateways sharing the Redis see them atomically.
+//! as one Lua script each so that gateways sharing the Redis see them atomically. Each
+//! worker talks to Redis over a connection of its own ([`RedisConn`]).
 //! Integers are stored as decimal text in both, as Redis's `INCRBY` does.
 
 use super::bindings::capabilities::portcullis::plugin::keyvalue_ext;
@@ -38,20 +39,33 @@ pub struct Grant {
 #[derive(Clone)]
 enum Backend {
     Local,
-    Redis(Arc<RedisKv>),
+    Redis(Arc<RedisConn>),
 }
 
 impl Grant {
-    /// The grant of `cfg`, using `redis` (made once per loaded config) for Redis.
+    /// The grant of `cfg`, using `redis` (made once per loaded config) for Redis, through
+    /// a connection of its own for the calls made while loading (`configure`); the
+    /// workers' instances get [`Grant::on_worker`]'s.
     pub fn new(cfg: &KeyValueGrant, redis: Option<&Arc<RedisKv>>) -> Option<Grant> {
         let backend = match cfg.backend {
             KeyValueBackend::Local => Backend::Local,
-            KeyValueBackend::Redis => Backend::Redis(redis?.clone()),
+            KeyValueBackend::Redis => Backend::Redis(Arc::new(RedisConn::new(redis?.clone()))),
         };
         Some(Grant {
             namespace: Arc::from(cfg.namespace.as_str()),
             backend,
         })
+    }
+
+    /// The same grant through `worker`'s connection to its Redis.
+    pub fn on_worker(&self, worker: &mut WorkerRedis) -> Grant {
+        match &self.backend {
+            Backend::Local => self.clone(),
+            Backend::Redis(c) => Grant {
+                namespace: self.namespace.clone(),
+                backend: Backend::Redis(worker.conn(&c.redis)),
+            },
+        }
     }
 }
 
@@ -226,11 +240,10 @@ end
 return 1
 "#;
 
-/// The Redis side of plugin key-value stores: one lazily made connection per loaded
-/// config (made on first use, inside the runtime of the worker that uses it).
+/// The Redis side of plugin key-value stores, one per loaded config: its settings and
+/// scripts. The connections are [`RedisConn`]s.
 pub struct RedisKv {
     config: RedisConfig,
-    conn: OnceLock<Result<ConnectionManager, String>>,
     increment: Script,
     cas: Script,
 }
@@ -239,19 +252,57 @@ impl RedisKv {
     pub fn new(config: RedisConfig) -> Self {
         RedisKv {
             config,
-            conn: OnceLock::new(),
             increment: Script::new(INCREMENT),
             cas: Script::new(CAS),
+        }
+    }
+}
+
+/// One worker's connections to the Redis of plugin key-value stores: one per [`RedisKv`]
+/// that the worker's plugins were granted.
+#[derive(Default)]
+pub struct WorkerRedis {
+    conns: Vec<Arc<RedisConn>>,
+}
+
+impl WorkerRedis {
+    fn conn(&mut self, redis: &Arc<RedisKv>) -> Arc<RedisConn> {
+        if let Some(c) = self.conns.iter().find(|c| Arc::ptr_eq(&c.redis, redis)) {
+            return c.clone();
+        }
+        let c = Arc::new(RedisConn::new(redis.clone()));
+        self.conns.push(c.clone());
+        c
+    }
+}
+
+/// A multiplexed connection to a [`RedisKv`], made on first use inside the runtime that
+/// uses it, and used only there. redis-rs drives a connection from a task on the runtime
+/// that opened it: a connection shared by the workers (each its own current-thread
+/// runtime) sent every other worker's round trips through that worker's event loop —
+/// two cross-thread wake-ups each, and a wait whenever that worker was busy (a long
+/// plugin call, a componentize-py instantiation) — and one first used while loading
+/// (`configure`) would have lived on the loading runtime, which is then dropped.
+pub struct RedisConn {
+    redis: Arc<RedisKv>,
+    conn: OnceLock<Result<ConnectionManager, String>>,
+}
+
+impl RedisConn {
+    fn new(redis: Arc<RedisKv>) -> Self {
+        RedisConn {
+            redis,
+            conn: OnceLock::new(),
         }
     }
 
     fn conn(&self) -> KvResult<ConnectionManager> {
         let c = self.conn.get_or_init(|| {
-            let client =
-                redis::Client::open(self.config.url.as_str()).map_err(|e| e.to_string())?;
+            let config = &self.redis.config;
+            let client = redis::Client::open(config.url.as_str()).map_err(|e| e.to_string())?;
             let cm = redis::aio::ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.config.timeout))
-                .set_response_timeout(Some(self.config.timeout))
+                .set_connection_timeout(Some(config.timeout))
+                .set_response_timeout(Some(config.timeout))
                 .set_number_of_retries(2)
                 .set_max_delay(Duration::from_millis(500));
             ConnectionManager::new_lazy_with_config(client, cm).map_err(|e| e.to_string())
@@ -260,17 +311,15 @@ impl RedisKv {
     }
 
     fn key(&self, ns: &str, key: &str) -> String {
-        format!("{}:kv:{ns}:{key}", self.config.key_prefix)
+        format!("{}:kv:{ns}:{key}", self.redis.config.key_prefix)
     }
 
     async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> KvResult<T> {
         let mut conn = self.conn()?;
-        match tokio::time::timeout(self.config.timeout, cmd.query_async::<T>(&mut conn)).await {
+        let timeout = self.redis.config.timeout;
+        match tokio::time::timeout(timeout, cmd.query_async::<T>(&mut conn)).await {
             Ok(r) => r.map_err(|e| other(format!("redis: {e}"))),
-            Err(_) => Err(other(format!(
-                "redis did not answer within {:?}",
-                self.config.timeout
-            ))),
+            Err(_) => Err(other(format!("redis did not answer within {timeout:?}"))),
         }
     }
 
@@ -279,12 +328,10 @@ impl RedisKv {
         inv: redis::ScriptInvocation<'_>,
     ) -> KvResult<T> {
         let mut conn = self.conn()?;
-        match tokio::time::timeout(self.config.timeout, inv.invoke_async::<T>(&mut conn)).await {
+        let timeout = self.redis.config.timeout;
+        match tokio::time::timeout(timeout, inv.invoke_async::<T>(&mut conn)).await {
             Ok(r) => r.map_err(|e| other(format!("redis: {e}"))),
-            Err(_) => Err(other(format!(
-                "redis did not answer within {:?}",
-                self.config.timeout
-            ))),
+            Err(_) => Err(other(format!("redis did not answer within {timeout:?}"))),
         }
     }
 
@@ -301,7 +348,7 @@ impl RedisKv {
                 .arg("COUNT")
                 .arg(500);
             let (next, keys): (u64, Vec<String>) =
-                tokio::time::timeout(self.config.timeout, cmd.query_async(&mut conn))
+                tokio::time::timeout(self.redis.config.timeout, cmd.query_async(&mut conn))
                     .await
                     .map_err(|_| other("redis did not answer in time"))?
                     .map_err(|e| other(format!("redis: {e}")))?;
@@ -454,7 +501,7 @@ async fn increment(
         (Backend::Local, ns) => LOCAL.increment(local_key(&ns, &key), delta, ttl_ms),
         (Backend::Redis(r), ns) => {
             let k = r.key(&ns, &key);
-            let mut inv = r.increment.prepare_invoke();
+            let mut inv = r.redis.increment.prepare_invoke();
             inv.key(k).arg(delta).arg(ttl_ms.unwrap_or(0));
             r.script(inv).await
         }
@@ -509,7 +556,7 @@ impl keyvalue_ext::Host for HostState {
             }
             (Backend::Redis(r), ns) => {
                 let k = r.key(&ns, &key);
-                let mut inv = r.cas.prepare_invoke();
+                let mut inv = r.redis.cas.prepare_invoke();
                 inv.key(k)
                     .arg(if expected.is_some() { "1" } else { "0" })
                     .arg(expected.unwrap_or_default())

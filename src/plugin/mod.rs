@@ -250,6 +250,8 @@ struct PluginMetrics {
     duration: [prometheus::Histogram; 6],
     /// By kind: trap, timeout, memory.
     failures: [prometheus::IntCounter; 3],
+    /// Instances made for calls that found none warm.
+    created: prometheus::IntCounter,
 }
 
 #[derive(Clone, Copy)]
@@ -277,6 +279,7 @@ impl PluginMetrics {
                 d("on_event"),
             ],
             failures: [f("trap"), f("timeout"), f("memory")],
+            created: m.plugin_instances_created.with_label_values(&[plugin]),
         }
     }
 
@@ -323,7 +326,10 @@ impl Bound {
             engine: host.engine.clone(),
             outbound: host.outbound.clone(),
         };
-        let mut warm = b.instantiate().await.map_err(|e| e.to_string())?;
+        let mut warm = b
+            .instantiate(b.plugin.granted.kv.clone())
+            .await
+            .map_err(|e| e.to_string())?;
         if let RoleInstance::Transform(t) = &warm.instance {
             warm.store.set_epoch_deadline(b.plugin.ticks);
             begin_call(&mut warm.store);
@@ -338,7 +344,8 @@ impl Bound {
         Ok(b)
     }
 
-    async fn instantiate(&self) -> Result<Warm, ConfigureError> {
+    /// A fresh configured instance, its key-value grant through `kv`'s connection.
+    async fn instantiate(&self, kv: Option<keyvalue::Grant>) -> Result<Warm, ConfigureError> {
         let p = &self.plugin;
         // The sandbox: no args, env, preopened dirs, sockets or stdin.
         let wasi = wasmtime_wasi::WasiCtxBuilder::new()
@@ -368,7 +375,7 @@ impl Bound {
                 io_timeout: p.granted.io_timeout,
                 deadline: tokio::time::Instant::now() + p.granted.io_timeout,
             },
-            kv: p.granted.kv.clone(),
+            kv,
             budget: budget::Budget::new(p.config.timeout, EPOCH_TICK),
             granted: p.granted.any,
         };
@@ -483,21 +490,26 @@ pub struct Pool {
     /// Whether this pool is the first of its key in the worker (it reports the key's idle
     /// instances; the others report none, so that sums count each once).
     first: bool,
+    /// The plugin's key-value grant, through this worker's connection.
+    kv: Option<keyvalue::Grant>,
 }
 
 /// One plugin's store in a worker and the configs its routes gave it.
 struct PluginStore {
     plugin: Arc<LoadedPlugin>,
     idle: IdleStore,
+    kv: Option<keyvalue::Grant>,
     /// A key per distinct config: the address of the first binding with that config
     /// (unique while it lives, and the worker's pool of it holds it).
     configs: Vec<(Arc<str>, usize)>,
 }
 
-/// Builds one worker's [`Pool`]s: one [`IdleStore`] per plugin, shared by its routes.
+/// Builds one worker's [`Pool`]s: one [`IdleStore`] per plugin, shared by its routes, and
+/// the worker's own Redis connections for their key-value grants.
 #[derive(Default)]
 pub struct WorkerPools {
     stores: Vec<PluginStore>,
+    redis: keyvalue::WorkerRedis,
 }
 
 impl WorkerPools {
@@ -511,9 +523,18 @@ impl WorkerPools {
         {
             Some(at) => at,
             None => {
+                let kv = plugin
+                    .granted
+                    .kv
+                    .as_ref()
+                    .map(|g| g.on_worker(&mut self.redis));
                 self.stores.push(PluginStore {
                     plugin: plugin.clone(),
-                    idle: Arc::new(Mutex::new(idle::Idle::new(plugin.config.max_warm))),
+                    kv,
+                    idle: Arc::new(Mutex::new(idle::Idle::new(
+                        plugin.config.max_warm,
+                        plugin.config.pool_size,
+                    ))),
                     configs: Vec::new(),
                 });
                 self.stores.len() - 1
@@ -533,17 +554,15 @@ impl WorkerPools {
             idle: store.idle.clone(),
             key,
             first,
+            kv: store.kv.clone(),
         }
     }
 }
 
-/// Gives a healthy instance of `key` back to its worker's store; what the store refuses or
-/// evicts is dropped after the lock is released.
-fn give_back(idle: &IdleStore, key: usize, bound: &Bound, warm: Warm) {
-    let dropped = idle
-        .lock()
-        .expect("pool lock")
-        .put(key, warm, bound.plugin.config.pool_size);
+/// Gives a healthy instance of `key` back to its worker's store; what the store evicts is
+/// dropped after the lock is released.
+fn give_back(idle: &IdleStore, key: usize, warm: Warm) {
+    let dropped = idle.lock().expect("pool lock").put(key, warm);
     drop(dropped);
 }
 
@@ -577,17 +596,23 @@ impl Pool {
     }
 
     async fn instantiate(&self) -> Result<Warm, PluginFailure> {
-        self.bound.instantiate().await.map_err(|e| match e {
-            ConfigureError::Failed(f) => f,
-            ConfigureError::Rejected(m) => PluginFailure::Trap(format!("configure rejected: {m}")),
-        })
+        self.bound.metrics.created.inc();
+        self.bound
+            .instantiate(self.kv.clone())
+            .await
+            .map_err(|e| match e {
+                ConfigureError::Failed(f) => f,
+                ConfigureError::Rejected(m) => {
+                    PluginFailure::Trap(format!("configure rejected: {m}"))
+                }
+            })
     }
 
     /// Returns a healthy instance to the pool; a failed one is dropped.
     fn finish<R>(&self, warm: Warm, result: wasmtime::Result<R>) -> Result<R, PluginFailure> {
         match result {
             Ok(r) => {
-                give_back(&self.idle, self.key, &self.bound, warm);
+                give_back(&self.idle, self.key, warm);
                 Ok(r)
             }
             Err(e) => {

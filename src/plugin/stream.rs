@@ -165,7 +165,7 @@ impl Drop for Held {
             return;
         }
         if let Some(warm) = self.warm.take() {
-            give_back(&self.idle, self.key, &self.bound, warm);
+            give_back(&self.idle, self.key, warm);
         }
     }
 }

@@ -309,6 +309,47 @@ async fn a_redis_keyvalue_namespace_is_shared_by_two_gateways() {
     assert_eq!(v, "3");
 }
 
+/// Each worker talks to Redis over a connection of its own: redis-rs drives a connection
+/// from a task on the runtime that opened it, so one shared by the workers (each its own
+/// event loop) made every other worker's round trips cross threads and wait on the first
+/// one's loop. Client connections are dealt to the workers in turn, so two requests on
+/// fresh connections are served by both.
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs redis-server (apt-get install redis-server)"]
+async fn each_worker_talks_to_redis_over_its_own_connection() {
+    let redis = RedisServer::start(None);
+    let up = Upstream::echo("up").await;
+    let config = reach_config(
+        &up,
+        "keyvalue = { namespace = \"shared\", backend = \"redis\" }",
+        "{ kv = \"shared\", key = \"n\" }",
+    )
+    .replacen("[server]\n", "[server]\nworkers = 2\n", 1)
+        + &format!("\n[redis]\nurl = \"{}\"\n", redis.url());
+    let gw = Gateway::start(&config);
+    assert_eq!(outcome(&get_path(&gw, "/reach", None).await), "value 1");
+    assert_eq!(outcome(&get_path(&gw, "/reach", None).await), "value 2");
+    let mut c = redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap();
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
+    let gateway = clients
+        .lines()
+        .filter(|l| !l.contains("cmd=client"))
+        .count();
+    assert_eq!(gateway, 2, "one connection per worker: {clients}");
+    // Each keeps its connection: more requests open no more.
+    for n in 3..=6 {
+        assert_eq!(
+            outcome(&get_path(&gw, "/reach", None).await),
+            format!("value {n}")
+        );
+    }
+    let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
+    assert_eq!(clients.lines().count(), 3, "{clients}");
+}
+
 /// 100 requests whose plugin waits on an IdP that holds every answer until the test
 /// releases it: while all of them wait, requests on a plugin-free route of the same
 /// workers are served (a blocked worker would leave some of them hanging). Timing goals
@@ -367,6 +408,85 @@ async fn a_plugin_waiting_on_the_network_does_not_block_its_worker() {
     open_tx.send(true).unwrap();
     for t in slow {
         assert_eq!(outcome(&t.await.unwrap()), "status 200");
+    }
+}
+
+/// The value of the Prometheus line starting with `prefix` (0 when absent).
+async fn metric(gw: &Gateway, prefix: &str) -> f64 {
+    let r = get(&format!("http://{}/metrics", gw.admin.unwrap())).await;
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Each call that waits (here on an IdP that holds it until the test lets it go) holds an
+/// instance. A worker whose route had more such calls in flight than `pool_size` and
+/// `max_warm` keeps every instance they give back, so the next burst as large finds them
+/// warm instead of making them again — dropping them cost the Python rate-limit plugin
+/// on Redis 95% of its throughput. (The idle sweep trims the store back to `pool_size`
+/// and `max_warm` later: `plugin::idle`'s tests.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_burst_of_waiting_calls_past_pool_size_and_max_warm_keeps_its_instances_warm() {
+    const BURST: usize = 4;
+    let up = Upstream::echo("up").await;
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let waiting = Arc::new(AtomicUsize::new(0));
+    let (g, w) = (gate.clone(), waiting.clone());
+    let idp = Upstream::start(move |_req: Request<Incoming>| {
+        let (g, w) = (g.clone(), w.clone());
+        async move {
+            w.fetch_add(1, Ordering::SeqCst);
+            g.acquire().await.unwrap().forget();
+            Response::builder()
+                .body(full(Bytes::from_static(b"{}")))
+                .unwrap()
+        }
+    })
+    .await;
+    let grant = format!(
+        "allowed_hosts = [\"http://{}\"]\nio_timeout = \"60s\"\npool_size = 1\nmax_warm = 2",
+        idp.addr
+    );
+    // One worker, so that every call of a burst is in the same pool.
+    let config = reach_config(
+        &up,
+        &grant,
+        &format!("{{ fetch = \"http://{}/\" }}", idp.addr),
+    )
+    .replacen(
+        "[server]\n",
+        "[server]\nworkers = 1\nadmin_listen = \"127.0.0.1:0\"\n",
+        1,
+    );
+    let gw = Gateway::start(&config);
+    let created = "portcullis_plugin_instances_created_total{plugin=\"reach\"}";
+    for wave in 1..=2 {
+        let calls: Vec<_> = (0..BURST)
+            .map(|_| {
+                let url = gw.url("/reach");
+                tokio::spawn(async move {
+                    send(&client(), req("GET", &url).body(Full::default()).unwrap()).await
+                })
+            })
+            .collect();
+        wait_until("every call of the burst waits on the IdP", WAIT, || {
+            waiting.load(Ordering::SeqCst) == wave * BURST
+        })
+        .await;
+        // Every call holds its instance now: the first burst made one each.
+        assert_eq!(metric(&gw, created).await, BURST as f64, "burst {wave}");
+        gate.add_permits(BURST);
+        for c in calls {
+            assert_eq!(outcome(&c.await.unwrap()), "status 200");
+        }
+        assert_eq!(
+            metric(&gw, "portcullis_plugin_pool_instances{plugin=\"reach\"}").await,
+            BURST as f64,
+            "burst {wave}: every instance went back to the pool"
+        );
     }
 }
 
@@ -437,6 +557,17 @@ async fn waiting_is_bounded_by_io_timeout_not_by_the_cpu_deadline() {
         if req.uri().path() == "/hang" {
             std::future::pending::<()>().await;
         }
+        if req.uri().path() == "/late-body" {
+            // The head at once, the body 400 ms later: the plugin waits in a host call
+            // that returns a list, so the host calls back into the guest to allocate it,
+            // and the CPU deadline that passed during the wait comes due in there.
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            tokio::spawn(async move {
+                tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+                let _ = tx.send(Bytes::from_static(b"{}")).await;
+            });
+            return Response::builder().body(stream(rx)).unwrap();
+        }
         // A slow server: its answer takes 400 ms.
         tokio::time::sleep(std::time::Duration::from_millis(400)).await;
         Response::builder().body(full("")).unwrap()
@@ -457,6 +588,11 @@ async fn waiting_is_bounded_by_io_timeout_not_by_the_cpu_deadline() {
     };
     let gw = Gateway::start(&config("/slow"));
     assert_eq!(outcome(&get_path(&gw, "/x", None).await), "status 200");
+    drop(gw);
+    let gw = Gateway::start(&config("/late-body"));
+    for _ in 0..2 {
+        assert_eq!(outcome(&get_path(&gw, "/x", None).await), "status 200");
+    }
     drop(gw);
     let gw = Gateway::start(&config("/hang"));
     assert_eq!(outcome(&get_path(&gw, "/x", None).await), "timed out");
