@@ -411,17 +411,6 @@ async fn a_plugin_waiting_on_the_network_does_not_block_its_worker() {
     }
 }
 
-/// The value of the Prometheus line starting with `prefix` (0 when absent).
-async fn metric(gw: &Gateway, prefix: &str) -> f64 {
-    let r = get(&format!("http://{}/metrics", gw.admin.unwrap())).await;
-    String::from_utf8_lossy(&r.body)
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 /// Each call that waits (here on an IdP that holds it until the test lets it go) holds an
 /// instance. A worker whose route had more such calls in flight than `pool_size` and
 /// `max_warm` keeps every instance they give back, so the next burst as large finds them

@@ -243,17 +243,6 @@ async fn answers(addr: SocketAddr, request: &[u8]) -> Vec<Raw> {
     r
 }
 
-/// The value of the Prometheus line starting with `prefix` (0 when absent).
-async fn metric(gw: &Gateway, prefix: &str) -> f64 {
-    let r = get(&format!("http://{}/metrics", gw.admin.unwrap())).await;
-    String::from_utf8_lossy(&r.body)
-        .lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 // ---------------------------------------------------------------------------------------
 // 1. One authority per request.
 // ---------------------------------------------------------------------------------------

@@ -413,6 +413,17 @@ pub async fn send(c: &HttpClient, req: Request<Full<Bytes>>) -> Reply {
     }
 }
 
+/// The value of the Prometheus line starting with `prefix` (0 when absent).
+pub async fn metric(gw: &Gateway, prefix: &str) -> f64 {
+    let r = get(&format!("http://{}/metrics", gw.admin.unwrap())).await;
+    String::from_utf8_lossy(&r.body)
+        .lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub async fn get(url: &str) -> Reply {
     send(&client(), Request::get(url).body(Full::default()).unwrap()).await
 }
