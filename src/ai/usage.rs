@@ -189,6 +189,15 @@ enum Needle {
 }
 
 impl Needle {
+    /// The needles looked for: `model` only while the model is not known.
+    fn all(stripping: bool, model: bool) -> [Option<Needle>; 3] {
+        [
+            Some(Needle::Usage { stripping }),
+            Some(Needle::Error),
+            model.then_some(Needle::Model),
+        ]
+    }
+
     fn find(self, s: &[u8]) -> Option<usize> {
         static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
         static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"error"));
@@ -212,9 +221,10 @@ impl Needle {
 
 /// Whether an event's data holds something the scanner reads (see [`Needle`]).
 fn wanted(data: &[u8], stripping: bool, model: bool) -> bool {
-    Needle::Usage { stripping }.find(data).is_some()
-        || Needle::Error.find(data).is_some()
-        || (model && Needle::Model.find(data).is_some())
+    Needle::all(stripping, model)
+        .into_iter()
+        .flatten()
+        .any(|n| n.find(data).is_some())
 }
 
 /// Where in one piece the needles are next, each searched for once per piece (so the
@@ -226,13 +236,8 @@ struct Hits([Option<usize>; 3]);
 impl Hits {
     /// The first hit at or after `at`.
     fn next(&mut self, chunk: &[u8], at: usize, stripping: bool, model: bool) -> usize {
-        let needles = [
-            Some(Needle::Usage { stripping }),
-            Some(Needle::Error),
-            model.then_some(Needle::Model),
-        ];
         let mut first = usize::MAX;
-        for (cached, needle) in self.0.iter_mut().zip(needles) {
+        for (cached, needle) in self.0.iter_mut().zip(Needle::all(stripping, model)) {
             let Some(needle) = needle else { continue };
             let p = match *cached {
                 Some(p) if p >= at => p,
