@@ -13,7 +13,7 @@
 //! the sweeper counts its ticks (half an idle timeout each), and an instance remembers the
 //! tick it came back in.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -113,16 +113,10 @@ impl<T> Idle<T> {
             dropped.extend(self.entries.pop_front().map(|e| e.value));
         }
         // Newest first: a key's first `per_key` stay.
-        let mut seen: Vec<(usize, usize)> = Vec::new();
+        let mut seen: HashMap<usize, usize> = HashMap::new();
         let mut kept = VecDeque::with_capacity(self.entries.len());
         while let Some(e) = self.entries.pop_back() {
-            let n = match seen.iter().position(|(k, _)| *k == e.key) {
-                Some(at) => &mut seen[at].1,
-                None => {
-                    seen.push((e.key, 0));
-                    &mut seen.last_mut().expect("just pushed").1
-                }
-            };
+            let n = seen.entry(e.key).or_default();
             *n += 1;
             let spare = *n > self.per_key || kept.len() >= self.max;
             if spare && self.tick - e.tick >= SPARE_TICKS {
