@@ -314,13 +314,21 @@ impl RedisConn {
         format!("{}:kv:{ns}:{key}", self.redis.config.key_prefix)
     }
 
-    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> KvResult<T> {
-        let mut conn = self.conn()?;
+    /// One round trip, bounded by `[redis] timeout`.
+    async fn answer<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> KvResult<T> {
         let timeout = self.redis.config.timeout;
-        match tokio::time::timeout(timeout, cmd.query_async::<T>(&mut conn)).await {
+        match tokio::time::timeout(timeout, call).await {
             Ok(r) => r.map_err(|e| other(format!("redis: {e}"))),
             Err(_) => Err(other(format!("redis did not answer within {timeout:?}"))),
         }
+    }
+
+    async fn run<T: redis::FromRedisValue>(&self, cmd: redis::Cmd) -> KvResult<T> {
+        let mut conn = self.conn()?;
+        self.answer(cmd.query_async::<T>(&mut conn)).await
     }
 
     async fn script<T: redis::FromRedisValue>(
@@ -328,11 +336,7 @@ impl RedisConn {
         inv: redis::ScriptInvocation<'_>,
     ) -> KvResult<T> {
         let mut conn = self.conn()?;
-        let timeout = self.redis.config.timeout;
-        match tokio::time::timeout(timeout, inv.invoke_async::<T>(&mut conn)).await {
-            Ok(r) => r.map_err(|e| other(format!("redis: {e}"))),
-            Err(_) => Err(other(format!("redis did not answer within {timeout:?}"))),
-        }
+        self.answer(inv.invoke_async::<T>(&mut conn)).await
     }
 
     async fn keys(&self, ns: &str) -> KvResult<Vec<String>> {
@@ -347,11 +351,7 @@ impl RedisConn {
                 .arg(format!("{}*", redis_glob_escape(&prefix)))
                 .arg("COUNT")
                 .arg(500);
-            let (next, keys): (u64, Vec<String>) =
-                tokio::time::timeout(self.redis.config.timeout, cmd.query_async(&mut conn))
-                    .await
-                    .map_err(|_| other("redis did not answer in time"))?
-                    .map_err(|e| other(format!("redis: {e}")))?;
+            let (next, keys): (u64, Vec<String>) = self.answer(cmd.query_async(&mut conn)).await?;
             out.extend(
                 keys.into_iter()
                     .filter_map(|k| k.strip_prefix(&prefix).map(str::to_string)),

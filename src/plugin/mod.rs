@@ -779,7 +779,8 @@ impl PluginSet {
 
     pub async fn load(host: &PluginHost, config: &Config) -> anyhow::Result<Self> {
         let mut loaded = Vec::with_capacity(config.plugins.len());
-        // One Redis connection for the key-value grants of this config's plugins.
+        // The Redis settings of this config's plugins' key-value grants (each worker
+        // connects on its own: `WorkerPools`).
         let redis = config
             .redis
             .clone()
