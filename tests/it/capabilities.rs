@@ -283,25 +283,34 @@ async fn a_keyvalue_namespace_not_granted_is_access_denied() {
     );
 }
 
+/// The reach plugin counting key `n` of namespace `shared` in `redis`.
+fn redis_reach_config(up: &Upstream, redis: &RedisServer) -> String {
+    reach_config(
+        up,
+        "keyvalue = { namespace = \"shared\", backend = \"redis\" }",
+        "{ kv = \"shared\", key = \"n\" }",
+    ) + &format!("\n[redis]\nurl = \"{}\"\n", redis.url())
+}
+
+fn redis_connection(redis: &RedisServer) -> redis::Connection {
+    redis::Client::open(redis.url())
+        .unwrap()
+        .get_connection()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "needs redis-server (apt-get install redis-server)"]
 async fn a_redis_keyvalue_namespace_is_shared_by_two_gateways() {
     let redis = RedisServer::start(None);
     let up = Upstream::echo("up").await;
-    let config = reach_config(
-        &up,
-        "keyvalue = { namespace = \"shared\", backend = \"redis\" }",
-        "{ kv = \"shared\", key = \"n\" }",
-    ) + &format!("\n[redis]\nurl = \"{}\"\n", redis.url());
+    let config = redis_reach_config(&up, &redis);
     let a = Gateway::start(&config);
     let b = Gateway::start(&config);
     assert_eq!(outcome(&get_path(&a, "/reach", None).await), "value 1");
     assert_eq!(outcome(&get_path(&b, "/reach", None).await), "value 2");
     assert_eq!(outcome(&get_path(&a, "/reach", None).await), "value 3");
-    let mut c = redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut c = redis_connection(&redis);
     let v: String = redis::cmd("GET")
         .arg("portcullis:kv:shared:n")
         .query(&mut c)
@@ -319,20 +328,12 @@ async fn a_redis_keyvalue_namespace_is_shared_by_two_gateways() {
 async fn each_worker_talks_to_redis_over_its_own_connection() {
     let redis = RedisServer::start(None);
     let up = Upstream::echo("up").await;
-    let config = reach_config(
-        &up,
-        "keyvalue = { namespace = \"shared\", backend = \"redis\" }",
-        "{ kv = \"shared\", key = \"n\" }",
-    )
-    .replacen("[server]\n", "[server]\nworkers = 2\n", 1)
-        + &format!("\n[redis]\nurl = \"{}\"\n", redis.url());
+    let config =
+        redis_reach_config(&up, &redis).replacen("[server]\n", "[server]\nworkers = 2\n", 1);
     let gw = Gateway::start(&config);
     assert_eq!(outcome(&get_path(&gw, "/reach", None).await), "value 1");
     assert_eq!(outcome(&get_path(&gw, "/reach", None).await), "value 2");
-    let mut c = redis::Client::open(redis.url())
-        .unwrap()
-        .get_connection()
-        .unwrap();
+    let mut c = redis_connection(&redis);
     let clients: String = redis::cmd("CLIENT").arg("LIST").query(&mut c).unwrap();
     let gateway = clients
         .lines()
