@@ -272,6 +272,13 @@ where
                     }
                 }
 
+                // Portcullis patch: no part of a head has arrived, so the connection waits
+                // for its peer; drop the header map kept for reuse (as big as the last
+                // message's headers) rather than hold it while the connection is idle.
+                if self.io.read_buf().is_empty() {
+                    self.state.cached_headers = None;
+                }
+
                 return Poll::Pending;
             }
         };

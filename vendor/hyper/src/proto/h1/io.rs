@@ -612,10 +612,14 @@ impl<B: Buf> WriteBuf<B> {
         &mut self.headers
     }
 
-    /// Portcullis patch: frees the head buffer when nothing in it is waiting to be written.
+    /// Portcullis patch: frees the head buffer and the body queue's ring when nothing in
+    /// them is waiting to be written.
     fn release_if_empty(&mut self) {
         if self.headers.remaining() == 0 && self.headers.bytes.capacity() != 0 {
             self.headers = Cursor::new(Vec::new());
+        }
+        if !self.queue.has_remaining() {
+            self.queue = BufList::new();
         }
     }
 }
