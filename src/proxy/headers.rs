@@ -106,40 +106,60 @@ fn chunked_alone(h: &HeaderMap) -> bool {
 /// `Proxy-*`, `TE` (kept as `te: trailers` when the client asked for trailers, which gRPC
 /// needs), `Transfer-Encoding`, `Upgrade`.
 ///
-/// Runs on every request and response: a head with none of them (the common request) is
-/// one scan of its names, and the named headers are removed by the names' text, with no
-/// allocation.
+/// Runs on every request and response: one scan of the head's names says which of them
+/// it has, and only those are removed (a proxied response's `Connection: keep-alive` is
+/// one removal, not nine lookups); nothing is allocated.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
-    let hop = |n: &HeaderName| n == header::CONNECTION || n == header::TE || ALWAYS.contains(n);
-    if !h.keys().any(hop) {
-        return;
+    // Bit i: `ALWAYS[i]` is in the head.
+    let (mut always, mut connection, mut te) = (0u8, false, false);
+    for n in h.keys() {
+        if n == header::CONNECTION {
+            connection = true;
+        } else if n == header::TE {
+            te = true;
+        } else if let Some(i) = ALWAYS.iter().position(|a| a == n) {
+            always |= 1 << i;
+        }
     }
-    if let header::Entry::Occupied(e) = h.entry(header::CONNECTION) {
+    if connection {
+        let header::Entry::Occupied(e) = h.entry(header::CONNECTION) else {
+            unreachable!("the scan saw it")
+        };
         let mut fields = e.remove_entry_mult().1;
         let first = fields.next();
         // Empty unless the head has several `Connection` fields (no allocation then).
         let rest: Vec<HeaderValue> = fields.collect();
         for value in first.iter().chain(&rest) {
             for name in value.as_bytes().split(|&b| b == b',') {
-                // Not a valid name (or empty): nothing in the map has it.
-                if let Ok(name) = std::str::from_utf8(name.trim_ascii()) {
+                let name = name.trim_ascii();
+                // `ALWAYS` goes below whatever `Connection` says; a name the head does
+                // not have (`close`, mostly) is not looked up.
+                let named = |n: &HeaderName| n.as_str().as_bytes().eq_ignore_ascii_case(name);
+                if name.is_empty() || ALWAYS.iter().any(named) || !h.keys().any(named) {
+                    continue;
+                }
+                if let Ok(name) = std::str::from_utf8(name) {
                     h.remove(name);
                 }
             }
         }
     }
-    let wants_trailers = h.get_all(header::TE).iter().any(|v| {
-        v.to_str().is_ok_and(|s| {
-            s.split(',')
-                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
-        })
-    });
-    h.remove(header::TE);
-    if wants_trailers {
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
+    if te {
+        let wants_trailers = h.get_all(header::TE).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+            })
+        });
+        h.remove(header::TE);
+        if wants_trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
     }
-    for name in ALWAYS {
-        h.remove(name);
+    for (i, name) in ALWAYS.iter().enumerate() {
+        if always & (1 << i) != 0 {
+            h.remove(name);
+        }
     }
 }
 
@@ -257,6 +277,28 @@ mod tests {
         let before = clean.clone();
         strip_hop_by_hop(&mut clean);
         assert_eq!(clean, before);
+    }
+
+    #[test]
+    fn connection_can_name_te_and_close_and_the_always_names() {
+        // `Connection: te` takes TE away whole (no `te: trailers` kept); a header named
+        // by a common option (`close`) goes too; `Keep-Alive` named or not goes.
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, TE, Keep-Alive"),
+        );
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("close", HeaderValue::from_static("1"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert("proxy-authorization", HeaderValue::from_static("Basic x"));
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.get(header::CONTENT_TYPE).unwrap(), "text/plain");
     }
 
     #[test]
