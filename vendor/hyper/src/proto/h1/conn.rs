@@ -239,6 +239,12 @@ where
             }
         }
 
+        // Portcullis patch: a server connection that gave its header map back while idle
+        // takes a spare one (given back again below if no request has come).
+        if T::is_server() && self.state.cached_headers.is_none() {
+            self.state.cached_headers = super::spare::take_headers();
+        }
+
         let msg = match self.io.parse::<T>(
             cx,
             ParseContext {
@@ -272,11 +278,15 @@ where
                     }
                 }
 
-                // Portcullis patch: no part of a head has arrived, so the connection waits
-                // for its peer; drop the header map kept for reuse (as big as the last
-                // message's headers) rather than hold it while the connection is idle.
-                if self.io.read_buf().is_empty() {
-                    self.state.cached_headers = None;
+                // Portcullis patch: a server connection waiting for a request of which no
+                // byte has arrived is an idle keep-alive connection: it gives back its
+                // buffers and the header map kept for the next message (as big as the
+                // last response's headers) instead of holding them while it is idle.
+                if T::is_server() && self.io.read_buf().is_empty() {
+                    if let Some(headers) = self.state.cached_headers.take() {
+                        super::spare::put_headers(headers);
+                    }
+                    self.io.release_idle_buffers();
                 }
 
                 return Poll::Pending;

@@ -239,7 +239,16 @@ where
                 .saturating_sub(self.read_buf.len()),
         );
         if self.read_buf_remaining_mut() < next {
-            self.read_buf.reserve(next);
+            // Portcullis patch: a connection that gave its buffer back while idle takes
+            // a spare one first.
+            if self.read_buf.capacity() == 0 {
+                if let Some(spare) = super::spare::take_read() {
+                    self.read_buf = spare;
+                }
+            }
+            if self.read_buf_remaining_mut() < next {
+                self.read_buf.reserve(next);
+            }
         }
 
         // SAFETY: ReadBuf and poll_read promise not to set any uninitialized
@@ -261,18 +270,21 @@ where
             }
             Poll::Pending => {
                 self.read_blocked = true;
-                // Portcullis patch: nothing is buffered either way, so the connection is
-                // waiting for its peer (an idle keep-alive connection, or a body that has
-                // not arrived yet): hand back the read buffer and the emptied head buffer
-                // instead of holding them (8 to 24 KB) while it waits. They are allocated
-                // again by the next read or the next head.
-                if self.read_buf.is_empty() {
-                    self.read_buf = BytesMut::new();
-                    self.write_buf.release_if_empty();
-                }
                 Poll::Pending
             }
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        }
+    }
+
+    /// Portcullis patch: gives back the read buffer and the emptied head buffer (8 to
+    /// 24 KB) when nothing is buffered, for a connection that waits for its peer; the
+    /// next read or the next head takes them (or others) back from this thread's spares.
+    pub(crate) fn release_idle_buffers(&mut self) {
+        if self.read_buf.is_empty() {
+            if self.read_buf.capacity() != 0 {
+                super::spare::put_read(std::mem::take(&mut self.read_buf));
+            }
+            self.write_buf.release_if_empty();
         }
     }
 
@@ -603,20 +615,21 @@ impl<B: Buf> WriteBuf<B> {
 
     fn headers_mut(&mut self) -> &mut Cursor<Vec<u8>> {
         debug_assert!(!self.queue.has_remaining());
-        // Portcullis patch: the head buffer is released while a connection waits
-        // (`release_if_empty`); take its usual size back at once rather than growing it
-        // a doubling at a time.
+        // Portcullis patch: the head buffer is given back while a connection is idle
+        // (`release_if_empty`); take a spare one, or one of the usual size, rather than
+        // growing it a doubling at a time.
         if self.headers.bytes.capacity() == 0 {
-            self.headers.bytes.reserve(INIT_BUFFER_SIZE);
+            self.headers = Cursor::new(super::spare::take_head());
         }
         &mut self.headers
     }
 
-    /// Portcullis patch: frees the head buffer and the body queue's ring when nothing in
-    /// them is waiting to be written.
+    /// Portcullis patch: gives back the head buffer, and frees the body queue's ring,
+    /// when nothing in them is waiting to be written.
     fn release_if_empty(&mut self) {
         if self.headers.remaining() == 0 && self.headers.bytes.capacity() != 0 {
-            self.headers = Cursor::new(Vec::new());
+            let head = std::mem::replace(&mut self.headers, Cursor::new(Vec::new()));
+            super::spare::put_head(head.bytes);
         }
         if !self.queue.has_remaining() {
             self.queue = BufList::new();

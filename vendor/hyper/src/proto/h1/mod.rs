@@ -18,6 +18,8 @@ pub(crate) mod dispatch;
 mod encode;
 mod io;
 mod role;
+// Portcullis patch: spare buffers of idle server connections.
+mod spare;
 
 cfg_client! {
     pub(crate) type ClientTransaction = role::Client;
