@@ -12,7 +12,7 @@
 pub mod line;
 pub mod writer;
 
-use self::line::Line;
+use self::line::{key, Key, Line};
 use super::trace_context::TraceId;
 use crate::config::AccessLogFormat;
 use crate::metrics::ClosedBy;
@@ -83,47 +83,59 @@ impl AccessLog {
         let count = |n: Option<u64>| n.map_or(-1, |n| n.min(i64::MAX as u64) as i64);
         let mut l = Line::start(buf, format, now);
         let mut client = [0u8; 64];
-        l.ascii("client", socket_addr(&self.client, &mut client));
-        l.bare("method", &[self.method.as_str()]);
-        l.bare("path", &[&self.path]);
-        l.str("route", self.route.as_deref().unwrap_or("-"));
-        l.str("upstream", self.endpoint.as_deref().unwrap_or("-"));
-        l.u64("status", self.status.as_u16().into());
-        l.u64("bytes", bytes);
-        l.f64("duration_ms", self.start.elapsed().as_secs_f64() * 1e3);
-        l.f64("upstream_ms", self.upstream_ms.unwrap_or(-1.0));
-        l.str("error", self.error.unwrap_or("-"));
-        l.str("consumer", self.consumer.as_deref().unwrap_or("-"));
-        plugin_outcome(&mut l, "plugin", &self.plugin);
-        plugin_outcome(&mut l, "stream_plugin", &self.stream_plugin);
+        l.ascii(key!("client"), socket_addr(&self.client, &mut client));
+        l.bare(key!("method"), &[self.method.as_str()]);
+        l.bare(key!("path"), &[&self.path]);
+        l.str(key!("route"), self.route.as_deref().unwrap_or("-"));
+        l.str(key!("upstream"), self.endpoint.as_deref().unwrap_or("-"));
+        l.u64(key!("status"), self.status.as_u16().into());
+        l.u64(key!("bytes"), bytes);
+        l.ms(
+            key!("duration_ms"),
+            self.start.elapsed().as_secs_f64() * 1e3,
+        );
+        l.ms(key!("upstream_ms"), self.upstream_ms.unwrap_or(-1.0));
+        l.str(key!("error"), self.error.unwrap_or("-"));
+        l.str(key!("consumer"), self.consumer.as_deref().unwrap_or("-"));
+        plugin_outcome(&mut l, key!("plugin"), &self.plugin);
+        plugin_outcome(&mut l, key!("stream_plugin"), &self.stream_plugin);
         let served_by = self.served_by.as_ref().and_then(|v| v.to_str().ok());
-        l.str("served_by", served_by.unwrap_or("-"));
+        l.str(key!("served_by"), served_by.unwrap_or("-"));
         if let Some(parts) = &self.parts {
-            l.str("parts", parts);
+            l.str(key!("parts"), parts);
         }
         l.str(
-            "model",
+            key!("model"),
             call.and_then(|c| c.request_model.as_deref()).unwrap_or("-"),
         );
         let response_model = call.and_then(|c| c.response_model.as_deref());
-        l.str("response_model", response_model.unwrap_or("-"));
-        l.i64("input_tokens", count(call.and_then(|c| c.input_tokens)));
-        l.i64("output_tokens", count(call.and_then(|c| c.output_tokens)));
-        l.f64("ttft_ms", call.and_then(|c| c.ttft_ms).unwrap_or(-1.0));
-        l.str("request_id", self.request_id.to_str().unwrap_or("-"));
-        l.ascii("trace_id", &self.trace_id.hex());
+        l.str(key!("response_model"), response_model.unwrap_or("-"));
+        l.i64(
+            key!("input_tokens"),
+            count(call.and_then(|c| c.input_tokens)),
+        );
+        l.i64(
+            key!("output_tokens"),
+            count(call.and_then(|c| c.output_tokens)),
+        );
+        l.ms(
+            key!("ttft_ms"),
+            call.and_then(|c| c.ttft_ms).unwrap_or(-1.0),
+        );
+        l.str(key!("request_id"), self.request_id.to_str().unwrap_or("-"));
+        l.ascii(key!("trace_id"), &self.trace_id.hex());
         if let Some(t) = tunnel {
-            l.str("upgrade", &t.protocol);
-            l.u64("bytes_received", t.to_upstream);
-            l.str("closed_by", t.closed_by.as_str());
-            l.str("close_reason", t.reason);
+            l.str(key!("upgrade"), &t.protocol);
+            l.u64(key!("bytes_received"), t.to_upstream);
+            l.str(key!("closed_by"), t.closed_by.as_str());
+            l.str(key!("close_reason"), t.reason);
         }
         l.finish();
     }
 }
 
 /// `NAME:OUTCOME`, or `-`.
-fn plugin_outcome(l: &mut Line<'_>, key: &str, p: &Option<(Arc<str>, &'static str)>) {
+fn plugin_outcome(l: &mut Line<'_>, key: Key, p: &Option<(Arc<str>, &'static str)>) {
     match p {
         Some((name, outcome)) => l.bare(key, &[name, ":", outcome]),
         None => l.bare(key, &["-"]),
