@@ -83,6 +83,8 @@ impl Upstream {
         let mut endpoint_name = None;
         let done = |endpoint, result| Called { endpoint, result };
         for try_no in 1..=attempts {
+            // A try that took the template and did not give it back ends the tries.
+            let Some(kept) = template.as_ref() else { break };
             let Picked {
                 endpoint,
                 admission,
@@ -98,10 +100,14 @@ impl Upstream {
             };
             endpoint_name = Some(endpoint.address.clone());
             let guard = ActiveGuard::new(endpoint.clone());
-            // The last possible try takes the template; earlier ones send a copy.
-            let head = match try_no == attempts {
-                true => template.take().expect("template kept for the last try"),
-                false => clone_head(template.as_ref().expect("template kept until the last try")),
+            // The last possible try takes the template; earlier ones send a copy — unless
+            // the only failure a later try could follow is one that gives the head back
+            // unsent: a method that is not idempotent is tried again only when no
+            // connection could be made (so a POST to a model is not copied).
+            let reuse = try_no == attempts || (!idempotent && client.gives_back_unsent());
+            let head = match reuse {
+                true => template.take().expect("checked at the top of the loop"),
+                false => clone_head(kept),
             };
             let bounds = TryBounds {
                 deadline,
@@ -109,7 +115,8 @@ impl Upstream {
                 keep_body: try_no < attempts,
             };
             let sent = Instant::now();
-            let attempt = Self::send_try(client, &mut call, head, &endpoint, bounds).await;
+            let attempt =
+                Self::send_try(client, &mut call, head, &endpoint, bounds, &mut template).await;
             let outcome = match &attempt {
                 Ok(resp) => Outcome::Status(resp.status().as_u16()),
                 Err(e) => e.outcome(),
@@ -161,6 +168,7 @@ impl Upstream {
         mut head: http::request::Parts,
         endpoint: &Endpoint,
         bounds: TryBounds,
+        unsent: &mut Option<http::request::Parts>,
     ) -> Result<Response<C::Body>, TryError> {
         head.uri = upstream_uri(
             client.scheme(),
@@ -174,7 +182,7 @@ impl Upstream {
         let (body, give_back) = call.body.take(call.body_limit, bounds.keep_body);
         let left = bounds.deadline.saturating_duration_since(Instant::now());
         let limit = bounds.per_try.map_or(left, |t| t.min(left));
-        let sent = client.send(Request::from_parts(head, body));
+        let sent = client.send(Request::from_parts(head, body), unsent);
         let attempt = tokio::time::timeout(limit, sent)
             .await
             .unwrap_or(Err(TryError::Timeout));
@@ -258,11 +266,15 @@ mod tests {
     use std::sync::Mutex;
 
     /// Scripted endpoints: each try takes the next reply (after its delay) and records
-    /// which endpoint it went to and the body it carried.
+    /// which endpoint it went to, the body it carried and its head. `gives_back`: a
+    /// client that gives a refused try's head back (`Some(true)`), one that says it does
+    /// and does not (`Some(false)`), or one that does not say so (`None`).
     #[derive(Default)]
     struct Script {
         replies: Mutex<VecDeque<(Duration, Result<u16, TryError>)>>,
         seen: Mutex<Vec<(String, Bytes)>>,
+        heads: Mutex<Vec<(Method, http::HeaderMap)>>,
+        gives_back: Option<bool>,
     }
 
     impl Script {
@@ -286,7 +298,11 @@ mod tests {
     impl SendTry for Script {
         type Body = ();
 
-        async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<()>, TryError> {
+        async fn send(
+            &self,
+            req: Request<UpstreamBody>,
+            unsent: &mut Option<http::request::Parts>,
+        ) -> Result<Response<()>, TryError> {
             let (delay, reply) = self
                 .replies
                 .lock()
@@ -294,9 +310,14 @@ mod tests {
                 .pop_front()
                 .expect("a scripted reply");
             let to = req.uri().authority().unwrap().to_string();
+            let head = (req.method().clone(), req.headers().clone());
+            self.heads.lock().unwrap().push(head);
             if reply == Err(TryError::ConnectFailed("refused".into())) {
                 // Nothing was sent: the body is not read.
                 self.seen.lock().unwrap().push((to, Bytes::new()));
+                if self.gives_back == Some(true) {
+                    *unsent = Some(req.into_parts().0);
+                }
             } else {
                 let body = req.into_body().collect().await.map(|c| c.to_bytes());
                 self.seen
@@ -310,6 +331,10 @@ mod tests {
                 *r.status_mut() = http::StatusCode::from_u16(s).unwrap();
                 r
             })
+        }
+
+        fn gives_back_unsent(&self) -> bool {
+            self.gives_back.is_some()
         }
 
         fn scheme(&self) -> http::uri::Scheme {
@@ -356,6 +381,50 @@ mod tests {
         assert_ne!(seen[0].0, seen[1].0, "the retry went to the other endpoint");
         assert_eq!(seen[1].1, "payload");
         assert_eq!(called.endpoint.as_deref(), Some(&*seen[1].0));
+    }
+
+    /// A POST is tried again only when no connection could be made; a client that gives
+    /// that try's head back has it sent again as it was (no copy is made beforehand), one
+    /// that does not has a copy sent, and one that says it gives it back and does not
+    /// ends the call with the failure rather than sending something else.
+    #[tokio::test(start_paused = true)]
+    async fn a_refused_post_is_sent_again_with_its_own_head() {
+        for gives_back in [Some(true), None] {
+            let up = upstream(RETRY);
+            let script = Script {
+                gives_back,
+                ..Script::new([(0, refused()), (0, refused()), (0, Ok(200))])
+            };
+            let mut post = call(Method::POST, "payload", 1000);
+            post.head
+                .headers
+                .insert("x-model", http::HeaderValue::from_static("m1"));
+            let called = up.call(&script, post).await;
+            assert_eq!(
+                called.result.unwrap().response.status(),
+                200,
+                "{gives_back:?}"
+            );
+            let (seen, heads) = (script.seen(), script.heads.lock().unwrap().clone());
+            assert_eq!(heads.len(), 3);
+            for (i, (method, headers)) in heads.iter().enumerate() {
+                assert_eq!(method, Method::POST, "{gives_back:?} try {i}");
+                assert_eq!(headers["x-model"], "m1", "{gives_back:?} try {i}");
+                assert_eq!(headers[header::HOST], &*seen[i].0, "each try's own Host");
+            }
+            assert_eq!(seen[2].1, "payload");
+        }
+        let up = upstream(RETRY);
+        let script = Script {
+            gives_back: Some(false),
+            ..Script::new([(0, refused()), (0, Ok(200))])
+        };
+        let called = up.call(&script, call(Method::POST, "payload", 1000)).await;
+        assert!(matches!(
+            called.result,
+            Err(CallError::Try(TryError::ConnectFailed(_)))
+        ));
+        assert_eq!(script.seen().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

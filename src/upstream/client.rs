@@ -19,10 +19,17 @@ use std::future::Future;
 /// tested with scripted endpoints.
 pub trait SendTry {
     type Body;
+    /// Sends `req`. A try that failed before anything was sent may put the request's head
+    /// in `unsent`, so a later try can send it without a copy having been made.
     fn send(
         &self,
         req: Request<UpstreamBody>,
+        unsent: &mut Option<http::request::Parts>,
     ) -> impl Future<Output = Result<Response<Self::Body>, TryError>>;
+    /// Whether every failure to connect gives the head back in `unsent`.
+    fn gives_back_unsent(&self) -> bool {
+        false
+    }
     /// The scheme of upstream URIs (`:scheme` on HTTP/2).
     fn scheme(&self) -> Scheme;
 }
@@ -68,14 +75,24 @@ impl UpstreamClient {
 impl SendTry for UpstreamClient {
     type Body = PooledBody;
 
-    async fn send(&self, req: Request<UpstreamBody>) -> Result<Response<PooledBody>, TryError> {
+    async fn send(
+        &self,
+        req: Request<UpstreamBody>,
+        unsent: &mut Option<http::request::Parts>,
+    ) -> Result<Response<PooledBody>, TryError> {
         let sent = match self {
-            UpstreamClient::Http1(p) => return p.send(req).await,
+            UpstreamClient::Http1(p) => return p.send(req, unsent).await,
             UpstreamClient::Plain(c) => c.request(req).await,
             UpstreamClient::Tls(c) => c.request(req).await,
         };
         sent.map(|r| r.map(PooledBody::from))
             .map_err(|e| classify::client_error(&e))
+    }
+
+    /// Only this worker's own HTTP/1.1 pool: hyper-util's client keeps a request it
+    /// could not send.
+    fn gives_back_unsent(&self) -> bool {
+        matches!(self, UpstreamClient::Http1(_))
     }
 
     fn scheme(&self) -> Scheme {

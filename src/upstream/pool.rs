@@ -52,9 +52,12 @@ impl Http1Pool {
     /// Sends `req` (its URI absolute: the endpoint is its authority) on an idle
     /// connection to that endpoint, or a new one. A pooled connection the upstream closed
     /// before it took the request is replaced by a new connection, with the same request.
+    /// When no connection can be made the request's head is put in `unsent` (its URI as
+    /// it came).
     pub async fn send(
         &self,
         mut req: Request<UpstreamBody>,
+        unsent: &mut Option<http::request::Parts>,
     ) -> Result<Response<PooledBody>, TryError> {
         let Some(authority) = req.uri().authority().cloned() else {
             return Err(TryError::Failed("upstream URI without an authority".into()));
@@ -68,7 +71,15 @@ impl Http1Pool {
         loop {
             let (mut conn, pooled) = match self.checkout(&authority) {
                 Some(conn) => (conn, true),
-                None => (self.connect(absolute.clone()).await?, false),
+                None => match self.connect(absolute.clone()).await {
+                    Ok(conn) => (conn, false),
+                    Err(e) => {
+                        let (mut head, _body) = req.into_parts();
+                        head.uri = absolute;
+                        *unsent = Some(head);
+                        return Err(e);
+                    }
+                },
             };
             match conn.try_send_request(req).await {
                 Ok(resp) => return Ok(self.pooled(resp, conn, authority)),

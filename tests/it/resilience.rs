@@ -375,17 +375,23 @@ async fn a_post_is_retried_when_the_connection_was_never_made() {
     for _ in 0..4 {
         let r = send(
             &cl,
-            req("POST", &gw.url("/"))
+            req("POST", &gw.url("/v1/chat/completions?x=1"))
+                .header("x-model-hint", "m1")
                 .body(Full::new(Bytes::from_static(b"streamed body")))
                 .unwrap(),
         )
         .await;
         assert_eq!(r.status, 200, "{:?}", r.body);
-        assert_eq!(
-            r.json()["body"],
-            "streamed body",
-            "the body survives the retry"
-        );
+        let j = r.json();
+        assert_eq!(j["body"], "streamed body", "the body survives the retry");
+        // The refused try's head is sent again (not a copy made beforehand): the same
+        // method, target and headers, with the gateway's own headers once.
+        assert_eq!(j["method"], "POST");
+        assert_eq!(j["path"], "/v1/chat/completions");
+        assert_eq!(j["query"], "x=1");
+        assert_eq!(j["headers"]["x-model-hint"], "m1");
+        assert!(j["headers"]["x-request-id"].is_string(), "{j}");
+        assert!(j["headers"]["x-forwarded-for"].is_string(), "{j}");
     }
     assert_eq!(good.hits(), 4);
 }
