@@ -293,6 +293,14 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
             let n = self.prefix.len().min(buf.remaining());
             buf.put_slice(&self.prefix[..n]);
             self.prefix.advance(n);
+            // What else has come goes with it, so the first read holds the request's
+            // head as one read would have: hyper would otherwise parse the prefix alone,
+            // then grow its read buffer (a reallocation and a copy) to read the rest —
+            // measured as the largest cost of a connection that carries one request.
+            // Nothing more yet, or an error, is for the next read to find.
+            if self.prefix.is_empty() && buf.remaining() > 0 {
+                let _ = Pin::new(&mut self.io).poll_read(cx, buf);
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -363,6 +371,32 @@ mod tests {
             let e = first(partial, false).await.unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::TimedOut);
         }
+    }
+
+    /// The first read after the version check hands over the bytes read for it and what
+    /// has come since, in one piece; later reads come from the stream.
+    #[tokio::test]
+    async fn the_first_read_holds_the_prefix_and_what_followed() {
+        use tokio::io::AsyncReadExt;
+        let head = b"GET /a-path-longer-than-the-preface HTTP/1.1\r\nHost: a\r\n\r\n";
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(head).await.unwrap();
+        let mut p = first_bytes(server, Duration::from_secs(5)).await.unwrap();
+        assert_eq!(p.prefix.len(), H2_PREFACE.len());
+        let mut buf = [0u8; 512];
+        let n = p.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], &head[..], "one read, the whole head");
+        client.write_all(b"next").await.unwrap();
+        let n = p.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"next");
+        // Nothing more has come: the prefix alone, without waiting.
+        let (mut client, server) = tokio::io::duplex(1024);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut p = first_bytes(server, Duration::from_secs(5)).await.unwrap();
+        let n = p.read(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n");
+        drop(client);
+        assert_eq!(p.read(&mut buf).await.unwrap(), 0);
     }
 
     #[tokio::test(start_paused = true)]
