@@ -165,6 +165,18 @@ where
         self.io.into_inner()
     }
 
+    /// Portcullis patch: a server connection that is done gives its buffers and the
+    /// header map kept for the next message to this thread's spares, for the next
+    /// connection to take, rather than back to the allocator.
+    pub(crate) fn release_buffers_at_end(&mut self) {
+        if T::is_server() {
+            if let Some(headers) = self.state.cached_headers.take() {
+                super::spare::put_headers(headers);
+            }
+            self.io.release_idle_buffers();
+        }
+    }
+
     pub(crate) fn pending_upgrade(&mut self) -> Option<crate::upgrade::Pending> {
         self.state.upgrade.take()
     }

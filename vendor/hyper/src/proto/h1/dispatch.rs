@@ -153,7 +153,10 @@ where
             if let Some(pending) = self.conn.pending_upgrade() {
                 self.conn.take_error()?;
                 return Poll::Ready(Ok(Dispatched::Upgrade(pending)));
-            } else if should_shutdown {
+            }
+            // Portcullis patch: see `Conn::release_buffers_at_end`.
+            self.conn.release_buffers_at_end();
+            if should_shutdown {
                 ready!(self.conn.poll_shutdown(cx)).map_err(crate::Error::new_shutdown)?;
             }
             self.conn.take_error()?;
