@@ -165,10 +165,11 @@ where
         self.io.into_inner()
     }
 
-    /// Portcullis patch: a server connection that is done gives its buffers and the
-    /// header map kept for the next message to this thread's spares, for the next
-    /// connection to take, rather than back to the allocator.
-    pub(crate) fn release_buffers_at_end(&mut self) {
+    /// Portcullis patch: a server connection that is idle or done gives its buffers (the
+    /// read buffer only if empty) and the header map kept for the next message to this
+    /// thread's spares, for the next connection to take, rather than holding them or
+    /// handing them back to the allocator.
+    pub(crate) fn give_buffers_to_spares(&mut self) {
         if T::is_server() {
             if let Some(headers) = self.state.cached_headers.take() {
                 super::spare::put_headers(headers);
@@ -294,11 +295,8 @@ where
                 // byte has arrived is an idle keep-alive connection: it gives back its
                 // buffers and the header map kept for the next message (as big as the
                 // last response's headers) instead of holding them while it is idle.
-                if T::is_server() && self.io.read_buf().is_empty() {
-                    if let Some(headers) = self.state.cached_headers.take() {
-                        super::spare::put_headers(headers);
-                    }
-                    self.io.release_idle_buffers();
+                if self.io.read_buf().is_empty() {
+                    self.give_buffers_to_spares();
                 }
 
                 return Poll::Pending;

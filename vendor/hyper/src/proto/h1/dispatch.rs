@@ -154,8 +154,8 @@ where
                 self.conn.take_error()?;
                 return Poll::Ready(Ok(Dispatched::Upgrade(pending)));
             }
-            // Portcullis patch: see `Conn::release_buffers_at_end`.
-            self.conn.release_buffers_at_end();
+            // Portcullis patch: see `Conn::give_buffers_to_spares`.
+            self.conn.give_buffers_to_spares();
             if should_shutdown {
                 ready!(self.conn.poll_shutdown(cx)).map_err(crate::Error::new_shutdown)?;
             }
