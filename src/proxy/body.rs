@@ -175,7 +175,7 @@ impl ResponseBody {
                 self.pending = Some(Box::new(f));
                 Ok(())
             }
-            Some(Err(e)) => Err(Box::new(e)),
+            Some(Err(e)) => Err(e),
             None => Ok(()),
         }
     }
@@ -337,9 +337,7 @@ impl Body for ResponseBody {
                 (None, InnerProj::Full { body }) => {
                     body.poll_frame(cx).map_err(|never| match never {})
                 }
-                (None, InnerProj::Upstream { body }) => {
-                    body.poll_frame(cx).map_err(|e| Box::new(e) as BoxError)
-                }
+                (None, InnerProj::Upstream { body }) => body.poll_frame(cx),
                 (None, InnerProj::Switched { .. }) => Poll::Ready(None),
                 (None, InnerProj::Events { stage }) => {
                     let polled = stage.poll_frame(cx, this.meter, this.log);

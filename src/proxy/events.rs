@@ -294,7 +294,7 @@ impl EventStage {
                     }
                 },
                 None => self.end_of_upstream(meter),
-                Some(Err(e)) => return Poll::Ready(Some(Err(Box::new(e)))),
+                Some(Err(e)) => return Poll::Ready(Some(Err(e))),
             }
         }
     }

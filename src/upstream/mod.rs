@@ -11,6 +11,7 @@ pub mod call;
 pub mod classify;
 pub mod client;
 pub mod connector;
+pub mod h1;
 pub mod health_check;
 pub mod outlier;
 pub mod pool;

@@ -361,7 +361,9 @@ async fn keep_alive_reuses_the_client_connection() {
 
 /// A raw HTTP/1.1 upstream that counts the connections it accepted and those that ended:
 /// `/small` answers 5 bytes, `/empty` 204, `/close` answers and then closes the connection
-/// (without saying so), `/big` sends a 4 MB body slowly enough to be cut.
+/// (without saying so), `/big` sends a 4 MB body slowly enough to be cut; the other paths
+/// are the response framings of `upstream_response_framings_are_read_exactly`, and
+/// `/drop-next` answers and then closes the connection when the next request comes on it.
 struct CountingUpstream {
     addr: std::net::SocketAddr,
     accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
@@ -384,6 +386,7 @@ impl CountingUpstream {
                 let e = e.clone();
                 tokio::spawn(async move {
                     let mut buf = Vec::new();
+                    let mut drop_next = false;
                     'conn: loop {
                         let head_end = loop {
                             if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -398,12 +401,25 @@ impl CountingUpstream {
                         let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
                         buf.drain(..head_end);
                         let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                        if drop_next {
+                            break;
+                        }
+                        drop_next = path == "/drop-next";
                         let ok = match path.as_str() {
                             _ if head.starts_with("HEAD ") => {
                                 s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
                                     .await
                             }
                             "/empty" => s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await,
+                            "/chunked" => s.write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nx-trailer: t\r\n\r\n").await,
+                            "/continue" => s.write_all(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await,
+                            "/te-and-cl" => s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n").await,
+                            "/http10" => s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok").await,
+                            "/extra" => s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforgd").await,
+                            "/until-close" => s.write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it").await,
+                            "/two-lengths" => s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc").await,
+                            "/reason" => s.write_all(b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\n\r\nok").await,
+                            "/short" => s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await,
                             "/big" => {
                                 let n = 4 << 20;
                                 let hd = format!("HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n\r\n");
@@ -421,7 +437,9 @@ impl CountingUpstream {
                                     .await
                             }
                         };
-                        if ok.is_err() || path == "/close" {
+                        if ok.is_err()
+                            || matches!(path.as_str(), "/close" | "/until-close" | "/short")
+                        {
                             break;
                         }
                     }
@@ -536,4 +554,111 @@ async fn idle_upstream_connections_close_after_pool_idle_timeout() {
     .await;
     assert_eq!(get(&gw.url("/small")).await.status, 200);
     assert_eq!(up.accepted(), 2);
+}
+
+/// The gateway's own HTTP/1.1 client (`upstream::h1`) reads each framing of RFC 9112 §6.3
+/// to its exact end, and reuses a connection only when nothing can be left in it.
+#[tokio::test]
+async fn upstream_response_framings_are_read_exactly() {
+    let up = CountingUpstream::start().await;
+    let gw = one_worker_gateway(&up, "");
+    let text = |r: &Reply| String::from_utf8_lossy(&r.body).to_string();
+    // Chunked (an extension, trailers) and an interim 100 before the answer: read to their
+    // end, the one connection carries them all.
+    for _ in 0..2 {
+        let r = get(&gw.url("/chunked")).await;
+        assert_eq!((r.status, text(&r)), (200, "hello world".into()));
+        let r = get(&gw.url("/continue")).await;
+        assert_eq!((r.status, text(&r)), (200, "ok".into()));
+    }
+    assert_eq!(up.accepted(), 1);
+    // Each of these leaves the connection unfit for another request: the next one goes
+    // on a new connection and gets its own answer.
+    for (path, body) in [
+        ("/te-and-cl", "hello"),
+        ("/http10", "ok"),
+        ("/extra", "ok"),
+        ("/until-close", "all of it"),
+    ] {
+        let before = up.accepted();
+        let r = get(&gw.url(path)).await;
+        assert_eq!((r.status, text(&r)), (200, body.into()), "{path}");
+        if path == "/te-and-cl" {
+            assert_eq!(
+                r.header("content-length"),
+                None,
+                "the overridden length is not passed on"
+            );
+        }
+        let r = get(&gw.url("/small")).await;
+        assert_eq!((r.status, text(&r)), (200, "hello".into()), "after {path}");
+        assert_eq!(up.accepted(), before + 1, "after {path}");
+    }
+    // Two lengths that disagree: no response to pass on.
+    let r = get(&gw.url("/two-lengths")).await;
+    assert_eq!(r.status, 502, "{}", text(&r));
+    let r = get(&gw.url("/small")).await;
+    assert_eq!((r.status, text(&r)), (200, "hello".into()));
+}
+
+/// A reason phrase of the upstream's own reaches the client; a body cut short of its
+/// length is never a complete response for the client (hyper may abort before it has
+/// written the head: the client then sees the connection close with nothing).
+#[tokio::test]
+async fn an_upstream_reason_phrase_passes_and_a_short_body_stays_short() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let up = CountingUpstream::start().await;
+    let gw = one_worker_gateway(&up, "");
+    let fetch = |path: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!("GET {path} HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n");
+        s.write_all(head.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got).await;
+        String::from_utf8_lossy(&got).to_string()
+    };
+    let got = fetch("/reason").await;
+    assert!(got.starts_with("HTTP/1.1 200 Fine Thanks\r\n"), "{got}");
+    assert!(got.ends_with("\r\n\r\nok"), "{got}");
+    let got = fetch("/short").await;
+    if !got.is_empty() {
+        let (head, body) = got.split_once("\r\n\r\n").unwrap_or((&got, ""));
+        assert!(
+            head.to_ascii_lowercase().contains("content-length: 10"),
+            "{got}"
+        );
+        assert!(body.len() < 10, "{got}");
+    }
+}
+
+/// An upstream that closes a kept-alive connection just as the next request goes on it
+/// (the close and the request crossed): the gateway's own client sends an idempotent
+/// request again on a new connection, and the endpoint is not blamed for it.
+#[tokio::test]
+async fn a_request_that_meets_a_closing_upstream_connection_goes_again() {
+    let up = CountingUpstream::start().await;
+    let text = config(
+        "",
+        &[up.addr],
+        "[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"up\"\n",
+    )
+    .replacen(
+        "[server]\n",
+        "[server]\nworkers = 1\nadmin_listen = \"127.0.0.1:0\"\n",
+        1,
+    );
+    let gw = Gateway::start(&text);
+    assert_eq!(get(&gw.url("/drop-next")).await.status, 200);
+    let r = get(&gw.url("/small")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"hello"[..]));
+    assert_eq!(
+        up.accepted(),
+        2,
+        "the second request went on a new connection"
+    );
+    let reset = format!(
+        "portcullis_upstream_errors_total{{endpoint=\"{}\",kind=\"reset\"",
+        up.addr
+    );
+    assert_eq!(metric(&gw, &reset).await, 0.0);
 }

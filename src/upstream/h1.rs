@@ -1,0 +1,921 @@
+//! The worker's own HTTP/1.1 client for plain upstreams, for requests whose body is in
+//! memory (empty, or buffered) and that ask for no upgrade — nearly every request to a
+//! model service or an HTTP API. It runs on the request's own task: the head is written
+//! with the body in one `writev`, the response head is read and parsed (`httparse`) where
+//! the request waits for it, and the response body is read from the socket by whoever
+//! polls it (the client connection's task), so an exchange costs no task, no channel and
+//! no wake-up of its own. hyper's HTTP/1 client (`hyper::client::conn::http1`) carries the
+//! rest — streamed request bodies (which must be read while the response may already be
+//! arriving), upgrades, CONNECT — in `upstream::pool`.
+//!
+//! Response framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; a
+//! `Transfer-Encoding` whose last coding is `chunked` is decoded (any other ends at the
+//! close), and wins over a `Content-Length`, which is then removed and the connection not
+//! reused; a `Content-Length` must be one valid number (repeated values must agree);
+//! without either the body ends at the close. A connection is reused only when the
+//! response said it may be (`Connection: close`, HTTP/1.0 without `keep-alive`), its body
+//! was read to its exact end and nothing followed it.
+
+use super::pool::Return;
+use crate::BoxError;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+use http_body::{Frame, SizeHint};
+use std::io::{self, IoSlice};
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use tokio::net::TcpStream;
+
+/// The largest response head read (hyper's client default: 8 KiB + 100 × 4 KiB).
+const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// The most header fields in a response head (hyper's default).
+const MAX_HEADERS: usize = 100;
+/// The most bytes of chunk extensions and trailers in one body (hyper's limits).
+const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
+const MAX_TRAILERS: usize = 16 * 1024;
+/// What a read asks room for.
+const READ_ROOM: usize = 8192;
+
+/// One connection to an endpoint, idle between exchanges.
+pub struct Conn {
+    io: TcpStream,
+    buf: BytesMut,
+    /// The request head being written, and where a response head's fields are: kept
+    /// between exchanges for their room.
+    head: Vec<u8>,
+    fields: Vec<Field>,
+}
+
+/// A response head, and how its body is framed.
+pub struct Head {
+    parts: http::response::Parts,
+    framing: Framing,
+    keep_alive: bool,
+}
+
+/// How an exchange failed; `received`: some of a response had come (so the request was
+/// certainly taken).
+#[derive(Debug)]
+pub struct ExchangeError {
+    pub error: io::Error,
+    pub received: bool,
+}
+
+impl Conn {
+    pub fn new(io: TcpStream) -> Self {
+        Conn {
+            io,
+            buf: BytesMut::new(),
+            head: Vec::new(),
+            fields: Vec::new(),
+        }
+    }
+
+    /// Whether the connection is fit to carry a request: the upstream has sent nothing
+    /// since the last response (neither bytes nor its close). Asked without a waker of
+    /// the caller's; a system call only when tokio last saw the socket readable.
+    pub fn is_idle(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        match self.io.poll_read_ready(&mut cx) {
+            Poll::Pending => true,
+            Poll::Ready(Err(_)) => false,
+            // tokio keeps the readiness of the last read that did not drain the socket:
+            // a read that would block clears it and says there is nothing.
+            Poll::Ready(Ok(())) => matches!(
+                self.io.try_read_buf(&mut self.buf),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock
+            ),
+        }
+    }
+
+    /// Sends a request (its target in origin form, its body whole) and reads the
+    /// response head. Once a response head has come, the response's fields are put in
+    /// the request's header map (emptied: it is not needed any more, and its room is
+    /// already made, as hyper's client does).
+    pub async fn exchange(
+        &mut self,
+        head: &mut http::request::Parts,
+        body: &Bytes,
+    ) -> Result<Head, ExchangeError> {
+        encode(&mut self.head, head, body.len());
+        let failed = |error| ExchangeError {
+            error,
+            received: false,
+        };
+        write_all(&mut self.io, &self.head, body)
+            .await
+            .map_err(failed)?;
+        loop {
+            let parsed = read_head(&mut self.io, &mut self.buf, &mut self.fields)
+                .await
+                .map_err(|(error, received)| ExchangeError { error, received })?;
+            let received = |error| ExchangeError {
+                error,
+                received: true,
+            };
+            let mut headers = std::mem::take(&mut head.headers);
+            headers.clear();
+            let mut parts = parsed
+                .into_parts(&mut self.buf, &self.fields, headers)
+                .map_err(received)?;
+            // Interim responses (100 Continue, 103 Early Hints) are not passed on.
+            if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+                continue;
+            }
+            let (framing, keep_alive) = framing(
+                &head.method,
+                parts.status,
+                parts.version,
+                &mut parts.headers,
+            )
+            .map_err(received)?;
+            return Ok(Head {
+                parts,
+                framing,
+                keep_alive,
+            });
+        }
+    }
+}
+
+/// The request head, as hyper's client writes it: `METHOD TARGET HTTP/1.1`, the fields
+/// in order, names in lower case, and a `content-length` for a body when the head has
+/// none (the caller checked that one it has is the body's).
+fn encode(out: &mut Vec<u8>, head: &http::request::Parts, body: usize) {
+    out.clear();
+    out.extend_from_slice(head.method.as_str().as_bytes());
+    out.push(b' ');
+    let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in &head.headers {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if body > 0 && !head.headers.contains_key(header::CONTENT_LENGTH) {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(itoa::Buffer::new().format(body).as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// Whether a request can go by this client, its body (of `len` bytes) being in memory:
+/// it asks for no upgrade (`Upgrade`, CONNECT), and the head's framing fields, if any, say
+/// what the body is (a `Content-Length` equal to its length, no `Transfer-Encoding`).
+pub fn fits(method: &Method, headers: &HeaderMap, len: u64) -> bool {
+    if *method == Method::CONNECT
+        || headers.contains_key(header::UPGRADE)
+        || headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        return false;
+    }
+    let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
+    match lengths.next() {
+        None => true,
+        Some(v) => {
+            lengths.next().is_none() && v.as_bytes() == itoa::Buffer::new().format(len).as_bytes()
+        }
+    }
+}
+
+async fn write_all(io: &mut TcpStream, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let (mut head, mut body) = (head, body);
+    while !head.is_empty() || !body.is_empty() {
+        let n = std::future::poll_fn(|cx| {
+            use tokio::io::AsyncWrite as _;
+            let slices = [IoSlice::new(head), IoSlice::new(body)];
+            Pin::new(&mut *io).poll_write_vectored(cx, &slices)
+        })
+        .await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    Ok(())
+}
+
+/// Reads more of the connection into `buf`; `Ok(0)` at its close.
+fn poll_read(io: &TcpStream, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_ROOM / 2 {
+        buf.reserve(READ_ROOM);
+    }
+    loop {
+        ready!(io.poll_read_ready(cx))?;
+        match io.try_read_buf(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            r => return Poll::Ready(r),
+        }
+    }
+}
+
+/// Where a field's name and value are in the buffer.
+type Field = ((usize, usize), (usize, usize));
+
+/// Where a parsed head's parts are in the buffer (its fields: see `parse`).
+struct Parsed {
+    len: usize,
+    status: u16,
+    version: Version,
+    reason: (usize, usize),
+}
+
+impl Parsed {
+    /// Takes the head out of `buf` and makes its parts, the fields in `headers`; field
+    /// values share the head's bytes.
+    fn into_parts(
+        self,
+        buf: &mut BytesMut,
+        fields: &[Field],
+        mut headers: HeaderMap,
+    ) -> io::Result<http::response::Parts> {
+        let raw = buf.split_to(self.len).freeze();
+        let status = StatusCode::from_u16(self.status).map_err(|_| invalid("status code"))?;
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = status;
+        parts.version = self.version;
+        headers.reserve(fields.len());
+        for &((ns, ne), (vs, ve)) in fields {
+            let name = HeaderName::from_bytes(&raw[ns..ne]).map_err(|_| invalid("field name"))?;
+            let value = HeaderValue::from_maybe_shared(raw.slice(vs..ve))
+                .map_err(|_| invalid("field value"))?;
+            headers.append(name, value);
+        }
+        parts.headers = headers;
+        let reason = &raw[self.reason.0..self.reason.1];
+        if status.canonical_reason().map(str::as_bytes) != Some(reason) {
+            if let Ok(r) =
+                hyper::ext::ReasonPhrase::try_from(raw.slice(self.reason.0..self.reason.1))
+            {
+                parts.extensions.insert(r);
+            }
+        }
+        Ok(parts)
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("upstream sent a malformed response head ({what})"),
+    )
+}
+
+/// Reads until a whole response head is in `buf`. The error says whether any of a
+/// response had come.
+async fn read_head(
+    io: &mut TcpStream,
+    buf: &mut BytesMut,
+    fields: &mut Vec<Field>,
+) -> Result<Parsed, (io::Error, bool)> {
+    loop {
+        if !buf.is_empty() {
+            if let Some(parsed) = parse(buf, fields).map_err(|e| (e, true))? {
+                return Ok(parsed);
+            }
+            if buf.len() >= MAX_HEAD {
+                return Err((invalid("too large"), true));
+            }
+        }
+        let n = std::future::poll_fn(|cx| poll_read(io, cx, buf))
+            .await
+            .map_err(|e| (e, !buf.is_empty()))?;
+        if n == 0 {
+            let received = !buf.is_empty();
+            let what = if received {
+                "upstream closed the connection in the middle of the response head"
+            } else {
+                "upstream closed the connection without a response"
+            };
+            return Err((io::Error::new(io::ErrorKind::UnexpectedEof, what), received));
+        }
+    }
+}
+
+/// Parses a response head at the start of `buf`, its fields into `found`; `None` while
+/// it is incomplete.
+fn parse(buf: &[u8], found: &mut Vec<Field>) -> io::Result<Option<Parsed>> {
+    let mut fields = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut res,
+        buf,
+        &mut fields,
+    ) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(e) => return Err(invalid(&e.to_string())),
+    };
+    let at = |s: &[u8]| {
+        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
+        (start, start + s.len())
+    };
+    let version = match res.version {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    };
+    found.clear();
+    found.extend(
+        res.headers
+            .iter()
+            .map(|h| (at(h.name.as_bytes()), at(h.value))),
+    );
+    Ok(Some(Parsed {
+        len,
+        status: res.code.unwrap_or(0),
+        version,
+        reason: res.reason.map_or((0, 0), |r| at(r.as_bytes())),
+    }))
+}
+
+/// How a response body is framed.
+#[derive(Debug, PartialEq, Eq)]
+enum Framing {
+    /// This many bytes are left.
+    Length(u64),
+    Chunked(Chunked),
+    /// Until the connection closes.
+    Close,
+}
+
+/// The body's framing and whether the connection may carry another request (RFC 9112
+/// §6.3, §9.3). Removes a `Content-Length` that a `Transfer-Encoding` overrides.
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    version: Version,
+    headers: &mut HeaderMap,
+) -> io::Result<(Framing, bool)> {
+    let connection = |token: &str| {
+        headers.get_all(header::CONNECTION).iter().any(|v| {
+            v.as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+        })
+    };
+    let mut keep_alive = match version {
+        Version::HTTP_10 => connection("keep-alive"),
+        _ => !connection("close"),
+    };
+    // After a 101 the connection speaks another protocol (never asked for here: the
+    // proxy refuses the answer), so it is not reused.
+    if status == StatusCode::SWITCHING_PROTOCOLS {
+        return Ok((Framing::Length(0), false));
+    }
+    if *method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok((Framing::Length(0), keep_alive));
+    }
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        let chunked = headers
+            .get_all(header::TRANSFER_ENCODING)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .rfind(|t| !t.is_empty())
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+        if headers.remove(header::CONTENT_LENGTH).is_some() {
+            keep_alive = false;
+        }
+        return Ok(match chunked && version == Version::HTTP_11 {
+            true => (Framing::Chunked(Chunked::default()), keep_alive),
+            false => (Framing::Close, false),
+        });
+    }
+    let mut length = None;
+    for v in headers.get_all(header::CONTENT_LENGTH) {
+        for t in v.as_bytes().split(|&b| b == b',') {
+            let n = parse_length(t.trim_ascii()).ok_or_else(|| invalid("content-length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(invalid("content-length values disagree"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(match length {
+        Some(n) => (Framing::Length(n), keep_alive),
+        None => (Framing::Close, false),
+    })
+}
+
+fn parse_length(t: &[u8]) -> Option<u64> {
+    if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    t.iter().try_fold(0u64, |n, d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
+}
+
+/// The chunked decoder's place.
+#[derive(Debug, Default, PartialEq, Eq)]
+enum Chunk {
+    /// In a chunk-size line: the size so far and its digit count.
+    #[default]
+    Size,
+    /// In its extensions (after `;` or whitespace), up to the CR.
+    Extension,
+    /// After the size line's CR.
+    SizeLf,
+    /// In a chunk's data: bytes left.
+    Data(u64),
+    /// After a chunk's data: its CR, then its LF.
+    DataCr,
+    DataLf,
+    /// After the last chunk: the trailer section.
+    Trailers,
+    Done,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Chunked {
+    at: Chunk,
+    size: u64,
+    digits: u8,
+    extensions: usize,
+}
+
+/// What decoding gave.
+#[derive(Debug)]
+enum Decoded {
+    Data(Bytes),
+    /// The body's end, with its trailers if it had any.
+    End(Option<HeaderMap>),
+    /// More bytes are needed.
+    More,
+}
+
+impl Chunked {
+    /// Decodes from the front of `buf`, taking what it decodes.
+    fn decode(&mut self, buf: &mut BytesMut) -> io::Result<Decoded> {
+        let bad = |what: &str| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("upstream sent a malformed chunked body ({what})"),
+            )
+        };
+        loop {
+            if let Chunk::Data(left) = self.at {
+                if buf.is_empty() {
+                    return Ok(Decoded::More);
+                }
+                let n = left.min(buf.len() as u64);
+                let data = buf.split_to(n as usize).freeze();
+                self.at = if n == left {
+                    Chunk::DataCr
+                } else {
+                    Chunk::Data(left - n)
+                };
+                return Ok(Decoded::Data(data));
+            }
+            if self.at == Chunk::Trailers {
+                return self.trailers(buf);
+            }
+            if self.at == Chunk::Done {
+                return Ok(Decoded::End(None));
+            }
+            let Some(&b) = buf.first() else {
+                return Ok(Decoded::More);
+            };
+            let _ = buf.split_to(1);
+            self.at = match (&self.at, b) {
+                (Chunk::Size, b) if b.is_ascii_hexdigit() => {
+                    if self.digits == 16 {
+                        return Err(bad("chunk size too large"));
+                    }
+                    self.digits += 1;
+                    let d = (b as char).to_digit(16).expect("a hex digit") as u64;
+                    self.size = self.size * 16 + d;
+                    Chunk::Size
+                }
+                (Chunk::Size, b';' | b' ' | b'\t') if self.digits > 0 => Chunk::Extension,
+                (Chunk::Size, b'\r') if self.digits > 0 => Chunk::SizeLf,
+                (Chunk::Extension, b'\r') => Chunk::SizeLf,
+                (Chunk::Extension, b'\n') => return Err(bad("bare LF in a chunk extension")),
+                (Chunk::Extension, _) => {
+                    self.extensions += 1;
+                    if self.extensions > MAX_CHUNK_EXTENSIONS {
+                        return Err(bad("chunk extensions too large"));
+                    }
+                    Chunk::Extension
+                }
+                (Chunk::SizeLf, b'\n') => {
+                    let size = std::mem::take(&mut self.size);
+                    self.digits = 0;
+                    match size {
+                        0 => Chunk::Trailers,
+                        n => Chunk::Data(n),
+                    }
+                }
+                (Chunk::DataCr, b'\r') => Chunk::DataLf,
+                (Chunk::DataLf, b'\n') => Chunk::Size,
+                _ => return Err(bad("unexpected byte")),
+            };
+        }
+    }
+
+    /// The trailer section: an empty line, or fields up to one.
+    fn trailers(&mut self, buf: &mut BytesMut) -> io::Result<Decoded> {
+        if buf.starts_with(b"\r\n") {
+            let _ = buf.split_to(2);
+            self.at = Chunk::Done;
+            return Ok(Decoded::End(None));
+        }
+        let Some(end) = memchr::memmem::find(buf, b"\r\n\r\n") else {
+            return match buf.len() > MAX_TRAILERS {
+                true => Err(invalid("trailers too large")),
+                false => Ok(Decoded::More),
+            };
+        };
+        let section = buf.split_to(end + 4);
+        let mut fields = [httparse::EMPTY_HEADER; 64];
+        let parsed = match httparse::parse_headers(&section, &mut fields) {
+            Ok(httparse::Status::Complete((_, fields))) => fields,
+            _ => return Err(invalid("trailers")),
+        };
+        let mut trailers = HeaderMap::with_capacity(parsed.len());
+        for f in parsed {
+            let name =
+                HeaderName::from_bytes(f.name.as_bytes()).map_err(|_| invalid("trailer name"))?;
+            let value = HeaderValue::from_bytes(f.value).map_err(|_| invalid("trailer value"))?;
+            trailers.append(name, value);
+        }
+        self.at = Chunk::Done;
+        Ok(Decoded::End(Some(trailers)))
+    }
+}
+
+/// A response body read from its connection by whoever polls it; at its exact end the
+/// connection goes back to the pool if it may carry another request.
+pub struct Body {
+    conn: Option<Conn>,
+    framing: Framing,
+    keep_alive: bool,
+    /// The body has ended (its end was read, or its connection closed).
+    done: bool,
+    back: Option<Return<Conn>>,
+}
+
+impl Body {
+    /// The body of `head`, read from `conn`; `back` takes the connection at its end.
+    pub fn new(conn: Conn, head: Head, back: Return<Conn>) -> (http::response::Parts, Self) {
+        let body = Body {
+            conn: Some(conn),
+            framing: head.framing,
+            keep_alive: head.keep_alive,
+            done: false,
+            back: Some(back),
+        };
+        (head.parts, body)
+    }
+
+    /// The body has been read to its end: the connection goes back if it can.
+    fn finish(&mut self) {
+        self.done = true;
+        let (Some(conn), Some(back)) = (self.conn.take(), self.back.take()) else {
+            return;
+        };
+        if self.keep_alive && conn.buf.is_empty() {
+            back.put_back(conn);
+        }
+    }
+}
+
+impl Drop for Body {
+    fn drop(&mut self) {
+        // An empty body is often dropped unpolled.
+        if self.framing == Framing::Length(0) {
+            self.finish();
+        }
+    }
+}
+
+impl http_body::Body for Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        loop {
+            let Some(conn) = this.conn.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match &mut this.framing {
+                Framing::Length(0) => {
+                    this.finish();
+                    return Poll::Ready(None);
+                }
+                Framing::Length(left) if !conn.buf.is_empty() => {
+                    let n = (*left).min(conn.buf.len() as u64);
+                    *left -= n;
+                    let data = conn.buf.split_to(n as usize).freeze();
+                    if *left == 0 {
+                        this.finish();
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Chunked(c) => match c.decode(&mut conn.buf) {
+                    Ok(Decoded::Data(data)) => return Poll::Ready(Some(Ok(Frame::data(data)))),
+                    Ok(Decoded::End(trailers)) => {
+                        this.finish();
+                        return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                    }
+                    Ok(Decoded::More) => {}
+                    Err(e) => {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(e.into())));
+                    }
+                },
+                Framing::Close if !conn.buf.is_empty() => {
+                    let data = conn.buf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Framing::Length(_) | Framing::Close => {}
+            }
+            match ready!(poll_read(&conn.io, cx, &mut conn.buf)) {
+                Ok(0) if this.framing == Framing::Close => {
+                    this.conn = None;
+                    this.done = true;
+                    return Poll::Ready(None);
+                }
+                Ok(0) => {
+                    this.conn = None;
+                    let e = io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "upstream closed the connection before the end of the response body",
+                    );
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    this.conn = None;
+                    return Poll::Ready(Some(Err(e.into())));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.framing == Framing::Length(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.framing {
+            Framing::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(method: &str, target: &str, fields: &[(&str, &str)]) -> http::request::Parts {
+        let mut b = http::Request::builder().method(method).uri(target);
+        for (n, v) in fields {
+            b = b.header(*n, *v);
+        }
+        b.body(()).unwrap().into_parts().0
+    }
+
+    #[test]
+    fn the_head_is_written_as_hyper_writes_it() {
+        let mut out = Vec::new();
+        let head = request(
+            "POST",
+            "http://10.0.0.1:8080/v1/chat?x=1",
+            &[("Host", "models"), ("x-a", "1"), ("x-a", "2")],
+        );
+        encode(&mut out, &head, 12);
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "POST /v1/chat?x=1 HTTP/1.1\r\nhost: models\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 12\r\n\r\n"
+        );
+        let head = request("GET", "http://10.0.0.1/", &[("content-length", "0")]);
+        encode(&mut out, &head, 0);
+        assert_eq!(out, b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+    }
+
+    #[test]
+    fn what_goes_by_hyper_instead() {
+        let fits = |method: &str, fields: &[(&str, &str)], len| {
+            let head = request(method, "/", fields);
+            super::fits(&head.method, &head.headers, len)
+        };
+        assert!(fits("GET", &[], 0));
+        assert!(fits("POST", &[("content-length", "3")], 3));
+        assert!(
+            !fits("POST", &[("content-length", "4")], 3),
+            "a length that is not the body's"
+        );
+        assert!(!fits(
+            "POST",
+            &[("content-length", "3"), ("content-length", "3")],
+            3
+        ));
+        assert!(!fits("POST", &[("transfer-encoding", "chunked")], 3));
+        assert!(!fits("GET", &[("upgrade", "websocket")], 0));
+        assert!(!fits("CONNECT", &[], 0));
+    }
+
+    fn framing_of(method: &str, raw: &str) -> (io::Result<(Framing, bool)>, HeaderMap) {
+        let mut fields = Vec::new();
+        let parsed = parse(raw.as_bytes(), &mut fields)
+            .unwrap()
+            .expect("a whole head");
+        let mut buf = BytesMut::from(raw);
+        let mut parts = parsed
+            .into_parts(&mut buf, &fields, HeaderMap::new())
+            .unwrap();
+        let method = Method::from_bytes(method.as_bytes()).unwrap();
+        let f = framing(&method, parts.status, parts.version, &mut parts.headers);
+        (f, parts.headers)
+    }
+
+    #[test]
+    fn response_framing_follows_rfc_9112() {
+        let ok = |m, raw| framing_of(m, raw).0.unwrap();
+        assert_eq!(
+            ok("GET", "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            ok("HEAD", "HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"),
+            (Framing::Length(0), true)
+        );
+        assert_eq!(
+            ok(
+                "GET",
+                "HTTP/1.1 204 No Content\r\ncontent-length: 5\r\n\r\n"
+            ),
+            (Framing::Length(0), true)
+        );
+        assert_eq!(
+            ok("GET", "HTTP/1.1 304 Not Modified\r\n\r\n"),
+            (Framing::Length(0), true)
+        );
+        assert_eq!(
+            ok(
+                "GET",
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: x\r\n\r\n"
+            ),
+            (Framing::Length(0), false)
+        );
+        assert_eq!(
+            ok("GET", "HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n"),
+            (Framing::Length(5), true)
+        );
+        assert_eq!(
+            ok("GET", "HTTP/1.1 200 OK\r\n\r\n"),
+            (Framing::Close, false)
+        );
+        assert_eq!(
+            ok(
+                "GET",
+                "HTTP/1.1 200 OK\r\nconnection: Close\r\ncontent-length: 1\r\n\r\n"
+            ),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            ok("GET", "HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"),
+            (Framing::Length(1), false)
+        );
+        assert_eq!(
+            ok(
+                "GET",
+                "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n"
+            ),
+            (Framing::Length(1), true)
+        );
+        assert_eq!(
+            ok(
+                "GET",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"
+            ),
+            (Framing::Chunked(Chunked::default()), true)
+        );
+        assert_eq!(
+            ok(
+                "GET",
+                "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, gzip\r\n\r\n"
+            ),
+            (Framing::Close, false)
+        );
+        // Both: the transfer coding wins, the length goes, the connection is not reused.
+        let (f, headers) = framing_of(
+            "GET",
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+        );
+        assert_eq!(f.unwrap(), (Framing::Chunked(Chunked::default()), false));
+        assert!(!headers.contains_key(header::CONTENT_LENGTH));
+        for bad in ["5, 6", "+5", "-1", "5 5", "", "0x5", "99999999999999999999"] {
+            let raw = format!("HTTP/1.1 200 OK\r\ncontent-length: {bad}\r\n\r\n");
+            assert!(framing_of("GET", &raw).0.is_err(), "content-length: {bad}");
+        }
+        let (f, _) = framing_of(
+            "GET",
+            "HTTP/1.1 200 OK\r\ncontent-length: 5\r\ncontent-length: 6\r\n\r\n",
+        );
+        assert!(f.is_err());
+    }
+
+    #[test]
+    fn a_head_keeps_a_reason_phrase_only_when_it_is_not_the_usual_one() {
+        for (raw, kept) in [
+            ("HTTP/1.1 200 OK\r\n\r\n", None),
+            ("HTTP/1.1 200 Fine Thanks\r\n\r\n", Some("Fine Thanks")),
+        ] {
+            let mut fields = Vec::new();
+            let parsed = parse(raw.as_bytes(), &mut fields).unwrap().unwrap();
+            let parts = parsed
+                .into_parts(&mut BytesMut::from(raw), &fields, HeaderMap::new())
+                .unwrap();
+            let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+            assert_eq!(reason.map(|r| r.as_bytes()), kept.map(str::as_bytes));
+        }
+        assert!(parse(b"HTTP/1.1 200 OK\r\ncontent-le", &mut Vec::new())
+            .unwrap()
+            .is_none());
+        assert!(parse(b"HTTP/1.1 200 OK\r\nbad name: x\r\n\r\n", &mut Vec::new()).is_err());
+        assert!(parse(
+            b"HTTP/1.1 200 OK\r\nfolded: a\r\n b\r\n\r\n",
+            &mut Vec::new()
+        )
+        .is_err());
+    }
+
+    /// Decodes `raw` fed `step` bytes at a time: the data, the trailers, or the error.
+    fn decode_by(raw: &[u8], step: usize) -> io::Result<(Vec<u8>, Option<HeaderMap>)> {
+        let mut c = Chunked::default();
+        let mut buf = BytesMut::new();
+        let mut data = Vec::new();
+        let mut fed = 0;
+        loop {
+            match c.decode(&mut buf)? {
+                Decoded::Data(d) => data.extend_from_slice(&d),
+                Decoded::End(t) => {
+                    assert!(buf.is_empty(), "nothing after the end was taken");
+                    return Ok((data, t));
+                }
+                Decoded::More => {
+                    if fed == raw.len() {
+                        return Err(io::ErrorKind::UnexpectedEof.into());
+                    }
+                    let n = step.min(raw.len() - fed);
+                    buf.extend_from_slice(&raw[fed..fed + n]);
+                    fed += n;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn chunked_bodies_decode_the_same_however_they_arrive() {
+        let raw = b"5;name=value\r\nhello\r\n6 ; x\r\n world\r\nA\r\n0123456789\r\n0\r\nx-trailer: t\r\n\r\n";
+        for step in [1, 2, 3, 7, raw.len()] {
+            let (data, trailers) = decode_by(raw, step).unwrap();
+            assert_eq!(data, b"hello world0123456789", "step {step}");
+            assert_eq!(trailers.unwrap()["x-trailer"], "t");
+        }
+        let (data, trailers) = decode_by(b"3\r\nabc\r\n0\r\n\r\n", 1).unwrap();
+        assert_eq!((&data[..], trailers), (&b"abc"[..], None));
+    }
+
+    #[test]
+    fn malformed_chunked_bodies_fail() {
+        for raw in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloX\r\n0\r\n\r\n",
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",
+            b"\r\n",
+            b"g\r\n",
+            b"10000000000000000\r\n",
+            b"0\r\nbad trailer\r\n\r\n",
+        ] {
+            let e = decode_by(raw, 1).expect_err(&String::from_utf8_lossy(raw));
+            assert_eq!(
+                e.kind(),
+                io::ErrorKind::InvalidData,
+                "{}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+}
