@@ -35,8 +35,10 @@ const MAX_HEADERS: usize = 100;
 /// The most bytes of chunk extensions and trailers in one body (hyper's limits).
 const MAX_CHUNK_EXTENSIONS: usize = 16 * 1024;
 const MAX_TRAILERS: usize = 16 * 1024;
-/// What a read asks room for.
+/// What a read asks room for: at first, and at most (a read that fills its room doubles
+/// it, as hyper's adaptive reads do, so a large body is not read 8 KiB at a time).
 const READ_ROOM: usize = 8192;
+const MAX_READ_ROOM: usize = 128 * 1024;
 
 /// One connection to an endpoint, idle between exchanges.
 pub struct Conn {
@@ -46,6 +48,8 @@ pub struct Conn {
     /// between exchanges for their room.
     head: Vec<u8>,
     fields: Vec<Field>,
+    /// What a read of a body asks room for (see `READ_ROOM`).
+    room: usize,
 }
 
 /// A response head, and how its body is framed.
@@ -70,6 +74,7 @@ impl Conn {
             buf: BytesMut::new(),
             head: Vec::new(),
             fields: Vec::new(),
+            room: READ_ROOM,
         }
     }
 
@@ -206,17 +211,23 @@ async fn write_all(io: &mut TcpStream, head: &[u8], body: &[u8]) -> io::Result<(
 }
 
 /// Reads more of the connection into `buf`; `Ok(0)` at its close.
-fn poll_read(io: &TcpStream, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_ROOM / 2 {
-        buf.reserve(READ_ROOM);
+fn poll_read(
+    io: &mut TcpStream,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    room: &mut usize,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < *room / 2 {
+        buf.reserve(*room);
     }
-    loop {
-        ready!(io.poll_read_ready(cx))?;
-        match io.try_read_buf(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            r => return Poll::Ready(r),
-        }
+    let spare = buf.capacity() - buf.len();
+    // tokio's read, not `try_read_buf`: a read shorter than its room clears the socket's
+    // readiness (it has been drained), so no read ends in a wasted EAGAIN.
+    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, buf))?;
+    if n == spare && *room < MAX_READ_ROOM {
+        *room *= 2;
     }
+    Poll::Ready(Ok(n))
 }
 
 /// Where a field's name and value are in the buffer.
@@ -278,6 +289,7 @@ async fn read_head(
     buf: &mut BytesMut,
     fields: &mut Vec<Field>,
 ) -> Result<Parsed, (io::Error, bool)> {
+    let mut room = READ_ROOM;
     loop {
         if !buf.is_empty() {
             if let Some(parsed) = parse(buf, fields).map_err(|e| (e, true))? {
@@ -287,7 +299,7 @@ async fn read_head(
                 return Err((invalid("too large"), true));
             }
         }
-        let n = std::future::poll_fn(|cx| poll_read(io, cx, buf))
+        let n = std::future::poll_fn(|cx| poll_read(io, cx, buf, &mut room))
             .await
             .map_err(|e| (e, !buf.is_empty()))?;
         if n == 0 {
@@ -648,7 +660,7 @@ impl http_body::Body for Body {
                 }
                 Framing::Length(_) | Framing::Close => {}
             }
-            match ready!(poll_read(&conn.io, cx, &mut conn.buf)) {
+            match ready!(poll_read(&mut conn.io, cx, &mut conn.buf, &mut conn.room)) {
                 Ok(0) if this.framing == Framing::Close => {
                     this.conn = None;
                     this.done = true;
