@@ -1,12 +1,12 @@
-//! The worker's own HTTP/1.1 client for plain upstreams, for requests whose body is in
-//! memory (empty, or buffered) and that ask for no upgrade — nearly every request to a
-//! model service or an HTTP API. It runs on the request's own task: the head is written
-//! with the body in one `writev`, the response head is read and parsed (`httparse`) where
-//! the request waits for it, and the response body is read from the socket by whoever
-//! polls it (the client connection's task), so an exchange costs no task, no channel and
-//! no wake-up of its own. hyper's HTTP/1 client (`hyper::client::conn::http1`) carries the
-//! rest — streamed request bodies (which must be read while the response may already be
-//! arriving), upgrades, CONNECT — in `upstream::pool`.
+//! The worker's own HTTP/1.1 client for plain upstreams, for every request that asks for
+//! no upgrade. It runs on the request's own task: the head is written with a body in
+//! memory in one `writev` (a streamed body follows frame by frame, under the client's
+//! `Content-Length` or chunked, while a response that begins early ends the sending), the
+//! response head is read and parsed (`httparse`) where the request waits for it, and the
+//! response body is read from the socket by whoever polls it (the client connection's
+//! task), so an exchange costs no task, no channel and no wake-up of its own. hyper's
+//! HTTP/1 client (`hyper::client::conn::http1`) carries upgrades (WebSocket: a 101 hands
+//! its connection to the tunnel) and CONNECT, in `upstream::pool`.
 //!
 //! Response framing follows RFC 9112 §6.3: no body for HEAD, 1xx, 204 and 304; a
 //! `Transfer-Encoding` whose last coding is `chunked` is decoded (any other ends at the
@@ -16,6 +16,7 @@
 //! response said it may be (`Connection: close`, HTTP/1.0 without `keep-alive`), its body
 //! was read to its exact end and nothing followed it.
 
+use super::body::UpstreamBody;
 use super::pool::Return;
 use crate::BoxError;
 use bytes::{Bytes, BytesMut};
@@ -63,8 +64,45 @@ pub struct Head {
 /// certainly taken).
 #[derive(Debug)]
 pub struct ExchangeError {
-    pub error: io::Error,
+    pub error: BoxError,
     pub received: bool,
+}
+
+impl ExchangeError {
+    fn sending(error: impl Into<BoxError>) -> Self {
+        ExchangeError {
+            error: error.into(),
+            received: false,
+        }
+    }
+}
+
+/// A request body as this client sends it.
+pub enum Outgoing {
+    /// In memory: written with the head (with its `content-length`), and written again
+    /// if the request must go again on another connection.
+    Whole(Bytes),
+    /// The client's stream, sent as it comes: framed by the head's `content-length`
+    /// (which it must match exactly), or chunked when the head has none.
+    Stream(UpstreamBody),
+}
+
+impl Outgoing {
+    /// Whether the same body can go again after a try that wrote some of it.
+    pub fn resendable(&self) -> bool {
+        matches!(self, Outgoing::Whole(_))
+    }
+}
+
+/// How the head frames the body.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Sending {
+    /// In memory, this long: a `content-length` is added if the head has none.
+    Whole(usize),
+    /// Streamed under the head's own `content-length` of this many bytes.
+    Declared(u64),
+    /// Streamed chunked: `transfer-encoding: chunked` is added.
+    Chunked,
 }
 
 impl Conn {
@@ -98,29 +136,43 @@ impl Conn {
         }
     }
 
-    /// Sends a request (its target in origin form, its body whole) and reads the
-    /// response head. Once a response head has come, the response's fields are put in
-    /// the request's header map (emptied: it is not needed any more, and its room is
-    /// already made, as hyper's client does).
+    /// Sends a request (its target in origin form) and reads the response head. Once a
+    /// response head has come, the response's fields are put in the request's header
+    /// map (emptied: it is not needed any more, and its room is already made, as hyper's
+    /// client does). A response that begins before a streamed body has all been sent
+    /// ends the sending (an upstream refusing a large body early); its connection is
+    /// then not reused.
     pub async fn exchange(
         &mut self,
         head: &mut http::request::Parts,
-        body: &Bytes,
+        body: &mut Outgoing,
     ) -> Result<Head, ExchangeError> {
-        encode(&mut self.head, head, body.len());
-        let failed = |error| ExchangeError {
-            error,
-            received: false,
-        };
-        write_all(&mut self.io, &self.head, body)
-            .await
-            .map_err(failed)?;
+        let mut finished = true;
+        match body {
+            Outgoing::Whole(b) => {
+                encode(&mut self.head, head, Sending::Whole(b.len()));
+                write_all(&mut self.io, &[&self.head, b])
+                    .await
+                    .map_err(ExchangeError::sending)?;
+            }
+            Outgoing::Stream(b) => {
+                let sending = match declared_length(&head.headers) {
+                    Some(n) => Sending::Declared(n),
+                    None => Sending::Chunked,
+                };
+                encode(&mut self.head, head, sending);
+                finished = self.send_stream(b, sending).await?;
+            }
+        }
         loop {
             let parsed = read_head(&mut self.io, &mut self.buf, &mut self.fields)
                 .await
-                .map_err(|(error, received)| ExchangeError { error, received })?;
-            let received = |error| ExchangeError {
-                error,
+                .map_err(|(error, received)| ExchangeError {
+                    error: error.into(),
+                    received,
+                })?;
+            let received = |error: io::Error| ExchangeError {
+                error: error.into(),
                 received: true,
             };
             let mut headers = std::mem::take(&mut head.headers);
@@ -142,16 +194,140 @@ impl Conn {
             return Ok(Head {
                 parts,
                 framing,
-                keep_alive,
+                keep_alive: keep_alive && finished,
             });
         }
     }
+
+    /// Sends the head (in `self.head`) and a streamed body as its frames come; `false`
+    /// if a response began first. The head waits for the body's first frame and goes
+    /// with it: a client whose body fails at once (bad framing) sends nothing upstream,
+    /// and a small body goes in the head's write.
+    async fn send_stream(
+        &mut self,
+        body: &mut UpstreamBody,
+        sending: Sending,
+    ) -> Result<bool, ExchangeError> {
+        let mut left = match sending {
+            Sending::Declared(n) => Some(n),
+            _ => None,
+        };
+        let mismatch = || {
+            ExchangeError::sending(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "request body does not match its content-length",
+            ))
+        };
+        let mut head_sent = false;
+        loop {
+            let frame = if !head_sent {
+                next_frame(body).await
+            } else {
+                tokio::select! {
+                    biased;
+                    ready = self.io.readable() => {
+                        ready.map_err(ExchangeError::sending)?;
+                        // Readiness can be spurious: only bytes (or the close) say the
+                        // response began.
+                        match self.io.try_read_buf(&mut self.buf) {
+                            Ok(0) => return Err(ExchangeError::sending(io::Error::new(
+                                io::ErrorKind::UnexpectedEof,
+                                "upstream closed the connection while the request body was sent",
+                            ))),
+                            Ok(_) => return Ok(false),
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                            Err(e) => return Err(ExchangeError::sending(e)),
+                        }
+                    }
+                    frame = next_frame(body) => frame,
+                }
+            };
+            let frame = match frame {
+                None => break,
+                Some(Err(e)) => return Err(ExchangeError::sending(e)),
+                Some(Ok(frame)) => frame,
+            };
+            let head: &[u8] = if head_sent { &[] } else { &self.head };
+            match frame.into_data() {
+                Ok(data) if data.is_empty() => continue,
+                Ok(data) => {
+                    let written = match &mut left {
+                        Some(left) => {
+                            *left = left.checked_sub(data.len() as u64).ok_or_else(mismatch)?;
+                            write_all(&mut self.io, &[head, &data]).await
+                        }
+                        None => {
+                            let mut size = [0u8; 18];
+                            let n = chunk_size_line(&mut size, data.len());
+                            write_all(&mut self.io, &[head, &size[..n], &data, b"\r\n"]).await
+                        }
+                    };
+                    written.map_err(ExchangeError::sending)?;
+                    head_sent = true;
+                }
+                // Trailers end the body; they have no place without chunked framing.
+                Err(frame) => {
+                    if let (Ok(trailers), None) = (frame.into_trailers(), left) {
+                        let mut last = b"0\r\n".to_vec();
+                        for (name, value) in &trailers {
+                            last.extend_from_slice(name.as_str().as_bytes());
+                            last.extend_from_slice(b": ");
+                            last.extend_from_slice(value.as_bytes());
+                            last.extend_from_slice(b"\r\n");
+                        }
+                        last.extend_from_slice(b"\r\n");
+                        write_all(&mut self.io, &[head, &last])
+                            .await
+                            .map_err(ExchangeError::sending)?;
+                        return Ok(true);
+                    }
+                    break;
+                }
+            }
+        }
+        let head: &[u8] = if head_sent { &[] } else { &self.head };
+        let last: &[u8] = match left {
+            Some(0) => b"",
+            Some(_) => return Err(mismatch()),
+            None => b"0\r\n\r\n",
+        };
+        write_all(&mut self.io, &[head, last])
+            .await
+            .map_err(ExchangeError::sending)?;
+        Ok(true)
+    }
+}
+
+/// The body's next frame.
+fn next_frame(
+    body: &mut UpstreamBody,
+) -> impl std::future::Future<Output = Option<Result<Frame<Bytes>, BoxError>>> + '_ {
+    use http_body::Body as _;
+    std::future::poll_fn(move |cx| Pin::new(&mut *body).poll_frame(cx))
+}
+
+/// `SIZE\r\n` of a chunk of `len` bytes, in hex, into `out`; its length.
+fn chunk_size_line(out: &mut [u8; 18], len: usize) -> usize {
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, digit) in out[..digits].iter_mut().enumerate() {
+        *digit = b"0123456789abcdef"[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    out[digits] = b'\r';
+    out[digits + 1] = b'\n';
+    digits + 2
+}
+
+/// The head's one `content-length`, if it has one (`fits` checked it is one number).
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    let v = headers.get(header::CONTENT_LENGTH)?;
+    parse_length(v.as_bytes())
 }
 
 /// The request head, as hyper's client writes it: `METHOD TARGET HTTP/1.1`, the fields
-/// in order, names in lower case, and a `content-length` for a body when the head has
-/// none (the caller checked that one it has is the body's).
-fn encode(out: &mut Vec<u8>, head: &http::request::Parts, body: usize) {
+/// in order, names in lower case, and a `content-length` for a body in memory when the
+/// head has none (the caller checked that one it has is the body's), or
+/// `transfer-encoding: chunked` for a streamed body without one.
+fn encode(out: &mut Vec<u8>, head: &http::request::Parts, sending: Sending) {
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
@@ -164,18 +340,23 @@ fn encode(out: &mut Vec<u8>, head: &http::request::Parts, body: usize) {
         out.extend_from_slice(value.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if body > 0 && !head.headers.contains_key(header::CONTENT_LENGTH) {
-        out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(itoa::Buffer::new().format(body).as_bytes());
-        out.extend_from_slice(b"\r\n");
+    match sending {
+        Sending::Whole(len) if len > 0 && !head.headers.contains_key(header::CONTENT_LENGTH) => {
+            out.extend_from_slice(b"content-length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(len).as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        Sending::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        _ => {}
     }
     out.extend_from_slice(b"\r\n");
 }
 
-/// Whether a request can go by this client, its body (of `len` bytes) being in memory:
-/// it asks for no upgrade (`Upgrade`, CONNECT), and the head's framing fields, if any, say
-/// what the body is (a `Content-Length` equal to its length, no `Transfer-Encoding`).
-pub fn fits(method: &Method, headers: &HeaderMap, len: u64) -> bool {
+/// Whether a request can go by this client: it asks for no upgrade (`Upgrade`, CONNECT),
+/// has no `Transfer-Encoding` (the gateway removes the client's), and at most one
+/// `Content-Length` — which, for a body in memory (`whole`: its length), must be the
+/// body's, and for a streamed one a number (the stream must then match it).
+pub fn fits(method: &Method, headers: &HeaderMap, whole: Option<u64>) -> bool {
     if *method == Method::CONNECT
         || headers.contains_key(header::UPGRADE)
         || headers.contains_key(header::TRANSFER_ENCODING)
@@ -183,31 +364,45 @@ pub fn fits(method: &Method, headers: &HeaderMap, len: u64) -> bool {
         return false;
     }
     let mut lengths = headers.get_all(header::CONTENT_LENGTH).iter();
-    match lengths.next() {
-        None => true,
-        Some(v) => {
-            lengths.next().is_none() && v.as_bytes() == itoa::Buffer::new().format(len).as_bytes()
-        }
+    match (lengths.next(), whole) {
+        (None, _) => true,
+        (Some(_), _) if lengths.next().is_some() => false,
+        (Some(v), Some(len)) => v.as_bytes() == itoa::Buffer::new().format(len).as_bytes(),
+        (Some(v), None) => parse_length(v.as_bytes()).is_some(),
     }
 }
 
-async fn write_all(io: &mut TcpStream, head: &[u8], body: &[u8]) -> io::Result<()> {
-    let (mut head, mut body) = (head, body);
-    while !head.is_empty() || !body.is_empty() {
+/// Writes `parts` in order, as few writes (`writev`) as the socket takes.
+async fn write_all(io: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+    let (mut at, mut offset) = (0, 0);
+    loop {
+        while at < parts.len() && offset == parts[at].len() {
+            (at, offset) = (at + 1, 0);
+        }
+        if at == parts.len() {
+            return Ok(());
+        }
         let n = std::future::poll_fn(|cx| {
             use tokio::io::AsyncWrite as _;
-            let slices = [IoSlice::new(head), IoSlice::new(body)];
-            Pin::new(&mut *io).poll_write_vectored(cx, &slices)
+            let rest = &parts[at..];
+            let mut slices = [IoSlice::new(&[]); 4];
+            let len = rest.len().min(slices.len());
+            slices[0] = IoSlice::new(&rest[0][offset..]);
+            for i in 1..len {
+                slices[i] = IoSlice::new(rest[i]);
+            }
+            Pin::new(&mut *io).poll_write_vectored(cx, &slices[..len])
         })
         .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
-        let from_head = n.min(head.len());
-        head = &head[from_head..];
-        body = &body[n - from_head..];
+        offset += n;
+        while at < parts.len() && offset >= parts[at].len() {
+            offset -= parts[at].len();
+            at += 1;
+        }
     }
-    Ok(())
 }
 
 /// Reads more of the connection into `buf`; `Ok(0)` at its close.
@@ -715,14 +910,31 @@ mod tests {
             "http://10.0.0.1:8080/v1/chat?x=1",
             &[("Host", "models"), ("x-a", "1"), ("x-a", "2")],
         );
-        encode(&mut out, &head, 12);
+        encode(&mut out, &head, Sending::Whole(12));
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "POST /v1/chat?x=1 HTTP/1.1\r\nhost: models\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 12\r\n\r\n"
         );
         let head = request("GET", "http://10.0.0.1/", &[("content-length", "0")]);
-        encode(&mut out, &head, 0);
+        encode(&mut out, &head, Sending::Whole(0));
         assert_eq!(out, b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
+        let head = request("POST", "http://10.0.0.1/up", &[]);
+        encode(&mut out, &head, Sending::Chunked);
+        assert_eq!(
+            out,
+            b"POST /up HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        let mut line = [0u8; 18];
+        for (len, hex) in [
+            (0, "0"),
+            (1, "1"),
+            (15, "f"),
+            (16, "10"),
+            (0x1234ab, "1234ab"),
+        ] {
+            let n = chunk_size_line(&mut line, len);
+            assert_eq!(&line[..n], format!("{hex}\r\n").as_bytes());
+        }
     }
 
     #[test]
@@ -731,20 +943,21 @@ mod tests {
             let head = request(method, "/", fields);
             super::fits(&head.method, &head.headers, len)
         };
-        assert!(fits("GET", &[], 0));
-        assert!(fits("POST", &[("content-length", "3")], 3));
-        assert!(
-            !fits("POST", &[("content-length", "4")], 3),
-            "a length that is not the body's"
-        );
-        assert!(!fits(
-            "POST",
-            &[("content-length", "3"), ("content-length", "3")],
-            3
-        ));
-        assert!(!fits("POST", &[("transfer-encoding", "chunked")], 3));
-        assert!(!fits("GET", &[("upgrade", "websocket")], 0));
-        assert!(!fits("CONNECT", &[], 0));
+        assert!(fits("GET", &[], Some(0)));
+        assert!(fits("POST", &[("content-length", "3")], Some(3)));
+        let not_the_bodys = fits("POST", &[("content-length", "4")], Some(3));
+        assert!(!not_the_bodys);
+        let two = [("content-length", "3"), ("content-length", "3")];
+        assert!(!fits("POST", &two, Some(3)));
+        assert!(!fits("POST", &two, None));
+        assert!(!fits("POST", &[("transfer-encoding", "chunked")], Some(3)));
+        assert!(!fits("GET", &[("upgrade", "websocket")], Some(0)));
+        assert!(!fits("CONNECT", &[], Some(0)));
+        // Streamed: framed by the head's one length, or chunked.
+        assert!(fits("POST", &[], None));
+        assert!(fits("POST", &[("content-length", "1000")], None));
+        assert!(!fits("POST", &[("content-length", "x")], None));
+        assert!(!fits("POST", &[("transfer-encoding", "chunked")], None));
     }
 
     fn framing_of(method: &str, raw: &str) -> (io::Result<(Framing, bool)>, HeaderMap) {

@@ -1,9 +1,8 @@
 //! A worker's HTTP/1.1 connection pool to one plain upstream: a list of idle connections
 //! per endpoint, owned by one worker (so its mutex is never contended), no boxed future,
-//! no pool-key hashing per request. Requests whose body is in memory go by the gateway's
-//! own client ([`h1`]: on the request's task, no spawned task or channel per exchange);
-//! the others (streamed bodies, upgrades) by hyper's connection API
-//! (`hyper::client::conn::http1`). A connection goes back to the pool when its response
+//! no pool-key hashing per request. Requests go by the gateway's own client ([`h1`]: on
+//! the request's task, no spawned task or channel per exchange); upgrades and CONNECT by
+//! hyper's connection API (`hyper::client::conn::http1`). A connection goes back to the pool when its response
 //! body has been read to the end ([`PooledBody`]); one whose body was dropped part-way, or
 //! that the upstream closed, is not reused.
 //!
@@ -61,8 +60,8 @@ impl Http1Pool {
     }
 
     /// Sends `req` (its URI absolute: the endpoint is its authority) on an idle
-    /// connection to that endpoint, or a new one: by the gateway's own client when its
-    /// body is in memory and it asks for no upgrade ([`h1::fits`]), else by hyper's. A
+    /// connection to that endpoint, or a new one: by the gateway's own client unless it
+    /// asks for an upgrade ([`h1::fits`]), else by hyper's. A
     /// pooled connection the upstream closed before it took the request is replaced by a
     /// new connection, with the same request. When no connection can be made the
     /// request's head is put in `unsent` (its URI as it came).
@@ -74,28 +73,30 @@ impl Http1Pool {
         let Some(authority) = req.uri().authority().cloned() else {
             return Err(TryError::Failed("upstream URI without an authority".into()));
         };
-        let in_memory = match req.body() {
+        let whole = match req.body() {
             UpstreamBody::Buffered(b) => b.size_hint().exact(),
             UpstreamBody::Stream(b) if b.is_end_stream() => Some(0),
             UpstreamBody::Stream(_) => None,
         };
-        match in_memory {
-            Some(len) if h1::fits(req.method(), req.headers(), len) => {
-                let (head, body) = req.into_parts();
-                self.send_own(head, in_memory_bytes(body), authority, unsent)
-                    .await
-            }
-            _ => self.send_hyper(req, authority, unsent).await,
+        if !h1::fits(req.method(), req.headers(), whole) {
+            return self.send_hyper(req, authority, unsent).await;
         }
+        let (head, body) = req.into_parts();
+        let body = match whole {
+            Some(_) => h1::Outgoing::Whole(in_memory_bytes(body)),
+            None => h1::Outgoing::Stream(body),
+        };
+        self.send_own(head, body, authority, unsent).await
     }
 
     /// By the gateway's own client. A reused connection that closes before any of a
     /// response came is the upstream's close racing the request (it had not seen the
-    /// close yet): an idempotent request is sent again on another connection.
+    /// close yet): an idempotent request whose body is in memory is sent again on
+    /// another connection.
     async fn send_own(
         &self,
         mut head: http::request::Parts,
-        body: Bytes,
+        mut body: h1::Outgoing,
         authority: Authority,
         unsent: &mut Option<http::request::Parts>,
     ) -> Result<Response<PooledBody>, TryError> {
@@ -112,15 +113,15 @@ impl Http1Pool {
                         }
                     },
                 };
-            match conn.exchange(&mut head, &body).await {
+            match conn.exchange(&mut head, &mut body).await {
                 Ok(answer) => {
                     self.start_reaper();
                     let back = self.back(&self.own, authority);
                     let (parts, body) = h1::Body::new(conn, answer, back);
                     return Ok(Response::from_parts(parts, PooledBody::Own(body)));
                 }
-                Err(e) if pooled && !e.received && idempotent => continue,
-                Err(e) => return Err(classify::error(&e.error, false)),
+                Err(e) if pooled && !e.received && idempotent && body.resendable() => continue,
+                Err(e) => return Err(classify::error(&*e.error, false)),
             }
         }
     }

@@ -662,3 +662,145 @@ async fn a_request_that_meets_a_closing_upstream_connection_goes_again() {
     );
     assert_eq!(metric(&gw, &reset).await, 0.0);
 }
+
+/// A raw upstream that sends each request it received, whole (head and body as they
+/// came on the wire), on `tx` and answers `200 ok` — or, for `/early`, answers 413 as
+/// soon as the head is in, without reading the body.
+async fn recording_upstream(
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+) -> std::net::SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = l.accept().await.unwrap();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                loop {
+                    let mut b = [0u8; 16384];
+                    let n = match s.read(&mut b).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => n,
+                    };
+                    got.extend_from_slice(&b[..n]);
+                    let text = String::from_utf8_lossy(&got).to_string();
+                    let Some(head_end) = text.find("\r\n\r\n").map(|i| i + 4) else {
+                        continue;
+                    };
+                    let head = text[..head_end].to_ascii_lowercase();
+                    if head.starts_with("post /early") {
+                        let _ = s
+                            .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig")
+                            .await;
+                        let _ = tx.send(head);
+                        return;
+                    }
+                    let body = &text[head_end..];
+                    let complete = match head.split("content-length: ").nth(1) {
+                        Some(v) => {
+                            body.len() >= v.split("\r\n").next().unwrap().parse::<usize>().unwrap()
+                        }
+                        None if head.contains("transfer-encoding: chunked") => {
+                            body.find("\r\n0\r\n")
+                                .is_some_and(|i| body[i..].ends_with("\r\n\r\n"))
+                                || body.starts_with("0\r\n") && body.ends_with("\r\n\r\n")
+                        }
+                        None => true,
+                    };
+                    if complete {
+                        let _ = tx.send(text.clone());
+                        got.clear();
+                        if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Reads from `s` until an answer whose body is `ok` is in.
+async fn read_ok(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::new();
+    while !String::from_utf8_lossy(&buf).contains("\r\n\r\nok") {
+        let mut b = [0u8; 1024];
+        let n = s.read(&mut b).await.unwrap();
+        assert!(n > 0, "{}", String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&b[..n]);
+    }
+    String::from_utf8_lossy(&buf).to_string()
+}
+
+/// A streamed request body goes upstream as it came: under the client's length, or
+/// chunked (its trailers too) when it had none; an upstream that answers before the body
+/// is all sent ends the sending, and its answer reaches the client.
+#[tokio::test]
+async fn streamed_request_bodies_are_framed_for_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let up = recording_upstream(tx).await;
+    let text = config(
+        "",
+        &[up],
+        "[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"up\"\n",
+    )
+    .replacen("[server]\n", "[server]\nworkers = 1\n", 1);
+    let gw = Gateway::start(&text);
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    // Chunked, with a trailer, sent in two pieces.
+    s.write_all(
+        b"POST /chunked HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    s.write_all(b"6\r\n world\r\n0\r\nx-t: 1\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(read_ok(&mut s).await.starts_with("HTTP/1.1 200"));
+    let got = rx.recv().await.unwrap();
+    let (head, body) = got.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("POST /chunked HTTP/1.1\r\n"), "{got}");
+    assert!(head.contains("\r\ntransfer-encoding: chunked"), "{got}");
+    assert!(!head.contains("content-length"), "{got}");
+    let data: String = body
+        .split("\r\n")
+        .collect::<Vec<_>>()
+        .chunks(2)
+        .take_while(|c| c[0] != "0")
+        .map(|c| c[1])
+        .collect();
+    assert_eq!(data, "hello world", "{got}");
+    assert!(
+        body.contains("\r\n0\r\nx-t: 1\r\n\r\n"),
+        "the trailer went too: {got}"
+    );
+    // Under the client's length: the same length, the bytes as they came.
+    s.write_all(b"POST /length HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello")
+        .await
+        .unwrap();
+    s.write_all(b" world").await.unwrap();
+    assert!(read_ok(&mut s).await.starts_with("HTTP/1.1 200"));
+    let got = rx.recv().await.unwrap();
+    let (head, body) = got.split_once("\r\n\r\n").unwrap();
+    assert!(head.contains("\r\ncontent-length: 11"), "{got}");
+    assert!(!head.contains("transfer-encoding"), "{got}");
+    assert_eq!(body, "hello world");
+    // An early answer: the client has sent 1 KB of its 1 MB.
+    let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
+        .await
+        .unwrap();
+    s.write_all(&[b'x'; 1000]).await.unwrap();
+    let mut answer = [0u8; 12];
+    s.read_exact(&mut answer).await.unwrap();
+    assert_eq!(&answer, b"HTTP/1.1 413");
+    assert!(rx.recv().await.unwrap().starts_with("post /early"));
+}
