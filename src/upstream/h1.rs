@@ -147,6 +147,14 @@ impl Conn {
         head: &mut http::request::Parts,
         body: &mut Outgoing,
     ) -> Result<Head, ExchangeError> {
+        // Written after the worker's other ready tasks have run (and its events been
+        // polled), not at once: the requests of one turn go to the upstreams together,
+        // so an upstream on the same machine is woken once for them rather than once
+        // each, as when hyper's connection tasks wrote them. Measured (release, two
+        // workers, wrk -c64 to nginx on this 2-core box, two alternating runs): writing
+        // at once 165-170k requests in 5 s, 0.67 context switches per request; after
+        // the turn 186-187k, 0.49 (hyper's client: 181-183k, 0.53).
+        tokio::task::yield_now().await;
         let mut finished = true;
         match body {
             Outgoing::Whole(b) => {
