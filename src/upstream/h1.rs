@@ -16,7 +16,7 @@
 //! response said it may be (`Connection: close`, HTTP/1.0 without `keep-alive`), its body
 //! was read to its exact end and nothing followed it.
 
-use super::body::UpstreamBody;
+use super::body::{ClientBodyFailed, UpstreamBody};
 use super::pool::Return;
 use crate::BoxError;
 use bytes::{Bytes, BytesMut};
@@ -172,12 +172,14 @@ impl Conn {
                 finished = self.send_stream(b, sending).await?;
             }
         }
+        // An interim response came: the upstream has the request.
+        let mut interim = false;
         loop {
             let parsed = read_head(&mut self.io, &mut self.buf, &mut self.fields)
                 .await
                 .map_err(|(error, received)| ExchangeError {
                     error: error.into(),
-                    received,
+                    received: received || interim,
                 })?;
             let received = |error: io::Error| ExchangeError {
                 error: error.into(),
@@ -190,6 +192,7 @@ impl Conn {
                 .map_err(received)?;
             // Interim responses (100 Continue, 103 Early Hints) are not passed on.
             if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
+                interim = true;
                 continue;
             }
             let (framing, keep_alive) = framing(
@@ -207,6 +210,20 @@ impl Conn {
         }
     }
 
+    /// Takes the interim responses at the front of what has been read while a body is
+    /// sent; `false` when a final response (or a switch) has begun. An incomplete head
+    /// is left to be read on (`true`): the body goes on meanwhile.
+    fn interim_heads(&mut self) -> io::Result<bool> {
+        while let Some(parsed) = parse(&self.buf, &mut self.fields)? {
+            let status = parsed.status;
+            if !(100..200).contains(&status) || status == 101 {
+                return Ok(false);
+            }
+            let _ = self.buf.split_to(parsed.len);
+        }
+        Ok(true)
+    }
+
     /// Sends the head (in `self.head`) and a streamed body as its frames come; `false`
     /// if a response began first. The head waits for the body's first frame and goes
     /// with it: a client whose body fails at once (bad framing) sends nothing upstream,
@@ -220,11 +237,13 @@ impl Conn {
             Sending::Declared(n) => Some(n),
             _ => None,
         };
+        // The client's body, not the endpoint, is at fault.
         let mismatch = || {
-            ExchangeError::sending(io::Error::new(
+            let e = io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "request body does not match its content-length",
-            ))
+            );
+            ExchangeError::sending(ClientBodyFailed::new(Box::new(e)))
         };
         let mut head_sent = false;
         loop {
@@ -242,7 +261,13 @@ impl Conn {
                                 io::ErrorKind::UnexpectedEof,
                                 "upstream closed the connection while the request body was sent",
                             ))),
-                            Ok(_) => return Ok(false),
+                            // An interim answer (100 Continue to an `Expect`, 103) is
+                            // taken and the body goes on; a final one ends the sending.
+                            Ok(_) => match self.interim_heads() {
+                                Ok(true) => continue,
+                                Ok(false) => return Ok(false),
+                                Err(e) => return Err(ExchangeError { error: e.into(), received: true }),
+                            },
                             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                             Err(e) => return Err(ExchangeError::sending(e)),
                         }
@@ -467,7 +492,7 @@ impl Parsed {
         }
         parts.headers = headers;
         let reason = &raw[self.reason.0..self.reason.1];
-        if status.canonical_reason().map(str::as_bytes) != Some(reason) {
+        if !reason.is_empty() && status.canonical_reason().map(str::as_bytes) != Some(reason) {
             if let Ok(r) =
                 hyper::ext::ReasonPhrase::try_from(raw.slice(self.reason.0..self.reason.1))
             {
@@ -531,9 +556,13 @@ fn parse(buf: &[u8], found: &mut Vec<Field>) -> io::Result<Option<Parsed>> {
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(e) => return Err(invalid(&e.to_string())),
     };
-    let at = |s: &[u8]| {
-        let start = s.as_ptr() as usize - buf.as_ptr() as usize;
-        (start, start + s.len())
+    // Where `s`, a slice of `buf`, is in it. httparse gives a reason phrase it did not
+    // take from `buf` (an empty static one for a missing or non-ASCII reason): that is
+    // (0, 0), no reason.
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| match (s.as_ptr() as usize).checked_sub(base) {
+        Some(start) if start + s.len() <= buf.len() => (start, start + s.len()),
+        _ => (0, 0),
     };
     let version = match res.version {
         Some(0) => Version::HTTP_10,
@@ -641,7 +670,9 @@ enum Chunk {
     /// In a chunk-size line: the size so far and its digit count.
     #[default]
     Size,
-    /// In its extensions (after `;` or whitespace), up to the CR.
+    /// Whitespace after the size, before `;` or the CR.
+    SizeSpace,
+    /// In its extensions (after `;`), up to the CR.
     Extension,
     /// After the size line's CR.
     SizeLf,
@@ -716,7 +747,10 @@ impl Chunked {
                     self.size = self.size * 16 + d;
                     Chunk::Size
                 }
-                (Chunk::Size, b';' | b' ' | b'\t') if self.digits > 0 => Chunk::Extension,
+                (Chunk::Size, b' ' | b'\t') if self.digits > 0 => Chunk::SizeSpace,
+                (Chunk::Size | Chunk::SizeSpace, b';') if self.digits > 0 => Chunk::Extension,
+                (Chunk::SizeSpace, b' ' | b'\t') => Chunk::SizeSpace,
+                (Chunk::SizeSpace, b'\r') => Chunk::SizeLf,
                 (Chunk::Size, b'\r') if self.digits > 0 => Chunk::SizeLf,
                 (Chunk::Extension, b'\r') => Chunk::SizeLf,
                 (Chunk::Extension, b'\n') => return Err(bad("bare LF in a chunk extension")),
@@ -755,6 +789,9 @@ impl Chunked {
                 false => Ok(Decoded::More),
             };
         };
+        if end > MAX_TRAILERS {
+            return Err(invalid("trailers too large"));
+        }
         let section = buf.split_to(end + 4);
         let mut fields = [httparse::EMPTY_HEADER; 64];
         let parsed = match httparse::parse_headers(&section, &mut fields) {
@@ -1094,6 +1131,18 @@ mod tests {
         .is_err());
     }
 
+    #[test]
+    fn a_status_line_without_a_usable_reason_has_none() {
+        for raw in [&b"HTTP/1.1 204\r\n\r\n"[..], b"HTTP/1.1 200 Ok\xe9\r\n\r\n"] {
+            let mut fields = Vec::new();
+            let parsed = parse(raw, &mut fields).unwrap().unwrap();
+            let parts = parsed
+                .into_parts(&mut BytesMut::from(raw), &fields, HeaderMap::new())
+                .unwrap();
+            assert!(parts.extensions.get::<hyper::ext::ReasonPhrase>().is_none());
+        }
+    }
+
     /// Decodes `raw` fed `step` bytes at a time: the data, the trailers, or the error.
     fn decode_by(raw: &[u8], step: usize) -> io::Result<(Vec<u8>, Option<HeaderMap>)> {
         let mut c = Chunked::default();
@@ -1127,6 +1176,15 @@ mod tests {
             assert_eq!(data, b"hello world0123456789", "step {step}");
             assert_eq!(trailers.unwrap()["x-trailer"], "t");
         }
+        let (data, _) = decode_by(b"3 \t ;x\r\nabc\r\n2  \r\nde\r\n0\r\n\r\n", 1).unwrap();
+        assert_eq!(data, b"abcde");
+        let mut big = b"0\r\n".to_vec();
+        for name in ["x-a", "x-b"] {
+            big.extend_from_slice(format!("{name}: {}\r\n", "v".repeat(10_000)).as_bytes());
+        }
+        big.extend_from_slice(b"\r\n");
+        let e = decode_by(&big, big.len()).expect_err("trailers past the limit");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
         let (data, trailers) = decode_by(b"3\r\nabc\r\n0\r\n\r\n", 1).unwrap();
         assert_eq!((&data[..], trailers), (&b"abc"[..], None));
     }
@@ -1141,6 +1199,8 @@ mod tests {
             b"g\r\n",
             b"10000000000000000\r\n",
             b"0\r\nbad trailer\r\n\r\n",
+            b"5 6\r\nhello\r\n0\r\n\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
         ] {
             let e = decode_by(raw, 1).expect_err(&String::from_utf8_lossy(raw));
             assert_eq!(

@@ -665,7 +665,8 @@ async fn a_request_that_meets_a_closing_upstream_connection_goes_again() {
 
 /// A raw upstream that sends each request it received, whole (head and body as they
 /// came on the wire), on `tx` and answers `200 ok` — or, for `/early`, answers 413 as
-/// soon as the head is in, without reading the body.
+/// soon as the head is in, without reading the body; for `/continue-first` it answers
+/// `100 Continue` as soon as the head is in (and says `sent 100` on `tx`).
 async fn recording_upstream(
     tx: tokio::sync::mpsc::UnboundedSender<String>,
 ) -> std::net::SocketAddr {
@@ -678,6 +679,7 @@ async fn recording_upstream(
             let tx = tx.clone();
             tokio::spawn(async move {
                 let mut got = Vec::new();
+                let mut continued = false;
                 loop {
                     let mut b = [0u8; 16384];
                     let n = match s.read(&mut b).await {
@@ -690,6 +692,13 @@ async fn recording_upstream(
                         continue;
                     };
                     let head = text[..head_end].to_ascii_lowercase();
+                    if head.starts_with("post /continue-first") && !continued {
+                        continued = true;
+                        if s.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.is_err() {
+                            return;
+                        }
+                        let _ = tx.send("sent 100".into());
+                    }
                     if head.starts_with("post /early") {
                         let _ = s
                             .write_all(b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 3\r\nConnection: close\r\n\r\nbig")
@@ -712,6 +721,7 @@ async fn recording_upstream(
                     if complete {
                         let _ = tx.send(text.clone());
                         got.clear();
+                        continued = false;
                         if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                             .await
                             .is_err()
@@ -793,6 +803,16 @@ async fn streamed_request_bodies_are_framed_for_the_upstream() {
     assert!(head.contains("\r\ncontent-length: 11"), "{got}");
     assert!(!head.contains("transfer-encoding"), "{got}");
     assert_eq!(body, "hello world");
+    // An interim 100 while the body is still coming: taken, and the body goes on.
+    s.write_all(b"POST /continue-first HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\nhello")
+        .await
+        .unwrap();
+    assert_eq!(rx.recv().await.unwrap(), "sent 100");
+    s.write_all(b" world").await.unwrap();
+    let answer = read_ok(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let got = rx.recv().await.unwrap();
+    assert!(got.ends_with("\r\n\r\nhello world"), "{got}");
     // An early answer: the client has sent 1 KB of its 1 MB.
     let mut s = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"POST /early HTTP/1.1\r\nHost: a\r\nContent-Length: 1000000\r\n\r\n")
