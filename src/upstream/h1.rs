@@ -173,13 +173,13 @@ impl Conn {
             }
         }
         // An interim response came: the upstream has the request.
-        let mut interim = false;
+        let mut had_interim = false;
         loop {
             let parsed = read_head(&mut self.io, &mut self.buf, &mut self.fields)
                 .await
                 .map_err(|(error, received)| ExchangeError {
                     error: error.into(),
-                    received: received || interim,
+                    received: received || had_interim,
                 })?;
             let received = |error: io::Error| ExchangeError {
                 error: error.into(),
@@ -190,9 +190,8 @@ impl Conn {
             let mut parts = parsed
                 .into_parts(&mut self.buf, &self.fields, headers)
                 .map_err(received)?;
-            // Interim responses (100 Continue, 103 Early Hints) are not passed on.
-            if parts.status.is_informational() && parts.status != StatusCode::SWITCHING_PROTOCOLS {
-                interim = true;
+            if interim(parts.status.as_u16()) {
+                had_interim = true;
                 continue;
             }
             let (framing, keep_alive) = framing(
@@ -215,8 +214,7 @@ impl Conn {
     /// is left to be read on (`true`): the body goes on meanwhile.
     fn interim_heads(&mut self) -> io::Result<bool> {
         while let Some(parsed) = parse(&self.buf, &mut self.fields)? {
-            let status = parsed.status;
-            if !(100..200).contains(&status) || status == 101 {
+            if !interim(parsed.status) {
                 return Ok(false);
             }
             let _ = self.buf.split_to(parsed.len);
@@ -224,10 +222,10 @@ impl Conn {
         Ok(true)
     }
 
-    /// Sends the head (in `self.head`) and a streamed body as its frames come; `false`
-    /// if a response began first. The head waits for the body's first frame and goes
-    /// with it: a client whose body fails at once (bad framing) sends nothing upstream,
-    /// and a small body goes in the head's write.
+    /// Sends the head (in `self.head`, emptied once written) and a streamed body as its
+    /// frames come; `false` if a response began first. The head waits for the body's
+    /// first frame and goes with it: a client whose body fails at once (bad framing)
+    /// sends nothing upstream, and a small body goes in the head's write.
     async fn send_stream(
         &mut self,
         body: &mut UpstreamBody,
@@ -245,9 +243,9 @@ impl Conn {
             );
             ExchangeError::sending(ClientBodyFailed::new(Box::new(e)))
         };
-        let mut head_sent = false;
         loop {
-            let frame = if !head_sent {
+            // Until the head has gone, no response can have begun.
+            let frame = if !self.head.is_empty() {
                 next_frame(body).await
             } else {
                 tokio::select! {
@@ -280,7 +278,7 @@ impl Conn {
                 Some(Err(e)) => return Err(ExchangeError::sending(e)),
                 Some(Ok(frame)) => frame,
             };
-            let head: &[u8] = if head_sent { &[] } else { &self.head };
+            let head = &self.head;
             match frame.into_data() {
                 Ok(data) if data.is_empty() => continue,
                 Ok(data) => {
@@ -296,18 +294,13 @@ impl Conn {
                         }
                     };
                     written.map_err(ExchangeError::sending)?;
-                    head_sent = true;
+                    self.head.clear();
                 }
                 // Trailers end the body; they have no place without chunked framing.
                 Err(frame) => {
                     if let (Ok(trailers), None) = (frame.into_trailers(), left) {
                         let mut last = b"0\r\n".to_vec();
-                        for (name, value) in &trailers {
-                            last.extend_from_slice(name.as_str().as_bytes());
-                            last.extend_from_slice(b": ");
-                            last.extend_from_slice(value.as_bytes());
-                            last.extend_from_slice(b"\r\n");
-                        }
+                        put_fields(&mut last, &trailers);
                         last.extend_from_slice(b"\r\n");
                         write_all(&mut self.io, &[head, &last])
                             .await
@@ -318,17 +311,23 @@ impl Conn {
                 }
             }
         }
-        let head: &[u8] = if head_sent { &[] } else { &self.head };
         let last: &[u8] = match left {
             Some(0) => b"",
             Some(_) => return Err(mismatch()),
             None => b"0\r\n\r\n",
         };
-        write_all(&mut self.io, &[head, last])
+        write_all(&mut self.io, &[&self.head, last])
             .await
             .map_err(ExchangeError::sending)?;
         Ok(true)
     }
+}
+
+/// Whether a response with this status is an interim one (100 Continue, 103 Early
+/// Hints), which is not passed on: a 1xx other than 101 (after which the connection
+/// speaks another protocol).
+fn interim(status: u16) -> bool {
+    (100..200).contains(&status) && status != 101
 }
 
 /// The body's next frame.
@@ -367,12 +366,7 @@ fn encode(out: &mut Vec<u8>, head: &http::request::Parts, sending: Sending) {
     let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &head.headers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    put_fields(out, &head.headers);
     match sending {
         Sending::Whole(len) if len > 0 && !head.headers.contains_key(header::CONTENT_LENGTH) => {
             out.extend_from_slice(b"content-length: ");
@@ -383,6 +377,16 @@ fn encode(out: &mut Vec<u8>, head: &http::request::Parts, sending: Sending) {
         _ => {}
     }
     out.extend_from_slice(b"\r\n");
+}
+
+/// `name: value` lines, one per field, as hyper writes them (names in lower case).
+fn put_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// Whether a request can go by this client: it asks for no upgrade (`Upgrade`, CONNECT),
@@ -407,10 +411,12 @@ pub fn fits(method: &Method, headers: &HeaderMap, whole: Option<u64>) -> bool {
 
 /// Writes `parts` in order, as few writes (`writev`) as the socket takes.
 async fn write_all(io: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+    // `parts[at][offset..]` is what is left; written (and empty) parts are passed.
     let (mut at, mut offset) = (0, 0);
     loop {
-        while at < parts.len() && offset == parts[at].len() {
-            (at, offset) = (at + 1, 0);
+        while at < parts.len() && offset >= parts[at].len() {
+            offset -= parts[at].len();
+            at += 1;
         }
         if at == parts.len() {
             return Ok(());
@@ -431,10 +437,6 @@ async fn write_all(io: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
             return Err(io::ErrorKind::WriteZero.into());
         }
         offset += n;
-        while at < parts.len() && offset >= parts[at].len() {
-            offset -= parts[at].len();
-            at += 1;
-        }
     }
 }
 
@@ -816,8 +818,7 @@ pub struct Body {
     conn: Option<Conn>,
     framing: Framing,
     keep_alive: bool,
-    /// The body has ended (its end was read, or its connection closed).
-    done: bool,
+    /// Taken when the body has ended (`finish`); still there after a failure.
     back: Option<Return<Conn>>,
 }
 
@@ -828,7 +829,6 @@ impl Body {
             conn: Some(conn),
             framing: head.framing,
             keep_alive: head.keep_alive,
-            done: false,
             back: Some(back),
         };
         (head.parts, body)
@@ -836,13 +836,18 @@ impl Body {
 
     /// The body has been read to its end: the connection goes back if it can.
     fn finish(&mut self) {
-        self.done = true;
         let (Some(conn), Some(back)) = (self.conn.take(), self.back.take()) else {
             return;
         };
         if self.keep_alive && conn.buf.is_empty() {
             back.put_back(conn);
         }
+    }
+
+    /// The body failed: its connection is closed, never reused.
+    fn fail(&mut self, e: io::Error) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.conn = None;
+        Poll::Ready(Some(Err(e.into())))
     }
 }
 
@@ -889,10 +894,7 @@ impl http_body::Body for Body {
                         return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
                     }
                     Ok(Decoded::More) => {}
-                    Err(e) => {
-                        this.conn = None;
-                        return Poll::Ready(Some(Err(e.into())));
-                    }
+                    Err(e) => return this.fail(e),
                 },
                 Framing::Close if !conn.buf.is_empty() => {
                     let data = conn.buf.split().freeze();
@@ -901,30 +903,25 @@ impl http_body::Body for Body {
                 Framing::Length(_) | Framing::Close => {}
             }
             match ready!(poll_read(&mut conn.io, cx, &mut conn.buf, &mut conn.room)) {
+                // The end of a body that ends at the close (`keep_alive` is false).
                 Ok(0) if this.framing == Framing::Close => {
-                    this.conn = None;
-                    this.done = true;
+                    this.finish();
                     return Poll::Ready(None);
                 }
                 Ok(0) => {
-                    this.conn = None;
-                    let e = io::Error::new(
+                    return this.fail(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
                         "upstream closed the connection before the end of the response body",
-                    );
-                    return Poll::Ready(Some(Err(e.into())));
+                    ))
                 }
                 Ok(_) => {}
-                Err(e) => {
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(e.into())));
-                }
+                Err(e) => return this.fail(e),
             }
         }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done || self.framing == Framing::Length(0)
+        self.back.is_none() || self.framing == Framing::Length(0)
     }
 
     fn size_hint(&self) -> SizeHint {
