@@ -18,12 +18,17 @@
 # events, one per write, 1 ms apart; latency = arrival − the wall-clock stamp the server
 # wrote into the event). Medians over rounds; rounds alternate the target order.
 #
+# PIN=1 puts the proxies (Portcullis, nginx) on CPU 0 and the stream server and client on
+# CPU 1: the gateway's CPU per event is then steadier (it reads larger pieces), but on a
+# 2-core machine events/s is bound by the load's core (off/direct ~1.0) and the wake-ups
+# across cores add ~90 µs to every proxy's latency; the default (0) lets them all float.
+#
 # Usage:
 #   bash bench/sse.sh                                   # release build (built if missing)
 #   PROFILE=debug ROUNDS=1 bash bench/sse.sh            # smoke run on the dev build
 # Env knobs:
 #   ROUNDS [3]  STREAMS [4]  EVENTS [50000]  LAT_EVENTS [3000]
-#   PROFILE [release]  (binaries: target/$PROFILE/portcullis, target/$PROFILE/examples/sse-bench)
+#   PIN [0]  PROFILE [release]  (binaries: target/$PROFILE/portcullis, target/$PROFILE/examples/sse-bench)
 # Goals (issue 14): on − direct ≤ 50 µs p99 per event; on/off events/s ≥ 0.95. Also printed:
 # each gateway's CPU per event in the throughput runs (/proc schedstat, all threads), on/off.
 set -euo pipefail
@@ -33,6 +38,7 @@ STREAMS=${STREAMS:-4}
 EVENTS=${EVENTS:-50000}
 LAT_EVENTS=${LAT_EVENTS:-3000}
 PROFILE=${PROFILE:-release}
+PIN=${PIN:-0}
 
 BENCH_NAME=sse.sh
 # shellcheck source=bench/lib.sh
@@ -41,6 +47,10 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 for v in ROUNDS STREAMS EVENTS LAT_EVENTS; do
   [[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer"
 done
+[[ $PIN == 0 || $PIN == 1 ]] || die "PIN must be 0 or 1"
+# PROXY / LOAD: the command prefixes that place the proxies and the load (see PIN above).
+PROXY=(); LOAD=()
+if [[ $PIN == 1 ]]; then PROXY=(taskset -c 0); LOAD=(taskset -c 1); fi
 BIN=target/$PROFILE/portcullis
 BENCH=target/$PROFILE/examples/sse-bench
 build_sse_bench "$BIN" "$BENCH"
@@ -50,7 +60,7 @@ NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 bench_tmp portcullis-sse-bench
 read -r UP NGX OFF ON < <(free_ports 4)
 
-"$BENCH" serve "$UP" >"$TMP/upstream.log" 2>&1 &
+"${LOAD[@]}" "$BENCH" serve "$UP" >"$TMP/upstream.log" 2>&1 &
 PIDS+=("$!"); wait_port "$UP" "$!" "$TMP/upstream.log"
 
 cat >"$TMP/nginx.conf" <<NGX
@@ -74,7 +84,7 @@ http {
     }
 }
 NGX
-"$NGINX" -p "$TMP/" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" -g 'daemon off;' >"$TMP/nginx.log" 2>&1 &
+"${PROXY[@]}" "$NGINX" -p "$TMP/" -e "$TMP/nginx-error.log" -c "$TMP/nginx.conf" -g 'daemon off;' >"$TMP/nginx.log" 2>&1 &
 PIDS+=("$!"); wait_port "$NGX" "$!" "$TMP/nginx-error.log"
 
 gateway() { # NAME PORT AI(0|1)
@@ -95,7 +105,7 @@ path_prefix = "/v1"
 upstream = "up"
 $ai
 TOML
-  "$BIN" run --config "$TMP/$1.toml" --log-level warn >"$TMP/$1.log" 2>&1 &
+  "${PROXY[@]}" "$BIN" run --config "$TMP/$1.toml" --log-level warn >"$TMP/$1.log" 2>&1 &
   PIDS+=("$!"); wait_port "$2" "$!" "$TMP/$1.log"
   GW[$1]=$!
 }
@@ -109,7 +119,7 @@ declare -A URL=([direct]="http://127.0.0.1:$UP$PATH_" [nginx]="http://127.0.0.1:
   [off]="http://127.0.0.1:$OFF$PATH_" [on]="http://127.0.0.1:$ON$PATH_" [inject]="http://127.0.0.1:$ON$PATH_")
 declare -A ASK=([direct]=ask [nginx]=ask [off]=ask [on]=ask [inject]="")
 TARGETS=(direct nginx off on inject)
-log "$PROFILE build; $ROUNDS round(s); throughput: $STREAMS streams x $EVENTS events; latency: $LAT_EVENTS events, 1 ms apart"
+log "$PROFILE build; $ROUNDS round(s); pinned: $PIN; throughput: $STREAMS streams x $EVENTS events; latency: $LAT_EVENTS events, 1 ms apart"
 
 declare -A TPUT P50 P99 P999 NSEV
 for ((r = 1; r <= ROUNDS; r++)); do
@@ -117,10 +127,10 @@ for ((r = 1; r <= ROUNDS; r++)); do
   if (( r % 2 == 0 )); then order=(); for ((k = ${#TARGETS[@]} - 1; k >= 0; k--)); do order+=("${TARGETS[$k]}"); done; fi
   for t in "${order[@]}"; do
     before=$([[ -n ${GW[$t]:-} ]] && cpu_ns "${GW[$t]}" || echo 0)
-    read -r _ eps < <("$BENCH" run "${URL[$t]}" throughput "$STREAMS" "$EVENTS" ${ASK[$t]})
+    read -r _ eps < <("${LOAD[@]}" "$BENCH" run "${URL[$t]}" throughput "$STREAMS" "$EVENTS" ${ASK[$t]})
     # The gateway's CPU per event of the throughput run (gateways only).
     nsev=$([[ -n ${GW[$t]:-} ]] && echo $(( ($(cpu_ns "${GW[$t]}") - before) / (STREAMS * EVENTS) )) || echo 0)
-    read -r _ p50 p99 p999 < <("$BENCH" run "${URL[$t]}" latency 1 "$LAT_EVENTS" ${ASK[$t]})
+    read -r _ p50 p99 p999 < <("${LOAD[@]}" "$BENCH" run "${URL[$t]}" latency 1 "$LAT_EVENTS" ${ASK[$t]})
     TPUT[$t]+="$eps "; P50[$t]+="$p50 "; P99[$t]+="$p99 "; P999[$t]+="$p999 "; NSEV[$t]+="$nsev "
     printf '    round %d %-7s %12.0f events/s  %5d ns CPU/event   latency p50 %8.1f us  p99 %8.1f us  p99.9 %8.1f us\n' "$r" "$t" "$eps" "$nsev" "$p50" "$p99" "$p999"
   done

@@ -3,11 +3,13 @@
 //! - `sse-bench serve PORT`: an OpenAI-shaped chat completion stream server on
 //!   127.0.0.1:PORT. `POST /v1/chat/completions?events=N&gap_us=G&batch=B&pad=P` answers
 //!   with N chunk events (content of P bytes: `x`s, or words under a `/words/` path), B events per write, G µs between writes
-//!   (0: as fast as the reader takes them), then the usage chunk and `[DONE]`. Each event
-//!   carries `"t":NANOS`, the wall-clock time it was written.
+//!   (0: as fast as the reader takes them), then `[DONE]`. Each event carries `"t":NANOS`,
+//!   the wall-clock time it was written. As OpenAI does, a request with
+//!   `stream_options.include_usage` gets `"usage":null` in every chunk and a usage-only
+//!   chunk before `[DONE]`.
 //! - `sse-bench run URL MODE STREAMS EVENTS [ask]`: opens STREAMS concurrent streams of
 //!   EVENTS events each (`ask`: the request sets `stream_options.include_usage`, else the
-//!   gateway adds it and strips it back out) and prints one line: `throughput EVENTS_PER_S` (MODE `throughput`:
+//!   gateway adds it and strips it back out: the client checks that no usage reaches it) and prints one line: `throughput EVENTS_PER_S` (MODE `throughput`:
 //!   batches, no gaps) or `latency P50_US P99_US P999_US` (MODE `latency`: one event per
 //!   write, 1 ms apart; latency is arrival − `t`, both read from the same clock).
 
@@ -50,7 +52,10 @@ async fn serve_stream(req: Request<Incoming>) -> Result<Response<ChannelBody>, I
     } else {
         "x".repeat(pad_len)
     };
-    let _ = req.into_body().collect().await;
+    // As OpenAI does: with `stream_options.include_usage` every chunk carries
+    // `"usage":null` and a usage-only chunk ends the stream; without, no usage at all.
+    let body = req.into_body().collect().await.map(|b| b.to_bytes());
+    let usage = body.is_ok_and(|b| memchr::memmem::find(&b, br#""include_usage":true"#).is_some());
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tokio::spawn(async move {
         let mut sent = 0;
@@ -59,12 +64,7 @@ async fn serve_stream(req: Request<Incoming>) -> Result<Response<ChannelBody>, I
             let n = batch.min(events - sent);
             let t = now_ns();
             for _ in 0..n {
-                b.extend_from_slice(
-                    format!(
-                        "data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"bench\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{pad}\"}},\"finish_reason\":null}}],\"t\":{t}}}\n\n"
-                    )
-                    .as_bytes(),
-                );
+                b.extend_from_slice(chunk_event(&pad, t, usage).as_bytes());
             }
             sent += n;
             if tx.send(b.freeze()).await.is_err() {
@@ -74,6 +74,10 @@ async fn serve_stream(req: Request<Incoming>) -> Result<Response<ChannelBody>, I
                 tokio::time::sleep(gap).await;
             }
         }
+        if !usage {
+            let _ = tx.send(Bytes::from_static(b"data: [DONE]\n\n")).await;
+            return;
+        }
         let tail = format!("data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"bench\",\"choices\":[],\"usage\":{{\"prompt_tokens\":10,\"completion_tokens\":{events},\"total_tokens\":{}}}}}\n\ndata: [DONE]\n\n", events + 10);
         let _ = tx.send(Bytes::from(tail)).await;
     });
@@ -81,6 +85,13 @@ async fn serve_stream(req: Request<Incoming>) -> Result<Response<ChannelBody>, I
         .header("content-type", "text/event-stream")
         .body(ChannelBody(rx))
         .expect("valid response"))
+}
+
+/// One chunk event of `serve`'s stream: content `pad`, written at `t` (ns), with
+/// `"usage":null` (last, where OpenAI puts it) when the request asked for usage.
+fn chunk_event(pad: &str, t: u128, usage: bool) -> String {
+    let usage = if usage { ",\"usage\":null" } else { "" };
+    format!("data: {{\"id\":\"chatcmpl-bench\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"bench\",\"t\":{t},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{pad}\"}},\"finish_reason\":null}}]{usage}}}\n\n")
 }
 
 async fn serve(port: u16) {
@@ -124,6 +135,10 @@ async fn one_stream(url: String, latency: bool, ask: bool) -> (u64, Vec<f64>) {
         };
         let arrived = now_ns();
         events += memchr::memmem::find_iter(&d, b"data: ").count() as u64;
+        assert!(
+            ask || memchr::memmem::find(&d, b"\"usage\"").is_none(),
+            "usage the client did not ask for reached it"
+        );
         if latency {
             for at in finder.find_iter(&d) {
                 let digits: Vec<u8> = d[at + 4..]
@@ -181,6 +196,50 @@ async fn run(url: &str, mode: &str, streams: usize, events: u64, ask: bool) {
     }
 }
 
+/// `sse-bench observe [EVENTS [MODE]]`: the usage observer alone, in this process, over the
+/// stream `serve` writes (64 events per piece): nanoseconds per event reading it as it
+/// passes, and stripping, against copying the same bytes once (what relaying costs at
+/// least). Prints one line per mode (only MODE's when given).
+fn observe(events: usize, only: Option<&str>) {
+    use portcullis::ai::usage::{Format, Observer};
+    let pad = "x".repeat(32);
+    let mut piece = BytesMut::new();
+    for _ in 0..64 {
+        // What the upstream sends when usage was asked for (by the client or the gateway).
+        piece.extend_from_slice(chunk_event(&pad, now_ns(), true).as_bytes());
+    }
+    let piece = piece.freeze();
+    let pieces = events.div_ceil(64);
+    let per_event = |d: Duration| d.as_nanos() as f64 / (pieces * 64) as f64;
+    let mut sink = vec![0u8; piece.len()];
+    let started = Instant::now();
+    for _ in 0..pieces {
+        sink.copy_from_slice(std::hint::black_box(&piece));
+        std::hint::black_box(&mut sink);
+    }
+    println!(
+        "copy {:.2} ns/event ({} bytes/event)",
+        per_event(started.elapsed()),
+        piece.len() / 64
+    );
+    for (name, stripping) in [("observe", false), ("strip", true)] {
+        if only.is_some_and(|m| m != name) {
+            continue;
+        }
+        let mut o = if stripping {
+            Observer::stripping(Format::EventStream)
+        } else {
+            Observer::new(Format::EventStream)
+        };
+        let started = Instant::now();
+        for _ in 0..pieces {
+            std::hint::black_box(o.observe(std::hint::black_box(&piece)));
+        }
+        println!("{name} {:.2} ns/event", per_event(started.elapsed()));
+        std::hint::black_box(o.report());
+    }
+}
+
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -196,8 +255,13 @@ async fn main() {
             )
             .await
         }
+        Some("observe") => observe(
+            args.get(2)
+                .map_or(2_000_000, |n| n.parse().expect("EVENTS")),
+            args.get(3).map(String::as_str),
+        ),
         _ => {
-            eprintln!("usage: sse-bench serve PORT | sse-bench run URL throughput|latency STREAMS EVENTS [ask]");
+            eprintln!("usage: sse-bench serve PORT | sse-bench run URL throughput|latency STREAMS EVENTS [ask] | sse-bench observe [EVENTS [observe|strip]]");
             std::process::exit(2);
         }
     }

@@ -24,6 +24,7 @@ use super::json::{self, Found};
 use super::sse::{self, Parser};
 use bytes::{Bytes, BytesMut};
 use memchr::memmem::Finder;
+use std::ops::Range;
 use std::sync::LazyLock;
 use std::time::Instant;
 
@@ -75,6 +76,9 @@ struct Events {
     error_event: bool,
     /// The current event was not scanned (see `whole_data`): the scanner is untouched.
     skipped: bool,
+    /// While stripping: the current event was not scanned, and its one `"usage":null` is
+    /// the last member of its document (see `whole_data`).
+    usage_null_last: bool,
     /// The counts, last value of each wins.
     found: Found,
     report: Report,
@@ -114,6 +118,7 @@ impl Events {
         if !std::mem::take(&mut self.skipped) {
             self.json.reset();
         }
+        self.usage_null_last = false;
         self.error_event = false;
     }
 }
@@ -124,7 +129,14 @@ impl sse::Sink for Events {
     }
 
     fn whole_data(&mut self, data: &[u8]) {
-        if wanted(data, self.stripping, self.report.model.is_none()) {
+        let model = self.report.model.is_none();
+        if self.stripping && ends_with_usage_null(data) && !wanted(data, false, model) {
+            // Nothing to read but the `"usage":null` the gateway's request brought (every
+            // chunk of such a stream ends with it): what the scanner would say without
+            // scanning, as the usage-less rest of a stream is (below).
+            self.skipped = true;
+            self.usage_null_last = true;
+        } else if wanted(data, self.stripping, model) {
             self.data(data);
         } else {
             // Seen, not scanned: the event says nothing (`dispatch` takes no document).
@@ -150,7 +162,9 @@ impl sse::Sink for Events {
             self.report.upstream_error = true;
         }
         let f = &self.json.found;
-        self.action = if f.choices_empty && f.usage_object {
+        self.action = if self.usage_null_last {
+            Action::StripNull
+        } else if f.choices_empty && f.usage_object {
             Action::Drop
         } else if f.usage_null {
             Action::StripNull
@@ -219,6 +233,22 @@ impl Needle {
     }
 }
 
+/// Whether a document ends with a `"usage":null` member of its root object: it is the last
+/// member before the document's last `}`, which (in a valid document) closes the root.
+fn ends_with_usage_null(data: &[u8]) -> bool {
+    let json_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+    let Some(last) = data.iter().rposition(|b| !json_space(b)) else {
+        return false;
+    };
+    if data[last] != b'}' {
+        return false;
+    }
+    let Some(member_end) = data[..last].iter().rposition(|b| !json_space(b)) else {
+        return false;
+    };
+    data[..=member_end].ends_with(b",\"usage\":null")
+}
+
 /// Whether an event's data holds something the scanner reads (see [`Needle`]).
 fn wanted(data: &[u8], stripping: bool, model: bool) -> bool {
     Needle::all(stripping, model)
@@ -259,6 +289,8 @@ pub struct Observer {
     /// large and passing unedited.
     held: BytesMut,
     passing: bool,
+    /// While stripping: room for the parts of the piece being edited, reused.
+    pieces: Vec<Piece>,
 }
 
 impl Observer {
@@ -269,6 +301,7 @@ impl Observer {
             events: Events::default(),
             held: BytesMut::new(),
             passing: false,
+            pieces: Vec::new(),
         }
     }
 
@@ -340,52 +373,58 @@ impl Observer {
         }
     }
 
-    /// What the events that ended in `chunk` become.
+    /// What the events that ended in `chunk` become: `chunk` itself (shared, not copied)
+    /// when every event in it passes unedited, else what is kept of it copied once.
     fn strip(&mut self, chunk: &Bytes) -> Bytes {
         let actions = std::mem::take(&mut self.events.actions);
-        let mut pieces: Vec<Bytes> = Vec::new();
+        let mut out = Edit {
+            chunk,
+            pieces: std::mem::take(&mut self.pieces),
+        };
         let mut last = 0;
         for &(end, action) in &actions {
-            let event = if self.passing {
-                self.passing = false;
-                pieces.push(chunk.slice(last..end));
-                last = end;
-                continue;
+            if std::mem::take(&mut self.passing) {
+                out.keep(last..end);
             } else if self.held.is_empty() {
-                chunk.slice(last..end)
+                let cut = match action {
+                    Action::Keep => None,
+                    Action::Drop => Some(0..end - last),
+                    Action::StripNull => usage_null_cut(&chunk[last..end]),
+                };
+                match cut {
+                    Some(cut) => {
+                        out.keep(last..last + cut.start);
+                        out.keep(last + cut.end..end);
+                    }
+                    None => out.keep(last..end),
+                }
             } else {
                 self.held.extend_from_slice(&chunk[last..end]);
-                self.held.split().freeze()
-            };
-            last = end;
-            match action {
-                Action::Keep => pieces.push(event),
-                Action::Drop => {}
-                Action::StripNull => pieces.push(strip_usage_null(event)),
+                let event = self.held.split().freeze();
+                match action {
+                    Action::Keep => out.own(event),
+                    Action::Drop => {}
+                    Action::StripNull => out.own(strip_usage_null(event)),
+                }
             }
+            last = end;
         }
         self.events.actions = actions;
         self.events.actions.clear();
         let rest = &chunk[last..];
         if self.passing {
-            pieces.push(chunk.slice(last..));
+            out.keep(last..chunk.len());
         } else if self.held.len() + rest.len() > MAX_HELD_EVENT {
             // Too large to hold: what is held and the rest of this event pass unedited.
-            pieces.push(self.held.split().freeze());
-            pieces.push(chunk.slice(last..));
+            out.own(self.held.split().freeze());
+            out.keep(last..chunk.len());
             self.passing = true;
         } else {
             self.held.extend_from_slice(rest);
         }
-        match pieces.len() {
-            0 => Bytes::new(),
-            1 => pieces.pop().expect("one piece"),
-            _ => {
-                let mut out = BytesMut::with_capacity(pieces.iter().map(Bytes::len).sum());
-                pieces.iter().for_each(|p| out.extend_from_slice(p));
-                out.freeze()
-            }
-        }
+        let (bytes, pieces) = out.finish();
+        self.pieces = pieces;
+        bytes
     }
 
     /// At the end of the body: the bytes still held (an incomplete last event), which
@@ -436,28 +475,96 @@ fn usage_of(f: &Found) -> Usage {
     }
 }
 
-/// An event with its one `"usage":null` member taken out (with the comma that separated
-/// it); unchanged when it does not appear exactly once.
+/// An event with its one `"usage":null` member taken out (see [`usage_null_cut`]).
 fn strip_usage_null(event: Bytes) -> Bytes {
-    const NEEDLE: &[u8] = b"\"usage\":null";
-    static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
-        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(NEEDLE));
-    let mut found = FINDER.find_iter(&event);
-    let (Some(at), None) = (found.next(), found.next()) else {
+    let Some(cut) = usage_null_cut(&event) else {
         return event;
+    };
+    let mut out = BytesMut::with_capacity(event.len() - cut.len());
+    out.extend_from_slice(&event[..cut.start]);
+    out.extend_from_slice(&event[cut.end..]);
+    out.freeze()
+}
+
+/// Where an event's one `"usage":null` member is, with the comma that separated it;
+/// `None` (left as it is) when it does not appear exactly once.
+fn usage_null_cut(event: &[u8]) -> Option<Range<usize>> {
+    const NEEDLE: &[u8] = b"\"usage\":null";
+    static FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(NEEDLE));
+    let mut found = FINDER.find_iter(event);
+    let (Some(at), None) = (found.next(), found.next()) else {
+        return None;
     };
     let end = at + NEEDLE.len();
-    let (from, to) = if at > 0 && event[at - 1] == b',' {
-        (at - 1, end)
+    if at > 0 && event[at - 1] == b',' {
+        Some(at - 1..end)
     } else if event.get(end) == Some(&b',') {
-        (at, end + 1)
+        Some(at..end + 1)
     } else {
-        return event;
-    };
-    let mut out = BytesMut::with_capacity(event.len() - (to - from));
-    out.extend_from_slice(&event[..from]);
-    out.extend_from_slice(&event[to..]);
-    out.freeze()
+        None
+    }
+}
+
+/// What one piece of a stripped stream becomes, built as it is read: runs of the piece
+/// (adjacent ones joined) and bytes of its own (an event that began in an earlier piece).
+struct Edit<'a> {
+    chunk: &'a Bytes,
+    pieces: Vec<Piece>,
+}
+
+enum Piece {
+    Chunk(Range<usize>),
+    Own(Bytes),
+}
+
+impl Edit<'_> {
+    fn keep(&mut self, run: Range<usize>) {
+        if run.is_empty() {
+            return;
+        }
+        match self.pieces.last_mut() {
+            Some(Piece::Chunk(last)) if last.end == run.start => last.end = run.end,
+            _ => self.pieces.push(Piece::Chunk(run)),
+        }
+    }
+
+    fn own(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.pieces.push(Piece::Own(bytes));
+        }
+    }
+
+    /// The bytes, and the emptied list (kept for the next piece).
+    fn finish(self) -> (Bytes, Vec<Piece>) {
+        let Edit { chunk, mut pieces } = self;
+        let bytes = match pieces.as_mut_slice() {
+            [] => Bytes::new(),
+            [Piece::Chunk(run)] => chunk.slice(run.clone()),
+            [Piece::Own(b)] => std::mem::take(b),
+            all => {
+                let len = all.iter().map(|p| p.len()).sum();
+                let mut out = BytesMut::with_capacity(len);
+                for p in all.iter() {
+                    match p {
+                        Piece::Chunk(run) => out.extend_from_slice(&chunk[run.clone()]),
+                        Piece::Own(b) => out.extend_from_slice(b),
+                    }
+                }
+                out.freeze()
+            }
+        };
+        pieces.clear();
+        (bytes, pieces)
+    }
+}
+
+impl Piece {
+    fn len(&self) -> usize {
+        match self {
+            Piece::Chunk(run) => run.len(),
+            Piece::Own(b) => b.len(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -671,5 +778,30 @@ mod tests {
         assert_eq!(s(r#"data: {"usage":null}"#), r#"data: {"usage":null}"#);
         let two = r#"data: {"x":{"usage":null},"usage":null}"#;
         assert_eq!(s(two), two);
+    }
+
+    #[test]
+    fn only_a_roots_last_usage_null_is_taken_unscanned() {
+        for (data, last) in [
+            (r#"{"choices":[],"usage":null}"#, true),
+            ("{\"a\":1,\"usage\":null }\r\n", true),
+            (r#"{"a":{"b":1,"usage":null}}"#, false),
+            (r#"{"usage":null,"a":1}"#, false),
+            (r#"{"a":"\"usage\":null"}"#, false),
+            (r#"{"a":1,"usage":null"#, false),
+            (r#"[1,"usage":null]"#, false),
+            ("", false),
+        ] {
+            assert_eq!(ends_with_usage_null(data.as_bytes()), last, "{data}");
+        }
+        // Taken unscanned or scanned (split across pieces), an event comes out the same.
+        let event = b"data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"x\"}}],\"usage\":null}\n\n";
+        let twice = [&event[..], &event[..]].concat();
+        let want =
+            b"data: {\"model\":\"m\",\"choices\":[{\"delta\":{\"content\":\"x\"}}]}\n\n".repeat(2);
+        let (_, whole) = run(Format::EventStream, true, &[&twice]);
+        let (_, split) = run(Format::EventStream, true, &[&twice[..60], &twice[60..]]);
+        assert_eq!(whole, want);
+        assert_eq!(split, want);
     }
 }
