@@ -84,7 +84,9 @@ impl Upstream {
         let done = |endpoint, result| Called { endpoint, result };
         for try_no in 1..=attempts {
             // A try that took the template and did not give it back ends the tries.
-            let Some(kept) = template.as_ref() else { break };
+            if template.is_none() {
+                break;
+            }
             let Picked {
                 endpoint,
                 admission,
@@ -100,23 +102,20 @@ impl Upstream {
             };
             endpoint_name = Some(endpoint.address.clone());
             let guard = ActiveGuard::new(endpoint.clone());
-            // The last possible try takes the template; earlier ones send a copy — unless
-            // the only failure a later try could follow is one that gives the head back
-            // unsent: a method that is not idempotent is tried again only when no
-            // connection could be made (so a POST to a model is not copied).
-            let reuse = try_no == attempts || (!idempotent && client.gives_back_unsent());
-            let head = match reuse {
-                true => template.take().expect("checked at the top of the loop"),
-                false => clone_head(kept),
-            };
+            // Each try takes the template. The last possible one need not give it back;
+            // earlier ones keep it (the client gives it back, copying it only if it must)
+            // — unless the only failure a later try could follow is one that gives the
+            // head back unsent: a method that is not idempotent is tried again only when
+            // no connection could be made (so a POST to a model is not copied).
+            let keep = try_no < attempts && (idempotent || !client.gives_back_unsent());
             let bounds = TryBounds {
                 deadline,
                 per_try: retry.and_then(|r| r.per_try_timeout),
                 keep_body: try_no < attempts,
+                keep_head: keep,
             };
             let sent = Instant::now();
-            let attempt =
-                Self::send_try(client, &mut call, head, &endpoint, bounds, &mut template).await;
+            let attempt = Self::send_try(client, &mut call, &mut template, &endpoint, bounds).await;
             let outcome = match &attempt {
                 Ok(resp) => Outcome::Status(resp.status().as_u16()),
                 Err(e) => e.outcome(),
@@ -160,16 +159,17 @@ impl Upstream {
         }
     }
 
-    /// One try to `endpoint`: its URI (and `Host`), the body, the per-try timeout within
-    /// the call's deadline. A streamed body the try never read is taken back.
+    /// One try to `endpoint` of the head in `slot`: its URI (and `Host`), the body, the
+    /// per-try timeout within the call's deadline. A streamed body the try never read is
+    /// taken back.
     async fn send_try<C: SendTry>(
         client: &C,
         call: &mut Call,
-        mut head: http::request::Parts,
+        slot: &mut Option<http::request::Parts>,
         endpoint: &Endpoint,
         bounds: TryBounds,
-        unsent: &mut Option<http::request::Parts>,
     ) -> Result<Response<C::Body>, TryError> {
+        let head = slot.as_mut().expect("the template, checked by the loop");
         head.uri = upstream_uri(
             client.scheme(),
             &endpoint.authority,
@@ -182,7 +182,7 @@ impl Upstream {
         let (body, give_back) = call.body.take(call.body_limit, bounds.keep_body);
         let left = bounds.deadline.saturating_duration_since(Instant::now());
         let limit = bounds.per_try.map_or(left, |t| t.min(left));
-        let sent = client.send(Request::from_parts(head, body), unsent);
+        let sent = client.send(slot, body, bounds.keep_head);
         let attempt = tokio::time::timeout(limit, sent)
             .await
             .unwrap_or(Err(TryError::Timeout));
@@ -234,11 +234,14 @@ impl Upstream {
 }
 
 /// What bounds one try: the call's deadline, the per-try timeout, and whether a streamed
-/// body must come back if the try never reads it (a later try may need it).
+/// body must come back if the try never reads it and the head in any case (a later try
+/// may need them).
 struct TryBounds {
     deadline: Instant,
     per_try: Option<Duration>,
     keep_body: bool,
+    /// A later try may need the head: the client gives it back.
+    keep_head: bool,
 }
 
 /// A placeholder head (the call's own is taken as the template of its tries).
@@ -300,9 +303,13 @@ mod tests {
 
         async fn send(
             &self,
-            req: Request<UpstreamBody>,
-            unsent: &mut Option<http::request::Parts>,
+            slot: &mut Option<http::request::Parts>,
+            body: UpstreamBody,
+            keep: bool,
         ) -> Result<Response<()>, TryError> {
+            // A client that consumes the head.
+            let head = crate::upstream::client::take_head(slot, keep);
+            let req = Request::from_parts(head, body);
             let (delay, reply) = self
                 .replies
                 .lock()
@@ -316,7 +323,7 @@ mod tests {
                 // Nothing was sent: the body is not read.
                 self.seen.lock().unwrap().push((to, Bytes::new()));
                 if self.gives_back == Some(true) {
-                    *unsent = Some(req.into_parts().0);
+                    *slot = Some(req.into_parts().0);
                 }
             } else {
                 let body = req.into_body().collect().await.map(|c| c.to_bytes());

@@ -19,14 +19,19 @@ use std::future::Future;
 /// tested with scripted endpoints.
 pub trait SendTry {
     type Body;
-    /// Sends `req`. A try that failed before anything was sent may put the request's head
-    /// in `unsent`, so a later try can send it without a copy having been made.
+    /// Sends the head in `slot` (there when called) with `body`. With `keep` (a later try
+    /// may need the head) a head is left in `slot` whatever happens, the try's future
+    /// dropped included: a client that only reads the head (this worker's own HTTP/1.1
+    /// client) reads it there; one that consumes it leaves a copy first. Without, the
+    /// head may be taken, and a try that failed before anything was sent may put it
+    /// back, so a later try can send it without a copy having been made.
     fn send(
         &self,
-        req: Request<UpstreamBody>,
-        unsent: &mut Option<http::request::Parts>,
+        slot: &mut Option<http::request::Parts>,
+        body: UpstreamBody,
+        keep: bool,
     ) -> impl Future<Output = Result<Response<Self::Body>, TryError>>;
-    /// Whether every failure to connect gives the head back in `unsent`.
+    /// Whether every failure to connect leaves the head in `slot`.
     fn gives_back_unsent(&self) -> bool {
         false
     }
@@ -77,15 +82,17 @@ impl SendTry for UpstreamClient {
 
     async fn send(
         &self,
-        req: Request<UpstreamBody>,
-        unsent: &mut Option<http::request::Parts>,
+        slot: &mut Option<http::request::Parts>,
+        body: UpstreamBody,
+        keep: bool,
     ) -> Result<Response<PooledBody>, TryError> {
         let sent = match self {
-            UpstreamClient::Http1(p) => return p.send(req, unsent).await,
-            UpstreamClient::Plain(c) => c.request(req).await,
-            UpstreamClient::Tls(c) => c.request(req).await,
+            UpstreamClient::Http1(p) => return p.send(slot, body, keep).await,
+            UpstreamClient::Plain(c) => c.request(Request::from_parts(take_head(slot, keep), body)),
+            UpstreamClient::Tls(c) => c.request(Request::from_parts(take_head(slot, keep), body)),
         };
-        sent.map(|r| r.map(PooledBody::from))
+        sent.await
+            .map(|r| r.map(PooledBody::from))
             .map_err(|e| classify::client_error(&e))
     }
 
@@ -100,6 +107,14 @@ impl SendTry for UpstreamClient {
             UpstreamClient::Http1(_) | UpstreamClient::Plain(_) => Scheme::HTTP,
             UpstreamClient::Tls(_) => Scheme::HTTPS,
         }
+    }
+}
+
+/// The head in `slot`, for a client that consumes it: with `keep`, a copy is left there.
+pub fn take_head(slot: &mut Option<http::request::Parts>, keep: bool) -> http::request::Parts {
+    match keep {
+        true => super::call::clone_head(slot.as_ref().expect("a head to send")),
+        false => slot.take().expect("a head to send"),
     }
 }
 

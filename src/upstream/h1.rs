@@ -139,13 +139,15 @@ impl Conn {
     /// Sends a request (its target in origin form) and reads the response head. Once a
     /// response head has come, the response's fields are put in the request's header
     /// map (emptied: it is not needed any more, and its room is already made, as hyper's
-    /// client does). A response that begins before a streamed body has all been sent
-    /// ends the sending (an upstream refusing a large body early); its connection is
-    /// then not reused.
+    /// client does) — unless `keep`: a later try may send the head again, which is then
+    /// only read, and the response's fields get a map of their own. A response that
+    /// begins before a streamed body has all been sent ends the sending (an upstream
+    /// refusing a large body early); its connection is then not reused.
     pub async fn exchange(
         &mut self,
         head: &mut http::request::Parts,
         body: &mut Outgoing,
+        keep: bool,
     ) -> Result<Head, ExchangeError> {
         // Written after the worker's other ready tasks have run (and its events been
         // polled), not at once: the requests of one turn go to the upstreams together,
@@ -185,8 +187,14 @@ impl Conn {
                 error: error.into(),
                 received: true,
             };
-            let mut headers = std::mem::take(&mut head.headers);
-            headers.clear();
+            let headers = match keep {
+                true => HeaderMap::new(),
+                false => {
+                    let mut map = std::mem::take(&mut head.headers);
+                    map.clear();
+                    map
+                }
+            };
             let mut parts = parsed
                 .into_parts(&mut self.buf, &self.fields, headers)
                 .map_err(received)?;

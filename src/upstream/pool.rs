@@ -59,34 +59,53 @@ impl Http1Pool {
         }
     }
 
-    /// Sends `req` (its URI absolute: the endpoint is its authority) on an idle
-    /// connection to that endpoint, or a new one: by the gateway's own client unless it
-    /// asks for an upgrade ([`h1::fits`]), else by hyper's. A
-    /// pooled connection the upstream closed before it took the request is replaced by a
-    /// new connection, with the same request. When no connection can be made the
-    /// request's head is put in `unsent` (its URI as it came).
+    /// Sends the head in `slot` (its URI absolute: the endpoint is its authority) and
+    /// `body` on an idle connection to that endpoint, or a new one: by the gateway's own
+    /// client unless it asks for an upgrade ([`h1::fits`]), else by hyper's. A pooled
+    /// connection the upstream closed before it took the request is replaced by a new
+    /// connection, with the same request. The head stays in `slot` (see
+    /// [`SendTry::send`](super::client::SendTry::send)) when no connection could be
+    /// made, and with `keep` always: the own client only reads it there, hyper's sends
+    /// it after leaving a copy.
     pub async fn send(
         &self,
-        req: Request<UpstreamBody>,
-        unsent: &mut Option<http::request::Parts>,
+        slot: &mut Option<http::request::Parts>,
+        body: UpstreamBody,
+        keep: bool,
     ) -> Result<Response<PooledBody>, TryError> {
-        let Some(authority) = req.uri().authority().cloned() else {
+        let head = slot.as_ref().expect("a head to send");
+        let Some(authority) = head.uri.authority().cloned() else {
             return Err(TryError::Failed("upstream URI without an authority".into()));
         };
-        let whole = match req.body() {
+        let whole = match &body {
             UpstreamBody::Buffered(b) => b.size_hint().exact(),
             UpstreamBody::Stream(b) if b.is_end_stream() => Some(0),
             UpstreamBody::Stream(_) => None,
         };
-        if !h1::fits(req.method(), req.headers(), whole) {
-            return self.send_hyper(req, authority, unsent).await;
+        if !h1::fits(&head.method, &head.headers, whole) {
+            let req = Request::from_parts(super::client::take_head(slot, keep), body);
+            return self.send_hyper(req, authority, slot).await;
         }
-        let (head, body) = req.into_parts();
         let body = match whole {
             Some(_) => h1::Outgoing::Whole(in_memory_bytes(body)),
             None => h1::Outgoing::Stream(body),
         };
-        self.send_own(head, body, authority, unsent).await
+        if keep {
+            // Read where it is: it stays for the next try even if this one is dropped
+            // (timed out).
+            let head = slot.as_mut().expect("a head to send");
+            return self
+                .send_own(head, body, authority, true)
+                .await
+                .map_err(|e| e.error);
+        }
+        // Consumed (its header map becomes the response's); back only if not sent.
+        let mut head = slot.take().expect("a head to send");
+        let sent = self.send_own(&mut head, body, authority, false).await;
+        if sent.as_ref().is_err_and(|e| e.unsent) {
+            *slot = Some(head);
+        }
+        sent.map_err(|e| e.error)
     }
 
     /// By the gateway's own client. A reused connection that closes before any of a
@@ -95,11 +114,11 @@ impl Http1Pool {
     /// another connection.
     async fn send_own(
         &self,
-        mut head: http::request::Parts,
+        head: &mut http::request::Parts,
         mut body: h1::Outgoing,
         authority: Authority,
-        unsent: &mut Option<http::request::Parts>,
-    ) -> Result<Response<PooledBody>, TryError> {
+        keep: bool,
+    ) -> Result<Response<PooledBody>, OwnError> {
         let idempotent = super::call::idempotent(&head.method);
         loop {
             let (mut conn, pooled) =
@@ -107,13 +126,15 @@ impl Http1Pool {
                     Some(conn) => (conn, true),
                     None => match self.connect(head.uri.clone()).await {
                         Ok(tcp) => (h1::Conn::new(tcp), false),
-                        Err(e) => {
-                            *unsent = Some(head);
-                            return Err(e);
+                        Err(error) => {
+                            return Err(OwnError {
+                                error,
+                                unsent: true,
+                            })
                         }
                     },
                 };
-            match conn.exchange(&mut head, &mut body).await {
+            match conn.exchange(head, &mut body, keep).await {
                 Ok(answer) => {
                     self.start_reaper();
                     let back = self.back(&self.own, authority);
@@ -121,7 +142,12 @@ impl Http1Pool {
                     return Ok(Response::from_parts(parts, PooledBody::Own(body)));
                 }
                 Err(e) if pooled && !e.received && idempotent && body.resendable() => continue,
-                Err(e) => return Err(classify::error(&*e.error, false)),
+                Err(e) => {
+                    return Err(OwnError {
+                        error: classify::error(&*e.error, false),
+                        unsent: false,
+                    })
+                }
             }
         }
     }
@@ -131,7 +157,7 @@ impl Http1Pool {
         &self,
         mut req: Request<UpstreamBody>,
         authority: Authority,
-        unsent: &mut Option<http::request::Parts>,
+        slot: &mut Option<http::request::Parts>,
     ) -> Result<Response<PooledBody>, TryError> {
         // HTTP/1.1 requests carry the origin form (`/path?query`).
         let origin = req
@@ -148,7 +174,7 @@ impl Http1Pool {
                         Err(e) => {
                             let (mut head, _body) = req.into_parts();
                             head.uri = absolute;
-                            *unsent = Some(head);
+                            *slot = Some(head);
                             return Err(e);
                         }
                     },
@@ -261,6 +287,12 @@ fn reap<C>(pool: &Shared<C>, every: Duration, mut usable: impl FnMut(&mut C) -> 
         conns.retain_mut(|(c, since)| since.elapsed() < every && usable(c));
         !conns.is_empty()
     });
+}
+
+/// A failed try of the own client: whether nothing was sent (no connection).
+struct OwnError {
+    error: TryError,
+    unsent: bool,
 }
 
 /// What puts a connection back when its response has been read.

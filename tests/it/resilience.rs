@@ -331,7 +331,8 @@ async fn a_post_is_never_retried_after_its_body_was_sent_but_a_get_is() {
         let r = send(
             &cl,
             // A GET without a body can be sent again; the POST's streamed body cannot.
-            req(method, &gw.url("/"))
+            req(method, &gw.url("/v1/models?x=1"))
+                .header("x-model-hint", "m1")
                 .body(Full::new(if method == "POST" {
                     Bytes::from_static(b"payload")
                 } else {
@@ -351,6 +352,14 @@ async fn a_post_is_never_retried_after_its_body_was_sent_but_a_get_is() {
             } else {
                 assert_eq!(r.status, 200, "a GET is retried on the other replica");
                 assert_eq!(good.hits(), good_before + 1);
+                // The head the first try sent (read where it was, not copied) goes
+                // again whole: the target, the client's headers, the gateway's once.
+                let j = r.json();
+                assert_eq!(j["path"], "/v1/models");
+                assert_eq!(j["query"], "x=1");
+                assert_eq!(j["headers"]["x-model-hint"], "m1");
+                assert!(j["headers"]["x-request-id"].is_string(), "{j}");
+                assert_eq!(j["headers"]["x-forwarded-for"], "127.0.0.1", "{j}");
                 get_ok += 1;
             }
         }
