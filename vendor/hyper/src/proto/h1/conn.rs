@@ -303,10 +303,12 @@ where
             }
         };
 
+        // Portcullis patch: the timer is kept (no longer polled) and reset for the next
+        // head, instead of a boxed timer dropped here and a new one made per request. If
+        // its old deadline passes meanwhile, it wakes the connection once, for nothing.
         #[cfg(feature = "server")]
         {
             self.state.h1_header_read_timeout_running = false;
-            self.state.h1_header_read_timeout_fut = None;
         }
 
         // Note: don't deconstruct `msg` into local variables, it appears
