@@ -21,75 +21,93 @@ use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::Response;
+use std::future::Future;
 use std::net::SocketAddr;
 
 impl Gateway {
-    pub(super) async fn forward(
-        &self,
-        route: &RouteEntry,
+    // `forward` and `forward_to` return an `async move` block instead of being `async
+    // fn`s: an `async fn` keeps its arguments at the front of its future and moves each
+    // into a local of its own when it starts, so the request (about 500 bytes) was held
+    // twice in each, and it is borrowed (so kept) until the end. Their futures are held
+    // inline by `Gateway::process`'s, which the worker boxes for every request.
+    #[allow(clippy::manual_async_fn)] // see above
+    pub(super) fn forward<'a, 'g>(
+        &'a self,
+        route: &'a RouteEntry,
         mut req: ClientRequest,
-        ctx: &mut RequestCtx<'_>,
-    ) -> Result<Response<ResponseBody>, ProxyError> {
-        // What only some routes do is boxed (see `Gateway::process`).
-        if route.config.ai.is_some() {
-            ctx.ai = Box::pin(super::model::read_call(route, &mut req)).await?;
-        }
-        if !route.limits.is_empty() {
-            Box::pin(admit(route, &req, ctx)).await?;
-        }
-        if route.config.composite.is_some() {
-            Box::pin(self.forward_composite(route, req, ctx)).await
-        } else if route.config.fallback.is_empty() {
-            self.forward_to(route, self.upstream(route), req, ctx).await
-        } else {
-            Box::pin(self.forward_with_fallback(route, req, ctx)).await
+        ctx: &'a mut RequestCtx<'g>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + use<'a, 'g> {
+        async move {
+            // What only some routes do is boxed (see `Gateway::process`).
+            if route.config.ai.is_some() {
+                ctx.ai = Box::pin(super::model::read_call(route, &mut req)).await?;
+            }
+            if !route.limits.is_empty() {
+                Box::pin(admit(route, &req, ctx)).await?;
+            }
+            if route.config.composite.is_some() {
+                Box::pin(self.forward_composite(route, req, ctx)).await
+            } else if route.config.fallback.is_empty() {
+                self.forward_to(route, self.upstream(route), req, ctx).await
+            } else {
+                Box::pin(self.forward_with_fallback(route, req, ctx)).await
+            }
         }
     }
 
     /// Sends the request to one upstream (the route's, or a fallback).
-    pub(super) async fn forward_to(
-        &self,
-        route: &RouteEntry,
-        to: &WorkerUpstream,
+    #[allow(clippy::manual_async_fn)] // an `async move` block: see `forward`
+    pub(super) fn forward_to<'a, 'g>(
+        &'a self,
+        route: &'a RouteEntry,
+        to: &'a WorkerUpstream,
         mut req: ClientRequest,
-        ctx: &mut RequestCtx<'_>,
-    ) -> Result<Response<ResponseBody>, ProxyError> {
-        let WorkerUpstream { upstream, client } = to;
-        let handshake = Handshake::prepare(ctx.upgrade.take(), route, &mut req)?;
-        let mut call = self.upstream_request(route, upstream, req, ctx)?;
-        if let Some(h) = &handshake {
-            h.request_headers(&mut call.head);
-        }
-        // Boxed: the try loop's state is the largest part of the request's future, and
-        // each enclosing future copies its child's state into place when it starts it.
-        let called = Box::pin(upstream.call(client, call)).await;
-        ctx.endpoint = called.endpoint;
-        let answer = called
-            .result
-            .map_err(|e| ProxyError::from_call(e, route.config.max_body_size))?;
-        ctx.upstream_ms = Some(answer.rtt.as_secs_f64() * 1e3);
-        let status = answer.response.status();
-        match handshake {
-            Some(h) if h.switched(status)? => {
-                let drain = self.server.drain_timeout;
-                return h.open(route, answer.response, answer.guard, ctx, drain);
+        ctx: &'a mut RequestCtx<'g>,
+    ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + use<'a, 'g> {
+        async move {
+            let WorkerUpstream { upstream, client } = to;
+            // Built in a block, so that the upstream request (moved into the try loop)
+            // takes no room in this future while it waits.
+            let (handshake, called) = {
+                let handshake = Handshake::prepare(ctx.upgrade.take(), route, &mut req)?;
+                let mut call = self.upstream_request(route, upstream, req, ctx)?;
+                if let Some(h) = &handshake {
+                    h.request_headers(&mut call.head);
+                }
+                // Boxed: the try loop's state is the largest part of the request's
+                // future, and each enclosing future copies its child's state into place
+                // when it starts it.
+                (handshake, Box::pin(upstream.call(client, call)))
+            };
+            let called = called.await;
+            ctx.endpoint = called.endpoint;
+            let answer = called
+                .result
+                .map_err(|e| ProxyError::from_call(e, route.config.max_body_size))?;
+            ctx.upstream_ms = Some(answer.rtt.as_secs_f64() * 1e3);
+            let status = answer.response.status();
+            match handshake {
+                Some(h) if h.switched(status)? => {
+                    let drain = self.server.drain_timeout;
+                    return h.open(route, answer.response, answer.guard, ctx, drain);
+                }
+                None if status == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    return Err(ProxyError::BadUpgrade(
+                        "upstream switched protocols without being asked to",
+                    ));
+                }
+                _ => {}
             }
-            None if status == http::StatusCode::SWITCHING_PROTOCOLS => {
-                return Err(ProxyError::BadUpgrade(
-                    "upstream switched protocols without being asked to",
-                ));
-            }
-            _ => {}
+            let (mut parts, body) = answer.response.into_parts();
+            headers::strip_hop_by_hop(&mut parts.headers);
+            let body = ResponseBody::upstream(
+                body,
+                upstream.config.idle_timeout,
+                answer.guard,
+                route.name.clone(),
+            );
+            Ok(Response::from_parts(parts, body))
         }
-        let (mut parts, body) = answer.response.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        let body = ResponseBody::upstream(
-            body,
-            upstream.config.idle_timeout,
-            answer.guard,
-            route.name.clone(),
-        );
-        Ok(Response::from_parts(parts, body))
     }
 
     /// The upstream request, everything but the endpoint.
