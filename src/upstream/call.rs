@@ -9,6 +9,7 @@ use super::replay::Replay;
 use super::{retry, ActiveGuard, Endpoint, NoPick, Picked, Upstream};
 use http::uri::PathAndQuery;
 use http::{header, Method, Request, Response};
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -69,86 +70,97 @@ pub fn idempotent(method: &Method) -> bool {
 
 impl Upstream {
     /// Sends `call` through `client`, retrying as the upstream's policy allows.
-    pub async fn call<C: SendTry>(&self, client: &C, mut call: Call) -> Called<C::Body> {
-        let retry = self.config.retry.as_ref();
-        let attempts = retry.map_or(1, |r| r.attempts);
-        let deadline = Instant::now() + call.timeout;
-        if let Some(b) = &self.budget {
-            b.deposit(self.clock.now());
+    ///
+    /// An `async move` block rather than an `async fn`, which would hold `call` twice
+    /// (as its argument and as a local); the future is boxed for every request.
+    #[allow(clippy::manual_async_fn)] // see above
+    pub fn call<'a, C: SendTry>(
+        &'a self,
+        client: &'a C,
+        mut call: Call,
+    ) -> impl Future<Output = Called<C::Body>> + use<'a, C> {
+        async move {
+            let retry = self.config.retry.as_ref();
+            let attempts = retry.map_or(1, |r| r.attempts);
+            let deadline = Instant::now() + call.timeout;
+            if let Some(b) = &self.budget {
+                b.deposit(self.clock.now());
+            }
+            let idempotent = idempotent(&call.head.method);
+            let mut template = Some(std::mem::replace(&mut call.head, empty_head()));
+            let mut tried: Vec<Arc<Endpoint>> = Vec::new();
+            let mut last: Option<TryError> = None;
+            let mut endpoint_name = None;
+            let done = |endpoint, result| Called { endpoint, result };
+            for try_no in 1..=attempts {
+                // A try that took the template and did not give it back ends the tries.
+                if template.is_none() {
+                    break;
+                }
+                let Picked {
+                    endpoint,
+                    admission,
+                } = match self.pick_next(call.key, &tried) {
+                    Ok(p) => p,
+                    Err(_) if last.is_some() => break,
+                    Err(NoPick::Empty) => {
+                        return done(None, Err(CallError::NoEndpoint(self.unavailable_reason())))
+                    }
+                    Err(NoPick::Unavailable) => {
+                        return done(None, Err(CallError::Unavailable(self.name().into())))
+                    }
+                };
+                endpoint_name = Some(endpoint.address.clone());
+                let guard = ActiveGuard::new(endpoint.clone());
+                // Each try takes the template. The last possible one need not give it back;
+                // earlier ones keep it (the client gives it back, copying it only if it must)
+                // — unless the only failure a later try could follow is one that gives the
+                // head back unsent: a method that is not idempotent is tried again only when
+                // no connection could be made (so a POST to a model is not copied).
+                let keep = try_no < attempts && (idempotent || !client.gives_back_unsent());
+                let bounds = TryBounds {
+                    deadline,
+                    per_try: retry.and_then(|r| r.per_try_timeout),
+                    keep_body: try_no < attempts,
+                    keep_head: keep,
+                };
+                let sent = Instant::now();
+                let attempt =
+                    Self::send_try(client, &mut call, &mut template, &endpoint, bounds).await;
+                let outcome = match &attempt {
+                    Ok(resp) => Outcome::Status(resp.status().as_u16()),
+                    Err(e) => e.outcome(),
+                };
+                if let (Err(e), false) = (&attempt, outcome == Outcome::ClientBody) {
+                    tracing::warn!(upstream = self.name(), endpoint = &*endpoint.address, error = %e, try_no, "upstream request failed");
+                }
+                self.record(&endpoint, admission, outcome);
+                let retrying = retry.is_some_and(|r| outcome.retryable(&r.on, idempotent))
+                    && call.body.replayable()
+                    && self
+                        .may_retry(try_no, attempts, deadline, &endpoint.address, outcome)
+                        .await;
+                match attempt {
+                    Ok(response) if !retrying => {
+                        let rtt = sent.elapsed();
+                        endpoint.observe_latency(rtt);
+                        let answer = Answer {
+                            response,
+                            guard,
+                            rtt,
+                        };
+                        return done(endpoint_name, Ok(answer));
+                    }
+                    Err(e) if !retrying => return done(endpoint_name, Err(e.into())),
+                    Err(e) => last = Some(e),
+                    // A status the policy retries: the response is dropped unread.
+                    Ok(_) => {}
+                }
+                tried.push(endpoint);
+            }
+            let err = last.map_or_else(|| CallError::Unavailable(self.name().into()), Into::into);
+            done(endpoint_name, Err(err))
         }
-        let idempotent = idempotent(&call.head.method);
-        let mut template = Some(std::mem::replace(&mut call.head, empty_head()));
-        let mut tried: Vec<Arc<Endpoint>> = Vec::new();
-        let mut last: Option<TryError> = None;
-        let mut endpoint_name = None;
-        let done = |endpoint, result| Called { endpoint, result };
-        for try_no in 1..=attempts {
-            // A try that took the template and did not give it back ends the tries.
-            if template.is_none() {
-                break;
-            }
-            let Picked {
-                endpoint,
-                admission,
-            } = match self.pick_next(call.key, &tried) {
-                Ok(p) => p,
-                Err(_) if last.is_some() => break,
-                Err(NoPick::Empty) => {
-                    return done(None, Err(CallError::NoEndpoint(self.unavailable_reason())))
-                }
-                Err(NoPick::Unavailable) => {
-                    return done(None, Err(CallError::Unavailable(self.name().into())))
-                }
-            };
-            endpoint_name = Some(endpoint.address.clone());
-            let guard = ActiveGuard::new(endpoint.clone());
-            // Each try takes the template. The last possible one need not give it back;
-            // earlier ones keep it (the client gives it back, copying it only if it must)
-            // — unless the only failure a later try could follow is one that gives the
-            // head back unsent: a method that is not idempotent is tried again only when
-            // no connection could be made (so a POST to a model is not copied).
-            let keep = try_no < attempts && (idempotent || !client.gives_back_unsent());
-            let bounds = TryBounds {
-                deadline,
-                per_try: retry.and_then(|r| r.per_try_timeout),
-                keep_body: try_no < attempts,
-                keep_head: keep,
-            };
-            let sent = Instant::now();
-            let attempt = Self::send_try(client, &mut call, &mut template, &endpoint, bounds).await;
-            let outcome = match &attempt {
-                Ok(resp) => Outcome::Status(resp.status().as_u16()),
-                Err(e) => e.outcome(),
-            };
-            if let (Err(e), false) = (&attempt, outcome == Outcome::ClientBody) {
-                tracing::warn!(upstream = self.name(), endpoint = &*endpoint.address, error = %e, try_no, "upstream request failed");
-            }
-            self.record(&endpoint, admission, outcome);
-            let retrying = retry.is_some_and(|r| outcome.retryable(&r.on, idempotent))
-                && call.body.replayable()
-                && self
-                    .may_retry(try_no, attempts, deadline, &endpoint.address, outcome)
-                    .await;
-            match attempt {
-                Ok(response) if !retrying => {
-                    let rtt = sent.elapsed();
-                    endpoint.observe_latency(rtt);
-                    let answer = Answer {
-                        response,
-                        guard,
-                        rtt,
-                    };
-                    return done(endpoint_name, Ok(answer));
-                }
-                Err(e) if !retrying => return done(endpoint_name, Err(e.into())),
-                Err(e) => last = Some(e),
-                // A status the policy retries: the response is dropped unread.
-                Ok(_) => {}
-            }
-            tried.push(endpoint);
-        }
-        let err = last.map_or_else(|| CallError::Unavailable(self.name().into()), Into::into);
-        done(endpoint_name, Err(err))
     }
 
     /// A retry goes to an endpoint not tried yet; if none is left, any usable one.
