@@ -130,15 +130,16 @@ impl sse::Sink for Events {
 
     fn whole_data(&mut self, data: &[u8]) {
         let model = self.report.model.is_none();
-        if self.stripping && ends_with_usage_null(data) && !wanted(data, false, model) {
-            // Nothing to read but the `"usage":null` the gateway's request brought (every
-            // chunk of such a stream ends with it): what the scanner would say without
-            // scanning, as the usage-less rest of a stream is (below).
-            self.skipped = true;
-            self.usage_null_last = true;
-        } else if wanted(data, self.stripping, model) {
+        // Stripping, a document that ends with the `"usage":null` the gateway's request
+        // brought (every chunk of such a stream does) is scanned only if it names
+        // something else: else it is what the scanner would say without scanning, as the
+        // rest of a stream is (below).
+        let usage_null_last = self.stripping && ends_with_usage_null(data);
+        let stripping = self.stripping && !usage_null_last;
+        if wanted(data, stripping, model) {
             self.data(data);
         } else {
+            self.usage_null_last = usage_null_last;
             // Seen, not scanned: the event says nothing (`dispatch` takes no document).
             // `data: [DONE]` is one of these; one split across pieces is fed to the
             // scanner, which finds nothing in it.
@@ -379,7 +380,7 @@ impl Observer {
         let actions = std::mem::take(&mut self.events.actions);
         let mut out = Edit {
             chunk,
-            pieces: std::mem::take(&mut self.pieces),
+            pieces: &mut self.pieces,
         };
         let mut last = 0;
         for &(end, action) in &actions {
@@ -422,9 +423,7 @@ impl Observer {
         } else {
             self.held.extend_from_slice(rest);
         }
-        let (bytes, pieces) = out.finish();
-        self.pieces = pieces;
-        bytes
+        out.finish()
     }
 
     /// At the end of the body: the bytes still held (an incomplete last event), which
@@ -509,7 +508,8 @@ fn usage_null_cut(event: &[u8]) -> Option<Range<usize>> {
 /// (adjacent ones joined) and bytes of its own (an event that began in an earlier piece).
 struct Edit<'a> {
     chunk: &'a Bytes,
-    pieces: Vec<Piece>,
+    /// The observer's list, emptied when done (its room kept for the next piece).
+    pieces: &'a mut Vec<Piece>,
 }
 
 enum Piece {
@@ -534,9 +534,8 @@ impl Edit<'_> {
         }
     }
 
-    /// The bytes, and the emptied list (kept for the next piece).
-    fn finish(self) -> (Bytes, Vec<Piece>) {
-        let Edit { chunk, mut pieces } = self;
+    fn finish(self) -> Bytes {
+        let Edit { chunk, pieces } = self;
         let bytes = match pieces.as_mut_slice() {
             [] => Bytes::new(),
             [Piece::Chunk(run)] => chunk.slice(run.clone()),
@@ -554,7 +553,7 @@ impl Edit<'_> {
             }
         };
         pieces.clear();
-        (bytes, pieces)
+        bytes
     }
 }
 

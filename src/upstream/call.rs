@@ -93,7 +93,7 @@ impl Upstream {
             let mut endpoint_name = None;
             let done = |endpoint, result| Called { endpoint, result };
             for try_no in 1..=attempts {
-                // A try that took the template and did not give it back ends the tries.
+                // A try whose client consumed the template and kept it ends the tries.
                 if template.is_none() {
                     break;
                 }
@@ -112,17 +112,16 @@ impl Upstream {
                 };
                 endpoint_name = Some(endpoint.address.clone());
                 let guard = ActiveGuard::new(endpoint.clone());
-                // Each try takes the template. The last possible one need not give it back;
-                // earlier ones keep it (the client gives it back, copying it only if it must)
-                // — unless the only failure a later try could follow is one that gives the
-                // head back unsent: a method that is not idempotent is tried again only when
-                // no connection could be made (so a POST to a model is not copied).
-                let keep = try_no < attempts && (idempotent || !client.gives_back_unsent());
+                // Each try is lent the template. The last possible one need not leave it;
+                // earlier ones must (a client that consumes it leaves a copy) — unless the
+                // only failure a later try could follow is one that leaves the head unsent:
+                // a method that is not idempotent is tried again only when no connection
+                // could be made (so a POST to a model is not copied).
                 let bounds = TryBounds {
                     deadline,
                     per_try: retry.and_then(|r| r.per_try_timeout),
                     keep_body: try_no < attempts,
-                    keep_head: keep,
+                    keep_head: try_no < attempts && (idempotent || !client.gives_back_unsent()),
                 };
                 let sent = Instant::now();
                 let attempt =

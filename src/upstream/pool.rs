@@ -63,10 +63,10 @@ impl Http1Pool {
     /// `body` on an idle connection to that endpoint, or a new one: by the gateway's own
     /// client unless it asks for an upgrade ([`h1::fits`]), else by hyper's. A pooled
     /// connection the upstream closed before it took the request is replaced by a new
-    /// connection, with the same request. The head stays in `slot` (see
-    /// [`SendTry::send`](super::client::SendTry::send)) when no connection could be
-    /// made, and with `keep` always: the own client only reads it there, hyper's sends
-    /// it after leaving a copy.
+    /// connection, with the same request. The own client reads the head where it is, so
+    /// it stays in `slot` (see [`SendTry::send`](super::client::SendTry::send)); without
+    /// `keep` the response may take its header map. hyper's client consumes it, leaving
+    /// a copy with `keep`, and gives it back when no connection could be made.
     pub async fn send(
         &self,
         slot: &mut Option<http::request::Parts>,
@@ -90,22 +90,9 @@ impl Http1Pool {
             Some(_) => h1::Outgoing::Whole(in_memory_bytes(body)),
             None => h1::Outgoing::Stream(body),
         };
-        if keep {
-            // Read where it is: it stays for the next try even if this one is dropped
-            // (timed out).
-            let head = slot.as_mut().expect("a head to send");
-            return self
-                .send_own(head, body, authority, true)
-                .await
-                .map_err(|e| e.error);
-        }
-        // Consumed (its header map becomes the response's); back only if not sent.
-        let mut head = slot.take().expect("a head to send");
-        let sent = self.send_own(&mut head, body, authority, false).await;
-        if sent.as_ref().is_err_and(|e| e.unsent) {
-            *slot = Some(head);
-        }
-        sent.map_err(|e| e.error)
+        // Read where it is: it stays for a later try, this one dropped (timed out) or not.
+        let head = slot.as_mut().expect("a head to send");
+        self.send_own(head, body, authority, keep).await
     }
 
     /// By the gateway's own client. A reused connection that closes before any of a
@@ -118,21 +105,13 @@ impl Http1Pool {
         mut body: h1::Outgoing,
         authority: Authority,
         keep: bool,
-    ) -> Result<Response<PooledBody>, OwnError> {
+    ) -> Result<Response<PooledBody>, TryError> {
         let idempotent = super::call::idempotent(&head.method);
         loop {
             let (mut conn, pooled) =
                 match checkout(&self.own, &authority, self.idle_timeout, |c| c.is_idle()) {
                     Some(conn) => (conn, true),
-                    None => match self.connect(head.uri.clone()).await {
-                        Ok(tcp) => (h1::Conn::new(tcp), false),
-                        Err(error) => {
-                            return Err(OwnError {
-                                error,
-                                unsent: true,
-                            })
-                        }
-                    },
+                    None => (h1::Conn::new(self.connect(head.uri.clone()).await?), false),
                 };
             match conn.exchange(head, &mut body, keep).await {
                 Ok(answer) => {
@@ -142,12 +121,7 @@ impl Http1Pool {
                     return Ok(Response::from_parts(parts, PooledBody::Own(body)));
                 }
                 Err(e) if pooled && !e.received && idempotent && body.resendable() => continue,
-                Err(e) => {
-                    return Err(OwnError {
-                        error: classify::error(&*e.error, false),
-                        unsent: false,
-                    })
-                }
+                Err(e) => return Err(classify::error(&*e.error, false)),
             }
         }
     }
@@ -287,12 +261,6 @@ fn reap<C>(pool: &Shared<C>, every: Duration, mut usable: impl FnMut(&mut C) -> 
         conns.retain_mut(|(c, since)| since.elapsed() < every && usable(c));
         !conns.is_empty()
     });
-}
-
-/// A failed try of the own client: whether nothing was sent (no connection).
-struct OwnError {
-    error: TryError,
-    unsent: bool,
 }
 
 /// What puts a connection back when its response has been read.
