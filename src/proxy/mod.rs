@@ -241,15 +241,26 @@ impl Gateway {
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let mut req = ClientRequest::read(req, ctx, &self.server)?;
         let route = self.route(&mut req, ctx).await?;
-        // The plugin phases are boxed, and entered only by routes that have plugins: a
-        // future holds room for its largest state, and this one is moved into place for
-        // every request and kept by every connection, so what only some routes use must
-        // not make it larger for all of them.
-        let chain = match self.pools(route).is_empty() {
-            true => Chain::Proceed(chain::Passed::default()),
-            false => Box::pin(self.request_chain(route, &mut req, ctx)).await?,
-        };
-        let (mut passed, response, path) = match chain {
+        // A route without plugins has nothing to run around the forward. The plugin
+        // phases are boxed, and entered only by routes that have plugins: a future holds
+        // room for its largest state, and this one is moved into place for every request
+        // and kept by every connection, so what only some routes use must not make it
+        // larger (or move more) for all of them.
+        if self.pools(route).is_empty() {
+            return self.forward(route, req, ctx).await;
+        }
+        Box::pin(self.plugin_phases(route, req, ctx)).await
+    }
+
+    /// The phases of a route with plugins: the request chain, the forward (unless a plugin
+    /// answered), then the response and event chains when a plugin hooks them.
+    async fn plugin_phases<'g>(
+        &'g self,
+        route: &'g RouteEntry,
+        mut req: ClientRequest,
+        ctx: &mut RequestCtx<'g>,
+    ) -> Result<Response<ResponseBody>, ProxyError> {
+        let (mut passed, response, path) = match self.request_chain(route, &mut req, ctx).await? {
             Chain::Reply(passed, reply) => (passed, Ok(*reply), String::new()),
             Chain::Proceed(passed) => {
                 // Stream plugins are told the path (`open-stream`), once the head is back.
