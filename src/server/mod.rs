@@ -23,7 +23,7 @@ use crate::proxy::{ClientInfo, Gateway};
 use accept::{Backoff, Connections, Registration};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use connection::{ConnState, Counted, Drain, DrainWatch};
+use connection::{ConnState, Counted, Drain, DrainWatch, Race};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -426,8 +426,15 @@ async fn serve<IO, H, F>(
         true => Box::pin(builder.h2.serve_connection(io, svc)),
         false => Box::pin(builder.h1.serve_connection(io, svc).with_upgrades()),
     };
-    let closing = tokio::select! {
-        r = conn.as_mut() => {
+    let bounded = async {
+        tokio::select! {
+            () = drain.started() => None,
+            () = state.idle_for(bounds.keep_alive) => Some("keep_alive_timeout"),
+            () = state.closed() => Some("max_connections"),
+        }
+    };
+    let closing = match connection::race(conn.as_mut(), bounded).await {
+        Race::Conn(r) => {
             if let Err(e) = r {
                 tracing::debug!(peer = %peer, error = %e, "connection ended with error");
             }
@@ -436,9 +443,7 @@ async fn serve<IO, H, F>(
             state.tunnels_closed().await;
             return;
         }
-        () = drain.started() => None,
-        () = state.idle_for(bounds.keep_alive) => Some("keep_alive_timeout"),
-        () = state.closed() => Some("max_connections"),
+        Race::Bound(closing) => closing,
     };
     match closing {
         None => {
