@@ -218,36 +218,49 @@ impl Wake for BoundsWoke {
     }
 }
 
+pin_project_lite::pin_project! {
+    /// Drives `conn` until it ends or `bounds` (the drain, the idle bound, the cap's
+    /// close) resolves; see [`race`].
+    pub(super) struct Raced<'c, C: ?Sized, B> {
+        conn: Pin<&'c mut C>,
+        #[pin]
+        bounds: B,
+        woke: Arc<BoundsWoke>,
+    }
+}
+
 /// Drives `conn` until it ends or `bounds` (the drain, the idle bound, the cap's close)
 /// resolves. `conn` is polled on every wake of the task; `bounds` only when it woke the
 /// task itself, through a waker of its own. A `tokio::select!` polled all of them on every
 /// wake, ~3 per request: ~1.4k instructions per request (callgrind), for bounds that
-/// seldom fire.
-pub(super) async fn race<C, B>(mut conn: Pin<&mut C>, bounds: B) -> Race<C::Output, B::Output>
-where
-    C: Future + ?Sized,
-    B: Future,
-{
+/// seldom fire. A struct rather than an `async fn`, which would hold `bounds` twice (as
+/// its argument and pinned in a local) in every connection, idle ones too.
+pub(super) fn race<C: Future + ?Sized, B: Future>(conn: Pin<&mut C>, bounds: B) -> Raced<'_, C, B> {
     let woke = Arc::new(BoundsWoke::default());
     // Polled once at the start, so that each bound registers its waker.
     woke.woke.store(true, Ordering::Relaxed);
-    let waker = Waker::from(woke.clone());
-    let mut bounds = std::pin::pin!(bounds);
-    std::future::poll_fn(move |cx| {
-        if let Poll::Ready(out) = conn.as_mut().poll(cx) {
+    Raced { conn, bounds, woke }
+}
+
+impl<C: Future + ?Sized, B: Future> Future for Raced<'_, C, B> {
+    type Output = Race<C::Output, B::Output>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Poll::Ready(out) = this.conn.as_mut().poll(cx) {
             return Poll::Ready(Race::Conn(out));
         }
         // Registered before the flag is read: a bound that fires after the read wakes
         // the task through it.
-        woke.task.register(cx.waker());
-        if woke.woke.swap(false, Ordering::AcqRel) {
-            if let Poll::Ready(out) = bounds.as_mut().poll(&mut Context::from_waker(&waker)) {
+        this.woke.task.register(cx.waker());
+        if this.woke.woke.swap(false, Ordering::AcqRel) {
+            let waker = Waker::from(this.woke.clone());
+            if let Poll::Ready(out) = this.bounds.poll(&mut Context::from_waker(&waker)) {
                 return Poll::Ready(Race::Bound(out));
             }
         }
         Poll::Pending
-    })
-    .await
+    }
 }
 
 /// Reads the first bytes of a connection within `timeout`: until there are enough to
