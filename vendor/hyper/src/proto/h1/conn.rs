@@ -527,7 +527,14 @@ where
             return Poll::Pending;
         }
 
-        let num_read = ready!(self.force_io_read(cx)).map_err(crate::Error::new_io)?;
+        // Portcullis patch: a probe, which does not grow the read buffer (see
+        // `Buffered::poll_read_probe`).
+        let num_read = ready!(self.io.poll_read_probe(cx).map_err(|e| {
+            trace!(error = %e, "force_io_read; io error");
+            self.state.close();
+            e
+        }))
+        .map_err(crate::Error::new_io)?;
 
         if num_read == 0 {
             trace!("found unexpected EOF on busy connection: {:?}", self.state);
