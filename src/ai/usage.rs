@@ -69,6 +69,18 @@ enum Action {
     StripNull,
 }
 
+impl Action {
+    /// The bytes of `event` this action takes out; empty (at the end) when none.
+    fn cut(self, event: &[u8]) -> Range<usize> {
+        let none = event.len()..event.len();
+        match self {
+            Action::Keep => none,
+            Action::Drop => 0..event.len(),
+            Action::StripNull => usage_null_cut(event).unwrap_or(none),
+        }
+    }
+}
+
 /// The event-level side: takes the parser's reports, scans each event's data.
 #[derive(Default)]
 struct Events {
@@ -387,26 +399,16 @@ impl Observer {
             if std::mem::take(&mut self.passing) {
                 out.keep(last..end);
             } else if self.held.is_empty() {
-                let cut = match action {
-                    Action::Keep => None,
-                    Action::Drop => Some(0..end - last),
-                    Action::StripNull => usage_null_cut(&chunk[last..end]),
-                };
-                match cut {
-                    Some(cut) => {
-                        out.keep(last..last + cut.start);
-                        out.keep(last + cut.end..end);
-                    }
-                    None => out.keep(last..end),
-                }
+                let cut = action.cut(&chunk[last..end]);
+                out.keep(last..last + cut.start);
+                out.keep(last + cut.end..end);
             } else {
+                // An event that began in an earlier piece: held, then kept around its cut.
                 self.held.extend_from_slice(&chunk[last..end]);
                 let event = self.held.split().freeze();
-                match action {
-                    Action::Keep => out.own(event),
-                    Action::Drop => {}
-                    Action::StripNull => out.own(strip_usage_null(event)),
-                }
+                let cut = action.cut(&event);
+                out.own(event.slice(..cut.start));
+                out.own(event.slice(cut.end..));
             }
             last = end;
         }
@@ -472,17 +474,6 @@ fn usage_of(f: &Found) -> Usage {
         },
         output: f.output,
     }
-}
-
-/// An event with its one `"usage":null` member taken out (see [`usage_null_cut`]).
-fn strip_usage_null(event: Bytes) -> Bytes {
-    let Some(cut) = usage_null_cut(&event) else {
-        return event;
-    };
-    let mut out = BytesMut::with_capacity(event.len() - cut.len());
-    out.extend_from_slice(&event[..cut.start]);
-    out.extend_from_slice(&event[cut.end..]);
-    out.freeze()
 }
 
 /// Where an event's one `"usage":null` member is, with the comma that separated it;
@@ -770,7 +761,8 @@ mod tests {
     #[test]
     fn strip_usage_null_cases() {
         let s = |x: &str| {
-            String::from_utf8(strip_usage_null(Bytes::from(x.to_string())).to_vec()).unwrap()
+            let cut = Action::StripNull.cut(x.as_bytes());
+            [&x[..cut.start], &x[cut.end..]].concat()
         };
         assert_eq!(s(r#"data: {"a":1,"usage":null}"#), r#"data: {"a":1}"#);
         assert_eq!(s(r#"data: {"usage":null,"a":1}"#), r#"data: {"a":1}"#);
