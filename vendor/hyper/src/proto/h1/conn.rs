@@ -496,7 +496,7 @@ where
             return Poll::Ready(Err(crate::Error::new_unexpected_message()));
         }
 
-        let num_read = ready!(self.force_io_read(cx)).map_err(crate::Error::new_io)?;
+        let num_read = ready!(self.force_io_read(cx, false)).map_err(crate::Error::new_io)?;
 
         if num_read == 0 {
             let ret = if self.should_error_on_eof() {
@@ -527,14 +527,8 @@ where
             return Poll::Pending;
         }
 
-        // Portcullis patch: a probe, which does not grow the read buffer (see
-        // `Buffered::poll_read_probe`).
-        let num_read = ready!(self.io.poll_read_probe(cx).map_err(|e| {
-            trace!(error = %e, "force_io_read; io error");
-            self.state.close();
-            e
-        }))
-        .map_err(crate::Error::new_io)?;
+        // Portcullis patch: a probe, which does not grow the read buffer.
+        let num_read = ready!(self.force_io_read(cx, true)).map_err(crate::Error::new_io)?;
 
         if num_read == 0 {
             trace!("found unexpected EOF on busy connection: {:?}", self.state);
@@ -545,10 +539,15 @@ where
         }
     }
 
-    fn force_io_read(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Portcullis patch: with `probe`, reads into the room the read buffer has without
+    /// growing it (`Buffered::poll_read_probe`).
+    fn force_io_read(&mut self, cx: &mut Context<'_>, probe: bool) -> Poll<io::Result<usize>> {
         debug_assert!(!self.state.is_read_closed());
 
-        let result = ready!(self.io.poll_read_from_io(cx));
+        let result = ready!(match probe {
+            true => self.io.poll_read_probe(cx),
+            false => self.io.poll_read_from_io(cx),
+        });
         Poll::Ready(result.map_err(|e| {
             trace!(error = %e, "force_io_read; io error");
             self.state.close();
