@@ -188,10 +188,9 @@ fn valid_value(value: &[u8]) -> bool {
 }
 
 /// Random bytes from the thread's fast generator (`hash::fast_rand`, seeded per thread from
-/// the standard library's random keys), as OpenTelemetry's SDKs make ids with a small
-/// non-cryptographic generator:
-/// ids must be unique, not secret. `rand`'s ChaCha cost ~120 instructions per id, two ids
-/// per request (callgrind).
+/// the standard library's random keys). Ids must be unique, not secret: OpenTelemetry's
+/// SDKs make them with a small non-cryptographic generator too. `rand`'s ChaCha cost ~120
+/// instructions per id, two ids per request (callgrind).
 fn random_nonzero<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     while b == [0; N] {

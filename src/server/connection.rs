@@ -201,7 +201,6 @@ pub(super) enum Race<C, B> {
 
 /// What wakes a connection's task for its bounds: notes that they asked, then wakes the
 /// task.
-#[derive(Default)]
 struct BoundsWoke {
     woke: AtomicBool,
     task: AtomicWaker,
@@ -236,9 +235,11 @@ pin_project_lite::pin_project! {
 /// seldom fire. A struct rather than an `async fn`, which would hold `bounds` twice (as
 /// its argument and pinned in a local) in every connection, idle ones too.
 pub(super) fn race<C: Future + ?Sized, B: Future>(conn: Pin<&mut C>, bounds: B) -> Raced<'_, C, B> {
-    let woke = Arc::new(BoundsWoke::default());
-    // Polled once at the start, so that each bound registers its waker.
-    woke.woke.store(true, Ordering::Relaxed);
+    let woke = Arc::new(BoundsWoke {
+        // Polled once at the start, so that each bound registers its waker.
+        woke: AtomicBool::new(true),
+        task: AtomicWaker::new(),
+    });
     Raced { conn, bounds, woke }
 }
 
