@@ -5,7 +5,7 @@
 //! name) can neither end the line, nor break the JSON, nor carry a terminal escape sequence.
 //! No ANSI colouring: the line is data.
 
-use crate::config::AccessLogFormat;
+use std::cell::Cell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A field's name as each format writes it before the value: `,"name":` and ` name=`
@@ -28,19 +28,19 @@ macro_rules! access_key {
 }
 pub use access_key as key;
 
-/// A line being written into `buf`; [`Line::finish`] ends it with its newline.
-pub struct Line<'a> {
+/// A line being written into `buf`, in JSON or in text ([`Line::finish`] ends it with its
+/// newline). The format is a type parameter, so that each field's name is a constant the
+/// compiler copies inline, and each format's line is one straight run of code.
+pub struct Line<'a, const JSON: bool> {
     buf: &'a mut Vec<u8>,
-    json: bool,
 }
 
-impl<'a> Line<'a> {
+impl<'a, const JSON: bool> Line<'a, JSON> {
     /// Starts a line at `now`: its timestamp and level (and, in text, its target).
-    pub fn start(buf: &'a mut Vec<u8>, format: AccessLogFormat, now: SystemTime) -> Self {
-        let json = format == AccessLogFormat::Json;
+    pub fn start(buf: &'a mut Vec<u8>, now: SystemTime) -> Self {
         // Room for a whole usual line (~560 bytes in JSON): no growth check grows it.
         buf.reserve(768);
-        if json {
+        if JSON {
             buf.extend_from_slice(b"{\"timestamp\":\"");
             timestamp(buf, now);
             buf.extend_from_slice(b"\",\"level\":\"INFO\"");
@@ -48,52 +48,68 @@ impl<'a> Line<'a> {
             timestamp(buf, now);
             buf.extend_from_slice(b"  INFO access:");
         }
-        Line { buf, json }
+        Line { buf }
     }
 
-    #[inline]
+    #[inline(always)]
     fn key(&mut self, key: Key) {
-        let k = if self.json { key.json } else { key.text };
+        let k = if JSON { key.json } else { key.text };
         self.buf.extend_from_slice(k.as_bytes());
     }
 
     /// A string, quoted in both formats: `route="chat"`, `"route":"chat"`.
-    #[inline]
+    #[inline(always)]
     pub fn str(&mut self, key: Key, value: &str) {
         self.key(key);
-        if self.json {
+        if JSON {
             json_string(self.buf, &[value]);
         } else {
             text_quoted(self.buf, &[value]);
         }
     }
 
+    /// [`Line::str`], or `"-"` when there is no value.
+    #[inline(always)]
+    pub fn str_or_dash(&mut self, key: Key, value: Option<&str>) {
+        match value {
+            Some(v) => self.str(key, v),
+            None => {
+                self.key(key);
+                self.buf.extend_from_slice(b"\"-\"");
+            }
+        }
+    }
+
     /// A string made of `parts`, bare in text unless it needs quotes (`path=/v1/x`,
     /// `plugin=api-key:deny`; a value with a space, a quote, a backslash or a control
     /// character is quoted and escaped), a JSON string in JSON.
-    #[inline]
+    #[inline(always)]
     pub fn bare(&mut self, key: Key, parts: &[&str]) {
         self.key(key);
-        if self.json {
+        if JSON {
             json_string(self.buf, parts);
-        } else if parts.iter().any(|p| !p.is_empty()) && parts.iter().all(|p| is_bare(p)) {
-            for p in parts {
-                self.buf.extend_from_slice(p.as_bytes());
-            }
         } else {
-            text_quoted(self.buf, parts);
+            text_bare(self.buf, parts);
         }
+    }
+
+    /// The absent value of a [`Line::bare`] field: `-` (`"-"` in JSON).
+    #[inline(always)]
+    pub fn bare_dash(&mut self, key: Key) {
+        self.key(key);
+        self.buf
+            .extend_from_slice(if JSON { b"\"-\"" } else { b"-" });
     }
 
     /// ASCII known to need no escaping (a socket address, hex digits), written as a
     /// bare word in text and between quotes in JSON.
-    #[inline]
+    #[inline(always)]
     pub fn ascii(&mut self, key: Key, value: &[u8]) {
         debug_assert!(value
             .iter()
             .all(|b| b.is_ascii_graphic() && !b"\"\\".contains(b)));
         self.key(key);
-        if self.json {
+        if JSON {
             self.buf.push(b'"');
             self.buf.extend_from_slice(value);
             self.buf.push(b'"');
@@ -102,14 +118,14 @@ impl<'a> Line<'a> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn u64(&mut self, key: Key, value: u64) {
         self.key(key);
         self.buf
             .extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn i64(&mut self, key: Key, value: i64) {
         self.key(key);
         self.buf
@@ -119,36 +135,22 @@ impl<'a> Line<'a> {
     /// Milliseconds to the nanosecond (`0.204868`, `1.5`, `12.0`), the way `f64` would
     /// write them without `ryu`'s cost (a third of the line's); `-1.0` (absent) as
     /// itself. Anything not in 0..10^12 ms goes to [`Line::f64`].
-    #[inline]
+    #[inline(always)]
     pub fn ms(&mut self, key: Key, value: f64) {
-        if value == -1.0 {
-            self.key(key);
-            return self.buf.extend_from_slice(b"-1.0");
-        }
         if !(0.0..1e12).contains(&value) {
             return self.f64(key, value);
         }
         self.key(key);
-        let ns = (value * 1e6).round() as u64;
-        let mut b = itoa::Buffer::new();
-        self.buf
-            .extend_from_slice(b.format(ns / 1_000_000).as_bytes());
-        let mut frac = [b'.', b'0', b'0', b'0', b'0', b'0', b'0'];
-        let mut f = ns % 1_000_000;
-        for slot in frac[1..].iter_mut().rev() {
-            *slot = b'0' + (f % 10) as u8;
-            f /= 10;
-        }
-        // Trailing zeros go, but one digit stays after the point (`12.0`).
-        let end = frac.iter().rposition(|&d| d != b'0').unwrap_or(0).max(1) + 1;
-        self.buf.extend_from_slice(&frac[..end]);
+        milliseconds(self.buf, value);
     }
 
     /// The shortest decimal that reads back as `value` (`1.25`, `-1.0`); JSON has no
     /// NaN or infinity, so those are `null` there.
     pub fn f64(&mut self, key: Key, value: f64) {
         self.key(key);
-        if self.json && !value.is_finite() {
+        if value == -1.0 {
+            self.buf.extend_from_slice(b"-1.0");
+        } else if JSON && !value.is_finite() {
             self.buf.extend_from_slice(b"null");
         } else {
             self.buf
@@ -158,7 +160,7 @@ impl<'a> Line<'a> {
 
     /// Ends the line (in JSON with its `"target":"access"`) and its newline.
     pub fn finish(self) {
-        if self.json {
+        if JSON {
             self.buf.extend_from_slice(b",\"target\":\"access\"}\n");
         } else {
             self.buf.push(b'\n');
@@ -166,13 +168,58 @@ impl<'a> Line<'a> {
     }
 }
 
+/// `ms` in 0..10^12 to the nanosecond: the whole milliseconds, a point, and at least one
+/// and at most six digits of fraction (no trailing zeros but one: `12.0`).
+fn milliseconds(buf: &mut Vec<u8>, ms: f64) {
+    let ns = ms * 1e6;
+    // `round` without libm's call: below 2^52 adding a half is exact; above it every
+    // f64 is a whole number already.
+    let ns = if ns < 4_503_599_627_370_496.0 {
+        (ns + 0.5) as u64
+    } else {
+        ns as u64
+    };
+    buf.extend_from_slice(itoa::Buffer::new().format(ns / 1_000_000).as_bytes());
+    // `1dddddd`: the fraction with its leading zeros, the `1` becoming the point.
+    let mut b = itoa::Buffer::new();
+    let frac = b.format(ns % 1_000_000 + 1_000_000).as_bytes();
+    let mut digits = [0u8; 7];
+    digits.copy_from_slice(frac);
+    digits[0] = b'.';
+    let end = digits.iter().rposition(|&d| d != b'0').unwrap_or(0).max(1) + 1;
+    buf.extend_from_slice(&digits[..end]);
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds), as the other log lines have it.
+/// The date and time up to the second are formatted once per second per thread.
 fn timestamp(buf: &mut Vec<u8>, now: SystemTime) {
+    thread_local! {
+        /// The second last formatted, and its `YYYY-MM-DDTHH:MM:SS.`.
+        static SECOND: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+    }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
+    let mut out = [0u8; 27];
+    let (cached, prefix) = SECOND.get();
+    if cached == secs {
+        out[..20].copy_from_slice(&prefix);
+    } else {
+        out[..20].copy_from_slice(&second(secs));
+        SECOND.set((secs, out[..20].try_into().expect("20 bytes")));
+    }
+    // `1ffffff`: the microseconds with their leading zeros after the `1`.
+    let mut b = itoa::Buffer::new();
+    out[19..26].copy_from_slice(b.format(since.subsec_micros() + 1_000_000).as_bytes());
+    out[19] = b'.';
+    out[26] = b'Z';
+    buf.extend_from_slice(&out);
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of `secs` since the epoch.
+fn second(secs: u64) -> [u8; 20] {
     let (year, month, day) = civil_date((secs / 86_400) as i64);
     let of_day = secs % 86_400;
-    let mut out = *b"0000-00-00T00:00:00.000000Z";
+    let mut out = *b"0000-00-00T00:00:00.";
     let mut put = |end: usize, width: usize, n: u64| {
         let mut n = n;
         for slot in out[end - width..end].iter_mut().rev() {
@@ -186,8 +233,7 @@ fn timestamp(buf: &mut Vec<u8>, now: SystemTime) {
     put(13, 2, of_day / 3600);
     put(16, 2, of_day / 60 % 60);
     put(19, 2, of_day % 60);
-    put(26, 6, since.subsec_micros().into());
-    buf.extend_from_slice(&out);
+    out
 }
 
 /// The proleptic Gregorian date of a day counted from 1970-01-01 (Howard Hinnant's
@@ -213,8 +259,8 @@ fn is_control(c: char) -> bool {
 
 /// Whether `s` can stand unquoted in a text line: no space, quote, backslash or control.
 fn is_bare(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    let b = s.as_bytes();
+    (!has_special(b) && memchr::memchr(b' ', b).is_none())
         || (!s.is_ascii()
             && !s
                 .chars()
@@ -285,14 +331,45 @@ static QUOTED_SPECIAL: [bool; 256] = {
     t
 };
 
+/// Whether `s` has a byte [`QUOTED_SPECIAL`] flags; eight bytes at a time.
+fn has_special(s: &[u8]) -> bool {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    // Sets the high bit of some byte iff a byte of `x` is below `n` (n <= 0x80).
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
+    let equal = |x: u64, b: u8| below(x ^ (ONES * u64::from(b)), 1);
+    let mut chunks = s.chunks_exact(8);
+    for chunk in &mut chunks {
+        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        if (below(x, 0x20) | (x & HIGH) | equal(x, 0x7f) | equal(x, b'"') | equal(x, b'\\')) != 0 {
+            return true;
+        }
+    }
+    chunks
+        .remainder()
+        .iter()
+        .any(|&b| QUOTED_SPECIAL[usize::from(b)])
+}
+
+/// `parts` as a bare word in a text line, or quoted when they need it.
+fn text_bare(buf: &mut Vec<u8>, parts: &[&str]) {
+    if parts.iter().any(|p| !p.is_empty()) && parts.iter().all(|p| is_bare(p)) {
+        for p in parts {
+            buf.extend_from_slice(p.as_bytes());
+        }
+    } else {
+        text_quoted(buf, parts);
+    }
+}
+
 /// `parts` between quotes: a quote, a backslash, `\n`, `\r` and `\t` escaped as both
 /// formats write them, any other control character with `control`.
 fn quoted(buf: &mut Vec<u8>, parts: &[&str], control: impl Fn(&mut Vec<u8>, char)) {
     buf.push(b'"');
     for part in parts {
-        // Most values (route names, `-`, ids) have nothing to escape: one table look per
-        // byte, then one copy.
-        if !part.bytes().any(|b| QUOTED_SPECIAL[usize::from(b)]) {
+        // Most values (route names, paths, ids) have nothing to escape: one look per eight
+        // bytes, then one copy.
+        if !has_special(part.as_bytes()) {
             buf.extend_from_slice(part.as_bytes());
             continue;
         }
@@ -318,20 +395,29 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn line(format: AccessLogFormat, fill: impl FnOnce(&mut Line<'_>)) -> String {
+    const AT: u64 = 1_764_660_741_790_799;
+
+    fn line<const JSON: bool>(fill: impl FnOnce(&mut Line<'_, JSON>)) -> String {
         let mut buf = Vec::new();
-        let at = UNIX_EPOCH + Duration::from_micros(1_764_660_741_790_799);
-        let mut l = Line::start(&mut buf, format, at);
+        let mut l = Line::<JSON>::start(&mut buf, UNIX_EPOCH + Duration::from_micros(AT));
         fill(&mut l);
         l.finish();
         String::from_utf8(buf).unwrap()
+    }
+
+    fn text(fill: impl FnOnce(&mut Line<'_, false>)) -> String {
+        line(fill)
+    }
+
+    fn json(fill: impl FnOnce(&mut Line<'_, true>)) -> String {
+        line(fill)
     }
 
     const HOSTILE: &str = "a\"b\\c\nd\re\tf\u{1b}[31mg\u{7f}h\u{85}i\u{2028}j\0k é";
 
     #[test]
     fn text_line() {
-        let l = line(AccessLogFormat::Text, |l| {
+        let l = text(|l| {
             l.ascii(key!("client"), b"127.0.0.1:5");
             l.bare(key!("path"), &["/v1/a=b"]);
             l.str(key!("route"), "chat");
@@ -351,7 +437,7 @@ mod tests {
 
     #[test]
     fn json_line() {
-        let l = line(AccessLogFormat::Json, |l| {
+        let l = json(|l| {
             l.ascii(key!("client"), b"127.0.0.1:5");
             l.bare(key!("path"), &["/v1/x"]);
             l.u64(key!("status"), 200);
@@ -368,7 +454,7 @@ mod tests {
 
     #[test]
     fn hostile_values_stay_on_one_line_and_in_their_field() {
-        let text = line(AccessLogFormat::Text, |l| {
+        let text = text(|l| {
             l.str(key!("model"), HOSTILE);
             l.bare(key!("path"), &[HOSTILE]);
             l.bare(key!("p"), &["with space"]);
@@ -383,7 +469,7 @@ mod tests {
         );
         assert!(text.ends_with(" p=\"with space\" e=\"\"\n"), "{text}");
 
-        let json = line(AccessLogFormat::Json, |l| {
+        let json = json(|l| {
             l.str(key!("model"), HOSTILE);
             l.bare(key!("path"), &[HOSTILE]);
         });
@@ -400,8 +486,8 @@ mod tests {
     /// `-1.0` and what is not a duration to `f64`.
     #[test]
     fn milliseconds_to_the_nanosecond() {
-        let ms = |v: f64| line(AccessLogFormat::Json, |l| l.ms(key!("t"), v));
-        let f64 = |v: f64| line(AccessLogFormat::Json, |l| l.f64(key!("t"), v));
+        let ms = |v: f64| json(|l| l.ms(key!("t"), v));
+        let f64 = |v: f64| json(|l| l.f64(key!("t"), v));
         let mut ns: u64 = 0;
         while ns < 20_000_000_000_000 {
             let d = std::time::Duration::from_nanos(ns);
@@ -431,6 +517,40 @@ mod tests {
         for quoted in ["", "a b", "a\"", "a\\", "a\u{85}", "ü\u{2028}", "ü b"] {
             assert!(!is_bare(quoted) || quoted.is_empty(), "{quoted:?}");
         }
+    }
+
+    /// The eight-at-a-time scan flags exactly what the table flags, wherever the byte is.
+    #[test]
+    fn special_bytes_found_at_every_position() {
+        for len in 1..=19 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut s = vec![b'a'; len];
+                    s[at] = b;
+                    assert_eq!(
+                        has_special(&s),
+                        QUOTED_SPECIAL[usize::from(b)],
+                        "{b:#x} at {at} of {len}"
+                    );
+                }
+            }
+        }
+        assert!(!has_special(b"") && !has_special(b"/v1/chat/completions?x=~1"));
+    }
+
+    /// Lines in the same second share its formatting; the next second gets its own.
+    #[test]
+    fn timestamps_within_and_across_seconds() {
+        let at = |micros: u64| {
+            let mut buf = Vec::new();
+            timestamp(&mut buf, UNIX_EPOCH + Duration::from_micros(micros));
+            String::from_utf8(buf).unwrap()
+        };
+        assert_eq!(at(AT), "2025-12-02T07:32:21.790799Z");
+        assert_eq!(at(AT + 7), "2025-12-02T07:32:21.790806Z");
+        assert_eq!(at(AT - 790_799), "2025-12-02T07:32:21.000000Z");
+        assert_eq!(at(AT + 209_201), "2025-12-02T07:32:22.000000Z");
+        assert_eq!(at(AT + 209_200), "2025-12-02T07:32:21.999999Z");
     }
 
     /// Every hour of a few centuries against `httpdate`'s formatting of the same instant.

@@ -79,15 +79,28 @@ impl AccessLog {
         bytes: u64,
         tunnel: Option<&TunnelEnd>,
     ) {
+        match format {
+            AccessLogFormat::Json => self.write_as::<true>(buf, now, bytes, tunnel),
+            AccessLogFormat::Text => self.write_as::<false>(buf, now, bytes, tunnel),
+        }
+    }
+
+    fn write_as<const JSON: bool>(
+        &self,
+        buf: &mut Vec<u8>,
+        now: std::time::SystemTime,
+        bytes: u64,
+        tunnel: Option<&TunnelEnd>,
+    ) {
         let call = self.call.as_ref();
         let count = |n: Option<u64>| n.map_or(-1, |n| n.min(i64::MAX as u64) as i64);
-        let mut l = Line::start(buf, format, now);
+        let mut l = Line::<JSON>::start(buf, now);
         let mut client = [0u8; 64];
         l.ascii(key!("client"), socket_addr(&self.client, &mut client));
         l.bare(key!("method"), &[self.method.as_str()]);
         l.bare(key!("path"), &[&self.path]);
-        l.str(key!("route"), self.route.as_deref().unwrap_or("-"));
-        l.str(key!("upstream"), self.endpoint.as_deref().unwrap_or("-"));
+        l.str_or_dash(key!("route"), self.route.as_deref());
+        l.str_or_dash(key!("upstream"), self.endpoint.as_deref());
         l.u64(key!("status"), self.status.as_u16().into());
         l.u64(key!("bytes"), bytes);
         l.ms(
@@ -95,21 +108,18 @@ impl AccessLog {
             self.start.elapsed().as_secs_f64() * 1e3,
         );
         l.ms(key!("upstream_ms"), self.upstream_ms.unwrap_or(-1.0));
-        l.str(key!("error"), self.error.unwrap_or("-"));
-        l.str(key!("consumer"), self.consumer.as_deref().unwrap_or("-"));
+        l.str_or_dash(key!("error"), self.error);
+        l.str_or_dash(key!("consumer"), self.consumer.as_deref());
         plugin_outcome(&mut l, key!("plugin"), &self.plugin);
         plugin_outcome(&mut l, key!("stream_plugin"), &self.stream_plugin);
         let served_by = self.served_by.as_ref().and_then(|v| v.to_str().ok());
-        l.str(key!("served_by"), served_by.unwrap_or("-"));
+        l.str_or_dash(key!("served_by"), served_by);
         if let Some(parts) = &self.parts {
             l.str(key!("parts"), parts);
         }
-        l.str(
-            key!("model"),
-            call.and_then(|c| c.request_model.as_deref()).unwrap_or("-"),
-        );
+        l.str_or_dash(key!("model"), call.and_then(|c| c.request_model.as_deref()));
         let response_model = call.and_then(|c| c.response_model.as_deref());
-        l.str(key!("response_model"), response_model.unwrap_or("-"));
+        l.str_or_dash(key!("response_model"), response_model);
         l.i64(
             key!("input_tokens"),
             count(call.and_then(|c| c.input_tokens)),
@@ -122,7 +132,7 @@ impl AccessLog {
             key!("ttft_ms"),
             call.and_then(|c| c.ttft_ms).unwrap_or(-1.0),
         );
-        l.str(key!("request_id"), self.request_id.to_str().unwrap_or("-"));
+        l.str_or_dash(key!("request_id"), self.request_id.to_str().ok());
         l.ascii(key!("trace_id"), &self.trace_id.hex());
         if let Some(t) = tunnel {
             l.str(key!("upgrade"), &t.protocol);
@@ -135,10 +145,14 @@ impl AccessLog {
 }
 
 /// `NAME:OUTCOME`, or `-`.
-fn plugin_outcome(l: &mut Line<'_>, key: Key, p: &Option<(Arc<str>, &'static str)>) {
+fn plugin_outcome<const JSON: bool>(
+    l: &mut Line<'_, JSON>,
+    key: Key,
+    p: &Option<(Arc<str>, &'static str)>,
+) {
     match p {
         Some((name, outcome)) => l.bare(key, &[name, ":", outcome]),
-        None => l.bare(key, &["-"]),
+        None => l.bare_dash(key),
     }
 }
 
