@@ -179,15 +179,21 @@ fn milliseconds(buf: &mut Vec<u8>, ms: f64) {
     } else {
         ns as u64
     };
-    buf.extend_from_slice(itoa::Buffer::new().format(ns / 1_000_000).as_bytes());
+    let whole = ns / 1_000_000;
+    if whole < 10 {
+        buf.push(b'0' + whole as u8);
+    } else {
+        buf.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
+    }
     // `1dddddd`: the fraction with its leading zeros, the `1` becoming the point.
     let mut b = itoa::Buffer::new();
-    let frac = b.format(ns % 1_000_000 + 1_000_000).as_bytes();
     let mut digits = [0u8; 7];
-    digits.copy_from_slice(frac);
+    digits.copy_from_slice(b.format(ns % 1_000_000 + 1_000_000).as_bytes());
     digits[0] = b'.';
     let end = digits.iter().rposition(|&d| d != b'0').unwrap_or(0).max(1) + 1;
-    buf.extend_from_slice(&digits[..end]);
+    // All seven (a copy of known length), then the trailing zeros cut off.
+    buf.extend_from_slice(&digits);
+    buf.truncate(buf.len() - (digits.len() - end));
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC, microseconds), as the other log lines have it.

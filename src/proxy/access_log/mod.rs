@@ -166,20 +166,40 @@ fn socket_addr<'b>(addr: &SocketAddr, buf: &'b mut [u8; 64]) -> &'b [u8] {
         let len = cursor.position() as usize;
         return &buf[..len];
     };
+    // Digit by digit: at most 21 bytes (`255.255.255.255:65535`).
     let mut len = 0;
-    let mut put = |bytes: &[u8]| {
-        buf[len..len + bytes.len()].copy_from_slice(bytes);
-        len += bytes.len();
-    };
-    for (i, octet) in a.ip().octets().iter().enumerate() {
+    for (i, octet) in a.ip().octets().into_iter().enumerate() {
         if i > 0 {
-            put(b".");
+            buf[len] = b'.';
+            len += 1;
         }
-        put(itoa::Buffer::new().format(*octet).as_bytes());
+        if octet >= 100 {
+            buf[len] = b'0' + octet / 100;
+            len += 1;
+        }
+        if octet >= 10 {
+            buf[len] = b'0' + octet / 10 % 10;
+            len += 1;
+        }
+        buf[len] = b'0' + octet % 10;
+        len += 1;
     }
-    put(b":");
-    put(itoa::Buffer::new().format(a.port()).as_bytes());
-    &buf[..len]
+    buf[len] = b':';
+    len += 1;
+    let port = a.port();
+    let digits = match port {
+        0..=9 => 1,
+        10..=99 => 2,
+        100..=999 => 3,
+        1000..=9999 => 4,
+        _ => 5,
+    };
+    let mut n = port;
+    for slot in buf[len..len + digits].iter_mut().rev() {
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    &buf[..len + digits]
 }
 
 /// How an upgraded connection ended.
@@ -191,4 +211,28 @@ pub struct TunnelEnd {
     pub closed_by: ClosedBy,
     /// `eof`, `reset`, `idle_timeout`, `max_duration`, `shutdown`, `upgrade_failed`.
     pub reason: &'static str,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{Ipv4Addr, SocketAddrV4};
+
+    /// The address as `Display` writes it: every octet value in every place, ports at
+    /// each digit count's edges, and IPv6 with a scope.
+    #[test]
+    fn socket_addresses_as_display_writes_them() {
+        let ports = [0, 1, 9, 10, 99, 100, 999, 1000, 9999, 10000, 18090, 65535];
+        let mut buf = [0u8; 64];
+        for n in 0..=255u8 {
+            for (i, port) in ports.into_iter().enumerate() {
+                let mut octets = [10, 0, 0, 1];
+                octets[i % 4] = n;
+                let addr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::from(octets), port));
+                assert_eq!(socket_addr(&addr, &mut buf), addr.to_string().as_bytes());
+            }
+        }
+        let v6: SocketAddr = "[fe80::1%7]:443".parse().unwrap();
+        assert_eq!(socket_addr(&v6, &mut buf), b"[fe80::1%7]:443");
+    }
 }
