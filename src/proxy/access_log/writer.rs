@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 const BATCH: usize = 256 * 1024;
 /// How often the writer takes the batches that did not fill up: the most a line waits.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// Full batches queued for the writer (2 MB) before lines are dropped.
-const QUEUE: usize = 8;
+/// Full batches queued for the writer (16 MB) before lines are dropped.
+const QUEUE: usize = 64;
 
 /// Where the lines go.
 pub enum Output {
