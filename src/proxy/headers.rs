@@ -4,6 +4,7 @@
 //! `X-Request-Id`.
 
 use super::error::ProxyError;
+use super::trace_context::hex_into;
 use super::tunnel::Lease;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
@@ -216,16 +217,18 @@ pub fn request_id(h: &HeaderMap) -> HeaderValue {
             return v.clone();
         }
     }
-    static PREFIX: OnceLock<u64> = OnceLock::new();
+    // The prefix's hex digits are written once per process.
+    static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(crate::hash::fast_rand_seed);
+    let prefix = PREFIX.get_or_init(|| {
+        let mut hex = [0u8; 16];
+        hex_into(&crate::hash::fast_rand_seed().to_be_bytes(), &mut hex);
+        hex
+    });
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 32];
-    for (i, b) in buf.iter_mut().enumerate() {
-        let word = if i < 16 { prefix } else { n };
-        *b = HEX[((word >> (60 - 4 * (i % 16))) & 0xf) as usize];
-    }
+    buf[..16].copy_from_slice(prefix);
+    hex_into(&n.to_be_bytes(), &mut buf[16..]);
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 

@@ -209,11 +209,21 @@ fn format_traceparent(trace_id: &[u8; 16], parent_id: &[u8; 8], flags: u8) -> He
     HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
-fn hex_into(bytes: &[u8], out: &mut [u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for (i, b) in bytes.iter().enumerate() {
-        out[2 * i] = HEX[(b >> 4) as usize];
-        out[2 * i + 1] = HEX[(b & 0xf) as usize];
+pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
+    /// Each byte's two lowercase hex digits: one look-up per byte.
+    static HEX2: [[u8; 2]; 256] = {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut t = [[0; 2]; 256];
+        let mut b = 0;
+        while b < 256 {
+            t[b] = [HEX[b >> 4], HEX[b & 0xf]];
+            b += 1;
+        }
+        t
+    };
+    debug_assert_eq!(out.len(), 2 * bytes.len());
+    for (b, pair) in bytes.iter().zip(out.chunks_exact_mut(2)) {
+        pair.copy_from_slice(&HEX2[usize::from(*b)]);
     }
 }
 
@@ -232,6 +242,15 @@ mod tests {
     use super::*;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn hex_of_every_byte() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let mut out = vec![0u8; 512];
+        hex_into(&bytes, &mut out);
+        let want: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(String::from_utf8(out).unwrap(), want);
+    }
 
     fn parse(s: &str) -> Option<Parent> {
         parse_traceparent(s.as_bytes())
