@@ -205,14 +205,16 @@ fn timestamp(buf: &mut Vec<u8>, now: SystemTime) {
     }
     let since = now.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
+    let prefix = match SECOND.get() {
+        (cached, prefix) if cached == secs => prefix,
+        _ => {
+            let prefix = second(secs);
+            SECOND.set((secs, prefix));
+            prefix
+        }
+    };
     let mut out = [0u8; 27];
-    let (cached, prefix) = SECOND.get();
-    if cached == secs {
-        out[..20].copy_from_slice(&prefix);
-    } else {
-        out[..20].copy_from_slice(&second(secs));
-        SECOND.set((secs, out[..20].try_into().expect("20 bytes")));
-    }
+    out[..20].copy_from_slice(&prefix);
     // `1ffffff`: the microseconds with their leading zeros after the `1`.
     let mut b = itoa::Buffer::new();
     out[19..26].copy_from_slice(b.format(since.subsec_micros() + 1_000_000).as_bytes());
@@ -265,8 +267,7 @@ fn is_control(c: char) -> bool {
 
 /// Whether `s` can stand unquoted in a text line: no space, quote, backslash or control.
 fn is_bare(s: &str) -> bool {
-    let b = s.as_bytes();
-    (!has_special(b) && memchr::memchr(b' ', b).is_none())
+    !has_special(s.as_bytes(), b'!')
         || (!s.is_ascii()
             && !s
                 .chars()
@@ -337,8 +338,9 @@ static QUOTED_SPECIAL: [bool; 256] = {
     t
 };
 
-/// Whether `s` has a byte [`QUOTED_SPECIAL`] flags; eight bytes at a time.
-fn has_special(s: &[u8]) -> bool {
+/// Whether `s` has a byte [`QUOTED_SPECIAL`] flags or one below `plain` (`b' '` adds
+/// nothing to the table, `b'!'` adds the space); eight bytes at a time.
+fn has_special(s: &[u8], plain: u8) -> bool {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
     // Sets the high bit of some byte iff a byte of `x` is below `n` (n <= 0x80).
@@ -347,14 +349,14 @@ fn has_special(s: &[u8]) -> bool {
     let mut chunks = s.chunks_exact(8);
     for chunk in &mut chunks {
         let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
-        if (below(x, 0x20) | (x & HIGH) | equal(x, 0x7f) | equal(x, b'"') | equal(x, b'\\')) != 0 {
+        if (below(x, plain) | (x & HIGH) | equal(x, 0x7f) | equal(x, b'"') | equal(x, b'\\')) != 0 {
             return true;
         }
     }
     chunks
         .remainder()
         .iter()
-        .any(|&b| QUOTED_SPECIAL[usize::from(b)])
+        .any(|&b| b < plain || QUOTED_SPECIAL[usize::from(b)])
 }
 
 /// `parts` as a bare word in a text line, or quoted when they need it.
@@ -375,7 +377,7 @@ fn quoted(buf: &mut Vec<u8>, parts: &[&str], control: impl Fn(&mut Vec<u8>, char
     for part in parts {
         // Most values (route names, paths, ids) have nothing to escape: one look per eight
         // bytes, then one copy.
-        if !has_special(part.as_bytes()) {
+        if !has_special(part.as_bytes(), b' ') {
             buf.extend_from_slice(part.as_bytes());
             continue;
         }
@@ -534,14 +536,19 @@ mod tests {
                     let mut s = vec![b'a'; len];
                     s[at] = b;
                     assert_eq!(
-                        has_special(&s),
+                        has_special(&s, b' '),
                         QUOTED_SPECIAL[usize::from(b)],
                         "{b:#x} at {at} of {len}"
+                    );
+                    assert_eq!(
+                        has_special(&s, b'!'),
+                        QUOTED_SPECIAL[usize::from(b)] || b == b' ',
+                        "{b:#x} at {at} of {len}, space flagged"
                     );
                 }
             }
         }
-        assert!(!has_special(b"") && !has_special(b"/v1/chat/completions?x=~1"));
+        assert!(!has_special(b"", b' ') && !has_special(b"/v1/chat/completions?x=~1", b' '));
     }
 
     /// Lines in the same second share its formatting; the next second gets its own.
