@@ -46,14 +46,22 @@ pub struct RequestCtx<'g> {
     pub limits: Option<Box<crate::limits::Admission>>,
     /// The path for the access log (`None`: access logging is off).
     log_path: Option<String>,
+    /// The client sent `X-Portcullis-Consumer` (which `ClientRequest::read` removes).
+    consumer_header: bool,
 }
 
 impl<'g> RequestCtx<'g> {
     /// Starts the context: takes the request id (the client's, if sane) and moves the
     /// trace context on to this hop, so plugins and the upstream see both.
-    pub fn new(req: &mut Request<Incoming>, client: &'g ClientInfo) -> Self {
-        let request_id = headers::request_id(req.headers());
-        let trace_id = trace_context::propagate(req.headers_mut());
+    ///
+    /// `present`: the names the cleaned head has (`headers::clean_request`).
+    pub fn new(
+        req: &mut Request<Incoming>,
+        client: &'g ClientInfo,
+        present: headers::Present,
+    ) -> Self {
+        let request_id = headers::request_id(req.headers(), present);
+        let trace_id = trace_context::propagate(req.headers_mut(), present);
         RequestCtx {
             client,
             request_id,
@@ -72,6 +80,7 @@ impl<'g> RequestCtx<'g> {
             upgrade: None,
             limits: None,
             log_path: AccessLog::enabled().then(|| req.uri().path().to_string()),
+            consumer_header: present.consumer(),
         }
     }
 
@@ -175,7 +184,9 @@ impl ClientRequest {
             Some(a) => head.headers.insert(header::HOST, a.clone()),
             None => head.headers.remove(header::HOST),
         };
-        head.headers.remove(X_CONSUMER);
+        if ctx.consumer_header {
+            head.headers.remove(X_CONSUMER);
+        }
         head.headers
             .insert(headers::X_REQUEST_ID, ctx.request_id.clone());
         Ok(ClientRequest {

@@ -222,9 +222,9 @@ impl Gateway {
         let upgrade = upgrade::requested(&mut req);
         // The client's hop-by-hop headers go first, so nothing they name can remove what
         // the gateway adds (request id, trace context, consumer).
-        let clean =
+        let (present, clean) =
             headers::clean_request(req.headers_mut(), self.server.allow_underscores_in_headers);
-        let mut ctx = RequestCtx::new(&mut req, client);
+        let mut ctx = RequestCtx::new(&mut req, client, present);
         ctx.upgrade = upgrade;
         let result = match clean {
             Ok(()) => self.process(req, &mut ctx).await,

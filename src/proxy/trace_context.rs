@@ -5,6 +5,7 @@
 //! trace — new random trace id and parent id, flags `01` — and any `tracestate` is
 //! dropped, as the spec asks on restart. The trace id goes into the access log.
 
+use super::headers::Present;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
@@ -44,16 +45,27 @@ pub struct Parent {
 
 /// Rewrites the request's `traceparent`/`tracestate` for the upstream and returns the
 /// trace id of this request.
-pub fn propagate(h: &mut HeaderMap) -> TraceId {
-    let mut values = h.get_all(&TRACEPARENT).iter();
-    // More than one traceparent field cannot be one valid value.
-    let parent = match (values.next(), values.next()) {
-        (Some(v), None) => parse_traceparent(v.as_bytes()),
-        _ => None,
+///
+/// `present` says which of the two the head has (a name it lacks is not looked up).
+pub fn propagate(h: &mut HeaderMap, present: Present) -> TraceId {
+    let parent = match present.traceparent() {
+        true => {
+            let mut values = h.get_all(&TRACEPARENT).iter();
+            // More than one traceparent field cannot be one valid value.
+            match (values.next(), values.next()) {
+                (Some(v), None) => parse_traceparent(v.as_bytes()),
+                _ => None,
+            }
+        }
+        false => None,
     };
     let (trace_id, flags) = match parent {
         Some(p) => {
-            match tracestate(h) {
+            let state = match present.tracestate() {
+                true => tracestate(h),
+                false => TraceState::Keep,
+            };
+            match state {
                 TraceState::Keep => {}
                 TraceState::Joined(state) => {
                     h.insert(TRACESTATE, state);
@@ -65,7 +77,9 @@ pub fn propagate(h: &mut HeaderMap) -> TraceId {
             (p.trace_id, p.flags & SAMPLED)
         }
         None => {
-            h.remove(&TRACESTATE);
+            if present.tracestate() {
+                h.remove(&TRACESTATE);
+            }
             (random_nonzero(), SAMPLED)
         }
     };
@@ -242,6 +256,12 @@ mod tests {
     use super::*;
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    /// `super::propagate` with the names the head has, as `clean_request` notes them.
+    fn propagate(h: &mut HeaderMap) -> TraceId {
+        let present = Present::of(h);
+        super::propagate(h, present)
+    }
 
     #[test]
     fn hex_of_every_byte() {
