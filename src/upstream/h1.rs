@@ -49,6 +49,8 @@ pub struct Conn {
     /// between exchanges for their room.
     head: Vec<u8>,
     fields: Vec<Field>,
+    /// The field names of the last response heads (see `Names`).
+    names: Names,
     /// What a read of a body asks room for (see `READ_ROOM`).
     room: usize,
 }
@@ -112,6 +114,7 @@ impl Conn {
             buf: BytesMut::new(),
             head: Vec::new(),
             fields: Vec::new(),
+            names: Names::default(),
             room: READ_ROOM,
         }
     }
@@ -200,7 +203,7 @@ impl Conn {
                 }
             };
             let mut parts = parsed
-                .into_parts(&mut self.buf, &self.fields, headers)
+                .into_parts(&mut self.buf, &self.fields, &mut self.names, headers)
                 .map_err(received)?;
             if interim(parts.status.as_u16()) {
                 had_interim = true;
@@ -483,6 +486,40 @@ fn poll_read(
 /// Where a field's name and value are in the buffer.
 type Field = ((usize, usize), (usize, usize));
 
+/// The field names of a connection's last response heads, by place: an upstream sends
+/// the same names in the same order on every response, and a name found in its place is
+/// taken from here (its bytes compared) instead of being parsed again
+/// (`HeaderName::from_bytes`: ~100 instructions a name, and an allocation for one that is
+/// not a standard name).
+#[derive(Default)]
+struct Names(Vec<(Box<[u8]>, HeaderName)>);
+
+impl Names {
+    /// Places kept: a response with more fields parses the rest.
+    const PLACES: usize = 32;
+    /// Longer names are parsed each time.
+    const NAME_LEN: usize = 64;
+
+    /// The name at place `i` of a head, spelled `raw`.
+    fn get(&mut self, i: usize, raw: &[u8]) -> io::Result<HeaderName> {
+        if let Some((spelled, name)) = self.0.get(i) {
+            if **spelled == *raw {
+                return Ok(name.clone());
+            }
+        }
+        let name = HeaderName::from_bytes(raw).map_err(|_| invalid("field name"))?;
+        if raw.len() <= Self::NAME_LEN {
+            let entry = (Box::from(raw), name.clone());
+            if i < self.0.len() {
+                self.0[i] = entry;
+            } else if i == self.0.len() && i < Self::PLACES {
+                self.0.push(entry);
+            }
+        }
+        Ok(name)
+    }
+}
+
 /// Where a parsed head's parts are in the buffer (its fields: see `parse`).
 struct Parsed {
     len: usize,
@@ -493,11 +530,12 @@ struct Parsed {
 
 impl Parsed {
     /// Takes the head out of `buf` and makes its parts, the fields in `headers`; field
-    /// values share the head's bytes.
+    /// values share the head's bytes, names come from `names` where they can.
     fn into_parts(
         self,
         buf: &mut BytesMut,
         fields: &[Field],
+        names: &mut Names,
         mut headers: HeaderMap,
     ) -> io::Result<http::response::Parts> {
         let raw = buf.split_to(self.len).freeze();
@@ -506,8 +544,8 @@ impl Parsed {
         parts.status = status;
         parts.version = self.version;
         headers.reserve(fields.len());
-        for &((ns, ne), (vs, ve)) in fields {
-            let name = HeaderName::from_bytes(&raw[ns..ne]).map_err(|_| invalid("field name"))?;
+        for (i, &((ns, ne), (vs, ve))) in fields.iter().enumerate() {
+            let name = names.get(i, &raw[ns..ne])?;
             let value = HeaderValue::from_maybe_shared(raw.slice(vs..ve))
                 .map_err(|_| invalid("field value"))?;
             headers.append(name, value);
@@ -1039,11 +1077,50 @@ mod tests {
             .expect("a whole head");
         let mut buf = BytesMut::from(raw);
         let mut parts = parsed
-            .into_parts(&mut buf, &fields, HeaderMap::new())
+            .into_parts(&mut buf, &fields, &mut Names::default(), HeaderMap::new())
             .unwrap();
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let f = framing(&method, parts.status, parts.version, &mut parts.headers);
         (f, parts.headers)
+    }
+
+    #[test]
+    fn names_are_kept_by_place_and_compared_by_spelling() {
+        let mut names = Names::default();
+        let take = |names: &mut Names, raw: &[&str]| -> Vec<String> {
+            let raw: Vec<&[u8]> = raw.iter().map(|r| r.as_bytes()).collect();
+            (0..raw.len())
+                .map(|i| names.get(i, raw[i]).unwrap().as_str().to_owned())
+                .collect()
+        };
+        let first = ["Content-Type", "X-Model", "content-length"];
+        assert_eq!(
+            take(&mut names, &first),
+            ["content-type", "x-model", "content-length"]
+        );
+        assert_eq!(
+            take(&mut names, &first),
+            take(&mut Names::default(), &first)
+        );
+        // Another spelling, another name, or another order in a place: parsed again.
+        assert_eq!(
+            take(&mut names, &["content-type", "X-Other", "X-Model"]),
+            ["content-type", "x-other", "x-model"]
+        );
+        assert_eq!(
+            names.0[1].1.as_str(),
+            "x-other",
+            "the place now holds the new name"
+        );
+        assert!(names.get(0, b"bad name").is_err(), "checked as a new name");
+        assert!(names.get(1, b"").is_err());
+        // More fields than places: all parsed, the first `PLACES` kept.
+        let many: Vec<String> = (0..Names::PLACES + 5).map(|i| format!("X-F{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        let lower: Vec<String> = many.iter().map(|n| n.to_ascii_lowercase()).collect();
+        assert_eq!(take(&mut names, &many), lower);
+        assert_eq!(take(&mut names, &many), lower);
+        assert_eq!(names.0.len(), Names::PLACES);
     }
 
     #[test]
@@ -1169,7 +1246,12 @@ mod tests {
             let mut fields = Vec::new();
             let parsed = parse(raw.as_bytes(), &mut fields).unwrap().unwrap();
             let parts = parsed
-                .into_parts(&mut BytesMut::from(raw), &fields, HeaderMap::new())
+                .into_parts(
+                    &mut BytesMut::from(raw),
+                    &fields,
+                    &mut Names::default(),
+                    HeaderMap::new(),
+                )
                 .unwrap();
             let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
             assert_eq!(reason.map(|r| r.as_bytes()), kept.map(str::as_bytes));
@@ -1191,7 +1273,12 @@ mod tests {
             let mut fields = Vec::new();
             let parsed = parse(raw, &mut fields).unwrap().unwrap();
             let parts = parsed
-                .into_parts(&mut BytesMut::from(raw), &fields, HeaderMap::new())
+                .into_parts(
+                    &mut BytesMut::from(raw),
+                    &fields,
+                    &mut Names::default(),
+                    HeaderMap::new(),
+                )
                 .unwrap();
             assert!(parts.extensions.get::<hyper::ext::ReasonPhrase>().is_none());
         }

@@ -462,6 +462,105 @@ async fn connection_cannot_remove_the_gateways_own_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn field_names_are_read_as_sent_whatever_came_before_in_their_place() {
+    // The gateway keeps the field names of the last heads by place (the requests its
+    // worker read, the responses of an upstream connection) and takes one from there only
+    // when its bytes are the same: another name, another case or another order in a place
+    // is read as sent. An upstream on one keep-alive connection answers each request with
+    // names of its own.
+    let responses = [
+        "X-Up-A: 1\r\nX-Up-B: 1",
+        "X-Up-B: 2\r\nX-Up-A: 2",
+        "X-Up-B: 3\r\nX-UP-A: 3",
+        "X-Up-B: 4\r\nX-UP-A: 4",
+    ];
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up = listener.local_addr().unwrap();
+    let heads = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (log, accepted) = (heads.clone(), Arc::new(Mutex::new(0)));
+    let connections = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            *connections.lock().unwrap() += 1;
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8(buf.drain(..end + 4).collect()).unwrap();
+                        let n = {
+                            let mut log = log.lock().unwrap();
+                            log.push(head);
+                            log.len() - 1
+                        };
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\n{}\r\nContent-Length: 2\r\n\r\nok",
+                            responses[n.min(responses.len() - 1)]
+                        );
+                        s.write_all(answer.as_bytes()).await.unwrap();
+                    }
+                    match s.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&config(
+        "",
+        &[up],
+        "[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"up\"\n",
+    ));
+    let r = answers(
+        gw.addr,
+        b"GET /n/1 HTTP/1.1\r\nHost: a\r\nX-Alpha: 1\r\nContent-Type: t\r\n\r\n\
+          GET /n/2 HTTP/1.1\r\nHost: a\r\nX-Alphb: 2\r\ncontent-type: u\r\n\r\n\
+          GET /n/3 HTTP/1.1\r\nHost: a\r\nX-ALPHA: 3\r\nX-Alphb: 3\r\n\r\n",
+    )
+    .await;
+    // What the client got: each response's own names.
+    let got: Vec<Vec<(&str, &str)>> = r
+        .iter()
+        .map(|a| {
+            let up = a.headers.iter().filter(|(n, _)| n.starts_with("x-up-"));
+            up.map(|(n, v)| (n.as_str(), v.as_str())).collect()
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            vec![("x-up-a", "1"), ("x-up-b", "1")],
+            vec![("x-up-b", "2"), ("x-up-a", "2")],
+            vec![("x-up-b", "3"), ("x-up-a", "3")],
+        ],
+        "{r:?}"
+    );
+    assert_eq!(
+        *accepted.lock().unwrap(),
+        1,
+        "one upstream connection, reused"
+    );
+    // What the upstream got: each request's own names, in lower case.
+    let sent = |head: &str, name: &str| {
+        head.split("\r\n")
+            .filter_map(|l| l.split_once(": "))
+            .filter(|(n, _)| *n == name)
+            .map(|(_, v)| v.to_string())
+            .collect::<Vec<_>>()
+    };
+    let heads = heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 4, "three requests and the end: {heads:?}");
+    let fields =
+        |head: &str| ["x-alpha", "x-alphb", "content-type"].map(|n| sent(head, n).join(","));
+    assert_eq!(fields(&heads[0]), ["1", "", "t"], "{}", heads[0]);
+    assert_eq!(fields(&heads[1]), ["", "2", "u"], "{}", heads[1]);
+    assert_eq!(fields(&heads[2]), ["3", "3", ""], "{}", heads[2]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_connection_header_names_hop_by_hop_headers() {
     // Two `Connection` fields are one list (RFC 9110 §5.3): what the second names is as
     // hop-by-hop as what the first names, and neither reaches the upstream.

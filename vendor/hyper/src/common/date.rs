@@ -12,15 +12,12 @@ pub(crate) const DATE_VALUE_LENGTH: usize = 29;
 
 #[cfg(feature = "http1")]
 pub(crate) fn extend(dst: &mut Vec<u8>) {
+    // Portcullis patch: the date is brought up to date where it is written, instead of
+    // by a `date::update` on every poll of every server connection.
     CACHED.with(|cache| {
-        dst.extend_from_slice(cache.borrow().buffer());
-    });
-}
-
-#[cfg(feature = "http1")]
-pub(crate) fn update() {
-    CACHED.with(|cache| {
-        cache.borrow_mut().check();
+        let mut cache = cache.borrow_mut();
+        cache.check();
+        dst.extend_from_slice(cache.buffer());
     });
 }
 
