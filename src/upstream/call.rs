@@ -82,7 +82,9 @@ impl Upstream {
         async move {
             let retry = self.config.retry.as_ref();
             let attempts = retry.map_or(1, |r| r.attempts);
-            let deadline = Instant::now() + call.timeout;
+            // The call's start is also its first try's (one clock read less).
+            let start = Instant::now();
+            let deadline = start + call.timeout;
             if let Some(b) = &self.budget {
                 b.deposit(self.clock.now());
             }
@@ -117,13 +119,17 @@ impl Upstream {
                 // only failure a later try could follow is one that leaves the head unsent:
                 // a method that is not idempotent is tried again only when no connection
                 // could be made (so a POST to a model is not copied).
+                let sent = match try_no {
+                    1 => start,
+                    _ => Instant::now(),
+                };
                 let bounds = TryBounds {
+                    sent,
                     deadline,
                     per_try: retry.and_then(|r| r.per_try_timeout),
                     keep_body: try_no < attempts,
                     keep_head: try_no < attempts && (idempotent || !client.gives_back_unsent()),
                 };
-                let sent = Instant::now();
                 let attempt =
                     Self::send_try(client, &mut call, &mut template, &endpoint, bounds).await;
                 let outcome = match &attempt {
@@ -191,10 +197,13 @@ impl Upstream {
                 .insert(header::HOST, endpoint.host_header.clone());
         }
         let (body, give_back) = call.body.take(call.body_limit, bounds.keep_body);
-        let left = bounds.deadline.saturating_duration_since(Instant::now());
-        let limit = bounds.per_try.map_or(left, |t| t.min(left));
+        // An instant, not a duration: no clock read here or in the timer.
+        let until = bounds
+            .per_try
+            .and_then(|t| bounds.sent.checked_add(t))
+            .map_or(bounds.deadline, |end| end.min(bounds.deadline));
         let sent = client.send(slot, body, bounds.keep_head);
-        let attempt = tokio::time::timeout(limit, sent)
+        let attempt = tokio::time::timeout_at(until, sent)
             .await
             .unwrap_or(Err(TryError::Timeout));
         if let Some(rx) = give_back {
@@ -248,6 +257,8 @@ impl Upstream {
 /// body must come back if the try never reads it and the head in any case (a later try
 /// may need them).
 struct TryBounds {
+    /// When the try starts.
+    sent: Instant,
     deadline: Instant,
     per_try: Option<Duration>,
     keep_body: bool,
