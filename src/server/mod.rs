@@ -23,7 +23,7 @@ use crate::proxy::{ClientInfo, Gateway};
 use accept::{Backoff, Connections, Registration};
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
-use connection::{ConnState, Counted, Drain, DrainWatch, Race};
+use connection::{ConnState, Counted, Drain, DrainWatch, InFlight, Race};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -46,8 +46,11 @@ type Accepted = (
     Registration,
 );
 
-/// A request being served: boxed (see `worker`).
-type Handling = std::pin::Pin<Box<dyn Future<Output = Response<ResponseBody>> + Send>>;
+/// A request being served: boxed (see `worker`). Its response's body counts as in flight
+/// on the connection until it is sent.
+type Handling = std::pin::Pin<
+    Box<dyn Future<Output = Result<Response<Counted<ResponseBody>>, Infallible>> + Send>,
+>;
 
 /// Binds every listener of `server`, announces each on stdout as
 /// `listening on http://ADDR` (`https://` for TLS listeners; tests and scripts read this),
@@ -164,6 +167,11 @@ where
             let mut backoff = Backoff::default();
             loop {
                 let (s, peer) = accept::accept(&l, &mut backoff, None).await;
+                let admin = admin.clone();
+                let handler = move |req, in_flight| {
+                    let answer = admin(req);
+                    async move { Ok(answer.await.map(|b| Counted::new(b, in_flight))) }
+                };
                 let conn = serve(
                     builder.clone(),
                     bounds,
@@ -171,7 +179,7 @@ where
                     drain.watcher(),
                     s,
                     peer,
-                    admin.clone(),
+                    handler,
                 );
                 tokio::spawn(conn);
             }
@@ -345,10 +353,15 @@ async fn worker(
                 // Boxed: hyper keeps room for a request's future in every connection, idle
                 // ones too, and moves it there for every request; the box is made only
                 // while a request is served, and moving it moves one pointer.
-                let handler = move |req: Request<Incoming>| -> Handling {
+                // What hyper awaits is this box: the response is wrapped in it (not in
+                // another future around it, which moved the ~450-byte response twice more).
+                let handler = move |req: Request<Incoming>, in_flight: InFlight| -> Handling {
                     let gw = slot.load_full();
                     let client = client.clone();
-                    Box::pin(async move { gw.handle(req, &client).await })
+                    Box::pin(async move {
+                        let response = gw.handle(req, &client).await;
+                        Ok(response.map(|b| Counted::new(b, in_flight)))
+                    })
                 };
                 let state = registration.state.clone();
                 // Plain and TLS connections are separate tasks, each as large as its own
@@ -397,8 +410,8 @@ async fn serve<IO, H, F>(
     handler: H,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<ResponseBody>> + Send + 'static,
+    H: Fn(Request<Incoming>, InFlight) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<Response<Counted<ResponseBody>>, Infallible>> + Send + 'static,
 {
     let first = tokio::select! {
         r = connection::first_bytes(io, bounds.first_byte) => r,
@@ -416,11 +429,7 @@ async fn serve<IO, H, F>(
     };
     let h2 = io.is_h2();
     let requests = state.clone();
-    let svc = service_fn(move |req| {
-        let in_flight = requests.request();
-        let answer = handler(req);
-        async move { Ok::<_, Infallible>(answer.await.map(|b| Counted::new(b, in_flight))) }
-    });
+    let svc = service_fn(move |req| handler(req, requests.request()));
     let io = TokioIo::new(io);
     let mut conn: std::pin::Pin<Box<dyn Served>> = match h2 {
         true => Box::pin(builder.h2.serve_connection(io, svc)),
