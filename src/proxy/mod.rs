@@ -229,7 +229,8 @@ impl Gateway {
             // The client's hop-by-hop headers go first, so nothing they name can remove
             // what the gateway adds (request id, trace context, consumer).
             let allow = self.server.allow_underscores_in_headers;
-            let (present, clean) = headers::clean_request(req.headers_mut(), allow);
+            let bodiless = http_body::Body::is_end_stream(req.body());
+            let (present, clean) = headers::clean_request(req.headers_mut(), allow, bodiless);
             let mut ctx = RequestCtx::new(&mut req, client, present);
             ctx.upgrade = upgrade;
             let result = match clean {
