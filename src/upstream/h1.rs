@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 use http_body::{Frame, SizeHint};
+use hyper::ext::RecentNames;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
 use std::pin::Pin;
@@ -49,10 +50,11 @@ pub struct Conn {
     /// between exchanges for their room.
     head: Vec<u8>,
     fields: Vec<Field>,
-    /// The field names of the last response heads (see `Names`). Boxed: the connection
+    /// The field names of the last response heads, by place (`hyper::ext::RecentNames`,
+    /// which hyper's server keeps for request heads). Boxed: the connection
     /// is moved whole (into a body, back to the pool), and at 120 bytes without it the
     /// compiler moves it inline; at 144 it calls `memcpy` (~270 instructions per request).
-    names: Box<Names>,
+    names: Box<RecentNames>,
     /// What a read of a body asks room for (see `READ_ROOM`).
     room: usize,
 }
@@ -488,40 +490,6 @@ fn poll_read(
 /// Where a field's name and value are in the buffer.
 type Field = ((usize, usize), (usize, usize));
 
-/// The field names of a connection's last response heads, by place: an upstream sends
-/// the same names in the same order on every response, and a name found in its place is
-/// taken from here (its bytes compared) instead of being parsed again
-/// (`HeaderName::from_bytes`: ~100 instructions a name, and an allocation for one that is
-/// not a standard name).
-#[derive(Default)]
-struct Names(Vec<(Box<[u8]>, HeaderName)>);
-
-impl Names {
-    /// Places kept: a response with more fields parses the rest.
-    const PLACES: usize = 32;
-    /// Longer names are parsed each time.
-    const NAME_LEN: usize = 64;
-
-    /// The name at place `i` of a head, spelled `raw`.
-    fn get(&mut self, i: usize, raw: &[u8]) -> io::Result<HeaderName> {
-        if let Some((spelled, name)) = self.0.get(i) {
-            if **spelled == *raw {
-                return Ok(name.clone());
-            }
-        }
-        let name = HeaderName::from_bytes(raw).map_err(|_| invalid("field name"))?;
-        if raw.len() <= Self::NAME_LEN {
-            let entry = (Box::from(raw), name.clone());
-            if i < self.0.len() {
-                self.0[i] = entry;
-            } else if i == self.0.len() && i < Self::PLACES {
-                self.0.push(entry);
-            }
-        }
-        Ok(name)
-    }
-}
-
 /// Where a parsed head's parts are in the buffer (its fields: see `parse`).
 struct Parsed {
     len: usize,
@@ -537,7 +505,7 @@ impl Parsed {
         self,
         buf: &mut BytesMut,
         fields: &[Field],
-        names: &mut Names,
+        names: &mut RecentNames,
         mut headers: HeaderMap,
     ) -> io::Result<http::response::Parts> {
         let raw = buf.split_to(self.len).freeze();
@@ -547,7 +515,9 @@ impl Parsed {
         parts.version = self.version;
         headers.reserve(fields.len());
         for (i, &((ns, ne), (vs, ve))) in fields.iter().enumerate() {
-            let name = names.get(i, &raw[ns..ne])?;
+            let name = names
+                .get(i, &raw[ns..ne])
+                .map_err(|_| invalid("field name"))?;
             let value = HeaderValue::from_maybe_shared(raw.slice(vs..ve))
                 .map_err(|_| invalid("field value"))?;
             headers.append(name, value);
@@ -1079,7 +1049,12 @@ mod tests {
             .expect("a whole head");
         let mut buf = BytesMut::from(raw);
         let mut parts = parsed
-            .into_parts(&mut buf, &fields, &mut Names::default(), HeaderMap::new())
+            .into_parts(
+                &mut buf,
+                &fields,
+                &mut RecentNames::default(),
+                HeaderMap::new(),
+            )
             .unwrap();
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let f = framing(&method, parts.status, parts.version, &mut parts.headers);
@@ -1088,8 +1063,8 @@ mod tests {
 
     #[test]
     fn names_are_kept_by_place_and_compared_by_spelling() {
-        let mut names = Names::default();
-        let take = |names: &mut Names, raw: &[&str]| -> Vec<String> {
+        let mut names = RecentNames::default();
+        let take = |names: &mut RecentNames, raw: &[&str]| -> Vec<String> {
             let raw: Vec<&[u8]> = raw.iter().map(|r| r.as_bytes()).collect();
             (0..raw.len())
                 .map(|i| names.get(i, raw[i]).unwrap().as_str().to_owned())
@@ -1102,7 +1077,7 @@ mod tests {
         );
         assert_eq!(
             take(&mut names, &first),
-            take(&mut Names::default(), &first)
+            take(&mut RecentNames::default(), &first)
         );
         // Another spelling, another name, or another order in a place: parsed again.
         assert_eq!(
@@ -1110,19 +1085,21 @@ mod tests {
             ["content-type", "x-other", "x-model"]
         );
         assert_eq!(
-            names.0[1].1.as_str(),
+            names.kept(1).unwrap().as_str(),
             "x-other",
             "the place now holds the new name"
         );
         assert!(names.get(0, b"bad name").is_err(), "checked as a new name");
         assert!(names.get(1, b"").is_err());
         // More fields than places: all parsed, the first `PLACES` kept.
-        let many: Vec<String> = (0..Names::PLACES + 5).map(|i| format!("X-F{i}")).collect();
+        let many: Vec<String> = (0..RecentNames::PLACES + 5)
+            .map(|i| format!("X-F{i}"))
+            .collect();
         let many: Vec<&str> = many.iter().map(String::as_str).collect();
         let lower: Vec<String> = many.iter().map(|n| n.to_ascii_lowercase()).collect();
         assert_eq!(take(&mut names, &many), lower);
         assert_eq!(take(&mut names, &many), lower);
-        assert_eq!(names.0.len(), Names::PLACES);
+        assert_eq!(names.len(), RecentNames::PLACES);
     }
 
     #[test]
@@ -1251,7 +1228,7 @@ mod tests {
                 .into_parts(
                     &mut BytesMut::from(raw),
                     &fields,
-                    &mut Names::default(),
+                    &mut RecentNames::default(),
                     HeaderMap::new(),
                 )
                 .unwrap();
@@ -1278,7 +1255,7 @@ mod tests {
                 .into_parts(
                     &mut BytesMut::from(raw),
                     &fields,
-                    &mut Names::default(),
+                    &mut RecentNames::default(),
                     HeaderMap::new(),
                 )
                 .unwrap();

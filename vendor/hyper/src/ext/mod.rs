@@ -54,6 +54,12 @@ mod h1_reason_phrase;
 #[cfg(any(feature = "http1", feature = "ffi"))]
 pub use h1_reason_phrase::ReasonPhrase;
 
+// Portcullis patch: see `recent_names.rs`.
+#[cfg(feature = "http1")]
+mod recent_names;
+#[cfg(feature = "http1")]
+pub use recent_names::RecentNames;
+
 #[cfg(all(feature = "http1", feature = "client"))]
 mod informational;
 #[cfg(all(feature = "http1", feature = "client"))]

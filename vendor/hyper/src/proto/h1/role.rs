@@ -33,43 +33,12 @@ const AVERAGE_HEADER_SIZE: usize = 30; // totally scientific
 #[cfg(feature = "server")]
 const MAX_URI_LEN: usize = (u16::MAX - 1) as usize;
 
-// Portcullis patch: the field names of the request heads a thread parsed last, by place.
-// Clients send the same names in the same order on every request, so a name found in
-// its place is taken from here (its bytes compared) instead of being parsed again
-// (`HeaderName::from_bytes`: ~100 instructions a name, and an allocation for one that is
-// not a standard name). At most `RECENT_PLACES` names of at most `RECENT_NAME_LEN`
-// bytes each are kept per thread.
-#[cfg(feature = "server")]
-const RECENT_PLACES: usize = 32;
-#[cfg(feature = "server")]
-const RECENT_NAME_LEN: usize = 64;
-
+// Portcullis patch: the field names of the request heads a thread parsed last, by place
+// (see `ext::RecentNames`).
 #[cfg(feature = "server")]
 thread_local! {
-    static RECENT_NAMES: std::cell::RefCell<Vec<(Box<[u8]>, HeaderName)>> =
-        const { std::cell::RefCell::new(Vec::new()) };
-}
-
-/// The name at `place` of a request head, spelled `raw` (see `RECENT_NAMES`).
-#[cfg(feature = "server")]
-fn recent_name(place: usize, raw: &[u8]) -> Result<HeaderName, http::header::InvalidHeaderName> {
-    RECENT_NAMES.with_borrow_mut(|names| {
-        if let Some((spelled, name)) = names.get(place) {
-            if **spelled == *raw {
-                return Ok(name.clone());
-            }
-        }
-        let name = HeaderName::from_bytes(raw)?;
-        if raw.len() <= RECENT_NAME_LEN {
-            let entry = (Box::from(raw), name.clone());
-            if place < names.len() {
-                names[place] = entry;
-            } else if place == names.len() && place < RECENT_PLACES {
-                names.push(entry);
-            }
-        }
-        Ok(name)
-    })
+    static RECENT_NAMES: std::cell::RefCell<crate::ext::RecentNames> =
+        const { std::cell::RefCell::new(crate::ext::RecentNames::new()) };
 }
 
 macro_rules! header_name {
@@ -307,8 +276,9 @@ impl Http1Transaction for Server {
         for (place, header) in headers_indices[..headers_len].iter().enumerate() {
             // SAFETY: array is valid up to `headers_len`
             let header = unsafe { header.assume_init_ref() };
-            // Portcullis patch: see `recent_name`.
-            let name = match recent_name(place, &slice[header.name.0..header.name.1]) {
+            // Portcullis patch: see `RECENT_NAMES`.
+            let raw = &slice[header.name.0..header.name.1];
+            let name = match RECENT_NAMES.with_borrow_mut(|names| names.get(place, raw)) {
                 Ok(name) => name,
                 Err(e) => maybe_panic!(e),
             };
