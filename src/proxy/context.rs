@@ -46,8 +46,9 @@ pub struct RequestCtx<'g> {
     pub limits: Option<Box<crate::limits::Admission>>,
     /// The path for the access log (`None`: access logging is off).
     log_path: Option<String>,
-    /// The client sent `X-Portcullis-Consumer` (which `ClientRequest::read` removes).
-    consumer_header: bool,
+    /// The names the cleaned head has (`headers::clean_request`); `ClientRequest::read`
+    /// removes a client's `X-Portcullis-Consumer` only if it has one.
+    present: headers::Present,
 }
 
 impl<'g> RequestCtx<'g> {
@@ -80,7 +81,7 @@ impl<'g> RequestCtx<'g> {
             upgrade: None,
             limits: None,
             log_path: AccessLog::enabled().then(|| req.uri().path().to_string()),
-            consumer_header: present.consumer(),
+            present,
         }
     }
 
@@ -184,7 +185,7 @@ impl ClientRequest {
             Some(a) => head.headers.insert(header::HOST, a.clone()),
             None => head.headers.remove(header::HOST),
         };
-        if ctx.consumer_header {
+        if ctx.present.consumer() {
             head.headers.remove(X_CONSUMER);
         }
         head.headers
