@@ -185,11 +185,7 @@ fn milliseconds(buf: &mut Vec<u8>, ms: f64) {
     } else {
         buf.extend_from_slice(itoa::Buffer::new().format(whole).as_bytes());
     }
-    // `1dddddd`: the fraction with its leading zeros, the `1` becoming the point.
-    let mut b = itoa::Buffer::new();
-    let mut digits = [0u8; 7];
-    digits.copy_from_slice(b.format(ns % 1_000_000 + 1_000_000).as_bytes());
-    digits[0] = b'.';
+    let digits = point_six((ns % 1_000_000) as u32);
     let end = digits.iter().rposition(|&d| d != b'0').unwrap_or(0).max(1) + 1;
     // All seven (a copy of known length), then the trailing zeros cut off.
     buf.extend_from_slice(&digits);
@@ -215,12 +211,19 @@ fn timestamp(buf: &mut Vec<u8>, now: SystemTime) {
     };
     let mut out = [0u8; 27];
     out[..20].copy_from_slice(&prefix);
-    // `1ffffff`: the microseconds with their leading zeros after the `1`.
-    let mut b = itoa::Buffer::new();
-    out[19..26].copy_from_slice(b.format(since.subsec_micros() + 1_000_000).as_bytes());
-    out[19] = b'.';
+    out[19..26].copy_from_slice(&point_six(since.subsec_micros()));
     out[26] = b'Z';
     buf.extend_from_slice(&out);
+}
+
+/// `.dddddd`: a point and `n` (below 10^6) in six digits with its leading zeros (`n +
+/// 10^6` written, its leading `1` made the point).
+fn point_six(n: u32) -> [u8; 7] {
+    debug_assert!(n < 1_000_000);
+    let mut out = [0u8; 7];
+    out.copy_from_slice(itoa::Buffer::new().format(n + 1_000_000).as_bytes());
+    out[0] = b'.';
+    out
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.` of `secs` since the epoch.
