@@ -13,6 +13,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::future::Future;
+use tokio::time::Instant;
 
 /// Sends one try to an endpoint (the request's URI names it) and classifies a failure.
 /// The retry loop ([`super::Upstream::call`]) is written against this, so it can be
@@ -24,12 +25,14 @@ pub trait SendTry {
     /// dropped included: a client that only reads the head (this worker's own HTTP/1.1
     /// client) reads it there; one that consumes it leaves a copy first. Without, the
     /// head may be taken, and a try that failed before anything was sent may put it
-    /// back, so a later try can send it without a copy having been made.
+    /// back, so a later try can send it without a copy having been made. `at`: when the
+    /// try started (read once by the caller; a pool compares its idle times with it).
     fn send(
         &self,
         slot: &mut Option<http::request::Parts>,
         body: UpstreamBody,
         keep: bool,
+        at: Instant,
     ) -> impl Future<Output = Result<Response<Self::Body>, TryError>>;
     /// Whether every failure to connect leaves the head in `slot`.
     fn gives_back_unsent(&self) -> bool {
@@ -85,9 +88,10 @@ impl SendTry for UpstreamClient {
         slot: &mut Option<http::request::Parts>,
         body: UpstreamBody,
         keep: bool,
+        at: Instant,
     ) -> Result<Response<PooledBody>, TryError> {
         let sent = match self {
-            UpstreamClient::Http1(p) => return p.send(slot, body, keep).await,
+            UpstreamClient::Http1(p) => return p.send(slot, body, keep, at).await,
             UpstreamClient::Plain(c) => c.request(Request::from_parts(take_head(slot, keep), body)),
             UpstreamClient::Tls(c) => c.request(Request::from_parts(take_head(slot, keep), body)),
         };

@@ -114,10 +114,10 @@ impl Endpoint {
         self.ewma.get()
     }
 
-    /// Feeds one observed latency (time to response head) into the estimate and the
-    /// metrics.
-    pub fn observe_latency(&self, rtt: Duration) {
-        self.ewma.observe(rtt);
+    /// Feeds one observed latency (time to response head, taken at `at`) into the
+    /// estimate and the metrics.
+    pub fn observe_latency(&self, rtt: Duration, at: Instant) {
+        self.ewma.observe(rtt, at);
         if let Some(m) = &self.metrics {
             m.duration.observe(rtt.as_secs_f64());
         }
@@ -176,8 +176,9 @@ impl PeakEwma {
         f64::from_bits(self.value.load(Ordering::Relaxed))
     }
 
-    fn observe(&self, rtt: Duration) {
-        let now = epoch().elapsed().as_nanos() as u64;
+    /// `at`: when the sample was taken.
+    fn observe(&self, rtt: Duration, at: Instant) {
+        let now = at.saturating_duration_since(epoch()).as_nanos() as u64;
         let sample = rtt.as_nanos() as f64;
         let prev = self.get();
         let last = self.stamp.swap(now, Ordering::Relaxed);
@@ -281,12 +282,19 @@ impl Upstream {
 
     /// Picks an endpoint; `key` is the request's hash for consistent hashing.
     pub fn pick(&self, key: u64) -> Option<Arc<Endpoint>> {
-        self.pick_excluding(key, &[]).ok().map(|p| p.endpoint)
+        self.pick_excluding(key, &[], tokio::time::Instant::now())
+            .ok()
+            .map(|p| p.endpoint)
     }
 
     /// Picks a usable endpoint that is not in `tried` (a retry goes elsewhere when it can)
     /// and admits the try through its breaker.
-    pub fn pick_excluding(&self, key: u64, tried: &[Arc<Endpoint>]) -> Result<Picked, NoPick> {
+    pub fn pick_excluding(
+        &self,
+        key: u64,
+        tried: &[Arc<Endpoint>],
+        at: tokio::time::Instant,
+    ) -> Result<Picked, NoPick> {
         let snap = self.snapshot.load();
         if snap.endpoints.is_empty() {
             return Err(NoPick::Empty);
@@ -301,7 +309,7 @@ impl Upstream {
                 admission: Admission::Normal,
             });
         }
-        let now = self.clock.now();
+        let now = self.clock.at(at);
         // A half-open endpoint whose probe slots a racing request took is skipped too.
         let mut refused: Vec<usize> = Vec::new();
         loop {
@@ -351,14 +359,21 @@ impl Upstream {
     /// Feeds the outcome of a try to the endpoint's error metrics, breaker and outlier
     /// detection. A try that says nothing about the endpoint (the client's body failed
     /// it) counts nowhere; a half-open probe slot it held is given back.
-    pub fn record(&self, ep: &Endpoint, admission: Admission, outcome: Outcome) {
+    /// `at`: when the try ended.
+    pub fn record(
+        &self,
+        ep: &Endpoint,
+        admission: Admission,
+        outcome: Outcome,
+        at: tokio::time::Instant,
+    ) {
         if let (Some(m), Some(kind)) = (&ep.metrics, outcome.error_kind()) {
             m.errors[kind as usize].inc();
         }
         if !self.guarded {
             return;
         }
-        let now = self.clock.now();
+        let now = self.clock.at(at);
         if let (Some(b), Some(cfg)) = (&ep.breaker, &self.config.circuit_breaker) {
             match outcome.breaker_failure(&cfg.failure_on) {
                 Some(failed) => {

@@ -66,12 +66,14 @@ impl Http1Pool {
     /// connection, with the same request. The own client reads the head where it is, so
     /// it stays in `slot` (see [`SendTry::send`](super::client::SendTry::send)); without
     /// `keep` the response may take its header map. hyper's client consumes it, leaving
-    /// a copy with `keep`, and gives it back when no connection could be made.
+    /// a copy with `keep`, and gives it back when no connection could be made. `at`:
+    /// now, for the idle connections' age.
     pub async fn send(
         &self,
         slot: &mut Option<http::request::Parts>,
         body: UpstreamBody,
         keep: bool,
+        at: Instant,
     ) -> Result<Response<PooledBody>, TryError> {
         let head = slot.as_ref().expect("a head to send");
         let Some(authority) = head.uri.authority().cloned() else {
@@ -84,7 +86,7 @@ impl Http1Pool {
         };
         if !h1::fits(&head.method, &head.headers, whole) {
             let req = Request::from_parts(super::client::take_head(slot, keep), body);
-            return self.send_hyper(req, authority, slot).await;
+            return self.send_hyper(req, authority, slot, at).await;
         }
         let body = match whole {
             Some(_) => h1::Outgoing::Whole(in_memory_bytes(body)),
@@ -92,7 +94,7 @@ impl Http1Pool {
         };
         // Read where it is: it stays for a later try, this one dropped (timed out) or not.
         let head = slot.as_mut().expect("a head to send");
-        self.send_own(head, body, authority, keep).await
+        self.send_own(head, body, authority, keep, at).await
     }
 
     /// By the gateway's own client. A reused connection that closes before any of a
@@ -105,11 +107,14 @@ impl Http1Pool {
         mut body: h1::Outgoing,
         authority: Authority,
         keep: bool,
+        at: Instant,
     ) -> Result<Response<PooledBody>, TryError> {
         let idempotent = super::call::idempotent(&head.method);
         loop {
             let (mut conn, pooled) =
-                match checkout(&self.own, &authority, self.idle_timeout, |c| c.is_idle()) {
+                match checkout(&self.own, &authority, self.idle_timeout, at, |c| {
+                    c.is_idle()
+                }) {
                     Some(conn) => (conn, true),
                     None => (h1::Conn::new(self.connect(head.uri.clone()).await?), false),
                 };
@@ -132,6 +137,7 @@ impl Http1Pool {
         mut req: Request<UpstreamBody>,
         authority: Authority,
         slot: &mut Option<http::request::Parts>,
+        at: Instant,
     ) -> Result<Response<PooledBody>, TryError> {
         // HTTP/1.1 requests carry the origin form (`/path?query`).
         let origin = req
@@ -141,7 +147,9 @@ impl Http1Pool {
         let absolute = std::mem::replace(req.uri_mut(), origin);
         loop {
             let (mut conn, pooled) =
-                match checkout(&self.idle, &authority, self.idle_timeout, |c| c.is_ready()) {
+                match checkout(&self.idle, &authority, self.idle_timeout, at, |c| {
+                    c.is_ready()
+                }) {
                     Some(conn) => (conn, true),
                     None => match self.handshake(absolute.clone()).await {
                         Ok(conn) => (conn, false),
@@ -243,12 +251,13 @@ fn checkout<C>(
     pool: &Shared<C>,
     to: &Authority,
     idle_timeout: Duration,
+    now: Instant,
     mut usable: impl FnMut(&mut C) -> bool,
 ) -> Option<C> {
     let mut idle = pool.lock().unwrap_or_else(|p| p.into_inner());
     let (_, conns) = idle.iter_mut().find(|(a, _)| a == to)?;
     while let Some((mut conn, since)) = conns.pop() {
-        if since.elapsed() < idle_timeout && usable(&mut conn) {
+        if now.saturating_duration_since(since) < idle_timeout && usable(&mut conn) {
             return Some(conn);
         }
     }

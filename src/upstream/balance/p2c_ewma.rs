@@ -45,7 +45,7 @@ impl P2cEwma {
 mod tests {
     use super::*;
     use crate::upstream::ActiveGuard;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     fn eps(n: usize) -> Vec<Arc<Endpoint>> {
         (0..n)
@@ -58,7 +58,7 @@ mod tests {
         // With two distinct samples, the single slowest endpoint can never win.
         let e = eps(4);
         for (i, ep) in e.iter().enumerate() {
-            ep.observe_latency(Duration::from_millis(1 + i as u64 * 10));
+            ep.observe_latency(Duration::from_millis(1 + i as u64 * 10), Instant::now());
         }
         for _ in 0..1000 {
             assert_ne!(P2cEwma.pick(&e), 3);
@@ -68,8 +68,8 @@ mod tests {
     #[test]
     fn prefers_fast_endpoint() {
         let e = eps(2);
-        e[0].observe_latency(Duration::from_millis(50));
-        e[1].observe_latency(Duration::from_millis(5));
+        e[0].observe_latency(Duration::from_millis(50), Instant::now());
+        e[1].observe_latency(Duration::from_millis(5), Instant::now());
         let picks1 = (0..1000).filter(|_| P2cEwma.pick(&e) == 1).count();
         assert_eq!(picks1, 1000, "with 2 endpoints both are always sampled");
         // Load shifts the choice: 20 active requests make the fast one costlier.
@@ -80,16 +80,22 @@ mod tests {
     #[test]
     fn peak_then_decay() {
         let e = eps(1);
-        e[0].observe_latency(Duration::from_millis(10));
-        e[0].observe_latency(Duration::from_millis(100));
+        crate::upstream::epoch(); // set before t0, so t0 is measured from it exactly
+        let t0 = Instant::now();
+        e[0].observe_latency(Duration::from_millis(10), t0);
+        e[0].observe_latency(Duration::from_millis(100), t0);
         assert!(
             (e[0].latency_ns() - 100e6).abs() < 1.0,
             "a slower sample takes effect at once"
         );
-        e[0].observe_latency(Duration::from_millis(1));
+        // One time constant (10 s) later a faster sample weighs 1 − 1/e.
+        e[0].observe_latency(Duration::from_millis(1), t0 + Duration::from_secs(10));
+        let w = (-1f64).exp();
+        let expected = 100e6 * w + 1e6 * (1.0 - w);
         assert!(
-            e[0].latency_ns() <= 100e6,
-            "a faster sample never raises it"
+            (e[0].latency_ns() - expected).abs() < 1.0,
+            "a faster sample decays in: {} against {expected}",
+            e[0].latency_ns()
         );
     }
 }
