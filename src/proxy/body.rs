@@ -36,9 +36,8 @@ pin_project! {
     #[project = InnerProj]
     enum Inner {
         Full { #[pin] body: Full<Bytes> },
-        // Boxed: the response is moved whole several times on its way to hyper, and the
-        // connection in the upstream's body is most of its size.
-        Upstream { body: Box<PooledBody> },
+        // 16 bytes: the upstream's body is boxed where it is made (`PooledBody`).
+        Upstream { body: PooledBody },
         // The upstream's event stream through stream plugins.
         Events { stage: Box<EventStage> },
         // A switched protocol's empty body; the tunnel takes the access-log record and
@@ -134,9 +133,7 @@ impl ResponseBody {
 
     pub fn upstream(body: PooledBody, idle: Duration, guard: ActiveGuard, route: Arc<str>) -> Self {
         Self::new(
-            Inner::Upstream {
-                body: Box::new(body),
-            },
+            Inner::Upstream { body },
             Some(idle),
             Some(guard),
             Some(route),
@@ -171,7 +168,7 @@ impl ResponseBody {
     pub async fn first_frame(&mut self) -> Result<(), BoxError> {
         let frame = std::future::poll_fn(|cx| match &mut self.inner {
             Inner::Full { .. } | Inner::Switched { .. } | Inner::Events { .. } => Poll::Ready(None),
-            Inner::Upstream { body } => Pin::new(&mut **body).poll_frame(cx),
+            Inner::Upstream { body } => Pin::new(body).poll_frame(cx),
         })
         .await;
         match frame {
@@ -221,7 +218,7 @@ impl ResponseBody {
         };
         let first = self.pending.take().map(|f| *f);
         self.inner = Inner::Events {
-            stage: stage(*body, first),
+            stage: stage(body, first),
         };
     }
 
@@ -341,7 +338,7 @@ impl Body for ResponseBody {
                 (None, InnerProj::Full { body }) => {
                     body.poll_frame(cx).map_err(|never| match never {})
                 }
-                (None, InnerProj::Upstream { body }) => Pin::new(&mut **body).poll_frame(cx),
+                (None, InnerProj::Upstream { body }) => Pin::new(body).poll_frame(cx),
                 (None, InnerProj::Switched { .. }) => Poll::Ready(None),
                 (None, InnerProj::Events { stage }) => {
                     let polled = stage.poll_frame(cx, this.meter, this.log);

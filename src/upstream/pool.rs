@@ -123,7 +123,7 @@ impl Http1Pool {
                     self.start_reaper();
                     let back = self.back(&self.own, authority);
                     let (parts, body) = h1::Body::new(conn, answer, back);
-                    return Ok(Response::from_parts(parts, PooledBody::Own(body)));
+                    return Ok(Response::from_parts(parts, PooledBody::Own(Box::new(body))));
                 }
                 Err(e) if pooled && !e.received && idempotent && body.resendable() => continue,
                 Err(e) => return Err(classify::error(&*e.error, false)),
@@ -165,7 +165,9 @@ impl Http1Pool {
                 Ok(resp) => {
                     self.start_reaper();
                     let back = Some((self.back(&self.idle, authority), conn));
-                    return Ok(resp.map(|inner| PooledBody::Hyper { inner, back }));
+                    return Ok(
+                        resp.map(|inner| PooledBody::Hyper(Box::new(HyperBody { inner, back })))
+                    );
                 }
                 Err(mut e) => match e.take_message() {
                     // Not sent: the pooled connection had closed; try the next one.
@@ -300,20 +302,28 @@ impl<C> Return<C> {
 
 /// An upstream response body; at its end its connection goes back to the pool (also
 /// when it is dropped at its end unpolled, as an empty body may be).
+///
+/// Both kinds are boxed, so the body is 16 bytes and a `Response<PooledBody>` 128: the
+/// response is moved whole several times between the client and the proxy (the try's
+/// result, the retry loop's match, the answer, the call's result), and above 128 bytes
+/// each move is a `memcpy` call (the own client's body holds its connection: 216 bytes).
 pub enum PooledBody {
     /// Read by the gateway's own client.
-    Own(h1::Body),
-    /// Read by hyper's (`back`: this pool's connection, `None` for hyper-util's client,
-    /// which keeps its own).
-    Hyper {
-        inner: Incoming,
-        back: Option<(Return<HyperConn>, HyperConn)>,
-    },
+    Own(Box<h1::Body>),
+    /// Read by hyper's.
+    Hyper(Box<HyperBody>),
 }
 
-impl PooledBody {
-    fn give_back(back: &mut Option<(Return<HyperConn>, HyperConn)>) {
-        if let Some((back, conn)) = back.take() {
+/// A body read by hyper's client (`back`: this pool's connection, `None` for
+/// hyper-util's client, which keeps its own).
+pub struct HyperBody {
+    inner: Incoming,
+    back: Option<(Return<HyperConn>, HyperConn)>,
+}
+
+impl HyperBody {
+    fn give_back(&mut self) {
+        if let Some((back, conn)) = self.back.take() {
             if !conn.is_closed() {
                 back.put_back(conn);
             }
@@ -321,12 +331,10 @@ impl PooledBody {
     }
 }
 
-impl Drop for PooledBody {
+impl Drop for HyperBody {
     fn drop(&mut self) {
-        if let PooledBody::Hyper { inner, back } = self {
-            if inner.is_end_stream() {
-                Self::give_back(back);
-            }
+        if self.inner.is_end_stream() {
+            self.give_back();
         }
     }
 }
@@ -334,7 +342,7 @@ impl Drop for PooledBody {
 impl From<Incoming> for PooledBody {
     /// A body whose connection is not this pool's (hyper-util's client keeps its own).
     fn from(inner: Incoming) -> Self {
-        PooledBody::Hyper { inner, back: None }
+        PooledBody::Hyper(Box::new(HyperBody { inner, back: None }))
     }
 }
 
@@ -347,12 +355,12 @@ impl http_body::Body for PooledBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         match self.get_mut() {
-            PooledBody::Own(body) => Pin::new(body).poll_frame(cx),
-            PooledBody::Hyper { inner, back } => {
-                let frame = Pin::new(inner).poll_frame(cx);
+            PooledBody::Own(body) => Pin::new(&mut **body).poll_frame(cx),
+            PooledBody::Hyper(body) => {
+                let frame = Pin::new(&mut body.inner).poll_frame(cx);
                 match &frame {
-                    Poll::Ready(None) => Self::give_back(back),
-                    Poll::Ready(Some(Err(_))) => *back = None,
+                    Poll::Ready(None) => body.give_back(),
+                    Poll::Ready(Some(Err(_))) => body.back = None,
                     _ => {}
                 }
                 frame.map_err(Into::into)
@@ -363,14 +371,14 @@ impl http_body::Body for PooledBody {
     fn is_end_stream(&self) -> bool {
         match self {
             PooledBody::Own(body) => body.is_end_stream(),
-            PooledBody::Hyper { inner, .. } => inner.is_end_stream(),
+            PooledBody::Hyper(body) => body.inner.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
             PooledBody::Own(body) => body.size_hint(),
-            PooledBody::Hyper { inner, .. } => inner.size_hint(),
+            PooledBody::Hyper(body) => body.inner.size_hint(),
         }
     }
 }
