@@ -36,7 +36,7 @@ impl Gateway {
     pub(super) async fn forward_with_fallback(
         &self,
         route: &RouteEntry,
-        mut req: ClientRequest,
+        mut req: Box<ClientRequest>,
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let cfg = &route.config;

@@ -27,14 +27,15 @@ use std::net::SocketAddr;
 impl Gateway {
     // `forward` and `forward_to` return an `async move` block instead of being `async
     // fn`s: an `async fn` keeps its arguments at the front of its future and moves each
-    // into a local of its own when it starts, so the request (about 500 bytes) was held
-    // twice in each, and it is borrowed (so kept) until the end. Their futures are held
-    // inline by `Gateway::process`'s, which the worker boxes for every request.
+    // into a local of its own when it starts, so the request was held twice in each, and
+    // it is borrowed (so kept) until the end. Their futures are held inline by
+    // `Gateway::process`'s, which the worker boxes for every request. (The request is
+    // boxed itself now: see `ClientRequest::read`.)
     #[allow(clippy::manual_async_fn)] // see above
     pub(super) fn forward<'a, 'g>(
         &'a self,
         route: &'a RouteEntry,
-        mut req: ClientRequest,
+        mut req: Box<ClientRequest>,
         ctx: &'a mut RequestCtx<'g>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + use<'a, 'g> {
         async move {
@@ -61,7 +62,7 @@ impl Gateway {
         &'a self,
         route: &'a RouteEntry,
         to: &'a WorkerUpstream,
-        mut req: ClientRequest,
+        mut req: Box<ClientRequest>,
         ctx: &'a mut RequestCtx<'g>,
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + use<'a, 'g> {
         async move {
@@ -117,7 +118,7 @@ impl Gateway {
         &self,
         route: &RouteEntry,
         upstream: &Upstream,
-        req: ClientRequest,
+        req: Box<ClientRequest>,
         ctx: &RequestCtx<'_>,
     ) -> Result<Call, ProxyError> {
         let key = hash_key(upstream, &req.head.headers, ctx.client.addr);
@@ -127,7 +128,7 @@ impl Gateway {
             target,
             body,
             ..
-        } = req;
+        } = *req;
         let host = target.authority;
         head.version = version_for(upstream.config.protocol);
         // The client's hop-by-hop headers were stripped before anything else

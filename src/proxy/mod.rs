@@ -265,7 +265,7 @@ impl Gateway {
     async fn plugin_phases<'g>(
         &'g self,
         route: &'g RouteEntry,
-        mut req: ClientRequest,
+        mut req: Box<ClientRequest>,
         ctx: &mut RequestCtx<'g>,
     ) -> Result<Response<ResponseBody>, ProxyError> {
         let (mut passed, response, path) = match self.request_chain(route, &mut req, ctx).await? {
