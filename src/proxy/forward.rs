@@ -82,7 +82,6 @@ impl Gateway {
             };
             let called = called.await;
             ctx.endpoint = called.endpoint;
-            // (A fallback's earlier try does not count its head as this one's.)
             ctx.head_at = called.result.as_ref().ok().map(|a| a.at.into_std());
             let answer = called
                 .result

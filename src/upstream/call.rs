@@ -145,8 +145,10 @@ impl Upstream {
                 }
                 let ended = Instant::now();
                 self.record(&endpoint, admission, outcome, ended);
-                let retrying = retry.is_some_and(|r| outcome.retryable(&r.on, idempotent))
-                    && call.body.replayable()
+                // Whether the retry policy is asked; it may wait out a backoff and then say no.
+                let asked = retry.is_some_and(|r| outcome.retryable(&r.on, idempotent))
+                    && call.body.replayable();
+                let retrying = asked
                     && self
                         .may_retry(try_no, attempts, deadline, &endpoint.address, outcome)
                         .await;
@@ -158,7 +160,9 @@ impl Upstream {
                             response,
                             guard,
                             rtt,
-                            at: ended,
+                            // After a backoff that ran out the deadline, the answer goes back
+                            // only now.
+                            at: if asked { Instant::now() } else { ended },
                         };
                         return done(endpoint_name, Ok(answer));
                     }

@@ -67,7 +67,8 @@ impl Http1Pool {
     /// it stays in `slot` (see [`SendTry::send`](super::client::SendTry::send)); without
     /// `keep` the response may take its header map. hyper's client consumes it, leaving
     /// a copy with `keep`, and gives it back when no connection could be made. `at`:
-    /// now, for the idle connections' age.
+    /// the try's start (the caller read it), for the idle connections' age; the clock is
+    /// read again only for a connection taken after a reused one failed.
     pub async fn send(
         &self,
         slot: &mut Option<http::request::Parts>,
@@ -107,7 +108,7 @@ impl Http1Pool {
         mut body: h1::Outgoing,
         authority: Authority,
         keep: bool,
-        at: Instant,
+        mut at: Instant,
     ) -> Result<Response<PooledBody>, TryError> {
         let idempotent = super::call::idempotent(&head.method);
         loop {
@@ -125,7 +126,10 @@ impl Http1Pool {
                     let (parts, body) = h1::Body::new(conn, answer, back);
                     return Ok(Response::from_parts(parts, PooledBody::Own(Box::new(body))));
                 }
-                Err(e) if pooled && !e.received && idempotent && body.resendable() => continue,
+                Err(e) if pooled && !e.received && idempotent && body.resendable() => {
+                    // The next connection's age is judged now, not at the try's start.
+                    at = Instant::now();
+                }
                 Err(e) => return Err(classify::error(&*e.error, false)),
             }
         }
@@ -137,7 +141,7 @@ impl Http1Pool {
         mut req: Request<UpstreamBody>,
         authority: Authority,
         slot: &mut Option<http::request::Parts>,
-        at: Instant,
+        mut at: Instant,
     ) -> Result<Response<PooledBody>, TryError> {
         // HTTP/1.1 requests carry the origin form (`/path?query`).
         let origin = req
@@ -171,7 +175,10 @@ impl Http1Pool {
                 }
                 Err(mut e) => match e.take_message() {
                     // Not sent: the pooled connection had closed; try the next one.
-                    Some(back) if pooled => req = back,
+                    Some(back) if pooled => {
+                        req = back;
+                        at = Instant::now();
+                    }
                     _ => return Err(classify::error(e.error(), false)),
                 },
             }

@@ -274,3 +274,39 @@ async fn a_first_token_in_time_is_the_answer_and_no_byte_is_lost() {
     assert_eq!(String::from_utf8_lossy(&r.body), EVENTS.concat());
     assert_eq!(backup.hits(), 0);
 }
+
+/// The request's duration (`portcullis_request_duration_seconds`) ends when the response
+/// goes back: on a route with `first_token_timeout` that is after the first bytes came,
+/// not when the upstream's head did.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_request_duration_includes_the_wait_for_the_first_bytes() {
+    const EVENTS: &[&str] = &["data: {\"choices\":[]}\n\n", "data: [DONE]\n\n"];
+    let slow = streaming_after(Duration::from_millis(300), EVENTS).await;
+    let backup = Upstream::echo("backup").await;
+    let config = fallback_config(slow.addr, backup.addr, "first_token_timeout = \"5s\"").replacen(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n",
+        1,
+    );
+    let gw = Gateway::start(&config);
+    let r = chat(&gw).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("x-portcullis-served-by"), Some("primary"));
+    let route = "{route=\"chat\"}";
+    let count = metric(
+        &gw,
+        &format!("portcullis_request_duration_seconds_count{route}"),
+    )
+    .await;
+    let sum = metric(
+        &gw,
+        &format!("portcullis_request_duration_seconds_sum{route}"),
+    )
+    .await;
+    assert_eq!(count, 1.0);
+    // The head reached the client only after the upstream's first bytes, 300 ms in.
+    assert!(
+        sum >= 0.3,
+        "duration {sum} s ends before the first bytes came"
+    );
+}
