@@ -360,7 +360,9 @@ where
             ));
         }
 
-        self.state.allow_trailer_fields = headers::te_is_trailers(&msg.head.headers);
+        // Portcullis patch: see `ParsedMessage::has_te`.
+        self.state.allow_trailer_fields =
+            msg.has_te && headers::te_is_trailers(&msg.head.headers);
 
         Poll::Ready(Some(Ok((msg.head, msg.decode, wants))))
     }

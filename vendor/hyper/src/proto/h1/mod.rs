@@ -68,6 +68,10 @@ pub(crate) struct ParsedMessage<T> {
     expect_continue: bool,
     keep_alive: bool,
     wants_upgrade: bool,
+    /// Portcullis patch: whether the head may have a `TE` field (a request's parse notes
+    /// one as it reads the fields; a response's says true), so `TE: trailers` is looked up
+    /// only then instead of in every request's header map.
+    has_te: bool,
 }
 
 pub(crate) struct ParseContext<'ctx> {

@@ -254,6 +254,8 @@ impl Http1Transaction for Server {
         let mut is_te = false;
         let mut is_te_chunked = false;
         let mut wants_upgrade = subject.0 == Method::CONNECT;
+        // Portcullis patch: see `ParsedMessage::has_te`.
+        let mut has_te = false;
 
         let mut header_case_map = if ctx.preserve_header_case {
             Some(HeaderCaseMap::default())
@@ -348,6 +350,7 @@ impl Http1Transaction for Server {
                     // Upgrades are only allowed with HTTP/1.1
                     wants_upgrade = is_http_11;
                 }
+                header::TE => has_te = true,
 
                 _ => (),
             }
@@ -397,6 +400,7 @@ impl Http1Transaction for Server {
             expect_continue,
             keep_alive,
             wants_upgrade,
+            has_te,
         }))
     }
 
@@ -1208,6 +1212,7 @@ impl Http1Transaction for Client {
                     // again, as it is definitely upgrading.
                     keep_alive: keep_alive && !is_upgrade,
                     wants_upgrade: is_upgrade,
+                    has_te: true,
                 }));
             }
 
