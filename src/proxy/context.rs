@@ -30,10 +30,6 @@ pub struct RequestCtx<'g> {
     /// The endpoint of the last try, and the time to its response head.
     pub endpoint: Option<Arc<str>>,
     pub upstream_ms: Option<f64>,
-    /// When the upstream's response head was ready to go back, if nothing ran on it since
-    /// (no response plugin, no fallback step's wait for the first bytes): the end of the
-    /// request's duration in the metrics, which is then not read from the clock again.
-    pub head_at: Option<Instant>,
     /// The synthetic error the gateway answered with.
     pub error: Option<&'static str>,
     /// The plugin that decided the request's fate other than by passing it on, and how.
@@ -77,7 +73,6 @@ impl<'g> RequestCtx<'g> {
             consumer: None,
             endpoint: None,
             upstream_ms: None,
-            head_at: None,
             error: None,
             plugin: None,
             served_by: None,

@@ -64,9 +64,6 @@ impl Gateway {
             if let Some(m) = model {
                 attempt.body.buffered = Some(with_model(&body, m));
             }
-            // An earlier step's head is not this one's (`forward_to` sets it only when an
-            // upstream answered).
-            ctx.head_at = None;
             let mut result = self.forward_to(route, to, attempt, ctx).await;
             let mut reason = fallback_reason(&cfg.fallback_on, &result);
             if let (None, Some(wait), Ok(r), true) = (
@@ -77,8 +74,6 @@ impl Gateway {
             ) {
                 if r.status().is_success() {
                     reason = first_bytes(r.body_mut(), wait).await;
-                    // The response goes on after that wait: the duration ends at `finish`.
-                    ctx.head_at = None;
                 }
             }
             match reason {

@@ -82,7 +82,6 @@ impl Gateway {
             };
             let called = called.await;
             ctx.endpoint = called.endpoint;
-            ctx.head_at = called.result.as_ref().ok().map(|a| a.at.into_std());
             let answer = called
                 .result
                 .map_err(|e| ProxyError::from_call(e, route.config.max_body_size))?;

@@ -283,9 +283,7 @@ impl Gateway {
         if !passed.has_response_hooks() {
             return response;
         }
-        // Response hooks see the gateway's own error responses too. The duration then
-        // ends after them.
-        ctx.head_at = None;
+        // Response hooks see the gateway's own error responses too.
         let response = response.unwrap_or_else(|e| ctx.fail(e));
         let streaming = std::mem::take(&mut passed.streaming);
         let response = Box::pin(self.response_chain(passed, response, ctx)).await;

@@ -14,7 +14,6 @@ use bytes::{Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::{header, Response};
 use std::fmt::Write as _;
-use std::time::Instant;
 
 /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{kind}` headers for the most constrained
 /// limit of a kind (`reset`: until the window holds nothing, as `1.5s`).
@@ -70,11 +69,10 @@ impl RequestCtx<'_> {
         resp.headers_mut()
             .insert(headers::X_REQUEST_ID, self.request_id.clone());
         let metrics = self.route.map_or(unrouted, |r| &r.metrics);
-        let head_at = self.head_at.unwrap_or_else(Instant::now);
         metrics.observe(
             &self.method,
             status.as_u16(),
-            head_at.saturating_duration_since(self.start).as_secs_f64(),
+            self.start.elapsed().as_secs_f64(),
         );
         if let Some(admission) = self.limits.take() {
             let h = resp.headers_mut();

@@ -38,8 +38,6 @@ pub struct Answer<B> {
     pub guard: ActiveGuard,
     /// Time from sending the try to its response head.
     pub rtt: Duration,
-    /// When the response head came.
-    pub at: Instant,
 }
 
 /// Why a call got no response.
@@ -145,10 +143,8 @@ impl Upstream {
                 }
                 let ended = Instant::now();
                 self.record(&endpoint, admission, outcome, ended);
-                // Whether the retry policy is asked; it may wait out a backoff and then say no.
-                let asked = retry.is_some_and(|r| outcome.retryable(&r.on, idempotent))
-                    && call.body.replayable();
-                let retrying = asked
+                let retrying = retry.is_some_and(|r| outcome.retryable(&r.on, idempotent))
+                    && call.body.replayable()
                     && self
                         .may_retry(try_no, attempts, deadline, &endpoint.address, outcome)
                         .await;
@@ -160,9 +156,6 @@ impl Upstream {
                             response,
                             guard,
                             rtt,
-                            // After a backoff that ran out the deadline, the answer goes back
-                            // only now.
-                            at: if asked { Instant::now() } else { ended },
                         };
                         return done(endpoint_name, Ok(answer));
                     }
