@@ -147,6 +147,53 @@ async fn an_idle_http1_keep_alive_connection_is_closed() {
     assert_eq!(up.hits(), 1);
 }
 
+/// hyper's header timer is not moved for every head: it stays set for an earlier head's
+/// deadline and is moved to the current head's only when it fires first. A head awaited
+/// from the end of a slow response (so after the timer was set) gets its own whole
+/// `header_read_timeout`, not the rest of the first head's; a head never finished is
+/// still cut.
+#[tokio::test]
+async fn a_later_head_gets_its_own_header_read_timeout() {
+    use std::time::{Duration, Instant};
+    let up = Upstream::start(|req| async move {
+        if req.uri().path() == "/slow" {
+            tokio::time::sleep(Duration::from_millis(700)).await;
+        }
+        http::Response::new(full("ok"))
+    })
+    .await;
+    let routes = "[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"up\"\n";
+    let short = bounds(&[]).replace(
+        "header_read_timeout = \"1h\"",
+        "header_read_timeout = \"1s\"",
+    );
+    let gw = Gateway::start(&config("", &[up.addr], routes).replace(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:0\"\n{short}"),
+    ));
+    let connected = Instant::now();
+    let mut s = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
+    // The first head is awaited from about `connected`: the timer is set for 1 s later.
+    let status = round_trip(&mut s, "/slow").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // The second is awaited from the answer (0.7 s or more in): its deadline is 1 s on.
+    // It is sent after the first head's deadline, at least 0.4 s before its own.
+    let answered = Instant::now();
+    let send_at =
+        (connected + Duration::from_millis(1300)).max(answered + Duration::from_millis(100));
+    tokio::time::sleep_until(send_at.into()).await;
+    let status = round_trip(&mut s, "/two").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // A third head, never finished, is cut by the gateway.
+    s.get_mut()
+        .write_all(b"GET /three HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let got = closed_by_gateway(&mut s).await;
+    assert!(!String::from_utf8_lossy(&got).contains("200"), "{got:?}");
+    assert_eq!(up.hits(), 2);
+}
+
 #[tokio::test]
 async fn over_max_connections_an_idle_connection_makes_room_for_a_new_client() {
     let (up, gw) = gateway(&format!("{}max_connections = 2\n", bounds(&[]))).await;

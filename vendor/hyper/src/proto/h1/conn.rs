@@ -1,12 +1,10 @@
 use std::fmt;
-#[cfg(feature = "server")]
-use std::future::Future;
 use std::io;
 use std::marker::{PhantomData, Unpin};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 #[cfg(feature = "server")]
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::rt::{Read, Write};
 use bytes::{Buf, Bytes};
@@ -65,6 +63,8 @@ where
                 h1_header_read_timeout_fut: None,
                 #[cfg(feature = "server")]
                 h1_header_read_timeout_running: false,
+                #[cfg(feature = "server")]
+                h1_header_read_deadline: None,
                 #[cfg(feature = "server")]
                 date_header: true,
                 #[cfg(feature = "server")]
@@ -233,21 +233,21 @@ where
         debug_assert!(self.can_read_head());
         trace!("Conn::read_head");
 
+        // Portcullis patch: the timer is not reset for each head (a reset moves it in the
+        // runtime's timer wheel, under its lock). The head's deadline is noted; the timer,
+        // still set for an earlier head's (never a later one), is moved to it only when it
+        // fires before the head is read: at most once per `header_read_timeout` on a busy
+        // connection instead of once per request.
         #[cfg(feature = "server")]
         if !self.state.h1_header_read_timeout_running {
             if let Some(h1_header_read_timeout) = self.state.h1_header_read_timeout {
                 let deadline = self.state.timer.now() + h1_header_read_timeout;
                 self.state.h1_header_read_timeout_running = true;
-                match &mut self.state.h1_header_read_timeout_fut {
-                    Some(h1_header_read_timeout_fut) => {
-                        trace!("resetting h1 header read timeout timer");
-                        self.state.timer.reset(h1_header_read_timeout_fut, deadline);
-                    }
-                    None => {
-                        trace!("setting h1 header read timeout timer");
-                        self.state.h1_header_read_timeout_fut =
-                            Some(self.state.timer.sleep_until(deadline));
-                    }
+                self.state.h1_header_read_deadline = Some(deadline);
+                if self.state.h1_header_read_timeout_fut.is_none() {
+                    trace!("setting h1 header read timeout timer");
+                    self.state.h1_header_read_timeout_fut =
+                        Some(self.state.timer.sleep_until(deadline));
                 }
             }
         }
@@ -279,14 +279,23 @@ where
             Poll::Pending => {
                 #[cfg(feature = "server")]
                 if self.state.h1_header_read_timeout_running {
-                    if let Some(h1_header_read_timeout_fut) =
-                        &mut self.state.h1_header_read_timeout_fut
-                    {
-                        if Pin::new(h1_header_read_timeout_fut).poll(cx).is_ready() {
-                            self.state.h1_header_read_timeout_running = false;
+                    if let (Some(h1_header_read_timeout_fut), Some(deadline)) = (
+                        &mut self.state.h1_header_read_timeout_fut,
+                        self.state.h1_header_read_deadline,
+                    ) {
+                        // Fired: at this head's deadline, or at an earlier head's (then
+                        // it is moved to this one's and polled again, to register).
+                        while h1_header_read_timeout_fut.as_mut().poll(cx).is_ready() {
+                            if self.state.timer.now() >= deadline {
+                                self.state.h1_header_read_timeout_running = false;
 
-                            warn!("read header from client timeout");
-                            return Poll::Ready(Some(Err(crate::Error::new_header_timeout())));
+                                warn!("read header from client timeout");
+                                return Poll::Ready(Some(Err(
+                                    crate::Error::new_header_timeout(),
+                                )));
+                            }
+                            trace!("moving h1 header read timeout timer to this head's deadline");
+                            self.state.timer.reset(h1_header_read_timeout_fut, deadline);
                         }
                     }
                 }
@@ -996,6 +1005,10 @@ struct State {
     h1_header_read_timeout_fut: Option<Pin<Box<dyn Sleep>>>,
     #[cfg(feature = "server")]
     h1_header_read_timeout_running: bool,
+    /// Portcullis patch: when the running head read times out. The timer may be set
+    /// earlier (an earlier head's deadline); it is moved here only when it fires.
+    #[cfg(feature = "server")]
+    h1_header_read_deadline: Option<Instant>,
     #[cfg(feature = "server")]
     date_header: bool,
     #[cfg(feature = "server")]
