@@ -205,10 +205,9 @@ impl Upstream {
             .per_try
             .and_then(|t| bounds.sent.checked_add(t))
             .map_or(bounds.deadline, |end| end.min(bounds.deadline));
-        let sent = client.send(slot, body, bounds.keep_head, bounds.sent);
-        let attempt = tokio::time::timeout_at(until, sent)
-            .await
-            .unwrap_or(Err(TryError::Timeout));
+        let attempt = client
+            .send(slot, body, bounds.keep_head, bounds.sent, until)
+            .await;
         if let Some(rx) = give_back {
             call.body.recover(rx);
         }
@@ -332,6 +331,28 @@ mod tests {
             body: UpstreamBody,
             keep: bool,
             _at: Instant,
+            until: Instant,
+        ) -> Result<Response<()>, TryError> {
+            tokio::time::timeout_at(until, self.reply(slot, body, keep))
+                .await
+                .unwrap_or(Err(TryError::Timeout))
+        }
+
+        fn gives_back_unsent(&self) -> bool {
+            self.gives_back.is_some()
+        }
+
+        fn scheme(&self) -> http::uri::Scheme {
+            http::uri::Scheme::HTTP
+        }
+    }
+
+    impl Script {
+        async fn reply(
+            &self,
+            slot: &mut Option<http::request::Parts>,
+            body: UpstreamBody,
+            keep: bool,
         ) -> Result<Response<()>, TryError> {
             // A client that consumes the head.
             let head = crate::upstream::client::take_head(slot, keep);
@@ -364,14 +385,6 @@ mod tests {
                 *r.status_mut() = http::StatusCode::from_u16(s).unwrap();
                 r
             })
-        }
-
-        fn gives_back_unsent(&self) -> bool {
-            self.gives_back.is_some()
-        }
-
-        fn scheme(&self) -> http::uri::Scheme {
-            http::uri::Scheme::HTTP
         }
     }
 

@@ -27,12 +27,15 @@ pub trait SendTry {
     /// head may be taken, and a try that failed before anything was sent may put it
     /// back, so a later try can send it without a copy having been made. `at`: when the
     /// try started (read once by the caller; a pool compares its idle times with it).
+    /// `until`: the try's deadline, after which it gives up with [`TryError::Timeout`]
+    /// (the own HTTP/1.1 client bounds an exchange with its connection's timer).
     fn send(
         &self,
         slot: &mut Option<http::request::Parts>,
         body: UpstreamBody,
         keep: bool,
         at: Instant,
+        until: Instant,
     ) -> impl Future<Output = Result<Response<Self::Body>, TryError>>;
     /// Whether every failure to connect leaves the head in `slot`.
     fn gives_back_unsent(&self) -> bool {
@@ -89,15 +92,19 @@ impl SendTry for UpstreamClient {
         body: UpstreamBody,
         keep: bool,
         at: Instant,
+        until: Instant,
     ) -> Result<Response<PooledBody>, TryError> {
         let sent = match self {
-            UpstreamClient::Http1(p) => return p.send(slot, body, keep, at).await,
+            UpstreamClient::Http1(p) => return p.send(slot, body, keep, at, until).await,
             UpstreamClient::Plain(c) => c.request(Request::from_parts(take_head(slot, keep), body)),
             UpstreamClient::Tls(c) => c.request(Request::from_parts(take_head(slot, keep), body)),
         };
-        sent.await
-            .map(|r| r.map(PooledBody::from))
-            .map_err(|e| classify::client_error(&e))
+        match tokio::time::timeout_at(until, sent).await {
+            Ok(sent) => sent
+                .map(|r| r.map(PooledBody::from))
+                .map_err(|e| classify::client_error(&e)),
+            Err(_) => Err(TryError::Timeout),
+        }
     }
 
     /// Only this worker's own HTTP/1.1 pool: hyper-util's client keeps a request it

@@ -68,13 +68,15 @@ impl Http1Pool {
     /// `keep` the response may take its header map. hyper's client consumes it, leaving
     /// a copy with `keep`, and gives it back when no connection could be made. `at`:
     /// the try's start (the caller read it), for the idle connections' age; the clock is
-    /// read again only for a connection taken after a reused one failed.
+    /// read again only for a connection taken after a reused one failed. `until`: the
+    /// try's deadline (see [`h1::Conn::exchange`] for how the own client keeps it).
     pub async fn send(
         &self,
         slot: &mut Option<http::request::Parts>,
         body: UpstreamBody,
         keep: bool,
         at: Instant,
+        until: Instant,
     ) -> Result<Response<PooledBody>, TryError> {
         let head = slot.as_ref().expect("a head to send");
         let Some(authority) = head.uri.authority().cloned() else {
@@ -87,7 +89,9 @@ impl Http1Pool {
         };
         if !h1::fits(&head.method, &head.headers, whole) {
             let req = Request::from_parts(super::client::take_head(slot, keep), body);
-            return self.send_hyper(req, authority, slot, at).await;
+            return tokio::time::timeout_at(until, self.send_hyper(req, authority, slot, at))
+                .await
+                .unwrap_or(Err(TryError::Timeout));
         }
         let body = match whole {
             Some(_) => h1::Outgoing::Whole(in_memory_bytes(body)),
@@ -95,7 +99,7 @@ impl Http1Pool {
         };
         // Read where it is: it stays for a later try, this one dropped (timed out) or not.
         let head = slot.as_mut().expect("a head to send");
-        self.send_own(head, body, authority, keep, at).await
+        self.send_own(head, body, authority, keep, at, until).await
     }
 
     /// By the gateway's own client. A reused connection that closes before any of a
@@ -109,6 +113,7 @@ impl Http1Pool {
         authority: Authority,
         keep: bool,
         mut at: Instant,
+        until: Instant,
     ) -> Result<Response<PooledBody>, TryError> {
         let idempotent = super::call::idempotent(&head.method);
         loop {
@@ -117,9 +122,17 @@ impl Http1Pool {
                     c.is_idle()
                 }) {
                     Some(conn) => (conn, true),
-                    None => (h1::Conn::new(self.connect(head.uri.clone()).await?), false),
+                    None => {
+                        match tokio::time::timeout_at(until, self.connect(head.uri.clone())).await {
+                            Ok(io) => (h1::Conn::new(io?), false),
+                            Err(_) => return Err(TryError::Timeout),
+                        }
+                    }
                 };
-            match conn.exchange(head, &mut body, keep).await {
+            let Some(exchanged) = conn.exchange(head, &mut body, keep, until).await else {
+                return Err(TryError::Timeout);
+            };
+            match exchanged {
                 Ok(answer) => {
                     self.start_reaper();
                     let back = self.back(&self.own, authority);

@@ -361,7 +361,8 @@ async fn keep_alive_reuses_the_client_connection() {
 
 /// A raw HTTP/1.1 upstream that counts the connections it accepted and those that ended:
 /// `/small` answers 5 bytes, `/empty` 204, `/close` answers and then closes the connection
-/// (without saying so), `/big` sends a 4 MB body slowly enough to be cut; the other paths
+/// (without saying so), `/big` sends a 4 MB body slowly enough to be cut, `/hang` never
+/// answers, `/slow` answers after 1.5 s; the other paths
 /// are the response framings of `upstream_response_framings_are_read_exactly`, and
 /// `/drop-next` answers and then closes the connection when the next request comes on it.
 struct CountingUpstream {
@@ -419,6 +420,11 @@ impl CountingUpstream {
                             "/until-close" => s.write_all(b"HTTP/1.1 200 OK\r\n\r\nall of it").await,
                             "/two-lengths" => s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc").await,
                             "/reason" => s.write_all(b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\n\r\nok").await,
+                            "/hang" => std::future::pending().await,
+                            "/slow" => {
+                                tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+                                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\n\r\nslow").await
+                            }
                             "/short" => s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc").await,
                             "/big" => {
                                 let n = 4 << 20;
@@ -496,6 +502,51 @@ async fn upstream_connections_are_reused_once_their_response_is_read() {
         up.accepted(),
         1,
         "every request went on the one pooled connection"
+    );
+}
+
+/// The own client bounds an exchange with its pooled connection's timer, kept from one
+/// request to the next and moved only when needed. A request with a shorter timeout than
+/// the one before it on the connection (whose timer is set later) still times out at its
+/// own; a request with a longer one (the timer, set for the earlier request's deadline,
+/// fires first) is not cut at the earlier deadline.
+#[tokio::test]
+async fn a_pooled_upstream_connection_times_each_request_out_at_its_own_deadline() {
+    let up = CountingUpstream::start().await;
+    let routes = "[[routes]]\nname = \"hang\"\npath_prefix = \"/hang\"\nupstream = \"up\"\nrequest_timeout = \"300ms\"\n\n\
+                  [[routes]]\nname = \"slow\"\npath_prefix = \"/slow\"\nupstream = \"up\"\nrequest_timeout = \"5s\"\n\n\
+                  [[routes]]\nname = \"long\"\npath_prefix = \"/long\"\nupstream = \"up\"\nrequest_timeout = \"60s\"\n\n\
+                  [[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"up\"\n";
+    let text = config("request_timeout = \"1s\"", &[up.addr], routes).replacen(
+        "[server]\n",
+        "[server]\nworkers = 1\n",
+        1,
+    );
+    let gw = Gateway::start(&text);
+    // A 60 s request leaves its connection's timer set for its deadline...
+    assert_eq!(get(&gw.url("/long")).await.status, 200);
+    // ...and a 300 ms one on the same connection is cut at 300 ms, not then.
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), get(&gw.url("/hang")))
+        .await
+        .expect("the request was not timed out at its own deadline");
+    assert_eq!(
+        (r.status, r.error_code()),
+        (504, "upstream_timeout".to_string())
+    );
+    assert_eq!(
+        up.accepted(),
+        1,
+        "the second request went on the pooled connection"
+    );
+    // A 1 s request on a new connection, then a 5 s one on it answered after 1.5 s: the
+    // timer fires at the first one's deadline and is moved on.
+    assert_eq!(get(&gw.url("/small")).await.status, 200);
+    let r = get(&gw.url("/slow")).await;
+    assert_eq!((r.status, &r.body[..]), (200, &b"slow"[..]));
+    assert_eq!(
+        up.accepted(),
+        2,
+        "the slow request went on the pooled connection"
     );
 }
 
