@@ -161,7 +161,10 @@ impl Conn {
     /// and taken out of it again for each (~500 instructions: callgrind). It is moved
     /// only when it is set later than `until` (an exchange with a shorter deadline) or
     /// fires before it (set for an earlier exchange's): on a connection whose requests
-    /// share a timeout, about once per timeout instead of once per request.
+    /// share a timeout, about once per timeout instead of once per request. An idle
+    /// pooled connection's timer stays set: it may wake the task of its last exchange
+    /// once, for nothing (and keeps that task's memory until then, or until the
+    /// connection is used or closed).
     pub async fn exchange(
         &mut self,
         head: &mut http::request::Parts,
@@ -183,6 +186,17 @@ impl Conn {
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
+                }
+                // An exchange that used up the task's budget (tokio's cooperative
+                // scheduling) would leave the timer unpolled (a timer polled without
+                // budget says pending): the deadline is then read off the clock, as
+                // `tokio::time::timeout` does.
+                if !tokio::task::coop::has_budget_remaining() {
+                    if tokio::time::Instant::now() >= until {
+                        return Poll::Ready(None);
+                    }
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
                 }
                 while timer.as_mut().poll(cx).is_ready() {
                     if tokio::time::Instant::now() >= until {
