@@ -333,9 +333,7 @@ mod tests {
             _at: Instant,
             until: Instant,
         ) -> Result<Response<()>, TryError> {
-            tokio::time::timeout_at(until, self.reply(slot, body, keep))
-                .await
-                .unwrap_or(Err(TryError::Timeout))
+            crate::upstream::client::within(until, self.reply(slot, body, keep)).await
         }
 
         fn gives_back_unsent(&self) -> bool {

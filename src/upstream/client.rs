@@ -99,12 +99,12 @@ impl SendTry for UpstreamClient {
             UpstreamClient::Plain(c) => c.request(Request::from_parts(take_head(slot, keep), body)),
             UpstreamClient::Tls(c) => c.request(Request::from_parts(take_head(slot, keep), body)),
         };
-        match tokio::time::timeout_at(until, sent).await {
-            Ok(sent) => sent
+        within(until, async {
+            sent.await
                 .map(|r| r.map(PooledBody::from))
-                .map_err(|e| classify::client_error(&e)),
-            Err(_) => Err(TryError::Timeout),
-        }
+                .map_err(|e| classify::client_error(&e))
+        })
+        .await
     }
 
     /// Only this worker's own HTTP/1.1 pool: hyper-util's client keeps a request it
@@ -119,6 +119,16 @@ impl SendTry for UpstreamClient {
             UpstreamClient::Tls(_) => Scheme::HTTPS,
         }
     }
+}
+
+/// `sent`, given up at `until` with [`TryError::Timeout`].
+pub async fn within<T>(
+    until: Instant,
+    sent: impl Future<Output = Result<T, TryError>>,
+) -> Result<T, TryError> {
+    tokio::time::timeout_at(until, sent)
+        .await
+        .unwrap_or(Err(TryError::Timeout))
 }
 
 /// The head in `slot`, for a client that consumes it: with `keep`, a copy is left there.

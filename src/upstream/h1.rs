@@ -187,18 +187,13 @@ impl Conn {
                 if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
                 }
-                // An exchange that used up the task's budget (tokio's cooperative
-                // scheduling) would leave the timer unpolled (a timer polled without
-                // budget says pending): the deadline is then read off the clock, as
-                // `tokio::time::timeout` does.
-                if !tokio::task::coop::has_budget_remaining() {
-                    if tokio::time::Instant::now() >= until {
-                        return Poll::Ready(None);
-                    }
-                    cx.waker().wake_by_ref();
-                    return Poll::Pending;
-                }
-                while timer.as_mut().poll(cx).is_ready() {
+                // Polled outside tokio's task budget, as `tokio::time::timeout` polls its
+                // timer when the future it bounds used the budget up: else an exchange
+                // that used it up would leave the timer saying pending.
+                while Pin::new(&mut tokio::task::coop::unconstrained(timer.as_mut()))
+                    .poll(cx)
+                    .is_ready()
+                {
                     if tokio::time::Instant::now() >= until {
                         return Poll::Ready(None);
                     }

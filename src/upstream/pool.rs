@@ -12,6 +12,7 @@
 
 use super::body::UpstreamBody;
 use super::classify::{self, TryError};
+use super::client::within;
 use super::h1;
 use crate::BoxError;
 use bytes::Bytes;
@@ -89,9 +90,7 @@ impl Http1Pool {
         };
         if !h1::fits(&head.method, &head.headers, whole) {
             let req = Request::from_parts(super::client::take_head(slot, keep), body);
-            return tokio::time::timeout_at(until, self.send_hyper(req, authority, slot, at))
-                .await
-                .unwrap_or(Err(TryError::Timeout));
+            return within(until, self.send_hyper(req, authority, slot, at)).await;
         }
         let body = match whole {
             Some(_) => h1::Outgoing::Whole(in_memory_bytes(body)),
@@ -123,10 +122,8 @@ impl Http1Pool {
                 }) {
                     Some(conn) => (conn, true),
                     None => {
-                        match tokio::time::timeout_at(until, self.connect(head.uri.clone())).await {
-                            Ok(io) => (h1::Conn::new(io?), false),
-                            Err(_) => return Err(TryError::Timeout),
-                        }
+                        let io = within(until, self.connect(head.uri.clone())).await?;
+                        (h1::Conn::new(io), false)
                     }
                 };
             let Some(exchanged) = conn.exchange(head, &mut body, keep, until).await else {

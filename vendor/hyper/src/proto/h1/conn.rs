@@ -62,8 +62,6 @@ where
                 #[cfg(feature = "server")]
                 h1_header_read_timeout_fut: None,
                 #[cfg(feature = "server")]
-                h1_header_read_timeout_running: false,
-                #[cfg(feature = "server")]
                 h1_header_read_deadline: None,
                 #[cfg(feature = "server")]
                 date_header: true,
@@ -239,10 +237,9 @@ where
         // fires before the head is read: at most once per `header_read_timeout` on a busy
         // connection instead of once per request.
         #[cfg(feature = "server")]
-        if !self.state.h1_header_read_timeout_running {
+        if self.state.h1_header_read_deadline.is_none() {
             if let Some(h1_header_read_timeout) = self.state.h1_header_read_timeout {
                 let deadline = self.state.timer.now() + h1_header_read_timeout;
-                self.state.h1_header_read_timeout_running = true;
                 self.state.h1_header_read_deadline = Some(deadline);
                 if self.state.h1_header_read_timeout_fut.is_none() {
                     trace!("setting h1 header read timeout timer");
@@ -278,25 +275,21 @@ where
             Poll::Ready(Err(e)) => return self.on_read_head_error(e),
             Poll::Pending => {
                 #[cfg(feature = "server")]
-                if self.state.h1_header_read_timeout_running {
-                    if let (Some(h1_header_read_timeout_fut), Some(deadline)) = (
-                        &mut self.state.h1_header_read_timeout_fut,
-                        self.state.h1_header_read_deadline,
-                    ) {
-                        // Fired: at this head's deadline, or at an earlier head's (then
-                        // it is moved to this one's and polled again, to register).
-                        while h1_header_read_timeout_fut.as_mut().poll(cx).is_ready() {
-                            if self.state.timer.now() >= deadline {
-                                self.state.h1_header_read_timeout_running = false;
+                if let (Some(h1_header_read_timeout_fut), Some(deadline)) = (
+                    &mut self.state.h1_header_read_timeout_fut,
+                    self.state.h1_header_read_deadline,
+                ) {
+                    // Fired: at this head's deadline, or at an earlier head's (then it is
+                    // moved to this one's and polled again, to register).
+                    while h1_header_read_timeout_fut.as_mut().poll(cx).is_ready() {
+                        if self.state.timer.now() >= deadline {
+                            self.state.h1_header_read_deadline = None;
 
-                                warn!("read header from client timeout");
-                                return Poll::Ready(Some(Err(
-                                    crate::Error::new_header_timeout(),
-                                )));
-                            }
-                            trace!("moving h1 header read timeout timer to this head's deadline");
-                            self.state.timer.reset(h1_header_read_timeout_fut, deadline);
+                            warn!("read header from client timeout");
+                            return Poll::Ready(Some(Err(crate::Error::new_header_timeout())));
                         }
+                        trace!("moving h1 header read timeout timer to this head's deadline");
+                        self.state.timer.reset(h1_header_read_timeout_fut, deadline);
                     }
                 }
 
@@ -312,12 +305,13 @@ where
             }
         };
 
-        // Portcullis patch: the timer is kept (no longer polled) and reset for the next
-        // head, instead of a boxed timer dropped here and a new one made per request. If
-        // its old deadline passes meanwhile, it wakes the connection once, for nothing.
+        // Portcullis patch: the timer is kept (no longer polled), instead of a boxed timer
+        // dropped here and a new one made per request; the next head moves it to its own
+        // deadline only if it fires first. If its old deadline passes meanwhile, it wakes
+        // the connection once, for nothing.
         #[cfg(feature = "server")]
         {
-            self.state.h1_header_read_timeout_running = false;
+            self.state.h1_header_read_deadline = None;
         }
 
         // Note: don't deconstruct `msg` into local variables, it appears
@@ -1003,9 +997,8 @@ struct State {
     h1_header_read_timeout: Option<Duration>,
     #[cfg(feature = "server")]
     h1_header_read_timeout_fut: Option<Pin<Box<dyn Sleep>>>,
-    #[cfg(feature = "server")]
-    h1_header_read_timeout_running: bool,
-    /// Portcullis patch: when the running head read times out. The timer may be set
+    /// Portcullis patch (in place of hyper's `h1_header_read_timeout_running`): when the
+    /// head being read times out, `None` while no head is read. The timer may be set
     /// earlier (an earlier head's deadline); it is moved here only when it fires.
     #[cfg(feature = "server")]
     h1_header_read_deadline: Option<Instant>,
