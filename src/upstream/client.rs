@@ -99,12 +99,12 @@ impl SendTry for UpstreamClient {
             UpstreamClient::Plain(c) => c.request(Request::from_parts(take_head(slot, keep), body)),
             UpstreamClient::Tls(c) => c.request(Request::from_parts(take_head(slot, keep), body)),
         };
-        within(until, async {
-            sent.await
-                .map(|r| r.map(PooledBody::from))
+        use futures_util::FutureExt as _;
+        let sent = sent.map(|r| {
+            r.map(|r| r.map(PooledBody::from))
                 .map_err(|e| classify::client_error(&e))
-        })
-        .await
+        });
+        within(until, sent).await
     }
 
     /// Only this worker's own HTTP/1.1 pool: hyper-util's client keeps a request it
@@ -121,14 +121,14 @@ impl SendTry for UpstreamClient {
     }
 }
 
-/// `sent`, given up at `until` with [`TryError::Timeout`].
-pub async fn within<T>(
+/// `sent`, given up at `until` with [`TryError::Timeout`]. A mapped future, not an
+/// `async fn`: no state of its own in the try's future (which is copied into its box).
+pub fn within<T>(
     until: Instant,
     sent: impl Future<Output = Result<T, TryError>>,
-) -> Result<T, TryError> {
-    tokio::time::timeout_at(until, sent)
-        .await
-        .unwrap_or(Err(TryError::Timeout))
+) -> impl Future<Output = Result<T, TryError>> {
+    use futures_util::FutureExt as _;
+    tokio::time::timeout_at(until, sent).map(|r| r.unwrap_or(Err(TryError::Timeout)))
 }
 
 /// The head in `slot`, for a client that consumes it: with `keep`, a copy is left there.
