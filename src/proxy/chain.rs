@@ -74,6 +74,7 @@ impl Gateway {
         )
         .await;
         req.head.headers = std::mem::take(&mut res.headers);
+        ctx.headers_replaced(&req.head.headers);
         req.body.buffered = res.body.take();
         // Response hooks get a read-only copy of the request as it was forwarded.
         if !passed.hooked.is_empty() {

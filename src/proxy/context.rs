@@ -85,6 +85,16 @@ impl<'g> RequestCtx<'g> {
         }
     }
 
+    /// The names the request head has, of those the gateway reads or replaces.
+    pub fn present(&self) -> headers::Present {
+        self.present
+    }
+
+    /// Notes the names of a head plugins gave back (they may have added any).
+    pub fn headers_replaced(&mut self, h: &http::HeaderMap) {
+        self.present = headers::Present::of(h);
+    }
+
     /// Notes in the access log which plugin did what to the request.
     pub fn note_plugin(&mut self, plugin: &Arc<str>, outcome: &'static str) {
         self.plugin = Some((plugin.clone(), outcome));

@@ -13,7 +13,7 @@ use super::{headers, Gateway, RouteEntry, WorkerUpstream};
 use crate::config::{BalanceKind, HashKey, HostPolicy, Protocol};
 use crate::hash::hash_bytes;
 use crate::router;
-use crate::upstream::call::Call;
+use crate::upstream::call::{AddedFields, Call};
 use crate::upstream::client::{path_and_query, version_for};
 use crate::upstream::replay::Replay;
 use crate::upstream::Upstream;
@@ -132,8 +132,11 @@ impl Gateway {
         // The client's hop-by-hop headers were stripped before anything else
         // (`headers::clean_request`); plugins cannot set them.
         let h = &mut head.headers;
+        let mut added = AddedFields::default();
         headers::set_forwarded(
             h,
+            &mut added,
+            ctx.present(),
             ctx.client,
             host.as_ref(),
             self.server.trust_forwarded_headers,
@@ -167,6 +170,7 @@ impl Gateway {
             head,
             path_and_query,
             endpoint_host: fixed_host.is_none() && !is_h2,
+            added,
             body,
             body_limit: route.config.max_body_size,
             key,

@@ -6,6 +6,7 @@
 use super::error::ProxyError;
 use super::trace_context::hex_into;
 use super::tunnel::Lease;
+use crate::upstream::call::AddedFields;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -75,6 +76,9 @@ impl Present {
     const TRACEPARENT: u8 = 2;
     const TRACESTATE: u8 = 4;
     const CONSUMER: u8 = 8;
+    const FORWARDED_FOR: u8 = 16;
+    const FORWARDED_PROTO: u8 = 32;
+    const FORWARDED_HOST: u8 = 64;
 
     /// The names `h` has (one scan of its names, nothing hashed).
     pub fn of(h: &HeaderMap) -> Self {
@@ -91,6 +95,9 @@ impl Present {
             "traceparent" => Self::TRACEPARENT,
             "tracestate" => Self::TRACESTATE,
             "x-portcullis-consumer" => Self::CONSUMER,
+            "x-forwarded-for" => Self::FORWARDED_FOR,
+            "x-forwarded-proto" => Self::FORWARDED_PROTO,
+            "x-forwarded-host" => Self::FORWARDED_HOST,
             _ => 0,
         };
     }
@@ -110,6 +117,10 @@ impl Present {
     /// `X-Portcullis-Consumer`, which only the gateway may set.
     pub fn consumer(self) -> bool {
         self.0 & Self::CONSUMER != 0
+    }
+
+    fn has(self, bit: u8) -> bool {
+        self.0 & bit != 0
     }
 }
 
@@ -243,37 +254,52 @@ const ALWAYS: [HeaderName; 6] = [
 /// Sets `X-Forwarded-For`/`-Proto`/`-Host`. With `trust` the client is a trusted proxy:
 /// its `X-Forwarded-For` chain is extended and its `-Proto`/`-Host` kept; otherwise all
 /// three are replaced, so a client cannot forge them.
+///
+/// The fields the gateway sets go in `added`, not into the head's map: the upstream
+/// client writes them as it sends the head (`AddedFields`). The head's own are removed
+/// when replaced; `present` (the names the head has) says whether it has any, so the
+/// usual head is not looked up.
 pub fn set_forwarded(
     h: &mut HeaderMap,
+    added: &mut AddedFields,
+    present: Present,
     client: &ClientInfo,
     host: Option<&HeaderValue>,
     trust: bool,
 ) {
-    // The client's chain is only read when it is trusted (looking the name up costs
-    // ~150 instructions).
-    let prev = trust
-        .then(|| h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()))
-        .flatten();
-    let xff = match prev {
-        Some(prev) if !prev.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{prev}, {}", client.addr.ip())).ok()
-        }
-        _ => Some(client.ip_header.clone()),
+    let prev = match present.has(Present::FORWARDED_FOR) {
+        true => h.remove(X_FORWARDED_FOR),
+        false => None,
     };
-    if let Some(v) = xff {
-        h.insert(X_FORWARDED_FOR, v);
+    let chain = match prev {
+        Some(v) if trust => v
+            .to_str()
+            .ok()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .and_then(|p| HeaderValue::from_str(&format!("{p}, {}", client.addr.ip())).ok()),
+        _ => None,
+    };
+    added.push(
+        X_FORWARDED_FOR,
+        chain.unwrap_or_else(|| client.ip_header.clone()),
+    );
+    let (proto, fwd_host) = (
+        present.has(Present::FORWARDED_PROTO),
+        present.has(Present::FORWARDED_HOST),
+    );
+    if !(trust && proto) {
+        if proto {
+            h.remove(X_FORWARDED_PROTO);
+        }
+        added.push(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme()));
     }
-    if !(trust && h.contains_key(&X_FORWARDED_PROTO)) {
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme()));
-    }
-    if !(trust && h.contains_key(&X_FORWARDED_HOST)) {
-        match host {
-            Some(v) => {
-                h.insert(X_FORWARDED_HOST, v.clone());
-            }
-            None => {
-                h.remove(X_FORWARDED_HOST);
-            }
+    if !(trust && fwd_host) {
+        if fwd_host {
+            h.remove(X_FORWARDED_HOST);
+        }
+        if let Some(v) = host {
+            added.push(X_FORWARDED_HOST, v.clone());
         }
     }
 }
@@ -419,16 +445,63 @@ mod tests {
         }
     }
 
+    /// The head as it goes upstream: `set_forwarded`'s added fields put in.
+    fn forwarded(h: &mut HeaderMap, client: &ClientInfo, host: Option<&'static str>, trust: bool) {
+        let mut added = AddedFields::default();
+        let host = host.map(HeaderValue::from_static);
+        set_forwarded(h, &mut added, Present::of(h), client, host.as_ref(), trust);
+        let fields = &added;
+        crate::upstream::call::Added { host: None, fields }.insert_into(h);
+    }
+
     #[test]
     fn forwarded_for_trust() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
         let client = ClientInfo::new("10.0.0.1:5".parse().unwrap());
-        set_forwarded(&mut h, &client, None, false);
+        forwarded(&mut h, &client, None, false);
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1");
         h.insert(X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
-        set_forwarded(&mut h, &client, None, true);
+        forwarded(&mut h, &client, None, true);
         assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "1.2.3.4, 10.0.0.1");
+        h.insert(X_FORWARDED_FOR, HeaderValue::from_static(" "));
+        forwarded(&mut h, &client, None, true);
+        assert_eq!(h.get(&X_FORWARDED_FOR).unwrap(), "10.0.0.1");
+    }
+
+    #[test]
+    fn forwarded_fields_replace_the_heads_own_unless_trusted() {
+        let client = ClientInfo::new("10.0.0.1:5".parse().unwrap());
+        let forged = || {
+            let mut h = HeaderMap::new();
+            for n in [X_FORWARDED_FOR, X_FORWARDED_PROTO, X_FORWARDED_HOST] {
+                h.append(n.clone(), HeaderValue::from_static("forged"));
+                h.append(n, HeaderValue::from_static("twice"));
+            }
+            h
+        };
+        let mut h = forged();
+        forwarded(&mut h, &client, Some("api.example"), false);
+        let all = |h: &HeaderMap, n| h.get_all(n).iter().cloned().collect::<Vec<_>>();
+        assert_eq!(all(&h, X_FORWARDED_FOR), ["10.0.0.1"]);
+        assert_eq!(all(&h, X_FORWARDED_PROTO), ["http"]);
+        assert_eq!(all(&h, X_FORWARDED_HOST), ["api.example"]);
+        // Without a host, none is sent.
+        let mut h = forged();
+        forwarded(&mut h, &client, None, false);
+        assert!(h.get(X_FORWARDED_HOST).is_none());
+        // A trusted proxy's `-Proto` and `-Host` stay as they are.
+        let mut h = forged();
+        forwarded(&mut h, &client, Some("api.example"), true);
+        assert_eq!(all(&h, X_FORWARDED_FOR), ["forged, 10.0.0.1"]);
+        assert_eq!(all(&h, X_FORWARDED_PROTO), ["forged", "twice"]);
+        assert_eq!(all(&h, X_FORWARDED_HOST), ["forged", "twice"]);
+        // What a head lacks, the gateway adds even for a trusted proxy.
+        let mut h = HeaderMap::new();
+        forwarded(&mut h, &client, Some("api.example"), true);
+        assert_eq!(all(&h, X_FORWARDED_FOR), ["10.0.0.1"]);
+        assert_eq!(all(&h, X_FORWARDED_PROTO), ["http"]);
+        assert_eq!(all(&h, X_FORWARDED_HOST), ["api.example"]);
     }
 
     #[test]
@@ -440,7 +513,7 @@ mod tests {
         ] {
             let mut h = HeaderMap::new();
             h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("forged"));
-            set_forwarded(&mut h, &client, None, false);
+            forwarded(&mut h, &client, None, false);
             assert_eq!(h.get(&X_FORWARDED_PROTO).unwrap(), proto);
             assert_eq!(client.scheme(), proto, "what plugins see as the scheme");
         }
@@ -453,6 +526,9 @@ mod tests {
             super::super::trace_context::TRACEPARENT,
             super::super::trace_context::TRACESTATE,
             super::super::context::X_CONSUMER,
+            X_FORWARDED_FOR,
+            X_FORWARDED_PROTO,
+            X_FORWARDED_HOST,
         ];
         let has = |p: Present| {
             [
@@ -460,10 +536,13 @@ mod tests {
                 p.traceparent(),
                 p.tracestate(),
                 p.consumer(),
+                p.has(Present::FORWARDED_FOR),
+                p.has(Present::FORWARDED_PROTO),
+                p.has(Present::FORWARDED_HOST),
             ]
         };
         // Every subset of the names, each also named by `Connection` or not.
-        for set in 0..16u8 {
+        for set in 0..128u8 {
             for dropped in [false, true] {
                 let mut h = HeaderMap::new();
                 h.insert(header::HOST, HeaderValue::from_static("a"));
@@ -474,13 +553,14 @@ mod tests {
                     }
                 }
                 if dropped {
-                    let all = "x-request-id, traceparent, tracestate, x-portcullis-consumer";
+                    let all = "x-request-id, traceparent, tracestate, x-portcullis-consumer, \
+                               x-forwarded-for, x-forwarded-proto, x-forwarded-host";
                     h.insert(header::CONNECTION, HeaderValue::from_static(all));
                 }
                 let (present, ok) = clean_request(&mut h, false, false);
                 ok.unwrap();
                 let expected = names.each_ref().map(|n| h.contains_key(n));
-                assert_eq!(has(present), expected, "set {set:04b}, dropped {dropped}");
+                assert_eq!(has(present), expected, "set {set:07b}, dropped {dropped}");
                 assert_eq!(present, Present::of(&h));
                 assert_eq!(expected.contains(&true), set != 0 && !dropped);
             }

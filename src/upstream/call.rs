@@ -7,6 +7,7 @@ use super::classify::{Outcome, TryError};
 use super::client::{upstream_uri, SendTry};
 use super::replay::Replay;
 use super::{retry, ActiveGuard, Endpoint, NoPick, Picked, Upstream};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{header, Method, Request, Response};
 use std::future::Future;
@@ -22,6 +23,8 @@ pub struct Call {
     /// Whether each try carries the endpoint's own `Host` (HTTP/1 with the route's
     /// `host = target` policy).
     pub endpoint_host: bool,
+    /// Fields every try adds to the head (`X-Forwarded-*`), which the head lacks.
+    pub added: AddedFields,
     pub body: Replay,
     /// The route's `max_body_size`, applied to a streamed body as it is sent.
     pub body_limit: u64,
@@ -29,6 +32,45 @@ pub struct Call {
     pub key: u64,
     /// The whole call's time limit, retries included.
     pub timeout: Duration,
+}
+
+/// Fields the gateway adds to the head of every try, kept out of its map: the own
+/// HTTP/1 client writes them as it encodes the head, the other clients insert them into
+/// a copy of the map ([`Added::insert_into`]). Each insert cost ~250 instructions
+/// (hashing the name, probing, growing the map; callgrind), four per request.
+#[derive(Clone, Default)]
+pub struct AddedFields([Option<(HeaderName, HeaderValue)>; 3]);
+
+impl AddedFields {
+    /// Adds a field the head does not have (at most three).
+    pub fn push(&mut self, name: HeaderName, value: HeaderValue) {
+        let free = self.0.iter_mut().find(|f| f.is_none());
+        *free.expect("at most three added fields") = Some((name, value));
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&HeaderName, &HeaderValue)> {
+        self.0.iter().map_while(|f| f.as_ref().map(|(n, v)| (n, v)))
+    }
+}
+
+/// What one try adds to the head: the endpoint's own `Host` (replacing the head's) and
+/// the call's [`AddedFields`].
+#[derive(Clone, Copy)]
+pub struct Added<'a> {
+    pub host: Option<&'a HeaderValue>,
+    pub fields: &'a AddedFields,
+}
+
+impl Added<'_> {
+    /// Puts the fields into `h`, for a client that sends a head from its map.
+    pub fn insert_into(self, h: &mut HeaderMap) {
+        if let Some(v) = self.host {
+            h.insert(header::HOST, v.clone());
+        }
+        for (n, v) in self.fields.iter() {
+            h.insert(n.clone(), v.clone());
+        }
+    }
 }
 
 /// A response head from an endpoint.
@@ -179,8 +221,8 @@ impl Upstream {
         }
     }
 
-    /// One try to `endpoint` of the head in `slot`: its URI (and `Host`), the body, the
-    /// per-try timeout within the call's deadline. A streamed body the try never read is
+    /// One try to `endpoint` of the head in `slot`: its URI (and `Host`, added as the head
+    /// is sent), the body, the per-try timeout within the call's deadline. A streamed body the try never read is
     /// taken back.
     async fn send_try<C: SendTry>(
         client: &C,
@@ -195,10 +237,10 @@ impl Upstream {
             &endpoint.authority,
             call.path_and_query.clone(),
         );
-        if call.endpoint_host {
-            head.headers
-                .insert(header::HOST, endpoint.host_header.clone());
-        }
+        let added = Added {
+            host: call.endpoint_host.then_some(&endpoint.host_header),
+            fields: &call.added,
+        };
         let (body, give_back) = call.body.take(call.body_limit, bounds.keep_body);
         // An instant, not a duration: no clock read here or in the timer.
         let until = bounds
@@ -206,7 +248,7 @@ impl Upstream {
             .and_then(|t| bounds.sent.checked_add(t))
             .map_or(bounds.deadline, |end| end.min(bounds.deadline));
         let attempt = client
-            .send(slot, body, bounds.keep_head, bounds.sent, until)
+            .send(slot, added, body, bounds.keep_head, bounds.sent, until)
             .await;
         if let Some(rx) = give_back {
             call.body.recover(rx);
@@ -328,12 +370,13 @@ mod tests {
         async fn send(
             &self,
             slot: &mut Option<http::request::Parts>,
+            added: Added<'_>,
             body: UpstreamBody,
             keep: bool,
             _at: Instant,
             until: Instant,
         ) -> Result<Response<()>, TryError> {
-            crate::upstream::client::within(until, self.reply(slot, body, keep)).await
+            crate::upstream::client::within(until, self.reply(slot, added, body, keep)).await
         }
 
         fn gives_back_unsent(&self) -> bool {
@@ -349,11 +392,12 @@ mod tests {
         async fn reply(
             &self,
             slot: &mut Option<http::request::Parts>,
+            added: Added<'_>,
             body: UpstreamBody,
             keep: bool,
         ) -> Result<Response<()>, TryError> {
             // A client that consumes the head.
-            let head = crate::upstream::client::take_head(slot, keep);
+            let head = crate::upstream::client::take_head(slot, added, keep);
             let req = Request::from_parts(head, body);
             let (delay, reply) = self
                 .replies
@@ -401,6 +445,7 @@ mod tests {
             head,
             path_and_query: PathAndQuery::from_static("/x"),
             endpoint_host: true,
+            added: AddedFields::default(),
             body: Replay::Bytes(Bytes::from_static(body.as_bytes())),
             body_limit: 1 << 20,
             key: 0,

@@ -3,6 +3,7 @@
 //! `tls = true`), and [`SendTry`], the one operation the retry loop needs of it.
 
 use super::body::UpstreamBody;
+use super::call::Added;
 use super::classify::{self, TryError};
 use super::connector::TlsConnector;
 use super::pool::{Http1Pool, PooledBody};
@@ -29,9 +30,13 @@ pub trait SendTry {
     /// try started (read once by the caller; a pool compares its idle times with it).
     /// `until`: the try's deadline, after which it gives up with [`TryError::Timeout`]
     /// (the own HTTP/1.1 client bounds an exchange with its connection's timer).
+    /// `added`: the fields the try adds to the head, which `slot`'s head never gets (the
+    /// own HTTP/1.1 client writes them as it encodes the head; a client that consumes the
+    /// head inserts them into what it takes, [`take_head`]).
     fn send(
         &self,
         slot: &mut Option<http::request::Parts>,
+        added: Added<'_>,
         body: UpstreamBody,
         keep: bool,
         at: Instant,
@@ -89,15 +94,20 @@ impl SendTry for UpstreamClient {
     async fn send(
         &self,
         slot: &mut Option<http::request::Parts>,
+        added: Added<'_>,
         body: UpstreamBody,
         keep: bool,
         at: Instant,
         until: Instant,
     ) -> Result<Response<PooledBody>, TryError> {
         let sent = match self {
-            UpstreamClient::Http1(p) => return p.send(slot, body, keep, at, until).await,
-            UpstreamClient::Plain(c) => c.request(Request::from_parts(take_head(slot, keep), body)),
-            UpstreamClient::Tls(c) => c.request(Request::from_parts(take_head(slot, keep), body)),
+            UpstreamClient::Http1(p) => return p.send(slot, added, body, keep, at, until).await,
+            UpstreamClient::Plain(c) => {
+                c.request(Request::from_parts(take_head(slot, added, keep), body))
+            }
+            UpstreamClient::Tls(c) => {
+                c.request(Request::from_parts(take_head(slot, added, keep), body))
+            }
         };
         use futures_util::FutureExt as _;
         let sent = sent.map(|r| {
@@ -131,12 +141,19 @@ pub fn within<T>(
     tokio::time::timeout_at(until, sent).map(|r| r.unwrap_or(Err(TryError::Timeout)))
 }
 
-/// The head in `slot`, for a client that consumes it: with `keep`, a copy is left there.
-pub fn take_head(slot: &mut Option<http::request::Parts>, keep: bool) -> http::request::Parts {
-    match keep {
+/// The head in `slot` with the try's `added` fields, for a client that consumes it: with
+/// `keep`, a copy is left there (without the fields).
+pub fn take_head(
+    slot: &mut Option<http::request::Parts>,
+    added: Added<'_>,
+    keep: bool,
+) -> http::request::Parts {
+    let mut head = match keep {
         true => super::call::clone_head(slot.as_ref().expect("a head to send")),
         false => slot.take().expect("a head to send"),
-    }
+    };
+    added.insert_into(&mut head.headers);
+    head
 }
 
 /// `PATH?QUERY` for a rewritten path; `None` if it is not a valid request target.

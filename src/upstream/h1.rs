@@ -17,6 +17,7 @@
 //! was read to its exact end and nothing followed it.
 
 use super::body::{ClientBodyFailed, UpstreamBody};
+use super::call::Added;
 use super::pool::Return;
 use crate::BoxError;
 use bytes::{Bytes, BytesMut};
@@ -168,6 +169,7 @@ impl Conn {
     pub async fn exchange(
         &mut self,
         head: &mut http::request::Parts,
+        added: Added<'_>,
         body: &mut Outgoing,
         keep: bool,
         until: tokio::time::Instant,
@@ -182,7 +184,7 @@ impl Conn {
             None => Box::pin(tokio::time::sleep_until(until)),
         };
         let exchanged = {
-            let mut exchange = std::pin::pin!(self.exchange_unbounded(head, body, keep));
+            let mut exchange = std::pin::pin!(self.exchange_unbounded(head, added, body, keep));
             std::future::poll_fn(|cx| {
                 if let Poll::Ready(r) = exchange.as_mut().poll(cx) {
                     return Poll::Ready(Some(r));
@@ -210,6 +212,7 @@ impl Conn {
     async fn exchange_unbounded(
         &mut self,
         head: &mut http::request::Parts,
+        added: Added<'_>,
         body: &mut Outgoing,
         keep: bool,
     ) -> Result<Head, ExchangeError> {
@@ -224,7 +227,7 @@ impl Conn {
         let mut finished = true;
         match body {
             Outgoing::Whole(b) => {
-                encode(&mut self.head, head, Sending::Whole(b.len()));
+                encode(&mut self.head, head, added, Sending::Whole(b.len()));
                 write_all(&mut self.io, &[&self.head, b])
                     .await
                     .map_err(ExchangeError::sending)?;
@@ -234,7 +237,7 @@ impl Conn {
                     Some(n) => Sending::Declared(n),
                     None => Sending::Chunked,
                 };
-                encode(&mut self.head, head, sending);
+                encode(&mut self.head, head, added, sending);
                 finished = self.send_stream(b, sending).await?;
             }
         }
@@ -434,15 +437,30 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// The request head, as hyper's client writes it: `METHOD TARGET HTTP/1.1`, the fields
 /// in order, names in lower case, and a `content-length` for a body in memory when the
 /// head has none (the caller checked that one it has is the body's), or
-/// `transfer-encoding: chunked` for a streamed body without one.
-fn encode(out: &mut Vec<u8>, head: &http::request::Parts, sending: Sending) {
+/// `transfer-encoding: chunked` for a streamed body without one. The try's `added`
+/// fields go in as they would have been inserted: its `Host` first, in place of the
+/// head's (RFC 9112 §3.2: a client sends it first), the others after the head's own.
+fn encode(out: &mut Vec<u8>, head: &http::request::Parts, added: Added<'_>, sending: Sending) {
     out.clear();
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
     let target = head.uri.path_and_query().map_or("/", |pq| pq.as_str());
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    put_fields(out, &head.headers);
+    match added.host {
+        Some(host) => {
+            put_field(out, &header::HOST, host);
+            for (name, value) in &head.headers {
+                if name != header::HOST {
+                    put_field(out, name, value);
+                }
+            }
+        }
+        None => put_fields(out, &head.headers),
+    }
+    for (name, value) in added.fields.iter() {
+        put_field(out, name, value);
+    }
     match sending {
         Sending::Whole(len) if len > 0 && !head.headers.contains_key(header::CONTENT_LENGTH) => {
             out.extend_from_slice(b"content-length: ");
@@ -458,11 +476,15 @@ fn encode(out: &mut Vec<u8>, head: &http::request::Parts, sending: Sending) {
 /// `name: value` lines, one per field, as hyper writes them (names in lower case).
 fn put_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     for (name, value) in fields {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        put_field(out, name, value);
     }
+}
+
+fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+    out.extend_from_slice(name.as_str().as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// Whether a request can go by this client: it asks for no upgrade (`Upgrade`, CONNECT),
@@ -1030,6 +1052,7 @@ impl http_body::Body for Body {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::upstream::call::AddedFields;
 
     fn request(method: &str, target: &str, fields: &[(&str, &str)]) -> http::request::Parts {
         let mut b = http::Request::builder().method(method).uri(target);
@@ -1047,16 +1070,21 @@ mod tests {
             "http://10.0.0.1:8080/v1/chat?x=1",
             &[("Host", "models"), ("x-a", "1"), ("x-a", "2")],
         );
-        encode(&mut out, &head, Sending::Whole(12));
+        let none = AddedFields::default();
+        let nothing = Added {
+            host: None,
+            fields: &none,
+        };
+        encode(&mut out, &head, nothing, Sending::Whole(12));
         assert_eq!(
             String::from_utf8(out.clone()).unwrap(),
             "POST /v1/chat?x=1 HTTP/1.1\r\nhost: models\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 12\r\n\r\n"
         );
         let head = request("GET", "http://10.0.0.1/", &[("content-length", "0")]);
-        encode(&mut out, &head, Sending::Whole(0));
+        encode(&mut out, &head, nothing, Sending::Whole(0));
         assert_eq!(out, b"GET / HTTP/1.1\r\ncontent-length: 0\r\n\r\n");
         let head = request("POST", "http://10.0.0.1/up", &[]);
-        encode(&mut out, &head, Sending::Chunked);
+        encode(&mut out, &head, nothing, Sending::Chunked);
         assert_eq!(
             out,
             b"POST /up HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n"
@@ -1072,6 +1100,57 @@ mod tests {
             let n = chunk_size_line(&mut line, len);
             assert_eq!(&line[..n], format!("{hex}\r\n").as_bytes());
         }
+    }
+
+    #[test]
+    fn a_tries_fields_are_written_with_the_head_its_host_first_in_place_of_the_heads() {
+        let mut out = Vec::new();
+        let head = request(
+            "GET",
+            "http://10.0.0.1:8080/a",
+            &[("x-a", "1"), ("Host", "client.example"), ("x-b", "2")],
+        );
+        let mut fields = AddedFields::default();
+        fields.push(
+            HeaderName::from_static("x-forwarded-for"),
+            HeaderValue::from_static("10.1.2.3"),
+        );
+        fields.push(
+            HeaderName::from_static("x-forwarded-proto"),
+            HeaderValue::from_static("http"),
+        );
+        let endpoint = HeaderValue::from_static("10.0.0.1:8080");
+        let host = Some(&endpoint);
+        encode(
+            &mut out,
+            &head,
+            Added {
+                host,
+                fields: &fields,
+            },
+            Sending::Whole(0),
+        );
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            "GET /a HTTP/1.1\r\nhost: 10.0.0.1:8080\r\nx-a: 1\r\nx-b: 2\r\n\
+             x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n\r\n"
+        );
+        // Without a Host of the try's, the head's stays where it is.
+        let host = None;
+        encode(
+            &mut out,
+            &head,
+            Added {
+                host,
+                fields: &fields,
+            },
+            Sending::Whole(0),
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "GET /a HTTP/1.1\r\nx-a: 1\r\nhost: client.example\r\nx-b: 2\r\n\
+             x-forwarded-for: 10.1.2.3\r\nx-forwarded-proto: http\r\n\r\n"
+        );
     }
 
     #[test]

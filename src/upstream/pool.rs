@@ -11,6 +11,7 @@
 //! connection API; later, 47.6k → 41.7k with the gateway's own client for GETs.
 
 use super::body::UpstreamBody;
+use super::call::Added;
 use super::classify::{self, TryError};
 use super::client::within;
 use super::h1;
@@ -65,15 +66,17 @@ impl Http1Pool {
     /// client unless it asks for an upgrade ([`h1::fits`]), else by hyper's. A pooled
     /// connection the upstream closed before it took the request is replaced by a new
     /// connection, with the same request. The own client reads the head where it is, so
-    /// it stays in `slot` (see [`SendTry::send`](super::client::SendTry::send)); without
-    /// `keep` the response may take its header map. hyper's client consumes it, leaving
-    /// a copy with `keep`, and gives it back when no connection could be made. `at`:
+    /// it stays in `slot` (see [`SendTry::send`](super::client::SendTry::send)) and
+    /// `added` is written as it is encoded; without `keep` the response may take its
+    /// header map. hyper's client consumes it (with `added` inserted), leaving a copy with
+    /// `keep`, and gives it back (without `added`) when no connection could be made. `at`:
     /// the try's start (the caller read it), for the idle connections' age; the clock is
     /// read again only for a connection taken after a reused one failed. `until`: the
     /// try's deadline (see [`h1::Conn::exchange`] for how the own client keeps it).
     pub async fn send(
         &self,
         slot: &mut Option<http::request::Parts>,
+        added: Added<'_>,
         body: UpstreamBody,
         keep: bool,
         at: Instant,
@@ -89,8 +92,8 @@ impl Http1Pool {
             UpstreamBody::Stream(_) => None,
         };
         if !h1::fits(&head.method, &head.headers, whole) {
-            let req = Request::from_parts(super::client::take_head(slot, keep), body);
-            return within(until, self.send_hyper(req, authority, slot, at)).await;
+            let req = Request::from_parts(super::client::take_head(slot, added, keep), body);
+            return within(until, self.send_hyper(req, authority, slot, added, at)).await;
         }
         let body = match whole {
             Some(_) => h1::Outgoing::Whole(in_memory_bytes(body)),
@@ -98,16 +101,19 @@ impl Http1Pool {
         };
         // Read where it is: it stays for a later try, this one dropped (timed out) or not.
         let head = slot.as_mut().expect("a head to send");
-        self.send_own(head, body, authority, keep, at, until).await
+        self.send_own(head, added, body, authority, keep, at, until)
+            .await
     }
 
     /// By the gateway's own client. A reused connection that closes before any of a
     /// response came is the upstream's close racing the request (it had not seen the
     /// close yet): an idempotent request whose body is in memory is sent again on
     /// another connection.
+    #[allow(clippy::too_many_arguments)] // `send`'s, with the head and body as it sends them
     async fn send_own(
         &self,
         head: &mut http::request::Parts,
+        added: Added<'_>,
         mut body: h1::Outgoing,
         authority: Authority,
         keep: bool,
@@ -126,7 +132,7 @@ impl Http1Pool {
                         (h1::Conn::new(io), false)
                     }
                 };
-            let Some(exchanged) = conn.exchange(head, &mut body, keep, until).await else {
+            let Some(exchanged) = conn.exchange(head, added, &mut body, keep, until).await else {
                 return Err(TryError::Timeout);
             };
             match exchanged {
@@ -151,6 +157,7 @@ impl Http1Pool {
         mut req: Request<UpstreamBody>,
         authority: Authority,
         slot: &mut Option<http::request::Parts>,
+        added: Added<'_>,
         mut at: Instant,
     ) -> Result<Response<PooledBody>, TryError> {
         // HTTP/1.1 requests carry the origin form (`/path?query`).
@@ -170,6 +177,11 @@ impl Http1Pool {
                         Err(e) => {
                             let (mut head, _body) = req.into_parts();
                             head.uri = absolute;
+                            // A later try adds its own (the own client writes them
+                            // without looking in the map).
+                            for (name, _) in added.fields.iter() {
+                                head.headers.remove(name);
+                            }
                             *slot = Some(head);
                             return Err(e);
                         }

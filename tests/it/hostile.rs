@@ -462,6 +462,72 @@ async fn connection_cannot_remove_the_gateways_own_headers() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn forwarded_fields_reach_the_upstream_once_as_the_gateway_sets_them() {
+    // The gateway writes its `X-Forwarded-*` and a try's `Host` as it sends the head;
+    // forged ones, sent twice or added by a plugin, must not go along beside them.
+    let rec = Recorder::start().await;
+    let gw = Gateway::start(&format!(
+        r#"[server]
+listen = "127.0.0.1:0"
+plugin_cache_dir = "{cache}"
+
+[[plugins]]
+name = "headers"
+path = "{plugin}"
+
+[[upstreams]]
+name = "up"
+targets = [{{ address = "{addr}" }}]
+
+[[routes]]
+name = "plugin"
+path_prefix = "/plugin/"
+upstream = "up"
+plugins = [ {{ name = "headers", config = {{ request = {{ add = {{ "x-forwarded-for" = "6.6.6.6", "x-forwarded-proto" = "gopher", "x-forwarded-host" = "plugin.example" }} }} }} }} ]
+
+[[routes]]
+name = "all"
+path_prefix = "/"
+upstream = "up"
+"#,
+        cache = std::env::temp_dir()
+            .join("portcullis-test-wasm-cache")
+            .display(),
+        plugin = plugin("headers"),
+        addr = rec.up.addr,
+    ));
+    let forged = "X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n\
+                  X-Forwarded-Proto: https\r\nx-forwarded-proto: ftp\r\n\
+                  X-Forwarded-Host: evil.example\r\nX-Forwarded-Host: evil2.example\r\n";
+    for path in ["/x", "/plugin/x"] {
+        for fields in [forged, ""] {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: api.example:8080\r\n{fields}\r\n");
+            let r = answers(gw.addr, request.as_bytes()).await;
+            assert_eq!(r[0].status, 200, "{path} {fields:?}: {r:?}");
+        }
+    }
+    let seen: Vec<Seen> = rec
+        .seen()
+        .into_iter()
+        .filter(|s| s.path != "/end")
+        .collect();
+    assert_eq!(seen.len(), 4);
+    for s in &seen {
+        let all = |n: &str| {
+            let v = s.headers.get_all(n).iter();
+            v.map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(all("x-forwarded-for"), ["127.0.0.1"], "{s:?}");
+        assert_eq!(all("x-forwarded-proto"), ["http"], "{s:?}");
+        assert_eq!(all("x-forwarded-host"), ["api.example:8080"], "{s:?}");
+        // The endpoint's own Host (the route's `host = target`), once and first.
+        assert_eq!(all("host"), [rec.up.addr.to_string()], "{s:?}");
+        assert_eq!(s.headers.keys().next().unwrap(), "host", "{s:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn field_names_are_read_as_sent_whatever_came_before_in_their_place() {
     // The gateway keeps the field names of the last heads by place (the requests its
     // worker read, the responses of an upstream connection) and takes one from there only
