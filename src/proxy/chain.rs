@@ -62,6 +62,7 @@ impl Gateway {
         if let Some(limit) = route.config.buffer_request_body {
             req.body.buffer(limit).await?;
         }
+        ctx.settle_own(&mut req.head.headers);
         let buffered = req.body.buffered.take();
         let mut res = plugin_request(req, ctx.client, buffered, false);
         res.headers = std::mem::take(&mut req.head.headers);

@@ -98,6 +98,8 @@ impl Gateway {
         req.body.buffer(route.body_limit()).await?;
         // The parts' answers are read as JSON: ask for them uncompressed.
         req.head.headers.remove(header::ACCEPT_ENCODING);
+        // Each part is sent a copy of the head: the gateway's own fields go in it.
+        ctx.settle_own(&mut req.head.headers);
         let query = match &req.rewritten {
             Some((_, q)) => q.clone(),
             None => req.target.uri.query().map(str::to_string),

@@ -8,6 +8,7 @@ use super::headers::{self, ClientInfo};
 use super::trace_context::{self, TraceId};
 use super::RouteEntry;
 use crate::config::ServerConfig;
+use crate::upstream::call::AddedFields;
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Uri};
@@ -49,6 +50,13 @@ pub struct RequestCtx<'g> {
     /// The names the cleaned head has (`headers::clean_request`); `ClientRequest::read`
     /// removes a client's `X-Portcullis-Consumer` only if it has one.
     present: headers::Present,
+    /// The `traceparent` the request goes upstream with, until it is put in the request's
+    /// head with the gateway's `X-Request-Id` (when the client sent none): there for
+    /// plugins to see ([`RequestCtx::settle_own`]), or with the fields written as the
+    /// head is sent ([`RequestCtx::own_fields`]), which saves two inserts into its map
+    /// (~240 instructions each: callgrind). Taken, not copied: a copy of a value made
+    /// from a `Vec` allocates.
+    traceparent: Option<HeaderValue>,
 }
 
 impl<'g> RequestCtx<'g> {
@@ -62,7 +70,7 @@ impl<'g> RequestCtx<'g> {
         present: headers::Present,
     ) -> Self {
         let request_id = headers::request_id(req.headers(), present);
-        let trace_id = trace_context::propagate(req.headers_mut(), present);
+        let (trace_id, traceparent) = trace_context::propagate(req.headers_mut(), present);
         RequestCtx {
             client,
             request_id,
@@ -82,12 +90,41 @@ impl<'g> RequestCtx<'g> {
             limits: None,
             log_path: AccessLog::enabled().then(|| req.uri().path().to_string()),
             present,
+            traceparent: Some(traceparent),
         }
     }
 
     /// The names the request head has, of those the gateway reads or replaces.
     pub fn present(&self) -> headers::Present {
         self.present
+    }
+
+    /// Puts the gateway's own fields (`traceparent`, `X-Request-Id`) in the request's
+    /// head `h`, for plugins to see: before the first plugin reads the request. They are
+    /// then sent from the head.
+    ///
+    /// Also before a request goes to more than one upstream (a composite route's parts,
+    /// a fallback's steps): each is sent a copy of the head.
+    pub fn settle_own(&mut self, h: &mut http::HeaderMap) {
+        let Some(traceparent) = self.traceparent.take() else {
+            return;
+        };
+        h.insert(trace_context::TRACEPARENT, traceparent);
+        if !self.present.request_id() {
+            h.insert(headers::X_REQUEST_ID, self.request_id.clone());
+        }
+    }
+
+    /// Adds the gateway's own fields to the fields an upstream request adds as its head
+    /// is sent, unless they are in the head already.
+    pub fn own_fields(&mut self, added: &mut AddedFields) {
+        let Some(traceparent) = self.traceparent.take() else {
+            return;
+        };
+        added.push(&trace_context::TRACEPARENT_NAME, traceparent);
+        if !self.present.request_id() {
+            added.push(&headers::X_REQUEST_ID_NAME, self.request_id.clone());
+        }
     }
 
     /// Notes the names of a head plugins gave back (they may have added any).
@@ -210,8 +247,12 @@ impl ClientRequest {
         if ctx.present.consumer() {
             head.headers.remove(X_CONSUMER);
         }
-        head.headers
-            .insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+        // The client's own id is the request's when sane, else replaced; a new one is
+        // added as the head is sent (`RequestCtx::own_fields`).
+        if ctx.present.request_id() {
+            head.headers
+                .insert(headers::X_REQUEST_ID, ctx.request_id.clone());
+        }
         Ok(Box::new(ClientRequest {
             head,
             target: Target {

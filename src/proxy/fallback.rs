@@ -44,6 +44,8 @@ impl Gateway {
             .buffer(cfg.buffer_request_body.unwrap_or(FALLBACK_BODY))
             .await?;
         let body = req.body.buffered.clone().unwrap_or_default();
+        // Each step is sent a copy of the head: the gateway's own fields go in it.
+        ctx.settle_own(&mut req.head.headers);
         let steps = std::iter::once((cfg.upstream, None)).chain(
             cfg.fallback
                 .iter()

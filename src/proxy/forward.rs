@@ -117,7 +117,7 @@ impl Gateway {
         route: &RouteEntry,
         upstream: &Upstream,
         req: Box<ClientRequest>,
-        ctx: &RequestCtx<'_>,
+        ctx: &mut RequestCtx<'_>,
     ) -> Result<Call, ProxyError> {
         let key = hash_key(upstream, &req.head.headers, ctx.client.addr);
         let path_and_query = upstream_path(route, &req)?;
@@ -133,6 +133,7 @@ impl Gateway {
         // (`headers::clean_request`); plugins cannot set them.
         let h = &mut head.headers;
         let mut added = AddedFields::default();
+        ctx.own_fields(&mut added);
         headers::set_forwarded(
             h,
             &mut added,

@@ -16,6 +16,12 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// The names the gateway adds as a head is sent, as statics (`AddedFields` keeps a
+/// reference).
+pub static X_REQUEST_ID_NAME: HeaderName = X_REQUEST_ID;
+static X_FORWARDED_FOR_NAME: HeaderName = X_FORWARDED_FOR;
+static X_FORWARDED_PROTO_NAME: HeaderName = X_FORWARDED_PROTO;
+static X_FORWARDED_HOST_NAME: HeaderName = X_FORWARDED_HOST;
 const KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 const PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -281,7 +287,7 @@ pub fn set_forwarded(
         _ => None,
     };
     added.push(
-        X_FORWARDED_FOR,
+        &X_FORWARDED_FOR_NAME,
         chain.unwrap_or_else(|| client.ip_header.clone()),
     );
     let (proto, fwd_host) = (
@@ -292,14 +298,17 @@ pub fn set_forwarded(
         if proto {
             h.remove(X_FORWARDED_PROTO);
         }
-        added.push(X_FORWARDED_PROTO, HeaderValue::from_static(client.scheme()));
+        added.push(
+            &X_FORWARDED_PROTO_NAME,
+            HeaderValue::from_static(client.scheme()),
+        );
     }
     if !(trust && fwd_host) {
         if fwd_host {
             h.remove(X_FORWARDED_HOST);
         }
         if let Some(v) = host {
-            added.push(X_FORWARDED_HOST, v.clone());
+            added.push(&X_FORWARDED_HOST_NAME, v.clone());
         }
     }
 }

@@ -45,6 +45,7 @@ impl Gateway {
         req: &mut ClientRequest,
         ctx: &mut RequestCtx<'g>,
     ) -> Result<&'g RouteEntry, ProxyError> {
+        ctx.settle_own(&mut req.head.headers);
         // The predicates' read-only view of the request, built once if any route has them.
         let mut view: Option<RequestRes> = None;
         let mut chosen = None;

@@ -9,6 +9,8 @@ use super::headers::Present;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// `traceparent` as a static (`upstream::call::AddedFields` keeps a reference).
+pub static TRACEPARENT_NAME: HeaderName = TRACEPARENT;
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
 
 /// The sampled flag; the only trace flag of version 00 (other bits are sent as zero).
@@ -43,11 +45,12 @@ pub struct Parent {
     pub flags: u8,
 }
 
-/// Rewrites the request's `traceparent`/`tracestate` for the upstream and returns the
-/// trace id of this request.
+/// Moves the request's trace context on to this hop: rewrites its `tracestate` in `h`,
+/// removes the client's `traceparent`, and returns the trace id of this request and the
+/// `traceparent` it goes upstream with (the caller adds it: `RequestCtx::own_fields`).
 ///
 /// `present` says which of the two the head has (a name it lacks is not looked up).
-pub fn propagate(h: &mut HeaderMap, present: Present) -> TraceId {
+pub fn propagate(h: &mut HeaderMap, present: Present) -> (TraceId, HeaderValue) {
     let parent = match present.traceparent() {
         true => {
             let mut values = h.get_all(&TRACEPARENT).iter();
@@ -59,6 +62,9 @@ pub fn propagate(h: &mut HeaderMap, present: Present) -> TraceId {
         }
         false => None,
     };
+    if present.traceparent() {
+        h.remove(&TRACEPARENT);
+    }
     let (trace_id, flags) = match parent {
         Some(p) => {
             let state = match present.tracestate() {
@@ -83,11 +89,8 @@ pub fn propagate(h: &mut HeaderMap, present: Present) -> TraceId {
             (random_nonzero(), SAMPLED)
         }
     };
-    h.insert(
-        TRACEPARENT,
-        format_traceparent(&trace_id, &random_nonzero(), flags),
-    );
-    TraceId(trace_id)
+    let traceparent = format_traceparent(&trace_id, &random_nonzero(), flags);
+    (TraceId(trace_id), traceparent)
 }
 
 /// Parses a `traceparent` value. Version 00 must be exactly `00-<32 hex>-<16 hex>-<2 hex>`
@@ -257,10 +260,13 @@ mod tests {
 
     const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
-    /// `super::propagate` with the names the head has, as `clean_request` notes them.
+    /// `super::propagate` with the names the head has, as `clean_request` notes them,
+    /// and the `traceparent` it returns put in the head, as it goes upstream.
     fn propagate(h: &mut HeaderMap) -> TraceId {
         let present = Present::of(h);
-        super::propagate(h, present)
+        let (id, traceparent) = super::propagate(h, present);
+        h.append(TRACEPARENT, traceparent);
+        id
     }
 
     #[test]

@@ -1125,15 +1125,11 @@ mod tests {
             "http://10.0.0.1:8080/a",
             &[("x-a", "1"), ("Host", "client.example"), ("x-b", "2")],
         );
+        static XFF: HeaderName = HeaderName::from_static("x-forwarded-for");
+        static XFP: HeaderName = HeaderName::from_static("x-forwarded-proto");
         let mut fields = AddedFields::default();
-        fields.push(
-            HeaderName::from_static("x-forwarded-for"),
-            HeaderValue::from_static("10.1.2.3"),
-        );
-        fields.push(
-            HeaderName::from_static("x-forwarded-proto"),
-            HeaderValue::from_static("http"),
-        );
+        fields.push(&XFF, HeaderValue::from_static("10.1.2.3"));
+        fields.push(&XFP, HeaderValue::from_static("http"));
         let endpoint = HeaderValue::from_static("10.0.0.1:8080");
         let host = Some(&endpoint);
         encode(

@@ -179,6 +179,7 @@ async fn three_parts_are_called_at_once_and_answered_together() {
     assert_eq!(j["segment"], masks(b""));
     let keys: Vec<&String> = j.as_object().unwrap().keys().collect();
     assert_eq!(keys.len(), 3, "{keys:?}");
+    let mut traces = Vec::new();
     for (m, path) in [
         (&d, "/v1/detect"),
         (&c, "/v1/classify"),
@@ -205,7 +206,16 @@ async fn three_parts_are_called_at_once_and_answered_together() {
             got.headers["content-length"],
             IMAGE.len().to_string().as_str()
         );
+        let trace = got.headers.get_all("traceparent").iter();
+        traces.push(
+            trace
+                .map(|v| v.to_str().unwrap().to_string())
+                .collect::<Vec<_>>(),
+        );
     }
+    // One trace context, sent once to every part.
+    assert_eq!(traces[0].len(), 1, "{traces:?}");
+    assert!(traces.iter().all(|t| t == &traces[0]), "{traces:?}");
 }
 
 #[tokio::test]

@@ -44,6 +44,11 @@ fn assert_served_by_backup(r: &Reply) {
         echo["headers"]["content-length"],
         echo["body"].as_str().unwrap().len().to_string()
     );
+    // The step that served got the request's id and trace context too.
+    let id = echo["headers"]["x-request-id"].as_str();
+    assert_eq!(id, r.header("x-request-id"), "{echo}");
+    let trace = echo["headers"]["traceparent"].as_str().unwrap_or_default();
+    assert_eq!(trace.len(), 55, "{echo}");
 }
 
 /// An upstream answering every request with `status` (and `headers`).

@@ -207,6 +207,41 @@ plugins = [ { name = "headers", config = { request = { set = { "x-env" = "prod" 
     assert!(r.header("x-upstream").is_none());
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn plugins_see_the_request_id_and_trace_context_the_gateway_adds() {
+    // The gateway writes its own fields as the head is sent, unless plugins run: they
+    // see them in the head (here a transform renames them, so the upstream gets what the
+    // plugin saw under other names, and not the gateway's fields a second time).
+    let up = Upstream::echo("up").await;
+    let plugins = format!(
+        "[[plugins]]\nname = \"headers\"\npath = \"{}\"\n",
+        plugin("headers")
+    );
+    let routes = r#"
+[[routes]]
+name = "all"
+path_prefix = "/"
+upstream = "up"
+plugins = [ { name = "headers", config = { request = { rename = { "x-request-id" = "x-saw-id", "traceparent" = "x-saw-trace" } } } } ]
+"#;
+    let gw = Gateway::start(&plugins_config(&up, &plugins, routes));
+    let r = send(
+        &client(),
+        req("GET", &gw.url("/x")).body(Full::default()).unwrap(),
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let j = r.json();
+    let h = &j["headers"];
+    assert_eq!(h["x-saw-id"].as_str(), r.header("x-request-id"), "{h}");
+    let trace = h["x-saw-trace"]
+        .as_str()
+        .expect("the plugin saw a traceparent");
+    assert!(trace.starts_with("00-") && trace.len() == 55, "{trace}");
+    assert!(h.get("x-request-id").is_none(), "{h}");
+    assert!(h.get("traceparent").is_none(), "{h}");
+}
+
 fn hostile(name: &str, extra: &str) -> String {
     format!("[[plugins]]\nname = \"{name}\"\npath = \"{}\"\ntimeout = \"50ms\"\nmemory_limit = \"32MiB\"\n{extra}\n", plugin(name))
 }
