@@ -334,35 +334,7 @@ pub fn request_id(h: &HeaderMap, present: Present) -> HeaderValue {
     let mut buf = [0u8; 32];
     buf[..16].copy_from_slice(prefix);
     hex_into(&n.to_be_bytes(), &mut buf[16..]);
-    slab_value(&buf)
-}
-
-/// The bytes of this thread's [`slab_value`]s: a new block when the last is used up.
-const SLAB: usize = 1024;
-
-/// A header value of the gateway's own making (a request id, a `traceparent`) whose bytes
-/// are written into this thread's slab rather than a heap block of their own: made with
-/// `HeaderValue::from_bytes`, each took a block, and its first copy (the upstream's or
-/// the response's) another, to share it. From the slab a copy counts a reference, and a
-/// block is allocated once for a dozen requests (callgrind: ~200 instructions per request
-/// less). A value kept long (a request streaming for hours) keeps its block, at most
-/// [`SLAB`] bytes, alive.
-///
-/// Panics if `bytes` is not a valid header value (the callers write hex).
-pub fn slab_value(bytes: &[u8]) -> HeaderValue {
-    use bytes::BytesMut;
-    use std::cell::RefCell;
-    thread_local! {
-        static FREE: RefCell<BytesMut> = RefCell::new(BytesMut::new());
-    }
-    let value = FREE.with_borrow_mut(|free| {
-        if free.capacity() - free.len() < bytes.len() {
-            *free = BytesMut::with_capacity(SLAB.max(bytes.len()));
-        }
-        free.extend_from_slice(bytes);
-        free.split().freeze()
-    });
-    HeaderValue::from_maybe_shared(value).expect("a valid header value")
+    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
 #[cfg(test)]
@@ -602,25 +574,6 @@ mod tests {
                 assert_eq!(expected.contains(&true), set != 0 && !dropped);
             }
         }
-    }
-
-    #[test]
-    fn slab_values_keep_their_own_bytes_across_slabs() {
-        // More values than a slab holds, of lengths that leave ends unused; each kept
-        // (and copied) while later ones are written, the slab replaced under them.
-        let made: Vec<(String, HeaderValue)> = (0..3 * SLAB / 20)
-            .map(|i| {
-                let text = format!("{i:0width$x}", width = 1 + i % 55);
-                let v = slab_value(text.as_bytes());
-                (text, v.clone())
-            })
-            .collect();
-        for (text, v) in &made {
-            assert_eq!(v.as_bytes(), text.as_bytes());
-        }
-        let long = "a".repeat(SLAB + 1);
-        assert_eq!(slab_value(long.as_bytes()), long.as_str());
-        assert_eq!(slab_value(b"after"), "after");
     }
 
     #[test]

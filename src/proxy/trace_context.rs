@@ -223,7 +223,7 @@ fn format_traceparent(trace_id: &[u8; 16], parent_id: &[u8; 8], flags: u8) -> He
     hex_into(trace_id, &mut buf[3..35]);
     hex_into(parent_id, &mut buf[36..52]);
     hex_into(&[flags], &mut buf[53..55]);
-    super::headers::slab_value(&buf)
+    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
 }
 
 pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
