@@ -145,11 +145,7 @@ async fn per_route_timeout_overrides_the_upstream_one() {
 
 #[tokio::test]
 async fn refused_connection_gets_502() {
-    // Bind then drop a listener: nothing listens on that port any more.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let dead = closed_addr();
     let gw = Gateway::start(&config("", &[dead], &route("")));
     let r = get(&gw.url("/")).await;
     assert_eq!(r.status, 502);

@@ -526,9 +526,18 @@ pub fn assert_valid(path: &std::path::Path) {
 }
 
 /// An address nobody listens on: connecting to it is refused at once.
+///
+/// The port stays bound (by a socket that never listens, kept for the rest of the test
+/// process), so no test running beside this one can listen on it: a port freed at once
+/// was once taken by another test's listener that never answers, and a connection the
+/// test expected refused timed out.
 pub fn closed_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    static KEPT: std::sync::Mutex<Vec<tokio::net::TcpSocket>> = std::sync::Mutex::new(Vec::new());
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    KEPT.lock().unwrap().push(socket);
+    addr
 }
 
 /// A listener that never accepts, with its accept queue already full: the kernel drops
