@@ -88,9 +88,11 @@ pub async fn assert_serving(gw: &Gateway, want: &[&str]) {
     assert_eq!(got, want, "{seen:?}");
 }
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that was free a moment ago on 127.0.0.1, for a server to listen on (not
+/// `support::closed_addr`, which keeps its port bound).
 pub fn free_port() -> u16 {
-    support::closed_addr().port()
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
 }
 
 /// Fails the test when the server program `path` is missing. The tests that need one are
