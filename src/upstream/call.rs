@@ -23,7 +23,8 @@ pub struct Call {
     /// Whether each try carries the endpoint's own `Host` (HTTP/1 with the route's
     /// `host = target` policy).
     pub endpoint_host: bool,
-    /// Fields every try adds to the head (`X-Forwarded-*`), which the head lacks.
+    /// Fields every try adds to the head (`X-Forwarded-*`; `traceparent` and
+    /// `X-Request-Id` unless plugins saw them), which the head lacks.
     pub added: AddedFields,
     pub body: Replay,
     /// The route's `max_body_size`, applied to a streamed body as it is sent.
@@ -228,8 +229,8 @@ impl Upstream {
     }
 
     /// One try to `endpoint` of the head in `slot`: its URI (and `Host`, added as the head
-    /// is sent), the body, the per-try timeout within the call's deadline. A streamed body the try never read is
-    /// taken back.
+    /// is sent), the body, the per-try timeout within the call's deadline. A streamed
+    /// body the try never read is taken back.
     async fn send_try<C: SendTry>(
         client: &C,
         call: &mut Call,
