@@ -67,6 +67,9 @@ enum Action {
     Drop,
     /// Take out its top-level `"usage":null`.
     StripNull,
+    /// Take out the `"usage":null` its data ends with (the last member of its root
+    /// object, found by [`ends_with_usage_null`]).
+    StripLastNull,
 }
 
 impl Action {
@@ -77,6 +80,9 @@ impl Action {
             Action::Keep => none,
             Action::Drop => 0..event.len(),
             Action::StripNull => usage_null_cut(event).unwrap_or(none),
+            Action::StripLastNull => trailing_usage_null_cut(event)
+                .or_else(|| usage_null_cut(event))
+                .unwrap_or(none),
         }
     }
 }
@@ -176,7 +182,7 @@ impl sse::Sink for Events {
         }
         let f = &self.json.found;
         self.action = if self.usage_null_last {
-            Action::StripNull
+            Action::StripLastNull
         } else if f.choices_empty && f.usage_object {
             Action::Drop
         } else if f.usage_null {
@@ -206,8 +212,13 @@ impl sse::Sink for Events {
 /// or the name of an `event: error` — starts in `s`. Most events of a stream are content
 /// deltas that name nothing read here, and an event without one of these need not be
 /// scanned: the scanner matches keys by their raw bytes, so a document it would take
-/// something from always holds one. Unless stripping, a `"usage":null` (what every chunk
-/// of a stream with `include_usage` carries) says nothing and is passed over.
+/// something from always holds one.
+///
+/// Token counts are found by the end their keys share (`prompt_tokens`, `output_tokens`,
+/// `cache_read_input_tokens`, … all end in `_tokens"`), not by `"usage"`: every chunk of a
+/// stream with `include_usage` carries a `"usage":null` that says nothing, and a needle
+/// that hits every event costs a search started again per event. Stripping, which edits
+/// each `"usage"`, looks for that.
 #[derive(Clone, Copy)]
 enum Needle {
     Usage { stripping: bool },
@@ -227,19 +238,12 @@ impl Needle {
 
     fn find(self, s: &[u8]) -> Option<usize> {
         static USAGE: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+        static TOKENS: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"_tokens\""));
         static ERROR: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"error"));
         static MODEL: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"model\""));
         match self {
-            Needle::Usage { stripping } => {
-                let mut from = 0;
-                loop {
-                    let at = from + USAGE.find(&s[from..])?;
-                    from = at + USAGE.needle().len();
-                    if stripping || !s[from..].starts_with(b":null") {
-                        return Some(at);
-                    }
-                }
-            }
+            Needle::Usage { stripping: true } => USAGE.find(s),
+            Needle::Usage { stripping: false } => TOKENS.find(s),
             Needle::Error => ERROR.find(s),
             Needle::Model => MODEL.find(s),
         }
@@ -249,17 +253,29 @@ impl Needle {
 /// Whether a document ends with a `"usage":null` member of its root object: it is the last
 /// member before the document's last `}`, which (in a valid document) closes the root.
 fn ends_with_usage_null(data: &[u8]) -> bool {
+    last_usage_null(data).is_some()
+}
+
+/// Where the `,"usage":null` a document ends with is (see [`ends_with_usage_null`]).
+fn last_usage_null(data: &[u8]) -> Option<Range<usize>> {
+    const MEMBER: &[u8] = b",\"usage\":null";
     let json_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
-    let Some(last) = data.iter().rposition(|b| !json_space(b)) else {
-        return false;
-    };
+    let last = data.iter().rposition(|b| !json_space(b))?;
     if data[last] != b'}' {
-        return false;
+        return None;
     }
-    let Some(member_end) = data[..last].iter().rposition(|b| !json_space(b)) else {
-        return false;
-    };
-    data[..=member_end].ends_with(b",\"usage\":null")
+    let end = data[..last].iter().rposition(|b| !json_space(b))? + 1;
+    data[..end]
+        .ends_with(MEMBER)
+        .then(|| end - MEMBER.len()..end)
+}
+
+/// The cut of [`Action::StripLastNull`]: the event's data was its only `data:` line, right
+/// before the blank line that ends the event (what `whole_data` is given), so the member
+/// is found from the event's end, past its line ends, without a search through the event.
+fn trailing_usage_null_cut(event: &[u8]) -> Option<Range<usize>> {
+    let data_end = event.iter().rposition(|b| !matches!(b, b'\r' | b'\n'))? + 1;
+    last_usage_null(&event[..data_end])
 }
 
 /// Whether an event's data holds something the scanner reads (see [`Needle`]).
@@ -677,6 +693,9 @@ mod tests {
         "data:\n\n",
         "data\n\n",
         "retry: 10\ndata: {\"model\":\"late\"}\n\n",
+        "data: {\"id\":\"c\",\"choices\":[{\"delta\":{\"content\":\"z\"}}],\"usage\":null}\n\n",
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"model\":\"c-2\",\"usage\":{\"input_tokens\":7,\"cache_read_input_tokens\":2}}}\n\n",
+        "data: {\"usage\":{}}\n\n",
     ];
 
     /// The parser alone, one byte at a time: what the skim must agree with.
@@ -734,7 +753,11 @@ mod tests {
     fn needles_and_their_next_hits() {
         let usage = Needle::Usage { stripping: false };
         assert_eq!(usage.find(br#"{"usage":null,"a":1}"#), None, "says nothing");
-        assert_eq!(usage.find(br#"{"usage":null,"usage":{}}"#), Some(14));
+        assert_eq!(usage.find(br#"{"usage":{}}"#), None, "no count in it");
+        assert_eq!(
+            usage.find(br#"{"usage":null,"usage":{"input_tokens":1}}"#),
+            Some(29)
+        );
         let s = br#"{"usage":null}"#;
         assert_eq!(
             Needle::Usage { stripping: true }.find(s),
@@ -745,7 +768,7 @@ mod tests {
         assert!(!wanted(br#"{"model":"m"}"#, false, false), "model known");
         assert!(wanted(br#"{"model":"m"}"#, false, true));
         // Each needle is searched for once per piece, whatever the cursor does.
-        let chunk = b"error.error.\"model\".\"usage\"";
+        let chunk = b"error.error.\"model\"._tokens\"";
         let mut hits = Hits::default();
         assert_eq!(hits.next(chunk, 0, false, true), 0);
         assert_eq!(hits.next(chunk, 1, false, true), 6);
@@ -794,5 +817,15 @@ mod tests {
         let (_, split) = run(Format::EventStream, true, &[&twice[..60], &twice[60..]]);
         assert_eq!(whole, want);
         assert_eq!(split, want);
+        // Taken unscanned, its cut is found from the event's end whatever ends its lines,
+        // and only the root's member goes: a nested one stays.
+        for eol in ["\n", "\r\n", "\r"] {
+            let event = format!(
+                "event: chunk{eol}data: {{\"x\":{{\"usage\":null}},\"usage\":null }}{eol}{eol}"
+            );
+            let want = format!("event: chunk{eol}data: {{\"x\":{{\"usage\":null}} }}{eol}{eol}");
+            let (_, out) = run(Format::EventStream, true, &[event.as_bytes()]);
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
     }
 }
