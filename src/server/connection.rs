@@ -310,6 +310,19 @@ pub(super) struct Prefixed<IO> {
 }
 
 impl<IO> Prefixed<IO> {
+    /// Puts bytes read from the stream back in front of what is still to be read (the own
+    /// HTTP/1 server hands a connection to hyper with what it read and did not serve).
+    pub(super) fn put_back(&mut self, bytes: Bytes) {
+        if self.prefix.is_empty() {
+            self.prefix = bytes;
+        } else {
+            let mut both = bytes::BytesMut::with_capacity(bytes.len() + self.prefix.len());
+            both.extend_from_slice(&bytes);
+            both.extend_from_slice(&self.prefix);
+            self.prefix = both.freeze();
+        }
+    }
+
     /// Whether the client sent the HTTP/2 preface (hyper will serve it as HTTP/2; over
     /// TLS too, whatever ALPN said, since hyper-util detects the version the same way).
     pub(super) fn is_h2(&self) -> bool {

@@ -15,6 +15,7 @@
 
 mod accept;
 mod connection;
+mod h1;
 
 use crate::config::ServerConfig;
 use crate::proxy::body::ResponseBody;
@@ -32,6 +33,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
@@ -292,12 +294,45 @@ where
     }
 }
 
+pin_project_lite::pin_project! {
+    /// An HTTP/1 connection: the own server's (`h1.rs`), then hyper's for the rest of it
+    /// once a request is not for the own server; `shut` asks either to finish.
+    struct OwnH1<F> {
+        #[pin]
+        served: F,
+        shut: Arc<AtomicBool>,
+    }
+}
+
+impl<F: Future<Output = Result<(), hyper::Error>>> Future for OwnH1<F> {
+    type Output = F::Output;
+
+    fn poll(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<F::Output> {
+        self.project().served.poll(cx)
+    }
+}
+
+impl<F: Future<Output = Result<(), hyper::Error>> + Send> Served for OwnH1<F> {
+    fn shut_down(self: std::pin::Pin<&mut Self>) {
+        self.shut.store(true, Ordering::Release);
+    }
+}
+
 /// The time bounds of a connection that the server keeps itself (hyper keeps the others:
 /// `header_read_timeout` and the HTTP/2 pings).
 #[derive(Clone, Copy, Debug)]
 struct Bounds {
     first_byte: Duration,
     keep_alive: Duration,
+    /// `server.max_header_size`: a larger head is hyper's to refuse.
+    max_head: usize,
+    /// `server.header_read_timeout`: hyper also runs it while an HTTP/1 connection waits
+    /// for its next request, so an idle HTTP/1 connection goes after the smaller of this
+    /// and `keep_alive` (kept for the own server's connections by the idle bound).
+    header_read: Duration,
 }
 
 /// How long an HTTP/2 connection the server closes (idle, or to make room) has after its
@@ -312,6 +347,8 @@ impl Bounds {
         Bounds {
             first_byte: server.first_byte_timeout,
             keep_alive: server.keep_alive_timeout,
+            max_head: server.max_header_size,
+            header_read: server.header_read_timeout,
         }
     }
 }
@@ -429,16 +466,50 @@ async fn serve<IO, H, F>(
     };
     let h2 = io.is_h2();
     let requests = state.clone();
-    let svc = service_fn(move |req| handler(req, requests.request()));
-    let io = TokioIo::new(io);
-    let mut conn: std::pin::Pin<Box<dyn Served>> = match h2 {
-        true => Box::pin(builder.h2.serve_connection(io, svc)),
-        false => Box::pin(builder.h1.serve_connection(io, svc).with_upgrades()),
+    let mut conn: std::pin::Pin<Box<dyn Served>> = if h2 {
+        let svc = service_fn(move |req| handler(req, requests.request()));
+        Box::pin(builder.h2.serve_connection(TokioIo::new(io), svc))
+    } else {
+        let shut = Arc::new(AtomicBool::new(false));
+        let flag = shut.clone();
+        let max_head = bounds.max_head;
+        let builder = builder.clone();
+        Box::pin(OwnH1 {
+            served: async move {
+                let serve_one = |req| handler(req, requests.request());
+                let io = match h1::serve(io, &serve_one, &flag, max_head).await {
+                    h1::Ended::Done => return Ok(()),
+                    h1::Ended::HandOff(io) => io,
+                };
+                let svc = service_fn(move |req| handler(req, requests.request()));
+                let conn = builder
+                    .h1
+                    .serve_connection(TokioIo::new(io), svc)
+                    .with_upgrades();
+                let mut conn = std::pin::pin!(conn);
+                let mut shut_down = false;
+                std::future::poll_fn(|cx| {
+                    if !shut_down && flag.load(Ordering::Acquire) {
+                        conn.as_mut().graceful_shutdown();
+                        shut_down = true;
+                    }
+                    conn.as_mut().poll(cx)
+                })
+                .await
+            },
+            shut,
+        })
+    };
+    let (idle, idle_bound) = match h2 {
+        false if bounds.header_read < bounds.keep_alive => {
+            (bounds.header_read, "header_read_timeout")
+        }
+        _ => (bounds.keep_alive, "keep_alive_timeout"),
     };
     let bounded = async {
         tokio::select! {
             () = drain.started() => None,
-            () = state.idle_for(bounds.keep_alive) => Some("keep_alive_timeout"),
+            () = state.idle_for(idle) => Some(idle_bound),
             () = state.closed() => Some("max_connections"),
         }
     };

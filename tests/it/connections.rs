@@ -147,6 +147,20 @@ async fn an_idle_http1_keep_alive_connection_is_closed() {
     assert_eq!(up.hits(), 1);
 }
 
+/// The head timer also runs while a keep-alive HTTP/1 connection waits for its next
+/// request (hyper's, and the own server's too): an idle connection goes after the smaller
+/// of the two bounds.
+#[tokio::test]
+async fn an_idle_http1_connection_is_closed_at_the_header_read_timeout() {
+    let (up, gw) = gateway(&bounds(&["header_read_timeout"])).await;
+    let mut s = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
+    let status = round_trip(&mut s, "/one").await;
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    // keep_alive_timeout is an hour: what closes it is the header read timeout.
+    assert!(closed_by_gateway(&mut s).await.is_empty());
+    assert_eq!(up.hits(), 1);
+}
+
 /// hyper's header timer is not moved for every head: it stays set for an earlier head's
 /// deadline and is moved to the current head's only when it fires first. A head awaited
 /// from the end of a slow response (so after the timer was set) gets its own whole

@@ -18,6 +18,7 @@ mod events;
 mod examples;
 mod fallback;
 mod grpc;
+mod h1_server;
 mod hostile;
 mod lifecycle;
 mod limits;

@@ -4,33 +4,16 @@
 use crate::support::*;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use std::sync::Arc;
-use tokio::sync::{mpsc, Mutex};
 
 #[tokio::test]
 async fn sse_event_reaches_client_before_the_next_is_sent() {
     // The upstream sends one event, then waits until the test has *received* it before
     // sending the second: if the gateway buffered, the test would never see event 1.
-    let (release_tx, release_rx) = mpsc::channel::<()>(1);
-    let release_rx = Arc::new(Mutex::new(release_rx));
-    let up = Upstream::start(move |_req| {
-        let release_rx = release_rx.clone();
-        async move {
-            let (tx, rx) = mpsc::channel(4);
-            tokio::spawn(async move {
-                tx.send(Bytes::from_static(b"data: one\n\n")).await.unwrap();
-                release_rx.lock().await.recv().await;
-                tx.send(Bytes::from_static(b"data: two\n\n")).await.unwrap();
-                tx.send(Bytes::from_static(b"data: [DONE]\n\n"))
-                    .await
-                    .unwrap();
-            });
-            http::Response::builder()
-                .header("content-type", "text/event-stream")
-                .body(stream(rx))
-                .unwrap()
-        }
-    })
+    let (up, release_tx) = held_stream(
+        Some("text/event-stream"),
+        b"data: one\n\n",
+        &[b"data: two\n\n", b"data: [DONE]\n\n"],
+    )
     .await;
     let gw = Gateway::start(&config(
         "",

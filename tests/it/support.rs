@@ -328,6 +328,38 @@ impl Drop for Upstream {
     }
 }
 
+/// An upstream whose every response (with `content_type`, if any) sends `first`, then
+/// waits for a message on the returned sender before it sends `rest`: a test sees whether
+/// `first` reached it before the rest was sent (nothing buffered on the way).
+pub async fn held_stream(
+    content_type: Option<&'static str>,
+    first: &'static [u8],
+    rest: &'static [&'static [u8]],
+) -> (Upstream, tokio::sync::mpsc::Sender<()>) {
+    let (release_tx, release_rx) = tokio::sync::mpsc::channel::<()>(1);
+    let release_rx = Arc::new(tokio::sync::Mutex::new(release_rx));
+    let up = Upstream::start(move |_req| {
+        let release_rx = release_rx.clone();
+        async move {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            tokio::spawn(async move {
+                tx.send(Bytes::from_static(first)).await.unwrap();
+                release_rx.lock().await.recv().await;
+                for piece in rest {
+                    tx.send(Bytes::from_static(piece)).await.unwrap();
+                }
+            });
+            let mut resp = Response::builder();
+            if let Some(t) = content_type {
+                resp = resp.header("content-type", t);
+            }
+            resp.body(stream(rx)).unwrap()
+        }
+    })
+    .await;
+    (up, release_tx)
+}
+
 pub async fn echo_response(name: &'static str, req: Request<Incoming>) -> Response<TestBody> {
     let (parts, body) = req.into_parts();
     let body = body

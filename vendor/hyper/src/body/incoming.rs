@@ -97,8 +97,9 @@ impl Incoming {
         Incoming { kind }
     }
 
-    #[allow(dead_code)]
-    pub(crate) fn empty() -> Incoming {
+    /// Portcullis patch: an empty body, for a request the gateway's own HTTP/1 server
+    /// read (a body-less one).
+    pub fn empty() -> Incoming {
         Incoming::new(Kind::Empty)
     }
 

@@ -267,3 +267,11 @@ impl OriginalHeaderOrder {
         self.entry_order.iter()
     }
 }
+
+/// Portcullis patch: appends the current date as an HTTP `date` value (`Sun, 06 Nov 1994
+/// 08:49:37 GMT`, from the per-thread cache hyper's HTTP/1 server writes from), for the
+/// gateway's own HTTP/1 server.
+#[cfg(all(feature = "server", feature = "http1"))]
+pub fn extend_with_http_date(dst: &mut Vec<u8>) {
+    crate::common::date::extend(dst)
+}

@@ -1,0 +1,466 @@
+//! The gateway's own HTTP/1.1 server for the plainest requests, in front of hyper's.
+//!
+//! A keep-alive `GET` with no body, in origin form, whose head arrives whole in one read
+//! and names none of the fields that change how a message is framed or the connection
+//! is used (`Content-Length`, `Transfer-Encoding`, `Expect`, `Upgrade`, `TE`, a
+//! `Connection` other than `keep-alive`), is read, served and answered here. Anything
+//! else — another method, HTTP/1.0, a body, a head split across reads, a head hyper would
+//! refuse — hands the connection, with every byte read from it and not yet served, to
+//! hyper's HTTP/1 server for the rest of its life: hyper then answers it exactly as it
+//! did before this server existed (its errors, its limits, upgrades, bodies).
+//!
+//! What it keeps of hyper's behaviour for the requests it serves:
+//! - the response head hyper writes: `HTTP/1.1` status line, the fields in the map's
+//!   order, a `content-length` from the body's exact size or else `transfer-encoding:
+//!   chunked`, a `content-length: 0` for an empty body, no body for 1xx/204/304, and a
+//!   `date` (hyper's per-thread cache) unless the response has one;
+//! - a response `Connection: close` closes the connection after it; a body that fails
+//!   mid-way, or ends short of its length, aborts the connection (never a clean end);
+//! - the client going away (EOF) while its request is served drops the request's future,
+//!   as hyper does; bytes it sends meanwhile (a pipelined request) wait for their turn;
+//! - nothing is held while the connection is idle: the read buffer is made when a
+//!   request's bytes arrive and is gone with the request.
+//!
+//! Why: hyper's server cost ~11.5k instructions per proxied keep-alive GET (callgrind,
+//! one worker) — its dispatcher, body channel and encoder are built for every case; with
+//! this server a GET costs 30.5k instead of 33.2k in all (README, "Benchmark").
+
+use super::connection::{Counted, Prefixed};
+use crate::proxy::body::ResponseBody;
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::{self, HeaderName, HeaderValue};
+use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use std::cell::RefCell;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::LazyLock;
+use std::task::Poll;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+/// Most fields in a head the fast path parses; a head with more goes to hyper.
+const MAX_FIELDS: usize = 64;
+/// What one read takes at most while no request is in progress: a head larger than this
+/// (rare) is finished by hyper.
+const FIRST_READ: usize = 4096;
+
+/// How the own server's part of a connection ended.
+pub(super) enum Ended<IO> {
+    /// Closed (by the client, after `Connection: close`, at shutdown, or on an error).
+    Done,
+    /// The next request is for hyper: the stream with the bytes read and not yet served
+    /// put back in front.
+    HandOff(Prefixed<IO>),
+}
+
+/// Serves requests on `io` until the connection ends or a request is not plain (see the
+/// module); `serve_one` serves one request. `shut` asks it to stop once the current
+/// response is written (at once if none is being served).
+pub(super) async fn serve<IO, S, F>(
+    mut io: Prefixed<IO>,
+    serve_one: S,
+    shut: &AtomicBool,
+    max_head: usize,
+) -> Ended<IO>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+    S: Fn(Request<Incoming>) -> F,
+    F: Future<Output = Result<Response<Counted<ResponseBody>>, Infallible>>,
+{
+    // Bytes read and not yet served (a pipelined request), kept between requests only
+    // when there are some.
+    let mut pending = BytesMut::new();
+    loop {
+        if pending.is_empty() {
+            match read_first(&mut io, &mut pending, shut).await {
+                Ok(true) => {}
+                Ok(false) | Err(_) => return Ended::Done,
+            }
+        }
+        let Some(req) = parse(&mut pending, max_head) else {
+            io.put_back(pending.freeze());
+            return Ended::HandOff(io);
+        };
+        // The client going away drops the request's future.
+        let Some(response) = watch_client(&mut io, &mut pending, serve_one(req)).await else {
+            return Ended::Done;
+        };
+        match write_response(&mut io, response).await {
+            // `pending`, emptied, keeps the allocation its last read filled (the head's
+            // bytes, shared until the request is gone): the next read reuses it.
+            Ok(true) if !shut.load(Ordering::Acquire) => {}
+            _ => {
+                let _ = io.shutdown().await;
+                return Ended::Done;
+            }
+        }
+    }
+}
+
+/// The first bytes of the next request: false if the client closed (or shutdown was
+/// asked) before any. No buffer is held while waiting: a read into the stack, copied
+/// once its bytes are there.
+async fn read_first<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    into: &mut BytesMut,
+    shut: &AtomicBool,
+) -> io::Result<bool> {
+    std::future::poll_fn(|cx| {
+        if shut.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(false));
+        }
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut buf = ReadBuf::uninit(&mut stack);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(())) => {
+                into.extend_from_slice(buf.filled());
+                Poll::Ready(Ok(true))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Parses the head at the start of `buf` if it is a plain request (see the module); on
+/// success the head's bytes leave `buf` (the request's field values share them). `None`:
+/// hand the connection to hyper.
+fn parse(buf: &mut BytesMut, max_head: usize) -> Option<Request<Incoming>> {
+    // The head is split off first (a head with bare LF line ends is hyper's), so that the
+    // parse borrows what the field values are then slices of.
+    static END: LazyLock<memchr::memmem::Finder<'static>> =
+        LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
+    let len = match END.find(buf) {
+        Some(end) if end + 4 <= max_head => end + 4,
+        _ => return None,
+    };
+    let head = buf.split_to(len).freeze();
+    let req = plain(&head);
+    if req.is_none() {
+        let mut whole = BytesMut::with_capacity(head.len() + buf.len());
+        whole.extend_from_slice(&head);
+        whole.extend_from_slice(buf);
+        *buf = whole;
+    }
+    req
+}
+
+/// The request in `head` (one whole head) if it is plain.
+fn plain(head: &Bytes) -> Option<Request<Incoming>> {
+    let mut fields = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_FIELDS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(head, &mut fields) {
+        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+        _ => return None,
+    }
+    if req.method != Some("GET") || req.version != Some(1) {
+        return None;
+    }
+    let path = req.path.filter(|p| p.starts_with('/'))?;
+    let uri = Uri::from_maybe_shared(head.slice_ref(path.as_bytes())).ok()?;
+    let mut headers = spare_map();
+    for f in req.headers.iter() {
+        let name = f.name.as_bytes();
+        if name.eq_ignore_ascii_case(b"content-length")
+            || name.eq_ignore_ascii_case(b"transfer-encoding")
+            || name.eq_ignore_ascii_case(b"expect")
+            || name.eq_ignore_ascii_case(b"upgrade")
+            || name.eq_ignore_ascii_case(b"te")
+            || (name.eq_ignore_ascii_case(b"connection")
+                && !f.value.eq_ignore_ascii_case(b"keep-alive"))
+        {
+            return None;
+        }
+        let name = HeaderName::from_bytes(name).ok()?;
+        let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value)).ok()?;
+        headers.append(name, value);
+    }
+    let mut req = Request::new(Incoming::empty());
+    *req.method_mut() = Method::GET;
+    *req.uri_mut() = uri;
+    *req.version_mut() = Version::HTTP_11;
+    *req.headers_mut() = headers;
+    Some(req)
+}
+
+/// Polls `served` to its response while reading the client: `None` if the client closed
+/// first. Bytes the client sends meanwhile are kept in `pending` (hyper stops reading
+/// once some are buffered; so does this).
+async fn watch_client<IO, F>(
+    io: &mut IO,
+    pending: &mut BytesMut,
+    served: F,
+) -> Option<Response<Counted<ResponseBody>>>
+where
+    IO: AsyncRead + Unpin,
+    F: Future<Output = Result<Response<Counted<ResponseBody>>, Infallible>>,
+{
+    let mut served = std::pin::pin!(served);
+    let mut open = true;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(Ok(r)) = served.as_mut().poll(cx) {
+            return Poll::Ready(Some(r));
+        }
+        while open && pending.is_empty() {
+            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+            let mut buf = ReadBuf::uninit(&mut stack);
+            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(None),
+                Poll::Ready(Ok(())) => pending.extend_from_slice(buf.filled()),
+                // A read error: the connection is gone; its write will say so.
+                Poll::Ready(Err(_)) => open = false,
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// How a response body is framed on the wire.
+#[derive(Clone, Copy, PartialEq)]
+enum Framing {
+    Length(u64),
+    Chunked,
+}
+
+/// Writes `response`; true if the connection can carry another request.
+async fn write_response<IO: AsyncWrite + Unpin>(
+    io: &mut IO,
+    response: Response<Counted<ResponseBody>>,
+) -> io::Result<bool> {
+    let (parts, mut body) = response.into_parts();
+    let status = parts.status;
+    let can_have_body = !(status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED);
+    let mut head = SPARE_HEADS.with_borrow_mut(Vec::pop).unwrap_or_default();
+    if status == StatusCode::OK {
+        head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        head.extend_from_slice(b"HTTP/1.1 ");
+        head.extend_from_slice(status.as_str().as_bytes());
+        head.push(b' ');
+        match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+            Some(reason) => head.extend_from_slice(reason.as_bytes()),
+            None => {
+                head.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes())
+            }
+        }
+        head.extend_from_slice(b"\r\n");
+    }
+    // As hyper's `encode_headers` (server, GET): the body's exact size, if known.
+    let known = if body.is_end_stream() {
+        Some(0)
+    } else {
+        body.size_hint().exact()
+    };
+    let mut framing = None;
+    let mut keep = true;
+    let mut wrote_date = false;
+    for (name, value) in &parts.headers {
+        match *name {
+            header::CONTENT_LENGTH => {
+                if framing.is_some() {
+                    continue;
+                }
+                match known {
+                    Some(n) => framing = Some(Framing::Length(n)),
+                    None => match std::str::from_utf8(value.as_bytes())
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                    {
+                        Some(n) => framing = Some(Framing::Length(n)),
+                        None => {
+                            return Err(io::Error::other("illegal content-length in a response"))
+                        }
+                    },
+                }
+                if !can_have_body {
+                    continue;
+                }
+            }
+            header::TRANSFER_ENCODING => {
+                if framing.is_some() || !can_have_body {
+                    continue;
+                }
+                framing = Some(Framing::Chunked);
+                head.extend_from_slice(b"transfer-encoding: ");
+                head.extend_from_slice(value.as_bytes());
+                if !is_chunked(value) {
+                    head.extend_from_slice(b", chunked");
+                }
+                head.extend_from_slice(b"\r\n");
+                continue;
+            }
+            header::CONNECTION if connection_close(value) => keep = false,
+            header::DATE => wrote_date = true,
+            _ => {}
+        }
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    let framing = match framing {
+        _ if !can_have_body => Framing::Length(0),
+        Some(f) => f,
+        None => match known {
+            Some(n) => {
+                head.extend_from_slice(b"content-length: ");
+                head.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+                head.extend_from_slice(b"\r\n");
+                Framing::Length(n)
+            }
+            None => {
+                head.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                Framing::Chunked
+            }
+        },
+    };
+    if !wrote_date {
+        head.extend_from_slice(b"date: ");
+        hyper::ext::extend_with_http_date(&mut head);
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    give_map(parts.headers);
+    if framing == Framing::Length(0) {
+        io.write_all(&head).await?;
+        give_head(head);
+        return Ok(keep);
+    }
+    let mut left = match framing {
+        Framing::Length(n) => n,
+        Framing::Chunked => u64::MAX,
+    };
+    let mut spare = Some(head);
+    let mut head = spare.as_deref();
+    loop {
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        let data = match frame {
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                // Trailers: hyper sends none unless the request had `TE: trailers`
+                // (which goes to hyper).
+                Err(_) => continue,
+            },
+            Some(Err(_)) => return Err(io::Error::other("response body failed")),
+            None => break,
+        };
+        if data.is_empty() {
+            continue;
+        }
+        let head_bytes = head.unwrap_or_default();
+        match framing {
+            Framing::Length(_) => {
+                // As hyper: a body longer than its length aborts the connection.
+                if data.len() as u64 > left {
+                    return Err(io::Error::other("response body longer than its length"));
+                }
+                left -= data.len() as u64;
+                io.write_all_buf(&mut head_bytes.chain(&data[..])).await?;
+                if left == 0 && body.is_end_stream() {
+                    head = None;
+                    break;
+                }
+            }
+            Framing::Chunked => {
+                let mut size = [0u8; 18];
+                let size = chunk_size(&mut size, data.len());
+                let mut out = head_bytes.chain(size).chain(&data[..]).chain(&b"\r\n"[..]);
+                io.write_all_buf(&mut out).await?;
+            }
+        }
+        head = None;
+    }
+    if let Some(head) = head {
+        io.write_all(head).await?;
+    }
+    if let Some(spare) = spare.take() {
+        give_head(spare);
+    }
+    match framing {
+        Framing::Chunked => io.write_all(b"0\r\n\r\n").await?,
+        Framing::Length(_) if left > 0 => {
+            return Err(io::Error::other("response body ended short of its length"))
+        }
+        Framing::Length(_) => {}
+    }
+    // The body is done: the request is no longer in flight.
+    drop(body);
+    Ok(keep)
+}
+
+/// `{len:x}\r\n` into `buf`.
+fn chunk_size(buf: &mut [u8; 18], len: usize) -> &[u8] {
+    use std::io::Write as _;
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{len:x}\r\n");
+    let left = w.len();
+    &buf[..18 - left]
+}
+
+fn is_chunked(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .rsplit(|&b| b == b',')
+        .next()
+        .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+fn connection_close(value: &HeaderValue) -> bool {
+    value
+        .as_bytes()
+        .split(|&b| b == b',')
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+thread_local! {
+    /// Header maps of responses written, cleared, for the next requests read on this
+    /// thread (hyper's server kept a connection's last response map for its next request:
+    /// a map made and dropped per request costs ~700 instructions).
+    static SPARE_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+    /// Response head buffers, the same way.
+    static SPARE_HEADS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Spares kept per thread, of each kind.
+const SPARES: usize = 64;
+/// A larger map or head buffer is not kept.
+const SPARE_MAP_FIELDS: usize = 64;
+const SPARE_HEAD_BYTES: usize = 4096;
+
+fn spare_map() -> HeaderMap {
+    SPARE_MAPS
+        .with_borrow_mut(Vec::pop)
+        .unwrap_or_else(|| HeaderMap::with_capacity(16))
+}
+
+fn give_map(mut map: HeaderMap) {
+    if map.capacity() <= SPARE_MAP_FIELDS {
+        map.clear();
+        SPARE_MAPS.with_borrow_mut(|s| {
+            if s.len() < SPARES {
+                s.push(map)
+            }
+        });
+    }
+}
+
+fn give_head(mut head: Vec<u8>) {
+    if head.capacity() <= SPARE_HEAD_BYTES {
+        head.clear();
+        SPARE_HEADS.with_borrow_mut(|s| {
+            if s.len() < SPARES {
+                s.push(head)
+            }
+        });
+    }
+}

@@ -1,0 +1,206 @@
+//! The gateway's own HTTP/1.1 server (`src/server/h1.rs`) over raw sockets: plain `GET`s
+//! are served by it, pipelined ones in order; the first request it does not serve
+//! (here a `POST` with a body) moves the connection to hyper with the bytes already
+//! read; a client that leaves mid-request has its request dropped; a response of unknown
+//! length goes out chunked as it comes, and one whose body fails is cut short, never
+//! ended cleanly.
+
+use crate::support::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+fn routes() -> &'static str {
+    "[[routes]]\nname = \"all\"\npath_prefix = \"/\"\nupstream = \"up\"\n"
+}
+
+/// Reads one response: its status line, its fields (lower-cased names) and its body,
+/// framed by `content-length` or chunked.
+async fn response(s: &mut BufReader<TcpStream>) -> (String, Vec<(String, String)>, Vec<u8>) {
+    let mut status = String::new();
+    s.read_line(&mut status).await.unwrap();
+    let mut fields = Vec::new();
+    loop {
+        let mut line = String::new();
+        s.read_line(&mut line).await.unwrap();
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+        let (k, v) = line.split_once(':').unwrap();
+        fields.push((k.to_ascii_lowercase(), v.trim().to_string()));
+    }
+    let field = |name: &str| {
+        fields
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let mut body = Vec::new();
+    if let Some(len) = field("content-length") {
+        body.resize(len.parse().unwrap(), 0);
+        s.read_exact(&mut body).await.unwrap();
+    } else if field("transfer-encoding").as_deref() == Some("chunked") {
+        loop {
+            let mut size = String::new();
+            s.read_line(&mut size).await.unwrap();
+            let size = usize::from_str_radix(size.trim(), 16).unwrap();
+            let mut chunk = vec![0; size + 2];
+            s.read_exact(&mut chunk).await.unwrap();
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+    (status, fields, body)
+}
+
+fn echoed(body: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(body).unwrap()
+}
+
+#[tokio::test]
+async fn pipelined_gets_are_answered_in_order() {
+    let up = Upstream::echo("up").await;
+    let gw = Gateway::start(&config("", &[up.addr], routes()));
+    let mut s = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
+    let three: String = ["/a", "/b", "/c"]
+        .iter()
+        .map(|p| format!("GET {p} HTTP/1.1\r\nhost: x\r\nx-n: {p}\r\n\r\n"))
+        .collect();
+    s.get_mut().write_all(three.as_bytes()).await.unwrap();
+    for p in ["/a", "/b", "/c"] {
+        let (status, fields, body) = response(&mut s).await;
+        assert!(status.starts_with("HTTP/1.1 200 "), "{status}");
+        assert!(fields.iter().any(|(k, _)| k == "date"), "{fields:?}");
+        let j = echoed(&body);
+        assert_eq!(j["path"], p);
+        assert_eq!(j["headers"]["x-n"], p);
+    }
+    assert_eq!(up.hits(), 3);
+}
+
+#[tokio::test]
+async fn a_request_with_a_body_moves_the_connection_to_hyper_with_what_was_read() {
+    let up = Upstream::echo("up").await;
+    let gw = Gateway::start(&config("", &[up.addr], routes()));
+    let mut s = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
+    // One write: a GET the own server serves, then a POST it does not (read with it, so
+    // it goes to hyper from the own server's buffer), then a GET hyper serves.
+    let requests = "GET /first HTTP/1.1\r\nhost: x\r\n\r\n\
+         POST /second HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello\
+         GET /third HTTP/1.1\r\nhost: x\r\n\r\n";
+    s.get_mut().write_all(requests.as_bytes()).await.unwrap();
+    for (path, method, sent) in [
+        ("/first", "GET", ""),
+        ("/second", "POST", "hello"),
+        ("/third", "GET", ""),
+    ] {
+        let (status, _, body) = response(&mut s).await;
+        assert!(status.starts_with("HTTP/1.1 200 "), "{status}");
+        let j = echoed(&body);
+        assert_eq!(j["path"], path);
+        assert_eq!(j["method"], method);
+        assert_eq!(j["body"], sent);
+    }
+    assert_eq!(up.hits(), 3);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_request_has_its_request_dropped() {
+    // The upstream holds each request until it is dropped, and says when.
+    let (got_tx, mut got) = mpsc::unbounded_channel::<()>();
+    let (dropped_tx, mut dropped) = mpsc::unbounded_channel::<()>();
+    struct Said(mpsc::UnboundedSender<()>);
+    impl Drop for Said {
+        fn drop(&mut self) {
+            let _ = self.0.send(());
+        }
+    }
+    let up = Upstream::start(move |_req| {
+        let said = Said(dropped_tx.clone());
+        let _ = got_tx.send(());
+        async move {
+            let _said = said;
+            std::future::pending::<()>().await;
+            unreachable!()
+        }
+    })
+    .await;
+    let gw = Gateway::start(&config("", &[up.addr], routes()));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /held HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    tokio::time::timeout(WAIT, got.recv())
+        .await
+        .expect("the request did not reach the upstream");
+    drop(s);
+    tokio::time::timeout(WAIT, dropped.recv())
+        .await
+        .expect("the upstream request was not dropped when the client left");
+}
+
+#[tokio::test]
+async fn a_response_of_unknown_length_goes_out_chunked_as_it_comes() {
+    let (up, release_tx) = held_stream(None, b"first;", &[b"second"]).await;
+    let gw = Gateway::start(&config("", &[up.addr], routes()));
+    let mut s = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
+    s.get_mut()
+        .write_all(b"GET /s HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        s.read_line(&mut head).await.unwrap();
+    }
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("transfer-encoding: chunked\r\n"),
+        "{head}"
+    );
+    // The first chunk arrives before the upstream sends the second.
+    let mut first = [0u8; 11];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"6\r\nfirst;\r\n");
+    release_tx.send(()).await.unwrap();
+    let mut rest = [0u8; 16];
+    s.read_exact(&mut rest).await.unwrap();
+    assert_eq!(&rest, b"6\r\nsecond\r\n0\r\n\r\n");
+}
+
+#[tokio::test]
+async fn a_response_whose_body_fails_is_cut_short_not_ended() {
+    // A raw upstream: a chunked head and one chunk, then the connection is closed.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = s.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    got.extend_from_slice(&buf[..n]);
+                }
+                let _ = s
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+                    )
+                    .await;
+            });
+        }
+    });
+    let gw = Gateway::start(&config("", &[addr], routes()));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /cut HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = String::from_utf8(closed_by_gateway(&mut s).await).unwrap();
+    assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
+    assert!(got.ends_with("\r\n\r\n5\r\nhello\r\n"), "{got}");
+}
