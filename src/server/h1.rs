@@ -1,13 +1,16 @@
 //! The gateway's own HTTP/1.1 server for the plainest requests, in front of hyper's.
 //!
-//! A keep-alive `GET` with no body, in origin form, whose head arrives whole in one read
-//! and names none of the fields that change how a message is framed or the connection
-//! is used (`Content-Length`, `Transfer-Encoding`, `Expect`, `Upgrade`, `TE`, a
-//! `Connection` other than `keep-alive`), is read, served and answered here. Anything
-//! else — another method, HTTP/1.0, a body, a head split across reads, a head hyper would
-//! refuse — hands the connection, with every byte read from it and not yet served, to
-//! hyper's HTTP/1 server for the rest of its life: hyper then answers it exactly as it
-//! did before this server existed (its errors, its limits, upgrades, bodies).
+//! A keep-alive HTTP/1.1 request in origin form — `GET`, `POST`, `PUT`, `PATCH`, `DELETE`
+//! or `OPTIONS`, with no body or a `Content-Length` one — whose head, and body, arrived
+//! whole with the reads so far, and whose head names none of the fields that change how a
+//! message is framed or the connection is used (`Transfer-Encoding`, `Expect`,
+//! `Upgrade`, `TE`, a `Connection` other than `keep-alive`, more than one
+//! `Content-Length`), is read, served and answered here; its body is handed over whole
+//! (`Incoming::full`, a hyper patch). Anything else — another method, HTTP/1.0, a body
+//! still coming, a head split across reads, a head hyper would refuse — hands the
+//! connection, with every byte read from it and not yet served, to hyper's HTTP/1 server
+//! for the rest of its life: hyper then answers it exactly as it did before this server
+//! existed (its errors, its limits, upgrades, streamed bodies).
 //!
 //! What it keeps of hyper's behaviour for the requests it serves:
 //! - the response head hyper writes: `HTTP/1.1` status line, the fields in the map's
@@ -141,7 +144,14 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Option<Request<Incoming>> {
         _ => return None,
     };
     let head = buf.split_to(len).freeze();
-    let req = plain(&head);
+    // A body must be here whole: one that is still coming is hyper's to stream.
+    let req = plain(&head).and_then(|(mut req, length)| {
+        if length > 0 {
+            let length = usize::try_from(length).ok().filter(|&n| n <= buf.len())?;
+            *req.body_mut() = Incoming::full(buf.split_to(length).freeze());
+        }
+        Some(req)
+    });
     if req.is_none() {
         let mut whole = BytesMut::with_capacity(head.len() + buf.len());
         whole.extend_from_slice(&head);
@@ -151,24 +161,46 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Option<Request<Incoming>> {
     req
 }
 
-/// The request in `head` (one whole head) if it is plain.
-fn plain(head: &Bytes) -> Option<Request<Incoming>> {
+/// The request in `head` (one whole head) if it is plain, and the length of its body.
+fn plain(head: &Bytes) -> Option<(Request<Incoming>, u64)> {
     let mut fields = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
     match req.parse_with_uninit_headers(head, &mut fields) {
         Ok(httparse::Status::Complete(n)) if n == head.len() => {}
         _ => return None,
     }
-    if req.method != Some("GET") || req.version != Some(1) {
+    let method = match req.method? {
+        "GET" => Method::GET,
+        "POST" => Method::POST,
+        "PUT" => Method::PUT,
+        "PATCH" => Method::PATCH,
+        "DELETE" => Method::DELETE,
+        "OPTIONS" => Method::OPTIONS,
+        _ => return None,
+    };
+    if req.version != Some(1) {
         return None;
     }
     let path = req.path.filter(|p| p.starts_with('/'))?;
     let uri = Uri::from_maybe_shared(head.slice_ref(path.as_bytes())).ok()?;
     let mut headers = spare_map();
+    let mut length = None;
     for f in req.headers.iter() {
         let name = f.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length")
-            || name.eq_ignore_ascii_case(b"transfer-encoding")
+        if name.eq_ignore_ascii_case(b"content-length") {
+            // One field of digits alone; anything else is hyper's to judge.
+            if length.is_some() || f.value.is_empty() || f.value.len() > 18 {
+                return None;
+            }
+            if !f.value.iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            length = Some(
+                f.value
+                    .iter()
+                    .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+            );
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
             || name.eq_ignore_ascii_case(b"expect")
             || name.eq_ignore_ascii_case(b"upgrade")
             || name.eq_ignore_ascii_case(b"te")
@@ -182,11 +214,11 @@ fn plain(head: &Bytes) -> Option<Request<Incoming>> {
         headers.append(name, value);
     }
     let mut req = Request::new(Incoming::empty());
-    *req.method_mut() = Method::GET;
+    *req.method_mut() = method;
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
-    Some(req)
+    Some((req, length.unwrap_or(0)))
 }
 
 /// Polls `served` to its response while reading the client: `None` if the client closed

@@ -1,7 +1,7 @@
-//! The gateway's own HTTP/1.1 server (`src/server/h1.rs`) over raw sockets: plain `GET`s
-//! are served by it, pipelined ones in order; the first request it does not serve
-//! (here a `POST` with a body) moves the connection to hyper with the bytes already
-//! read; a client that leaves mid-request has its request dropped; a response of unknown
+//! The gateway's own HTTP/1.1 server (`src/server/h1.rs`) over raw sockets: plain
+//! requests are served by it, pipelined ones in order, bodies with a length whole; the
+//! first request it does not serve (here a chunked `POST`) moves the connection to hyper
+//! with the bytes already read; a client that leaves mid-request has its request dropped; a response of unknown
 //! length goes out chunked as it comes, and one whose body fails is cut short, never
 //! ended cleanly.
 
@@ -81,14 +81,15 @@ async fn pipelined_gets_are_answered_in_order() {
 }
 
 #[tokio::test]
-async fn a_request_with_a_body_moves_the_connection_to_hyper_with_what_was_read() {
+async fn a_chunked_request_moves_the_connection_to_hyper_with_what_was_read() {
     let up = Upstream::echo("up").await;
     let gw = Gateway::start(&config("", &[up.addr], routes()));
     let mut s = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
-    // One write: a GET the own server serves, then a POST it does not (read with it, so
-    // it goes to hyper from the own server's buffer), then a GET hyper serves.
+    // One write: a GET the own server serves, then a chunked POST it does not (read with
+    // it, so it goes to hyper from the own server's buffer), then a GET hyper serves.
     let requests = "GET /first HTTP/1.1\r\nhost: x\r\n\r\n\
-         POST /second HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello\
+         POST /second HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n\
+         5\r\nhello\r\n0\r\n\r\n\
          GET /third HTTP/1.1\r\nhost: x\r\n\r\n";
     s.get_mut().write_all(requests.as_bytes()).await.unwrap();
     for (path, method, sent) in [
@@ -104,6 +105,49 @@ async fn a_request_with_a_body_moves_the_connection_to_hyper_with_what_was_read(
         assert_eq!(j["body"], sent);
     }
     assert_eq!(up.hits(), 3);
+}
+
+#[tokio::test]
+async fn bodies_with_a_length_reach_the_upstream_whole_wherever_the_reads_end() {
+    let up = Upstream::echo("up").await;
+    let gw = Gateway::start(&config("", &[up.addr], routes()));
+    let mut s = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
+    // A POST and a PUT whose bodies come with their heads, and a GET, in one write.
+    let requests = "POST /p HTTP/1.1\r\nhost: x\r\ncontent-length: 11\r\n\r\nhello world\
+         PUT /u HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\n\r\nabc\
+         GET /g HTTP/1.1\r\nhost: x\r\n\r\n";
+    s.get_mut().write_all(requests.as_bytes()).await.unwrap();
+    for (path, method, sent) in [
+        ("/p", "POST", "hello world"),
+        ("/u", "PUT", "abc"),
+        ("/g", "GET", ""),
+    ] {
+        let (status, _, body) = response(&mut s).await;
+        assert!(status.starts_with("HTTP/1.1 200 "), "{status}");
+        let j = echoed(&body);
+        assert_eq!(
+            (j["path"].as_str(), j["method"].as_str()),
+            (Some(path), Some(method))
+        );
+        assert_eq!(j["body"], sent);
+        assert_eq!(
+            j["headers"]["content-length"].as_str(),
+            (!sent.is_empty())
+                .then(|| sent.len().to_string())
+                .as_deref()
+        );
+    }
+    // A body sent after its head, in a write of its own: the server has it whole or
+    // leaves the connection to hyper, and the upstream gets it whole either way.
+    s.get_mut()
+        .write_all(b"POST /late HTTP/1.1\r\nhost: x\r\ncontent-length: 9\r\n\r\nlate")
+        .await
+        .unwrap();
+    s.get_mut().write_all(b" body").await.unwrap();
+    let (status, _, body) = response(&mut s).await;
+    assert!(status.starts_with("HTTP/1.1 200 "), "{status}");
+    assert_eq!(echoed(&body)["body"], "late body");
+    assert_eq!(up.hits(), 4);
 }
 
 #[tokio::test]

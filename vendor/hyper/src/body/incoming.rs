@@ -42,6 +42,9 @@ pub struct Incoming {
 
 enum Kind {
     Empty,
+    /// Portcullis patch: all of a body, never empty (see `Incoming::full`).
+    #[cfg(all(feature = "http1", feature = "server"))]
+    Full(Bytes),
     #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
     Chan {
         content_length: DecodedLength,
@@ -101,6 +104,17 @@ impl Incoming {
     /// read (a body-less one).
     pub fn empty() -> Incoming {
         Incoming::new(Kind::Empty)
+    }
+
+    /// Portcullis patch: a body whose bytes are all here, for a request the gateway's own
+    /// HTTP/1 server read whole. One data frame, then the end.
+    #[cfg(all(feature = "http1", feature = "server"))]
+    pub fn full(bytes: Bytes) -> Incoming {
+        if bytes.is_empty() {
+            Incoming::empty()
+        } else {
+            Incoming::new(Kind::Full(bytes))
+        }
     }
 
     #[cfg(feature = "ffi")]
@@ -165,6 +179,11 @@ impl Body for Incoming {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match &mut self.kind {
             Kind::Empty => Poll::Ready(None),
+            #[cfg(all(feature = "http1", feature = "server"))]
+            Kind::Full(_) => match std::mem::replace(&mut self.kind, Kind::Empty) {
+                Kind::Full(bytes) => Poll::Ready(Some(Ok(Frame::data(bytes)))),
+                _ => Poll::Ready(None),
+            },
             #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
             Kind::Chan {
                 content_length: len,
@@ -235,6 +254,8 @@ impl Body for Incoming {
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Empty => true,
+            #[cfg(all(feature = "http1", feature = "server"))]
+            Kind::Full(_) => false,
             #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
             Kind::Chan { content_length, .. } => *content_length == DecodedLength::ZERO,
             #[cfg(all(feature = "http2", any(feature = "client", feature = "server")))]
@@ -259,6 +280,8 @@ impl Body for Incoming {
 
         match self.kind {
             Kind::Empty => SizeHint::with_exact(0),
+            #[cfg(all(feature = "http1", feature = "server"))]
+            Kind::Full(ref bytes) => SizeHint::with_exact(bytes.len() as u64),
             #[cfg(all(feature = "http1", any(feature = "client", feature = "server")))]
             Kind::Chan { content_length, .. } => opt_len(content_length),
             #[cfg(all(feature = "http2", any(feature = "client", feature = "server")))]
