@@ -273,13 +273,25 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED);
     let mut head = SPARE_HEADS.with_borrow_mut(Vec::pop).unwrap_or_default();
-    if status == StatusCode::OK {
+    if status.is_informational() {
+        // As hyper: a 1xx cannot be a response here (an upgrade's 101 is hyper's), so the
+        // client gets a 500 and the connection ends.
+        head.extend_from_slice(
+            b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\ndate: ",
+        );
+        hyper::ext::extend_with_http_date(&mut head);
+        head.extend_from_slice(b"\r\n\r\n");
+        io.write_all(&head).await?;
+        return Ok(false);
+    }
+    let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
+    if status == StatusCode::OK && reason.is_none() {
         head.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
     } else {
         head.extend_from_slice(b"HTTP/1.1 ");
         head.extend_from_slice(status.as_str().as_bytes());
         head.push(b' ');
-        match parts.extensions.get::<hyper::ext::ReasonPhrase>() {
+        match reason {
             Some(reason) => head.extend_from_slice(reason.as_bytes()),
             None => {
                 head.extend_from_slice(status.canonical_reason().unwrap_or("<none>").as_bytes())

@@ -214,9 +214,8 @@ async fn a_response_of_unknown_length_goes_out_chunked_as_it_comes() {
     assert_eq!(&rest, b"6\r\nsecond\r\n0\r\n\r\n");
 }
 
-#[tokio::test]
-async fn a_response_whose_body_fails_is_cut_short_not_ended() {
-    // A raw upstream: a chunked head and one chunk, then the connection is closed.
+/// A raw upstream: reads each request's head, writes `reply`, closes the connection.
+async fn raw_upstream(reply: &'static [u8]) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -231,14 +230,18 @@ async fn a_response_whose_body_fails_is_cut_short_not_ended() {
                     }
                     got.extend_from_slice(&buf[..n]);
                 }
-                let _ = s
-                    .write_all(
-                        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
-                    )
-                    .await;
+                let _ = s.write_all(reply).await;
             });
         }
     });
+    addr
+}
+
+#[tokio::test]
+async fn a_response_whose_body_fails_is_cut_short_not_ended() {
+    // A chunked head and one chunk, then the connection is closed.
+    let addr =
+        raw_upstream(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n").await;
     let gw = Gateway::start(&config("", &[addr], routes()));
     let mut s = TcpStream::connect(gw.addr).await.unwrap();
     s.write_all(b"GET /cut HTTP/1.1\r\nhost: x\r\n\r\n")
@@ -247,4 +250,33 @@ async fn a_response_whose_body_fails_is_cut_short_not_ended() {
     let got = String::from_utf8(closed_by_gateway(&mut s).await).unwrap();
     assert!(got.starts_with("HTTP/1.1 200 "), "{got}");
     assert!(got.ends_with("\r\n\r\n5\r\nhello\r\n"), "{got}");
+}
+
+#[tokio::test]
+async fn an_upstreams_own_reason_phrase_reaches_the_client() {
+    for (reply, line) in [
+        (
+            &b"HTTP/1.1 200 Fine\r\ncontent-length: 2\r\n\r\nok"[..],
+            "HTTP/1.1 200 Fine\r\n",
+        ),
+        (
+            b"HTTP/1.1 404 Gone Fishing\r\ncontent-length: 2\r\n\r\nno",
+            "HTTP/1.1 404 Gone Fishing\r\n",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            "HTTP/1.1 200 OK\r\n",
+        ),
+    ] {
+        let addr = raw_upstream(reply).await;
+        let gw = Gateway::start(&config("", &[addr], routes()));
+        let mut s = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
+        s.get_mut()
+            .write_all(b"GET /r HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (status, _, body) = response(&mut s).await;
+        assert_eq!(status, line);
+        assert_eq!(body.len(), 2);
+    }
 }
