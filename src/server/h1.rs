@@ -19,10 +19,16 @@
 //!   `date` (hyper's per-thread cache) unless the response has one;
 //! - a response `Connection: close` closes the connection after it; a body that fails
 //!   mid-way, or ends short of its length, aborts the connection (never a clean end);
-//! - the client going away (EOF) while its request is served drops the request's future,
-//!   as hyper does; bytes it sends meanwhile (a pipelined request) wait for their turn;
-//! - nothing is held while the connection is idle: the read buffer is made when a
-//!   request's bytes arrive and is gone with the request.
+//! - the client going away (EOF or an error) while its request is served, or while its
+//!   response body is awaited, drops the request's future or the body (and with it the
+//!   upstream's), as hyper does; bytes it sends meanwhile (a pipelined request) wait for
+//!   their turn;
+//! - the head goes out as soon as the body is not ready (an event stream's status before
+//!   its first event), and every write is flushed (TLS keeps written bytes until then);
+//! - a response written after shutdown was asked says `connection: close`;
+//! - an idle connection holds no read buffer of its own: a request's first read goes to
+//!   the stack, and is then kept in the allocation it filled (at most the read's size,
+//!   shared with the last request's head until that is gone).
 //!
 //! Why: hyper's server cost ~11.5k instructions per proxied keep-alive GET (callgrind,
 //! one worker) — its dispatcher, body channel and encoder are built for every case; with
@@ -92,7 +98,8 @@ where
         let Some(response) = watch_client(&mut io, &mut pending, serve_one(req)).await else {
             return Ended::Done;
         };
-        match write_response(&mut io, response).await {
+        let closing = shut.load(Ordering::Acquire);
+        match write_response(&mut io, &mut pending, response, closing).await {
             // `pending`, emptied, keeps the allocation its last read filled (the head's
             // bytes, shared until the request is gone): the next read reuses it.
             Ok(true) if !shut.load(Ordering::Acquire) => {}
@@ -255,6 +262,14 @@ where
     .await
 }
 
+/// What the wait for a response body's next frame ended with.
+enum Next<F> {
+    Frame(Option<F>),
+    /// The body is not ready and the head is not sent yet.
+    Head,
+    ClientGone,
+}
+
 /// How a response body is framed on the wire.
 #[derive(Clone, Copy, PartialEq)]
 enum Framing {
@@ -263,9 +278,15 @@ enum Framing {
 }
 
 /// Writes `response`; true if the connection can carry another request.
-async fn write_response<IO: AsyncWrite + Unpin>(
+/// Writes `response`; true if the connection can carry another request. `closing`
+/// (shutdown asked): the response says `connection: close`, as hyper's does. While the
+/// body is awaited the client is read, as while the request was served: its EOF (or an
+/// error) ends the response and drops the body, which cancels the upstream's.
+async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     io: &mut IO,
+    pending: &mut BytesMut,
     response: Response<Counted<ResponseBody>>,
+    closing: bool,
 ) -> io::Result<bool> {
     let (parts, mut body) = response.into_parts();
     let status = parts.status;
@@ -368,6 +389,10 @@ async fn write_response<IO: AsyncWrite + Unpin>(
             }
         },
     };
+    if closing && keep {
+        head.extend_from_slice(b"connection: close\r\n");
+        keep = false;
+    }
     if !wrote_date {
         head.extend_from_slice(b"date: ");
         hyper::ext::extend_with_http_date(&mut head);
@@ -377,6 +402,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     give_map(parts.headers);
     if framing == Framing::Length(0) {
         io.write_all(&head).await?;
+        io.flush().await?;
         give_head(head);
         return Ok(keep);
     }
@@ -387,7 +413,42 @@ async fn write_response<IO: AsyncWrite + Unpin>(
     let mut spare = Some(head);
     let mut head = spare.as_deref();
     loop {
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+        let next = std::future::poll_fn(|cx| {
+            // The client first, before each frame (as hyper reads before it writes): one
+            // that went away ends the response even while the body is always ready.
+            while pending.is_empty() {
+                let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+                let mut buf = ReadBuf::uninit(&mut stack);
+                match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                        return Poll::Ready(Next::ClientGone)
+                    }
+                    Poll::Ready(Ok(())) => pending.extend_from_slice(buf.filled()),
+                    Poll::Ready(Err(_)) => return Poll::Ready(Next::ClientGone),
+                    Poll::Pending => break,
+                }
+            }
+            if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
+                return Poll::Ready(Next::Frame(frame));
+            }
+            // The body is not ready: the head goes now (an event stream's client sees
+            // the status before the first event), as hyper flushes it.
+            if head.is_some() {
+                return Poll::Ready(Next::Head);
+            }
+            Poll::Pending
+        })
+        .await;
+        let frame = match next {
+            Next::Frame(frame) => frame,
+            Next::Head => {
+                io.write_all(head.unwrap_or_default()).await?;
+                io.flush().await?;
+                head = None;
+                continue;
+            }
+            Next::ClientGone => return Err(io::ErrorKind::ConnectionAborted.into()),
+        };
         let data = match frame {
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => data,
@@ -411,6 +472,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
                 left -= data.len() as u64;
                 io.write_all_buf(&mut head_bytes.chain(&data[..])).await?;
                 if left == 0 && body.is_end_stream() {
+                    io.flush().await?;
                     head = None;
                     break;
                 }
@@ -422,6 +484,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
                 io.write_all_buf(&mut out).await?;
             }
         }
+        io.flush().await?;
         head = None;
     }
     if let Some(head) = head {
@@ -437,6 +500,7 @@ async fn write_response<IO: AsyncWrite + Unpin>(
         }
         Framing::Length(_) => {}
     }
+    io.flush().await?;
     // The body is done: the request is no longer in flight.
     drop(body);
     Ok(keep)

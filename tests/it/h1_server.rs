@@ -55,6 +55,20 @@ async fn response(s: &mut BufReader<TcpStream>) -> (String, Vec<(String, String)
     (status, fields, body)
 }
 
+/// Connects to `gw`, sends a GET for `path` and reads the response's head.
+async fn get_head(gw: &Gateway, path: &str) -> (BufReader<TcpStream>, String) {
+    let mut s = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
+    s.get_mut()
+        .write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = String::new();
+    while !head.ends_with("\r\n\r\n") {
+        s.read_line(&mut head).await.unwrap();
+    }
+    (s, head)
+}
+
 fn echoed(body: &[u8]) -> serde_json::Value {
     serde_json::from_slice(body).unwrap()
 }
@@ -189,15 +203,7 @@ async fn a_client_that_leaves_mid_request_has_its_request_dropped() {
 async fn a_response_of_unknown_length_goes_out_chunked_as_it_comes() {
     let (up, release_tx) = held_stream(None, b"first;", &[b"second"]).await;
     let gw = Gateway::start(&config("", &[up.addr], routes()));
-    let mut s = BufReader::new(TcpStream::connect(gw.addr).await.unwrap());
-    s.get_mut()
-        .write_all(b"GET /s HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let mut head = String::new();
-    while !head.ends_with("\r\n\r\n") {
-        s.read_line(&mut head).await.unwrap();
-    }
+    let (mut s, head) = get_head(&gw, "/s").await;
     assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
     assert!(
         head.to_ascii_lowercase()
@@ -279,4 +285,52 @@ async fn an_upstreams_own_reason_phrase_reaches_the_client() {
         assert_eq!(status, line);
         assert_eq!(body.len(), 2);
     }
+}
+
+#[tokio::test]
+async fn a_streams_head_goes_out_before_its_first_chunk() {
+    let (up, release) = held_stream(Some("text/event-stream"), b"", &[b"data: one\n\n"]).await;
+    let gw = Gateway::start(&config("", &[up.addr], routes()));
+    // Nothing of the body has been sent: the head is there all the same.
+    let (mut s, head) = tokio::time::timeout(WAIT, get_head(&gw, "/events"))
+        .await
+        .expect("the head waited for the body");
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    release.send(()).await.unwrap();
+    let mut first = [0u8; 16];
+    s.read_exact(&mut first).await.unwrap();
+    assert_eq!(&first, b"b\r\ndata: one\n\n\r\n");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_has_the_upstream_stream_dropped() {
+    // The upstream sends one piece, then keeps its body open until it is dropped.
+    let (dropped_tx, mut dropped) = mpsc::unbounded_channel::<()>();
+    let up = Upstream::start(move |_req| {
+        let dropped_tx = dropped_tx.clone();
+        async move {
+            let (tx, rx) = mpsc::channel(4);
+            tokio::spawn(async move {
+                tx.send(bytes::Bytes::from_static(b"data: one\n\n"))
+                    .await
+                    .unwrap();
+                tx.closed().await;
+                let _ = dropped_tx.send(());
+            });
+            http::Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(stream(rx))
+                .unwrap()
+        }
+    })
+    .await;
+    let gw = Gateway::start(&config("", &[up.addr], routes()));
+    let (mut s, head) = get_head(&gw, "/events").await;
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    let mut first = [0u8; 16];
+    s.read_exact(&mut first).await.unwrap();
+    drop(s);
+    tokio::time::timeout(WAIT, dropped.recv())
+        .await
+        .expect("the upstream's stream was not dropped when the client left");
 }

@@ -238,6 +238,54 @@ async fn tls_listener_serves_h2_and_http1_next_to_a_plain_one() {
     assert_eq!(plain.json()["headers"]["x-forwarded-proto"], "http");
 }
 
+/// Responses larger than the socket takes at once reach an HTTP/1.1 client over TLS
+/// whole, one after the other on one connection (the own HTTP/1 server writes them and
+/// flushes; bytes left in TLS's buffer would leave the client waiting).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_large_http1_response_over_tls_arrives_whole() {
+    const SIZE: usize = 8 << 20;
+    let pki = Pki::new();
+    let (cert, key) = pki.issue("gateway", &["localhost"], false);
+    let up = Upstream::start(|_req| async { http::Response::new(full(vec![b'x'; SIZE])) }).await;
+    let gw = Gateway::start(&format!(
+        "[server]\nlisten = [{{ address = \"127.0.0.1:0\", cert = \"{}\", key = \"{}\" }}]\n\n\
+         [[upstreams]]\nname = \"up\"\ntargets = [{{ address = \"{}\" }}]\n\n{ROUTE}",
+        cert.display(),
+        key.display(),
+        up.addr
+    ));
+    let tls_addr = gw.tls_addr.expect("`listening on https://` announced");
+    let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(pki.roots())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect(tls_addr).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for _ in 0..2 {
+        let req = Request::get("/v1/big")
+            .header("host", "localhost")
+            .body(Full::<Bytes>::default())
+            .unwrap();
+        let body = tokio::time::timeout(WAIT, async {
+            send.ready().await.unwrap();
+            let resp = send.send_request(req).await.unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes()
+        })
+        .await
+        .expect("the response did not arrive whole");
+        assert_eq!(body.len(), SIZE);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn unfinished_tls_handshakes_are_cut_after_the_timeout() {
     use tokio::io::AsyncReadExt as _;
