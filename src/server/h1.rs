@@ -246,20 +246,38 @@ where
         if let Poll::Ready(Ok(r)) = served.as_mut().poll(cx) {
             return Poll::Ready(Some(r));
         }
-        while open && pending.is_empty() {
-            let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); 512];
-            let mut buf = ReadBuf::uninit(&mut stack);
-            match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(None),
-                Poll::Ready(Ok(())) => pending.extend_from_slice(buf.filled()),
+        if open {
+            match poll_client(io, pending, cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(None),
                 // A read error: the connection is gone; its write will say so.
                 Poll::Ready(Err(_)) => open = false,
-                Poll::Pending => break,
+                Poll::Pending => {}
             }
         }
         Poll::Pending
     })
     .await
+}
+
+/// Reads what the client sends while its request is served, into `pending` (a pipelined
+/// request; hyper stops reading once some is buffered, and so does this): ready with
+/// `Ok` when it closed, `Err` when the read failed, pending while it is still there.
+fn poll_client<IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    pending: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<io::Result<()>> {
+    while pending.is_empty() {
+        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); 512];
+        let mut buf = ReadBuf::uninit(&mut stack);
+        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
+            Poll::Ready(Ok(())) => pending.extend_from_slice(buf.filled()),
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => break,
+        }
+    }
+    Poll::Pending
 }
 
 /// What the wait for a response body's next frame ended with.
@@ -416,17 +434,8 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
         let next = std::future::poll_fn(|cx| {
             // The client first, before each frame (as hyper reads before it writes): one
             // that went away ends the response even while the body is always ready.
-            while pending.is_empty() {
-                let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); 512];
-                let mut buf = ReadBuf::uninit(&mut stack);
-                match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-                    Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                        return Poll::Ready(Next::ClientGone)
-                    }
-                    Poll::Ready(Ok(())) => pending.extend_from_slice(buf.filled()),
-                    Poll::Ready(Err(_)) => return Poll::Ready(Next::ClientGone),
-                    Poll::Pending => break,
-                }
+            if poll_client(io, pending, cx).is_ready() {
+                return Poll::Ready(Next::ClientGone);
             }
             if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
                 return Poll::Ready(Next::Frame(frame));
