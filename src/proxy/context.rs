@@ -140,7 +140,7 @@ impl<'g> RequestCtx<'g> {
     /// The access-log record, if access logging is on.
     pub(super) fn access_log(&mut self, status: http::StatusCode) -> Option<Box<AccessLog>> {
         let path = self.log_path.take()?;
-        Some(Box::new(AccessLog {
+        Some(super::boxed_with(|| AccessLog {
             start: self.start,
             client: self.client.addr,
             method: self.method.clone(),
@@ -253,7 +253,7 @@ impl ClientRequest {
             head.headers
                 .insert(headers::X_REQUEST_ID, ctx.request_id.clone());
         }
-        Ok(Box::new(ClientRequest {
+        Ok(super::boxed_with(|| ClientRequest {
             head,
             target: Target {
                 uri,

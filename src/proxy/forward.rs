@@ -41,17 +41,17 @@ impl Gateway {
         async move {
             // What only some routes do is boxed (see `Gateway::process`).
             if route.config.ai.is_some() {
-                ctx.ai = Box::pin(super::model::read_call(route, &mut req)).await?;
+                ctx.ai = super::boxed(|| super::model::read_call(route, &mut req)).await?;
             }
             if !route.limits.is_empty() {
-                Box::pin(admit(route, &req, ctx)).await?;
+                super::boxed(|| admit(route, &req, ctx)).await?;
             }
             if route.config.composite.is_some() {
-                Box::pin(self.forward_composite(route, req, ctx)).await
+                super::boxed(|| self.forward_composite(route, req, ctx)).await
             } else if route.config.fallback.is_empty() {
                 self.forward_to(route, self.upstream(route), req, ctx).await
             } else {
-                Box::pin(self.forward_with_fallback(route, req, ctx)).await
+                super::boxed(|| self.forward_with_fallback(route, req, ctx)).await
             }
         }
     }
@@ -77,8 +77,9 @@ impl Gateway {
                 }
                 // Boxed: the try loop's state is the largest part of the request's
                 // future, and each enclosing future copies its child's state into place
-                // when it starts it.
-                (handshake, Box::pin(upstream.call(client, call)))
+                // when it starts it. The box is made first and the future made in it
+                // (`boxed`).
+                (handshake, super::boxed(|| upstream.call(client, call)))
             };
             let called = called.await;
             ctx.endpoint = called.endpoint;

@@ -257,7 +257,7 @@ impl Gateway {
         if self.pools(route).is_empty() {
             return self.forward(route, req, ctx).await;
         }
-        Box::pin(self.plugin_phases(route, req, ctx)).await
+        boxed(|| self.plugin_phases(route, req, ctx)).await
     }
 
     /// The phases of a route with plugins: the request chain, the forward (unless a plugin
@@ -286,11 +286,11 @@ impl Gateway {
         // Response hooks see the gateway's own error responses too.
         let response = response.unwrap_or_else(|e| ctx.fail(e));
         let streaming = std::mem::take(&mut passed.streaming);
-        let response = Box::pin(self.response_chain(passed, response, ctx)).await;
+        let response = boxed(|| self.response_chain(passed, response, ctx)).await;
         if streaming.is_empty() {
             return Ok(response);
         }
-        Ok(Box::pin(self.event_chain(&streaming, route, path, response, ctx)).await)
+        Ok(boxed(|| self.event_chain(&streaming, route, path, response, ctx)).await)
     }
 }
 
@@ -299,4 +299,19 @@ impl Tables {
     pub fn routes(&self) -> &[RouteEntry] {
         self.router.routes()
     }
+}
+
+/// `Box::new(make())`, with the box allocated before the value is made, so that the
+/// compiler can make it in place: `Box::new(value)` makes the value on the stack first and
+/// then copies it into the new box. For a future not yet started that copy is of its whole
+/// size (its largest state), though it holds only its arguments: ~3 KB for the try loop.
+#[inline(always)]
+pub fn boxed_with<T>(make: impl FnOnce() -> T) -> Box<T> {
+    Box::write(Box::new_uninit(), make())
+}
+
+/// `Box::pin(make())`, made in place as [`boxed_with`] makes it.
+#[inline(always)]
+pub fn boxed<T>(make: impl FnOnce() -> T) -> std::pin::Pin<Box<T>> {
+    Box::into_pin(boxed_with(make))
 }

@@ -395,7 +395,7 @@ async fn worker(
                 let handler = move |req: Request<Incoming>, in_flight: InFlight| -> Handling {
                     let gw = slot.load_full();
                     let client = client.clone();
-                    Box::pin(async move {
+                    crate::proxy::boxed(|| async move {
                         let response = gw.handle(req, &client).await;
                         Ok(response.map(|b| Counted::new(b, in_flight)))
                     })
