@@ -334,7 +334,11 @@ pub fn request_id(h: &HeaderMap, present: Present) -> HeaderValue {
     let mut buf = [0u8; 32];
     buf[..16].copy_from_slice(prefix);
     hex_into(&n.to_be_bytes(), &mut buf[16..]);
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    // Shared from the start (`Bytes::from_owner`): the id is cloned for the upstream's
+    // head (and the access log), and a value copied into a `Vec`-backed `Bytes`
+    // (`from_bytes`) allocates again on its first clone to become shared.
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
+        .expect("hex is a valid header value")
 }
 
 #[cfg(test)]
