@@ -123,19 +123,23 @@ async fn read_first<IO: AsyncRead + Unpin>(
         if shut.load(Ordering::Acquire) {
             return Poll::Ready(Ok(false));
         }
-        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
-        let mut buf = ReadBuf::uninit(&mut stack);
-        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) if buf.filled().is_empty() => Poll::Ready(Ok(false)),
-            Poll::Ready(Ok(())) => {
-                into.extend_from_slice(buf.filled());
-                Poll::Ready(Ok(true))
-            }
-            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-            Poll::Pending => Poll::Pending,
-        }
+        read_into::<FIRST_READ, _>(io, into, cx)
     })
     .await
+}
+
+/// One read of at most `N` bytes into the stack, appended to `into`: ready with true if
+/// bytes came, false at EOF.
+fn read_into<const N: usize, IO: AsyncRead + Unpin>(
+    io: &mut IO,
+    into: &mut BytesMut,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<io::Result<bool>> {
+    let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); N];
+    let mut buf = ReadBuf::uninit(&mut stack);
+    std::task::ready!(Pin::new(io).poll_read(cx, &mut buf))?;
+    into.extend_from_slice(buf.filled());
+    Poll::Ready(Ok(!buf.filled().is_empty()))
 }
 
 /// Parses the head at the start of `buf` if it is a plain request (see the module); on
@@ -268,11 +272,9 @@ fn poll_client<IO: AsyncRead + Unpin>(
     cx: &mut std::task::Context<'_>,
 ) -> Poll<io::Result<()>> {
     while pending.is_empty() {
-        let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); 512];
-        let mut buf = ReadBuf::uninit(&mut stack);
-        match Pin::new(&mut *io).poll_read(cx, &mut buf) {
-            Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(Ok(())),
-            Poll::Ready(Ok(())) => pending.extend_from_slice(buf.filled()),
+        match read_into::<512, _>(io, pending, cx) {
+            Poll::Ready(Ok(true)) => {}
+            Poll::Ready(Ok(false)) => return Poll::Ready(Ok(())),
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => break,
         }
@@ -295,7 +297,6 @@ enum Framing {
     Chunked,
 }
 
-/// Writes `response`; true if the connection can carry another request.
 /// Writes `response`; true if the connection can carry another request. `closing`
 /// (shutdown asked): the response says `connection: close`, as hyper's does. While the
 /// body is awaited the client is read, as while the request was served: its EOF (or an
@@ -428,8 +429,9 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
         Framing::Length(n) => n,
         Framing::Chunked => u64::MAX,
     };
-    let mut spare = Some(head);
-    let mut head = spare.as_deref();
+    let buffer = head;
+    // The head until it is written (alone, or with the first frame).
+    let mut head = Some(&buffer[..]);
     loop {
         let next = std::future::poll_fn(|cx| {
             // The client first, before each frame (as hyper reads before it writes): one
@@ -499,9 +501,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     if let Some(head) = head {
         io.write_all(head).await?;
     }
-    if let Some(spare) = spare.take() {
-        give_head(spare);
-    }
+    give_head(buffer);
     match framing {
         Framing::Chunked => io.write_all(b"0\r\n\r\n").await?,
         Framing::Length(_) if left > 0 => {

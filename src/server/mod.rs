@@ -476,15 +476,14 @@ async fn serve<IO, H, F>(
         let builder = builder.clone();
         Box::pin(OwnH1 {
             served: async move {
-                let serve_one = |req| handler(req, requests.request());
+                let serve_one = move |req| handler(req, requests.request());
                 let io = match h1::serve(io, &serve_one, &flag, max_head).await {
                     h1::Ended::Done => return Ok(()),
                     h1::Ended::HandOff(io) => io,
                 };
-                let svc = service_fn(move |req| handler(req, requests.request()));
                 let conn = builder
                     .h1
-                    .serve_connection(TokioIo::new(io), svc)
+                    .serve_connection(TokioIo::new(io), service_fn(serve_one))
                     .with_upgrades();
                 let mut conn = std::pin::pin!(conn);
                 let mut shut_down = false;

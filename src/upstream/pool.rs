@@ -140,10 +140,7 @@ impl Http1Pool {
                     self.start_reaper();
                     let back = self.back(&self.own, authority);
                     let (parts, body) = h1::Body::new(conn, answer, back);
-                    return Ok(Response::from_parts(
-                        parts,
-                        PooledBody::Own(crate::proxy::boxed_with(|| body)),
-                    ));
+                    return Ok(Response::from_parts(parts, PooledBody::Own(Box::new(body))));
                 }
                 Err(e) if pooled && !e.received && idempotent && body.resendable() => {
                     // The next connection's age is judged now, not at the try's start.
