@@ -40,7 +40,7 @@ type HyperConn = SendRequest<UpstreamBody>;
 
 pub struct Http1Pool {
     /// Connections of the gateway's own client (`h1`), and hyper's.
-    own: Shared<h1::Conn>,
+    own: Shared<Box<h1::Conn>>,
     idle: Shared<HyperConn>,
     connector: HttpConnector,
     idle_timeout: Duration,
@@ -256,7 +256,7 @@ impl Http1Pool {
                 let (Some(own), Some(hyper)) = (own.upgrade(), hyper.upgrade()) else {
                     return;
                 };
-                reap(&own, every, h1::Conn::is_idle);
+                reap(&own, every, |c| c.is_idle());
                 reap(&hyper, every, |c| !c.is_closed());
             }
         });
