@@ -20,6 +20,7 @@ pub mod proxy;
 pub mod router;
 pub mod scaffold;
 pub mod server;
+pub mod spares;
 pub mod tls;
 pub mod upstream;
 

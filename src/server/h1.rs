@@ -38,7 +38,7 @@ use super::connection::{Counted, Prefixed};
 use crate::proxy::body::ResponseBody;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
-use http::{HeaderMap, Method, Request, Response, StatusCode, Uri, Version};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
 use std::cell::RefCell;
@@ -194,7 +194,7 @@ fn plain(head: &Bytes) -> Option<(Request<Incoming>, u64)> {
     }
     let path = req.path.filter(|p| p.starts_with('/'))?;
     let uri = Uri::from_maybe_shared(head.slice_ref(path.as_bytes())).ok()?;
-    let mut headers = spare_map();
+    let mut headers = crate::spares::map();
     let mut length = None;
     for f in req.headers.iter() {
         let name = f.name.as_bytes();
@@ -418,7 +418,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    give_map(parts.headers);
+    crate::spares::give_map(parts.headers);
     if framing == Framing::Length(0) {
         io.write_all(&head).await?;
         io.flush().await?;
@@ -540,36 +540,15 @@ fn connection_close(value: &HeaderValue) -> bool {
 }
 
 thread_local! {
-    /// Header maps of responses written, cleared, for the next requests read on this
-    /// thread (hyper's server kept a connection's last response map for its next request:
-    /// a map made and dropped per request costs ~700 instructions).
-    static SPARE_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
-    /// Response head buffers, the same way.
+    /// Response head buffers written, cleared, for the next responses on this thread (as
+    /// header maps are kept: `crate::spares`).
     static SPARE_HEADS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Spares kept per thread, of each kind.
+/// Head buffers kept per thread.
 const SPARES: usize = 64;
-/// A larger map or head buffer is not kept.
-const SPARE_MAP_FIELDS: usize = 64;
+/// A larger head buffer is not kept.
 const SPARE_HEAD_BYTES: usize = 4096;
-
-fn spare_map() -> HeaderMap {
-    SPARE_MAPS
-        .with_borrow_mut(Vec::pop)
-        .unwrap_or_else(|| HeaderMap::with_capacity(16))
-}
-
-fn give_map(mut map: HeaderMap) {
-    if map.capacity() <= SPARE_MAP_FIELDS {
-        map.clear();
-        SPARE_MAPS.with_borrow_mut(|s| {
-            if s.len() < SPARES {
-                s.push(map)
-            }
-        });
-    }
-}
 
 fn give_head(mut head: Vec<u8>) {
     if head.capacity() <= SPARE_HEAD_BYTES {

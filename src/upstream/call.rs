@@ -140,14 +140,14 @@ impl Upstream {
                 b.deposit(self.clock.at(start));
             }
             let idempotent = idempotent(&call.head.method);
-            let mut template = Some(std::mem::replace(&mut call.head, empty_head()));
+            let mut template = Template(Some(std::mem::replace(&mut call.head, empty_head())));
             let mut tried: Vec<Arc<Endpoint>> = Vec::new();
             let mut last: Option<TryError> = None;
             let mut endpoint_name = None;
             let done = |endpoint, result| Called { endpoint, result };
             for try_no in 1..=attempts {
                 // A try whose client consumed the template and kept it ends the tries.
-                if template.is_none() {
+                if template.0.is_none() {
                     break;
                 }
                 let sent = match try_no {
@@ -182,7 +182,7 @@ impl Upstream {
                     keep_head: try_no < attempts && (idempotent || !client.gives_back_unsent()),
                 };
                 let attempt =
-                    Self::send_try(client, &mut call, &mut template, &endpoint, bounds).await;
+                    Self::send_try(client, &mut call, &mut template.0, &endpoint, bounds).await;
                 let outcome = match &attempt {
                     Ok(resp) => Outcome::Status(resp.status().as_u16()),
                     Err(e) => e.outcome(),
@@ -315,6 +315,19 @@ struct TryBounds {
     keep_body: bool,
     /// A later try may need the head: the client gives it back.
     keep_head: bool,
+}
+
+/// The head each try of a call is lent. A head still here when the call ends (a later
+/// try might have needed it) gives its map to the thread's spares, for the next request
+/// read or response head received.
+struct Template(Option<http::request::Parts>);
+
+impl Drop for Template {
+    fn drop(&mut self) {
+        if let Some(head) = self.0.take() {
+            crate::spares::give_map(head.headers);
+        }
+    }
 }
 
 /// A placeholder head (the call's own is taken as the template of its tries).

@@ -256,11 +256,10 @@ impl Conn {
                 received: true,
             };
             let headers = match keep {
-                // As large as the request's map: hyper's server keeps a response's map
-                // for the connection's next request, which then has room for the
-                // headers the gateway adds (a map grown per request cost ~1k
-                // instructions: callgrind).
-                true => HeaderMap::with_capacity(head.headers.len().max(self.fields.len())),
+                // A spare map (`crate::spares`; the try loop gives the request's back when
+                // the call ends), which `into_parts` makes room in for the response's
+                // fields: a map made per request cost ~1k instructions (callgrind).
+                true => crate::spares::map(),
                 false => {
                     let mut map = std::mem::take(&mut head.headers);
                     map.clear();
