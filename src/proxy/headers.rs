@@ -313,15 +313,18 @@ pub fn set_forwarded(
     }
 }
 
-/// The request's id: the client's `X-Request-Id` when it is sane (1–128 visible ASCII
-/// characters), else a new one (process-random prefix + counter, 32 hex digits).
-pub fn request_id(h: &HeaderMap, present: Present) -> HeaderValue {
-    if let Some(v) = present.request_id().then(|| h.get(&X_REQUEST_ID)).flatten() {
-        let b = v.as_bytes();
-        if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
-            return v.clone();
-        }
-    }
+/// The client's `X-Request-Id`, if it is sane (1–128 visible ASCII characters).
+pub fn client_request_id(h: &HeaderMap, present: Present) -> Option<HeaderValue> {
+    let v = present
+        .request_id()
+        .then(|| h.get(&X_REQUEST_ID))
+        .flatten()?;
+    let b = v.as_bytes();
+    (!b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())).then(|| v.clone())
+}
+
+/// A new request id: a process-random prefix and a counter, 32 hex digits.
+pub fn new_request_id() -> [u8; 32] {
     // The prefix's hex digits are written once per process.
     static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -334,16 +337,18 @@ pub fn request_id(h: &HeaderMap, present: Present) -> HeaderValue {
     let mut buf = [0u8; 32];
     buf[..16].copy_from_slice(prefix);
     hex_into(&n.to_be_bytes(), &mut buf[16..]);
-    // Shared from the start (`Bytes::from_owner`): the id is cloned for the upstream's
-    // head (and the access log), and a value copied into a `Vec`-backed `Bytes`
-    // (`from_bytes`) allocates again on its first clone to become shared.
-    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(buf))
-        .expect("hex is a valid header value")
+    buf
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The request's id as `RequestCtx::new` makes it: the client's when sane, else new.
+    fn request_id(h: &HeaderMap, present: Present) -> HeaderValue {
+        client_request_id(h, present)
+            .unwrap_or_else(|| HeaderValue::from_bytes(&new_request_id()).unwrap())
+    }
 
     #[test]
     fn strips_connection_named_and_hop_by_hop() {

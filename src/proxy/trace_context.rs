@@ -45,12 +45,16 @@ pub struct Parent {
     pub flags: u8,
 }
 
+/// A `traceparent` value's bytes (valid as a header value: lowercase hex and `-`).
+pub type Traceparent = [u8; 55];
+
 /// Moves the request's trace context on to this hop: rewrites its `tracestate` in `h`,
 /// removes the client's `traceparent`, and returns the trace id of this request and the
-/// `traceparent` it goes upstream with (the caller adds it: `RequestCtx::own_fields`).
+/// `traceparent` it goes upstream with (the caller makes it a value and adds it:
+/// `RequestCtx::new`, `RequestCtx::own_fields`).
 ///
 /// `present` says which of the two the head has (a name it lacks is not looked up).
-pub fn propagate(h: &mut HeaderMap, present: Present) -> (TraceId, HeaderValue) {
+pub fn propagate(h: &mut HeaderMap, present: Present) -> (TraceId, Traceparent) {
     let parent = match present.traceparent() {
         true => {
             let mut values = h.get_all(&TRACEPARENT).iter();
@@ -218,12 +222,12 @@ fn random_nonzero<const N: usize>() -> [u8; N] {
     b
 }
 
-fn format_traceparent(trace_id: &[u8; 16], parent_id: &[u8; 8], flags: u8) -> HeaderValue {
+fn format_traceparent(trace_id: &[u8; 16], parent_id: &[u8; 8], flags: u8) -> Traceparent {
     let mut buf = *b"00-00000000000000000000000000000000-0000000000000000-00";
     hex_into(trace_id, &mut buf[3..35]);
     hex_into(parent_id, &mut buf[36..52]);
     hex_into(&[flags], &mut buf[53..55]);
-    HeaderValue::from_bytes(&buf).expect("hex is a valid header value")
+    buf
 }
 
 pub(crate) fn hex_into(bytes: &[u8], out: &mut [u8]) {
@@ -265,7 +269,7 @@ mod tests {
     fn propagate(h: &mut HeaderMap) -> TraceId {
         let present = Present::of(h);
         let (id, traceparent) = super::propagate(h, present);
-        h.append(TRACEPARENT, traceparent);
+        h.append(TRACEPARENT, HeaderValue::from_bytes(&traceparent).unwrap());
         id
     }
 
