@@ -166,16 +166,13 @@ EOF
 
 # run_one NAME COUNT CMD...: the proxy under callgrind, COUNT requests, total Ir printed.
 run_one() {
-  local name=$1 count=$2 i pid
+  local name=$1 count=$2 pid
   shift 2
   local out="$OUT/$name-$count.callgrind"
   valgrind --tool=callgrind --callgrind-out-file="$out" ${CALLGRIND_ARGS:-} "$@" >"$TMP/$name-$count.log" 2>&1 &
   pid=$!
-  for ((i = 0; i < 600; i++)); do
-    kill -0 "$pid" 2>/dev/null || { tail -n 20 "$TMP/$name-$count.log" >&2; die "$name exited before accepting"; }
-    (exec 3<>"/dev/tcp/127.0.0.1/$PX_PORT") 2>/dev/null && break
-    sleep 0.1
-  done
+  # A process under valgrind starts slowly: up to a minute.
+  WAIT_TRIES=600 wait_port "$PX_PORT" "$pid" "$TMP/$name-$count.log" "$name under callgrind"
   python3 "$TMP/client.py" "$PX_PORT" "$count" "$POST" || die "$name: the client failed"
   kill -TERM "$pid"
   wait "$pid" || true

@@ -8,8 +8,8 @@
 #   need_apt CMD[:PKG] ...   installs the Debian packages of the missing commands (root)
 #   free_ports N             N free 127.0.0.1 ports, space-separated
 #   wait_port PORT [PID [LOG [NAME]]]
-#                            waits (~10 s) until PORT accepts; fails early, showing LOG,
-#                            when PID exits first
+#                            waits (~10 s; WAIT_TRIES x 0.1 s) until PORT accepts; fails
+#                            early, showing LOG, when PID exits first
 #   bench_tmp PREFIX         makes TMP, a fresh /tmp dir nginx workers can read
 #   stop_pid PID             stops one process started into PIDS (TERM, then KILL)
 #   to_seconds DURATION      wrk's 10s / 2m / 1h in seconds
@@ -57,7 +57,7 @@ print(" ".join(map(str, ports)), flush=True)' "$1"
 
 wait_port() {
   local port=$1 pid=${2:-} logf=${3:-} name=${4:-process ${2:-}} i
-  for ((i = 0; i < 100; i++)); do
+  for ((i = 0; i < ${WAIT_TRIES:-100}; i++)); do
     if [[ -n $pid ]] && ! kill -0 "$pid" 2>/dev/null; then
       [[ -n $logf ]] && { echo "--- $logf ---" >&2; tail -n 30 "$logf" >&2 || true; }
       die "$name exited before accepting connections on 127.0.0.1:$port"
@@ -66,7 +66,7 @@ wait_port() {
     sleep 0.1
   done
   [[ -n $logf ]] && { echo "--- $logf ---" >&2; tail -n 30 "$logf" >&2 || true; }
-  die "nothing accepts connections on 127.0.0.1:$port after 10 s${OUT:+ (logs in $OUT)}"
+  die "nothing accepts connections on 127.0.0.1:$port after $(( ${WAIT_TRIES:-100} / 10 )) s${OUT:+ (logs in $OUT)}"
 }
 
 bench_cleanup() {

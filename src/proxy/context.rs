@@ -176,12 +176,12 @@ fn own_values(
     if let Some(id) = headers::client_request_id(h, present) {
         return (id, value(Bytes::from_owner(traceparent)));
     }
-    const ID: usize = 32;
-    let mut both = [0u8; ID + 55];
-    both[..ID].copy_from_slice(&headers::new_request_id());
-    both[ID..].copy_from_slice(&traceparent);
+    let id = headers::new_request_id();
+    let mut both = [0u8; size_of::<headers::RequestId>() + size_of::<trace_context::Traceparent>()];
+    both[..id.len()].copy_from_slice(&id);
+    both[id.len()..].copy_from_slice(&traceparent);
     let both = Bytes::from_owner(both);
-    (value(both.slice(..ID)), value(both.slice(ID..)))
+    (value(both.slice(..id.len())), value(both.slice(id.len()..)))
 }
 
 /// The client's request as the phases see it: its head (which becomes the upstream

@@ -323,8 +323,11 @@ pub fn client_request_id(h: &HeaderMap, present: Present) -> Option<HeaderValue>
     (!b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())).then(|| v.clone())
 }
 
+/// A generated request id's bytes (32 lowercase hex digits).
+pub type RequestId = [u8; 32];
+
 /// A new request id: a process-random prefix and a counter, 32 hex digits.
-pub fn new_request_id() -> [u8; 32] {
+pub fn new_request_id() -> RequestId {
     // The prefix's hex digits are written once per process.
     static PREFIX: OnceLock<[u8; 16]> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);

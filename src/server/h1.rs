@@ -41,7 +41,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
-use std::cell::RefCell;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -312,7 +311,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     let can_have_body = !(status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED);
-    let mut head = SPARE_HEADS.with_borrow_mut(Vec::pop).unwrap_or_default();
+    let mut head = crate::spares::head();
     if status.is_informational() {
         // As hyper: a 1xx cannot be a response here (an upgrade's 101 is hyper's), so the
         // client gets a 500 and the connection ends.
@@ -422,7 +421,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     if framing == Framing::Length(0) {
         io.write_all(&head).await?;
         io.flush().await?;
-        give_head(head);
+        crate::spares::give_head(head);
         return Ok(keep);
     }
     let mut left = match framing {
@@ -501,7 +500,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     if let Some(head) = head {
         io.write_all(head).await?;
     }
-    give_head(buffer);
+    crate::spares::give_head(buffer);
     match framing {
         Framing::Chunked => io.write_all(b"0\r\n\r\n").await?,
         Framing::Length(_) if left > 0 => {
@@ -537,26 +536,4 @@ fn connection_close(value: &HeaderValue) -> bool {
         .as_bytes()
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-}
-
-thread_local! {
-    /// Response head buffers written, cleared, for the next responses on this thread (as
-    /// header maps are kept: `crate::spares`).
-    static SPARE_HEADS: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Head buffers kept per thread.
-const SPARES: usize = 64;
-/// A larger head buffer is not kept.
-const SPARE_HEAD_BYTES: usize = 4096;
-
-fn give_head(mut head: Vec<u8>) {
-    if head.capacity() <= SPARE_HEAD_BYTES {
-        head.clear();
-        SPARE_HEADS.with_borrow_mut(|s| {
-            if s.len() < SPARES {
-                s.push(head)
-            }
-        });
-    }
 }

@@ -343,7 +343,7 @@ impl<C> Return<C> {
 /// Both kinds are boxed, so the body is 16 bytes and a `Response<PooledBody>` 128: the
 /// response is moved whole several times between the client and the proxy (the try's
 /// result, the retry loop's match, the answer, the call's result), and above 128 bytes
-/// each move is a `memcpy` call (the own client's body holds its connection: 216 bytes).
+/// each move is a `memcpy` call.
 pub enum PooledBody {
     /// Read by the gateway's own client.
     Own(Box<h1::Body>),
