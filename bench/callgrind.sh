@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # bench/callgrind.sh — instructions per request: Portcullis and nginx as the proxy,
-# each under callgrind, one worker, one keep-alive client sending one request at a time.
+# each under callgrind, one worker, keep-alive clients each sending one request at a time.
 #
 # Wall-clock benchmarks on a shared 2-core VM spread by ±6% from run to run; callgrind
 # counts instructions, which repeat to a few per request for the same binary and input.
@@ -20,6 +20,7 @@
 #   ACCESS_LOG=1 bash bench/callgrind.sh               # both proxies log each request
 #   BASELINE_BIN=/path/to/old/portcullis bash bench/callgrind.sh
 #   POST=1 bash bench/callgrind.sh                     # a 1 KB JSON POST instead of a GET
+#   CONNS=32 bash bench/callgrind.sh                   # 32 connections at once, as under load
 #
 # Env knobs:
 #   PORTCULLIS_BIN  gateway binary [target/profiling/portcullis, built with
@@ -29,6 +30,9 @@
 #   ACCESS_LOG      1 = nginx `access_log FILE combined buffer=64k flush=1s`,
 #                   Portcullis `server.access_log` to a file at --log-level info [0]
 #   POST            1 = POST a 1 KB JSON body                                   [0]
+#   CONNS           client connections at once, each sending its share of the
+#                   requests one at a time; with more than one, one wake-up of a
+#                   worker serves several requests, as under load            [1]
 #   SKIP_NGINX      1 = measure only the Portcullis build(s)                     [0]
 #   CALLGRIND_ARGS  more valgrind options, e.g. `--dump-instr=yes` (then
 #                   `addr2line -i -f -e BIN ADDR` names the inlined frames of a cost) []
@@ -38,6 +42,7 @@ FEW=${FEW:-200}
 MANY=${MANY:-1000}
 ACCESS_LOG=${ACCESS_LOG:-0}
 POST=${POST:-0}
+CONNS=${CONNS:-1}
 SKIP_NGINX=${SKIP_NGINX:-0}
 DEFAULT_BIN=target/profiling/portcullis
 BIN=${PORTCULLIS_BIN:-$DEFAULT_BIN}
@@ -50,6 +55,9 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 [[ $MANY =~ ^[1-9][0-9]*$ ]] || die "MANY must be a positive integer (got '$MANY')"
 [[ $ACCESS_LOG == 0 || $ACCESS_LOG == 1 ]] || die "ACCESS_LOG must be 0 or 1 (got '$ACCESS_LOG')"
 [[ $POST == 0 || $POST == 1 ]] || die "POST must be 0 or 1 (got '$POST')"
+[[ $CONNS =~ ^[1-9][0-9]*$ ]] || die "CONNS must be a positive integer (got '$CONNS')"
+# Both runs open every connection, so that its set-up and close cancel out.
+(( CONNS <= FEW )) || die "CONNS ($CONNS) must not exceed FEW ($FEW)"
 
 need_apt nginx valgrind
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
@@ -132,7 +140,7 @@ EOF
 
 # --- the client: N requests, one at a time, on one keep-alive connection -------------
 cat >"$TMP/client.py" <<'EOF'
-import socket, sys
+import socket, sys, threading
 port, n, post = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3] == "1"
 if post:
     body = b'{"model":"m","messages":[{"role":"user","content":"' + b"x" * 960 + b'"}]}'
@@ -140,28 +148,47 @@ if post:
            b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 else:
     req = b"GET / HTTP/1.1\r\nHost: bench\r\nUser-Agent: callgrind-bench\r\nAccept: */*\r\n\r\n"
-s = socket.create_connection(("127.0.0.1", port))
-buf = b""
-for _ in range(n):
-    s.sendall(req)
-    while b"\r\n\r\n" not in buf:
-        chunk = s.recv(65536)
-        if not chunk:
-            sys.exit("connection closed before a response head")
-        buf += chunk
-    head, _, buf = buf.partition(b"\r\n\r\n")
-    status = head.split(b" ", 2)[1]
-    if status != b"200":
-        sys.exit("status " + status.decode())
-    length = next(int(l.split(b":", 1)[1]) for l in head.split(b"\r\n")[1:]
-                  if l.lower().startswith(b"content-length:"))
-    while len(buf) < length:
-        chunk = s.recv(65536)
-        if not chunk:
-            sys.exit("connection closed in a response body")
-        buf += chunk
-    buf = buf[length:]
-s.close()
+conns = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+failed = []
+
+def run(count):
+    try:
+        one(count)
+    except BaseException as e:  # reported by the main thread
+        failed.append(repr(e))
+
+def one(count):
+    s = socket.create_connection(("127.0.0.1", port))
+    buf = b""
+    for _ in range(count):
+        s.sendall(req)
+        while b"\r\n\r\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise SystemExit("connection closed before a response head")
+            buf += chunk
+        head, _, buf = buf.partition(b"\r\n\r\n")
+        status = head.split(b" ", 2)[1]
+        if status != b"200":
+            raise SystemExit("status " + status.decode())
+        length = next(int(l.split(b":", 1)[1]) for l in head.split(b"\r\n")[1:]
+                      if l.lower().startswith(b"content-length:"))
+        while len(buf) < length:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise SystemExit("connection closed in a response body")
+            buf += chunk
+        buf = buf[length:]
+    s.close()
+
+# CONNS connections at once, each sending its share one request at a time.
+threads = [threading.Thread(target=run, args=(n // conns + (i < n % conns),)) for i in range(conns)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+if failed:
+    sys.exit(failed[0])
 EOF
 
 # run_one NAME COUNT CMD...: the proxy under callgrind, COUNT requests, total Ir printed.
@@ -173,7 +200,7 @@ run_one() {
   pid=$!
   # A process under valgrind starts slowly: up to a minute.
   WAIT_TRIES=600 wait_port "$PX_PORT" "$pid" "$TMP/$name-$count.log" "$name under callgrind"
-  python3 "$TMP/client.py" "$PX_PORT" "$count" "$POST" || die "$name: the client failed"
+  python3 "$TMP/client.py" "$PX_PORT" "$count" "$POST" "$CONNS" || die "$name: the client failed"
   kill -TERM "$pid"
   wait "$pid" || true
   [[ -s $out ]] || die "$name: callgrind wrote no output (log: $TMP/$name-$count.log)"
@@ -195,9 +222,9 @@ per_request() {
 
 what=GET
 [[ $POST == 1 ]] && what="POST of a 1 KB JSON body"
-log "callgrind, one worker, $what, one at a time on one connection; access log $([[ $ACCESS_LOG == 1 ]] && echo on || echo off)"
+log "callgrind, one worker, $what, one at a time on each of $CONNS connection(s); access log $([[ $ACCESS_LOG == 1 ]] && echo on || echo off)"
 {
-  echo "Portcullis callgrind benchmark $STAMP: $what, access log $([[ $ACCESS_LOG == 1 ]] && echo on || echo off)"
+  echo "Portcullis callgrind benchmark $STAMP: $what on $CONNS connection(s), access log $([[ $ACCESS_LOG == 1 ]] && echo on || echo off)"
   if [[ $SKIP_NGINX != 1 ]]; then
     per_request nginx "$NGINX" -p "$TMP/" -e "$TMP/proxy-error.log" -c "$TMP/proxy-nginx.conf" -g 'daemon off;'
   fi
