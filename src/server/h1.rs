@@ -46,7 +46,6 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::LazyLock;
 use std::task::Poll;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
@@ -142,43 +141,48 @@ fn read_into<const N: usize, IO: AsyncRead + Unpin>(
 }
 
 /// Parses the head at the start of `buf` if it is a plain request (see the module); on
-/// success the head's bytes leave `buf` (the request's field values share them). `None`:
-/// hand the connection to hyper.
+/// success the head's bytes (and the body's) leave `buf`, and the request's field values
+/// and body share them. `None`: hand the connection to hyper, with `buf` as it was.
 fn parse(buf: &mut BytesMut, max_head: usize) -> Option<Request<Incoming>> {
-    // The head is split off first (a head with bare LF line ends is hyper's), so that the
-    // parse borrows what the field values are then slices of.
-    static END: LazyLock<memchr::memmem::Finder<'static>> =
-        LazyLock::new(|| memchr::memmem::Finder::new(b"\r\n\r\n"));
-    let len = match END.find(buf) {
-        Some(end) if end + 4 <= max_head => end + 4,
-        _ => return None,
-    };
-    let head = buf.split_to(len).freeze();
-    // A body must be here whole: one that is still coming is hyper's to stream.
-    let req = plain(&head).and_then(|(mut req, length)| {
-        if length > 0 {
-            let length = usize::try_from(length).ok().filter(|&n| n <= buf.len())?;
-            *req.body_mut() = Incoming::full(buf.split_to(length).freeze());
+    // Everything read is frozen whole and parsed in place, so that the field values are
+    // slices of it; `buf` keeps its allocation's unused tail for the next read.
+    let all = buf.split().freeze();
+    let parsed = plain(&all, max_head).and_then(|(mut req, head, length)| {
+        // A body must be here whole: one that is still coming is hyper's to stream.
+        let end = usize::try_from(length)
+            .ok()
+            .and_then(|n| head.checked_add(n))
+            .filter(|&end| end <= all.len())?;
+        if end > head {
+            *req.body_mut() = Incoming::full(all.slice(head..end));
         }
-        Some(req)
+        Some((req, end))
     });
-    if req.is_none() {
-        let mut whole = BytesMut::with_capacity(head.len() + buf.len());
-        whole.extend_from_slice(&head);
-        whole.extend_from_slice(buf);
-        *buf = whole;
+    match parsed {
+        Some((req, end)) => {
+            // A pipelined request's bytes go back (rare: a copy).
+            if end < all.len() {
+                buf.extend_from_slice(&all[end..]);
+            }
+            Some(req)
+        }
+        None => {
+            buf.extend_from_slice(&all);
+            None
+        }
     }
-    req
 }
 
-/// The request in `head` (one whole head) if it is plain, and the length of its body.
-fn plain(head: &Bytes) -> Option<(Request<Incoming>, u64)> {
+/// The request whose head starts `all` if it is plain, with the head's length and the
+/// body's. The head must end with CRLF CRLF (one with bare LF line ends is hyper's) and be
+/// at most `max_head` bytes.
+fn plain(all: &Bytes, max_head: usize) -> Option<(Request<Incoming>, usize, u64)> {
     let mut fields = [std::mem::MaybeUninit::<httparse::Header<'_>>::uninit(); MAX_FIELDS];
     let mut req = httparse::Request::new(&mut []);
-    match req.parse_with_uninit_headers(head, &mut fields) {
-        Ok(httparse::Status::Complete(n)) if n == head.len() => {}
+    let head = match req.parse_with_uninit_headers(all, &mut fields) {
+        Ok(httparse::Status::Complete(n)) if n <= max_head && all[..n].ends_with(b"\r\n\r\n") => n,
         _ => return None,
-    }
+    };
     let method = match req.method? {
         "GET" => Method::GET,
         "POST" => Method::POST,
@@ -192,7 +196,7 @@ fn plain(head: &Bytes) -> Option<(Request<Incoming>, u64)> {
         return None;
     }
     let path = req.path.filter(|p| p.starts_with('/'))?;
-    let uri = Uri::from_maybe_shared(head.slice_ref(path.as_bytes())).ok()?;
+    let uri = Uri::from_maybe_shared(all.slice_ref(path.as_bytes())).ok()?;
     let mut headers = crate::spares::map();
     let mut length = None;
     for f in req.headers.iter() {
@@ -220,7 +224,7 @@ fn plain(head: &Bytes) -> Option<(Request<Incoming>, u64)> {
             return None;
         }
         let name = HeaderName::from_bytes(name).ok()?;
-        let value = HeaderValue::from_maybe_shared(head.slice_ref(f.value)).ok()?;
+        let value = HeaderValue::from_maybe_shared(all.slice_ref(f.value)).ok()?;
         headers.append(name, value);
     }
     let mut req = Request::new(Incoming::empty());
@@ -228,7 +232,7 @@ fn plain(head: &Bytes) -> Option<(Request<Incoming>, u64)> {
     *req.uri_mut() = uri;
     *req.version_mut() = Version::HTTP_11;
     *req.headers_mut() = headers;
-    Some((req, length.unwrap_or(0)))
+    Some((req, head, length.unwrap_or(0)))
 }
 
 /// Polls `served` to its response while reading the client: `None` if the client closed
