@@ -22,7 +22,8 @@
 //! - the client going away (EOF or an error) while its request is served, or while its
 //!   response body is awaited, drops the request's future or the body (and with it the
 //!   upstream's), as hyper does; bytes it sends meanwhile (a pipelined request) wait for
-//!   their turn;
+//!   their turn (the socket is read with a waker of its own, [`Watch`], and read again
+//!   only once that was woken);
 //! - the head goes out as soon as the body is not ready (an event stream's status before
 //!   its first event), and every write is flushed (TLS keeps written bytes until then);
 //! - a response written after shutdown was asked says `connection: close`;
