@@ -22,6 +22,9 @@ def self_costs(path):
     costs = defaultdict(int)
     fn = None
     after_calls = False
+    # A cost line is its positions (`line`, or `instr line` with --dump-instr=yes), then
+    # the events, Ir first.
+    ir_at = 1
 
     def name_of(spec):
         m = NAMED.match(spec)
@@ -41,8 +44,10 @@ def self_costs(path):
                     after_calls = False  # the call's inclusive cost, not self cost
                     continue
                 parts = line.split()
-                if len(parts) >= 2 and fn is not None:
-                    costs[fn] += int(parts[1])
+                if len(parts) > ir_at and fn is not None:
+                    costs[fn] += int(parts[ir_at])
+            elif line.startswith("positions:"):
+                ir_at = len(line.split()) - 1
             elif line.startswith("fn="):
                 fn = name_of(line[3:].strip())
             elif line.startswith(("cfn=", "cfi=", "cfl=")):
