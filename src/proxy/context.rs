@@ -39,10 +39,11 @@ pub struct RequestCtx<'g> {
     pub served_by: Option<HeaderValue>,
     /// On a composite route: its parts' statuses and times, for the access log.
     pub parts: Option<String>,
-    /// The model call this request is (routes with `[routes.ai]`).
-    pub ai: Option<crate::ai::Exchange>,
+    /// The model call this request is (routes with `[routes.ai]`). Boxed, as `upgrade`:
+    /// what only some requests have does not make every request's future larger.
+    pub ai: Option<Box<crate::ai::Exchange>>,
     /// The upgrade the client asked for, until `forward` takes it.
-    pub upgrade: Option<super::upgrade::Requested>,
+    pub upgrade: Option<Box<super::upgrade::Requested>>,
     /// The reservations the route's `[[limits]]` admitted the request with.
     pub limits: Option<Box<crate::limits::Admission>>,
     /// The path for the access log (`None`: access logging is off).
