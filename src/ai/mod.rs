@@ -73,7 +73,7 @@ pub struct CallLog {
 
 /// A model call's response, observed as it streams.
 pub struct Meter {
-    exchange: Exchange,
+    exchange: Box<Exchange>,
     /// `None`: the body cannot be read (not JSON or an event stream, or encoded).
     observer: Option<Observer>,
     status: u16,
@@ -83,7 +83,12 @@ pub struct Meter {
 impl Meter {
     /// The meter of a response with this status and headers, to a call that arrived at
     /// `start`.
-    pub fn new(exchange: Exchange, status: u16, headers: &http::HeaderMap, start: Instant) -> Self {
+    pub fn new(
+        exchange: Box<Exchange>,
+        status: u16,
+        headers: &http::HeaderMap,
+        start: Instant,
+    ) -> Self {
         let value = |h| headers.get(h).and_then(|v| v.to_str().ok()).unwrap_or("");
         let encoded = !matches!(
             value(http::header::CONTENT_ENCODING).trim(),

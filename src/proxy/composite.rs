@@ -91,8 +91,7 @@ impl Gateway {
         // A composite route forwards no upgrade (its `upgrades` is empty): an HTTP/1.1 one
         // goes on as a plain request, an HTTP/2 extended CONNECT is refused (403), never
         // answered with the 200 that would open a tunnel.
-        let none =
-            super::upgrade::Handshake::prepare(ctx.upgrade.take().map(|u| *u), route, &mut req)?;
+        let none = super::upgrade::Handshake::prepare(ctx.upgrade.take(), route, &mut req)?;
         debug_assert!(none.is_none(), "a composite route allows no upgrade");
         // `buffer_request_body` (which the config sets on every composite route: 1 MiB
         // unless written), never over `max_body_size`: 413 beyond.

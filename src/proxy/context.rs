@@ -39,8 +39,8 @@ pub struct RequestCtx<'g> {
     pub served_by: Option<HeaderValue>,
     /// On a composite route: its parts' statuses and times, for the access log.
     pub parts: Option<String>,
-    /// The model call this request is (routes with `[routes.ai]`). Boxed, as `upgrade`:
-    /// what only some requests have does not make every request's future larger.
+    /// The model call this request is (routes with `[routes.ai]`). Boxed, as `upgrade`
+    /// is: what only some requests have does not make every request's future larger.
     pub ai: Option<Box<crate::ai::Exchange>>,
     /// The upgrade the client asked for, until `forward` takes it.
     pub upgrade: Option<Box<super::upgrade::Requested>>,

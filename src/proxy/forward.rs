@@ -41,9 +41,7 @@ impl Gateway {
         async move {
             // What only some routes do is boxed (see `Gateway::process`).
             if route.config.ai.is_some() {
-                ctx.ai = super::boxed(|| super::model::read_call(route, &mut req))
-                    .await?
-                    .map(Box::new);
+                ctx.ai = super::boxed(|| super::model::read_call(route, &mut req)).await?;
             }
             if !route.limits.is_empty() {
                 super::boxed(|| admit(route, &req, ctx)).await?;
@@ -72,8 +70,7 @@ impl Gateway {
             // Built in a block, so that the upstream request (moved into the try loop)
             // takes no room in this future while it waits.
             let (handshake, called) = {
-                let handshake =
-                    Handshake::prepare(ctx.upgrade.take().map(|u| *u), route, &mut req)?;
+                let handshake = Handshake::prepare(ctx.upgrade.take(), route, &mut req)?;
                 let mut call = self.upstream_request(route, upstream, req, ctx)?;
                 if let Some(h) = &handshake {
                     h.request_headers(&mut call.head);

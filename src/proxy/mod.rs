@@ -235,7 +235,7 @@ impl Gateway {
         let bodiless = http_body::Body::is_end_stream(req.body());
         let (present, clean) = headers::clean_request(req.headers_mut(), allow, bodiless);
         let mut ctx = RequestCtx::new(&mut req, client, present);
-        ctx.upgrade = upgrade.map(Box::new);
+        ctx.upgrade = upgrade;
         let read = clean.and_then(|()| ClientRequest::read(req, &mut ctx, &self.server));
         async move {
             let result = match read {

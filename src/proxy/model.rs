@@ -19,7 +19,7 @@ use hyper::body::Body as _;
 pub(super) async fn read_call(
     route: &RouteEntry,
     req: &mut ClientRequest,
-) -> Result<Option<Exchange>, ProxyError> {
+) -> Result<Option<Box<Exchange>>, ProxyError> {
     let Some(ai) = &route.config.ai else {
         return Ok(None);
     };
@@ -58,7 +58,7 @@ pub(super) async fn read_call(
     // The response must come back readable: no content coding (identity is always
     // acceptable to the client).
     req.head.headers.remove(header::ACCEPT_ENCODING);
-    Ok(Some(Exchange {
+    Ok(Some(Box::new(Exchange {
         api,
         operation,
         request_model: read.model,
@@ -74,5 +74,5 @@ pub(super) async fn read_call(
             .as_ref()
             .map(|b| b.len() as u64)
             .or((declared == Some(0)).then_some(0)),
-    }))
+    })))
 }

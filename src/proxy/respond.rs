@@ -86,7 +86,7 @@ impl RequestCtx<'_> {
                 .set_admission(admission, status.as_u16() >= 400);
         }
         if let Some(exchange) = self.ai.take() {
-            let meter = Meter::new(*exchange, status.as_u16(), resp.headers(), self.start);
+            let meter = Meter::new(exchange, status.as_u16(), resp.headers(), self.start);
             if meter.edits() {
                 // The client receives fewer bytes than the upstream sent.
                 resp.headers_mut().remove(header::CONTENT_LENGTH);

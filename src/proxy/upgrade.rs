@@ -47,7 +47,10 @@ pub struct Requested {
 
 /// Whether `req` asks for an upgrade. An HTTP/2 extended CONNECT becomes the GET it
 /// stands for (RFC 8441 §5), so routes, plugins and the access log see a GET.
-pub fn requested(req: &mut Request<Incoming>) -> Option<Requested> {
+///
+/// Boxed: it waits in every request's context until `forward` takes it, and few requests
+/// have one.
+pub fn requested(req: &mut Request<Incoming>) -> Option<Box<Requested>> {
     if req.version() == Version::HTTP_2 {
         if req.method() != Method::CONNECT {
             return None;
@@ -55,10 +58,10 @@ pub fn requested(req: &mut Request<Incoming>) -> Option<Requested> {
         let protocol = req.extensions().get::<hyper::ext::Protocol>()?;
         let protocols = HeaderValue::from_str(protocol.as_str()).ok()?;
         *req.method_mut() = Method::GET;
-        return Some(Requested {
+        return Some(Box::new(Requested {
             protocols,
             h2: true,
-        });
+        }));
     }
     // hyper marks an HTTP/1.1 request that has an `Upgrade` field (or is a CONNECT) with
     // its `OnUpgrade`: one without it asks for nothing, and its `Connection` is not read
@@ -75,9 +78,11 @@ pub fn requested(req: &mut Request<Incoming>) -> Option<Requested> {
     let mut upgrade = req.headers().get_all(header::UPGRADE).iter();
     let protocols = upgrade.next()?.clone();
     // Two `Upgrade` lines: ambiguous, not forwarded as an upgrade.
-    upgrade.next().is_none().then_some(Requested {
-        protocols,
-        h2: false,
+    upgrade.next().is_none().then(|| {
+        Box::new(Requested {
+            protocols,
+            h2: false,
+        })
     })
 }
 
@@ -109,13 +114,14 @@ impl Handshake {
     /// The upgrade `requested` as this route forwards it: `None` when it is not forwarded
     /// (the route allows none of the protocols, or the request has a body).
     pub fn prepare(
-        requested: Option<Requested>,
+        requested: Option<Box<Requested>>,
         route: &RouteEntry,
         req: &mut ClientRequest,
     ) -> Result<Option<Handshake>, ProxyError> {
-        let Some(Requested { protocols, h2 }) = requested else {
+        let Some(requested) = requested else {
             return Ok(None);
         };
+        let Requested { protocols, h2 } = *requested;
         let allowed: Vec<&[u8]> = tokens(&protocols)
             .filter(|t| route.config.allows_upgrade(t))
             .collect();

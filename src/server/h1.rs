@@ -95,9 +95,12 @@ where
         let watch = watch.get_or_insert_with(Watch::new);
         // `read_first` left the task's own waker with the socket.
         watch.armed = false;
-        let Some(req) = parse(&mut pending, max_head) else {
-            io.put_back(pending.freeze());
-            return Ended::HandOff(io);
+        let req = match parse(&mut pending, max_head) {
+            Ok(req) => req,
+            Err(read) => {
+                io.put_back(read);
+                return Ended::HandOff(io);
+            }
         };
         // The client going away drops the request's future.
         let Some(response) = watch_client(&mut io, &mut pending, watch, serve_one(req)).await
@@ -150,8 +153,9 @@ fn read_into<const N: usize, IO: AsyncRead + Unpin>(
 
 /// Parses the head at the start of `buf` if it is a plain request (see the module); on
 /// success the head's bytes (and the body's) leave `buf`, and the request's field values
-/// and body share them. `None`: hand the connection to hyper, with `buf` as it was.
-fn parse(buf: &mut BytesMut, max_head: usize) -> Option<Request<Incoming>> {
+/// and body share them. `Err`: everything read (`buf` is left empty), for hyper, to which
+/// the connection is handed.
+fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Request<Incoming>, Bytes> {
     // Everything read is frozen whole and parsed in place, so that the field values are
     // slices of it; `buf` keeps its allocation's unused tail for the next read.
     let all = buf.split().freeze();
@@ -166,19 +170,14 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Option<Request<Incoming>> {
         }
         Some((req, end))
     });
-    match parsed {
-        Some((req, end)) => {
-            // A pipelined request's bytes go back (rare: a copy).
-            if end < all.len() {
-                buf.extend_from_slice(&all[end..]);
-            }
-            Some(req)
-        }
-        None => {
-            buf.extend_from_slice(&all);
-            None
-        }
+    let Some((req, end)) = parsed else {
+        return Err(all);
+    };
+    // A pipelined request's bytes go back (rare: a copy).
+    if end < all.len() {
+        buf.extend_from_slice(&all[end..]);
     }
+    Ok(req)
 }
 
 /// The request whose head starts `all` if it is plain, with the head's length and the
