@@ -103,11 +103,7 @@ events { worker_connections 1024; }
 http {
     $NGX_ACCESS
     keepalive_requests 1000000;
-    client_body_temp_path $TMP/px-body;
-    proxy_temp_path $TMP/px-proxy;
-    fastcgi_temp_path $TMP/px-fastcgi;
-    uwsgi_temp_path $TMP/px-uwsgi;
-    scgi_temp_path $TMP/px-scgi;
+$(nginx_temp_paths px)
     upstream up {
         server 127.0.0.1:$UP_PORT;
         keepalive 64;

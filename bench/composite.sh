@@ -77,11 +77,7 @@ http {
     access_log off;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
-    client_body_temp_path $TMP/body;
-    proxy_temp_path $TMP/proxy;
-    fastcgi_temp_path $TMP/fastcgi;
-    uwsgi_temp_path $TMP/uwsgi;
-    scgi_temp_path $TMP/scgi;
+$(nginx_temp_paths parts)
     default_type application/json;
     server { listen 127.0.0.1:$D backlog=4096; location / { return 200 '$DETECT_BODY'; } }
     server { listen 127.0.0.1:$C backlog=4096; location / { return 200 '$CLASSIFY_BODY'; } }

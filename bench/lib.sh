@@ -11,6 +11,7 @@
 #                            waits (~10 s; WAIT_TRIES x 0.1 s) until PORT accepts; fails
 #                            early, showing LOG, when PID exits first
 #   bench_tmp PREFIX         makes TMP, a fresh /tmp dir nginx workers can read
+#   nginx_temp_paths NAME    the five `*_temp_path` lines of a private nginx, in TMP/NAME-*
 #   stop_pid PID             stops one process started into PIDS (TERM, then KILL)
 #   to_seconds DURATION      wrk's 10s / 2m / 1h in seconds
 #   cpu_ticks PID / rss_kb PID
@@ -105,6 +106,13 @@ bench_tmp() {
   chmod 755 "$TMP"   # nginx workers may run as 'nobody'
 }
 
+# nginx_temp_paths NAME: the `*_temp_path` lines of a private nginx config (nginx would
+# otherwise use the system's dirs), each in TMP/NAME-*.
+nginx_temp_paths() {
+  local d
+  for d in client_body proxy fastcgi uwsgi scgi; do echo "    ${d}_temp_path $TMP/$1-$d;"; done
+}
+
 # build_sse_bench BIN BENCH: builds the gateway and the `sse-bench` example for $PROFILE
 # (release or the dev build) when either is missing.
 build_sse_bench() {
@@ -130,8 +138,7 @@ events { worker_connections 4096; }
 http {
     access_log off;
     keepalive_requests 1000000;
-    client_body_temp_path $TMP/b; proxy_temp_path $TMP/p; fastcgi_temp_path $TMP/f;
-    uwsgi_temp_path $TMP/u; scgi_temp_path $TMP/s;
+$(nginx_temp_paths upstream)
     server {
         listen 127.0.0.1:$1;
         location / { $2 }

@@ -125,11 +125,7 @@ http {
     access_log off;
     keepalive_requests 1000000;
     keepalive_timeout 75s;
-    client_body_temp_path $TMP/up-body;
-    proxy_temp_path $TMP/up-proxy;
-    fastcgi_temp_path $TMP/up-fastcgi;
-    uwsgi_temp_path $TMP/up-uwsgi;
-    scgi_temp_path $TMP/up-scgi;
+$(nginx_temp_paths up)
     server {
         listen 127.0.0.1:$UP_PORT backlog=4096;
         location / {
@@ -162,11 +158,7 @@ http {
     $NGX_ACCESS
     keepalive_requests 1000000;
     keepalive_timeout 75s;
-    client_body_temp_path $TMP/px-body;
-    proxy_temp_path $TMP/px-proxy;
-    fastcgi_temp_path $TMP/px-fastcgi;
-    uwsgi_temp_path $TMP/px-uwsgi;
-    scgi_temp_path $TMP/px-scgi;
+$(nginx_temp_paths px)
     upstream up {
         server 127.0.0.1:$UP_PORT;
         keepalive 64;

@@ -70,8 +70,7 @@ error_log $TMP/nginx-error.log warn;
 events { worker_connections 1024; }
 http {
     access_log off;
-    client_body_temp_path $TMP/body; proxy_temp_path $TMP/proxy;
-    fastcgi_temp_path $TMP/fcgi; uwsgi_temp_path $TMP/uwsgi; scgi_temp_path $TMP/scgi;
+$(nginx_temp_paths proxy)
     upstream up { server 127.0.0.1:$UP; keepalive 16; }
     server {
         listen 127.0.0.1:$NGX;

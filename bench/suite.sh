@@ -143,11 +143,6 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -su
   || die "openssl could not make the test certificate"
 
 # --- server configs -----------------------------------------------------------------------
-temp_paths() { # PREFIX: nginx's temp dirs inside TMP
-  local d
-  for d in client_body proxy fastcgi uwsgi scgi; do echo "    ${d}_temp_path $TMP/$1-$d;"; done
-}
-
 # nginx_conf NAME PORT LOCATION [ssl]: a private nginx (logs off, one worker per core,
 # keep-alive far longer than the run) on 127.0.0.1:PORT whose `location /` is LOCATION.
 nginx_conf() {
@@ -162,7 +157,7 @@ http {
     access_log $(if [[ $ACCESS_LOG == 1 && $name != upstream ]]; then echo "$TMP/$name.access combined buffer=64k"; else echo off; fi);
     keepalive_requests 1000000;
     keepalive_timeout 600s;
-$(temp_paths "$name")
+$(nginx_temp_paths "$name")
     upstream up {
         server 127.0.0.1:$UP_PORT;
         keepalive 64;

@@ -25,12 +25,11 @@ bench_tmp portcullis-tls-bench; T=$TMP
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$T/key.pem" -out "$T/cert.pem" 2>/dev/null
 read -r UP PC PCS NG < <(free_ports 4)
-temps() { for d in body proxy fastcgi uwsgi scgi; do echo "    ${d}_temp_path $T/$1-$d;" | sed 's/body_temp/client_body_temp/'; done; }
 cat >"$T/up.conf" <<C
 worker_processes 2; pid $T/up.pid; error_log $T/up-err.log warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
-$(temps up)
+$(nginx_temp_paths up)
   server { listen 127.0.0.1:$UP backlog=4096;
     location / { default_type text/plain; return 200 "hello from upstream\n"; } } }
 C
@@ -38,7 +37,7 @@ cat >"$T/ng.conf" <<C
 worker_processes 2; pid $T/ng.pid; error_log $T/ng-err.log warn;
 events { worker_connections 4096; }
 http { access_log off; keepalive_requests 1000000;
-$(temps ng)
+$(nginx_temp_paths ng)
   upstream up { server 127.0.0.1:$UP; keepalive 64; }
   server { listen 127.0.0.1:$NG ssl backlog=4096;
     ssl_certificate $T/cert.pem; ssl_certificate_key $T/key.pem;
