@@ -143,6 +143,15 @@ impl ResponseBody {
 }
 
 impl State {
+    /// The upstream's response head as it came, if it was kept so
+    /// ([`crate::upstream::h1::RawHead`]): taken by the connection that writes it.
+    pub fn take_raw_head(&mut self) -> Option<crate::upstream::h1::RawHead> {
+        match &mut self.inner {
+            Inner::Upstream { body } => body.take_raw_head(),
+            _ => None,
+        }
+    }
+
     fn full(bytes: Bytes) -> Self {
         Self::new(
             Inner::Full {

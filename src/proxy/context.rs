@@ -46,6 +46,10 @@ pub struct RequestCtx<'g> {
     pub upgrade: Option<Box<super::upgrade::Requested>>,
     /// The reservations the route's `[[limits]]` admitted the request with.
     pub limits: Option<Box<crate::limits::Admission>>,
+    /// The client's connection writes a response head kept as it came
+    /// ([`crate::upstream::h1::RawHead`]): the own HTTP/1.1 server's does, hyper's
+    /// reads only the response's map.
+    pub raw_heads: bool,
     /// The path for the access log (`None`: access logging is off).
     log_path: Option<String>,
     /// The names the cleaned head has (`headers::clean_request`); `ClientRequest::read`
@@ -89,6 +93,7 @@ impl<'g> RequestCtx<'g> {
             ai: None,
             upgrade: None,
             limits: None,
+            raw_heads: false,
             log_path: AccessLog::enabled().then(|| req.uri().path().to_string()),
             present,
             traceparent: Some(traceparent),

@@ -75,6 +75,8 @@ impl Gateway {
                 if let Some(h) = &handshake {
                     h.request_headers(&mut call.head);
                 }
+                // Only the gateway's own fields are added to the response on its way.
+                call.raw_head = ctx.raw_heads && route.plain && handshake.is_none();
                 // Boxed: the try loop's state is the largest part of the request's
                 // future, and each enclosing future copies its child's state into place
                 // when it starts it. The box is made first and the future made in it
@@ -180,6 +182,7 @@ impl Gateway {
                 .config
                 .request_timeout
                 .unwrap_or(upstream.config.request_timeout),
+            raw_head: false,
         })
     }
 }

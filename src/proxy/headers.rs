@@ -472,7 +472,12 @@ mod tests {
         let host = host.map(HeaderValue::from_static);
         set_forwarded(h, &mut added, Present::of(h), client, host.as_ref(), trust);
         let fields = &added;
-        crate::upstream::call::Added { host: None, fields }.insert_into(h);
+        crate::upstream::call::Added {
+            host: None,
+            fields,
+            raw_head: false,
+        }
+        .insert_into(h);
     }
 
     #[test]

@@ -55,6 +55,10 @@ pub struct RouteEntry {
     pub served_by: Vec<http::HeaderValue>,
     /// A composite route's per-part metrics, in part order (empty for other routes).
     pub parts: Vec<crate::metrics::PartMetrics>,
+    /// Nothing on the route reads or changes a response's fields but the gateway's own
+    /// (no plugins, model calls, limits, fallback or composite): its upstream's response
+    /// head may be written on to the client as it came.
+    pub plain: bool,
 }
 
 impl RouteEntry {
@@ -147,11 +151,18 @@ impl Gateway {
                 if let Some(t) = config.ai.as_ref().and_then(|a| a.tokenizer) {
                     crate::ai::prompt::warm(t);
                 }
+                let limits = limits.for_route(&config.limits);
+                let plain = plugins.is_empty()
+                    && limits.is_empty()
+                    && config.ai.is_none()
+                    && config.composite.is_none()
+                    && config.fallback.is_empty();
                 RouteEntry {
                     index,
+                    plain,
                     name: Arc::from(config.name.as_str()),
                     metrics: RouteMetrics::new(&config.name),
-                    limits: limits.for_route(&config.limits),
+                    limits,
                     served_by: fallback::served_by(&config, &upstreams),
                     parts: composite::part_metrics(&config),
                     config,
@@ -221,11 +232,15 @@ impl Gateway {
     /// was 1,584 bytes, too large for glibc's per-thread cache of freed blocks (1,032);
     /// it is 944 (`-Zprint-type-sizes`). Inline, so that the future is built where the
     /// worker keeps it rather than copied there.
+    ///
+    /// `raw_heads`: the connection writes a response head kept as the upstream sent it
+    /// ([`RequestCtx::raw_heads`]).
     #[inline(always)]
     pub fn handle<'a>(
         &'a self,
         mut req: Request<Incoming>,
         client: &'a ClientInfo,
+        raw_heads: bool,
     ) -> impl std::future::Future<Output = Response<ResponseBody>> + use<'a> {
         // An upgrade is noted before its headers go with the other hop-by-hop ones.
         let upgrade = upgrade::requested(&mut req);
@@ -236,6 +251,7 @@ impl Gateway {
         let (present, clean) = headers::clean_request(req.headers_mut(), allow, bodiless);
         let mut ctx = RequestCtx::new(&mut req, client, present);
         ctx.upgrade = upgrade;
+        ctx.raw_heads = raw_heads;
         let read = clean.and_then(|()| ClientRequest::read(req, &mut ctx, &self.server));
         async move {
             let result = match read {

@@ -165,6 +165,10 @@ impl<B> Counted<B> {
             in_flight: Some(in_flight),
         }
     }
+
+    pub(super) fn body_mut(&mut self) -> &mut B {
+        &mut self.body
+    }
 }
 
 impl<B: http_body::Body> http_body::Body for Counted<B> {

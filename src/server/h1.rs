@@ -14,7 +14,9 @@
 //!
 //! What it keeps of hyper's behaviour for the requests it serves:
 //! - the response head hyper writes: `HTTP/1.1` status line, the fields in the map's
-//!   order, a `content-length` from the body's exact size or else `transfer-encoding:
+//!   order (after the upstream's lines when its head was kept as it came,
+//!   [`crate::upstream::h1::RawHead`]: hyper's server never gets such a response, so
+//!   requests it serves are marked not to), a `content-length` from the body's exact size or else `transfer-encoding:
 //!   chunked`, a `content-length: 0` for an empty body, no body for 1xx/204/304, and a
 //!   `date` (hyper's per-thread cache) unless the response has one;
 //! - a response `Connection: close` closes the connection after it; a body that fails
@@ -417,6 +419,17 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     let mut framing = None;
     let mut keep = true;
     let mut wrote_date = false;
+    // The upstream's head as it came (`RawHead`: its lines less the hop-by-hop ones),
+    // then the map's fields, which are then the gateway's own.
+    if let Some(raw) = body.body_mut().take_raw_head() {
+        for lines in raw.lines() {
+            head.extend_from_slice(lines);
+        }
+        if let Some(n) = raw.length() {
+            framing = Some(Framing::Length(known.unwrap_or(n)));
+        }
+        wrote_date = raw.has_date();
+    }
     for (name, value) in &parts.headers {
         match *name {
             header::CONTENT_LENGTH => {

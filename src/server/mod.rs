@@ -170,7 +170,7 @@ where
             loop {
                 let (s, peer) = accept::accept(&l, &mut backoff, None).await;
                 let admin = admin.clone();
-                let handler = move |req, in_flight| {
+                let handler = move |req, in_flight, _raw_heads| {
                     let answer = admin(req);
                     async move { Ok(answer.await.map(|b| Counted::new(b, in_flight))) }
                 };
@@ -392,11 +392,12 @@ async fn worker(
                 // while a request is served, and moving it moves one pointer.
                 // What hyper awaits is this box: the response is wrapped in it (not in
                 // another future around it, which moved the ~450-byte response twice more).
-                let handler = move |req: Request<Incoming>, in_flight: InFlight| -> Handling {
+                // `raw_heads`: the own HTTP/1.1 server serves it (`RequestCtx::raw_heads`).
+                let handler = move |req: Request<Incoming>, in_flight: InFlight, raw_heads: bool| -> Handling {
                     let gw = slot.load_full();
                     let client = client.clone();
                     crate::proxy::boxed(|| async move {
-                        let response = gw.handle(req, &client).await;
+                        let response = gw.handle(req, &client, raw_heads).await;
                         Ok(response.map(|b| Counted::new(b, in_flight)))
                     })
                 };
@@ -447,7 +448,7 @@ async fn serve<IO, H, F>(
     handler: H,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-    H: Fn(Request<Incoming>, InFlight) -> F + Send + Sync + 'static,
+    H: Fn(Request<Incoming>, InFlight, bool) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<Counted<ResponseBody>>, Infallible>> + Send + 'static,
 {
     let first = tokio::select! {
@@ -467,7 +468,7 @@ async fn serve<IO, H, F>(
     let h2 = io.is_h2();
     let requests = state.clone();
     let mut conn: std::pin::Pin<Box<dyn Served>> = if h2 {
-        let svc = service_fn(move |req| handler(req, requests.request()));
+        let svc = service_fn(move |req| handler(req, requests.request(), false));
         Box::pin(builder.h2.serve_connection(TokioIo::new(io), svc))
     } else {
         let shut = Arc::new(AtomicBool::new(false));
@@ -476,11 +477,12 @@ async fn serve<IO, H, F>(
         let builder = builder.clone();
         Box::pin(OwnH1 {
             served: async move {
-                let serve_one = move |req| handler(req, requests.request());
-                let io = match h1::serve(io, &serve_one, &flag, max_head).await {
+                let serve_own = |req| handler(req, requests.request(), true);
+                let io = match h1::serve(io, &serve_own, &flag, max_head).await {
                     h1::Ended::Done => return Ok(()),
                     h1::Ended::HandOff(io) => io,
                 };
+                let serve_one = move |req| handler(req, requests.request(), false);
                 let conn = builder
                     .h1
                     .serve_connection(TokioIo::new(io), service_fn(serve_one))

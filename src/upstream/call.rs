@@ -33,6 +33,11 @@ pub struct Call {
     pub key: u64,
     /// The whole call's time limit, retries included.
     pub timeout: Duration,
+    /// The caller writes the response head on to its client as it came, reading none of
+    /// its fields: the own HTTP/1.1 client may then keep a plain head unparsed
+    /// ([`super::h1::RawHead`], in the response's body) and leave the response's map
+    /// empty for the fields the caller adds.
+    pub raw_head: bool,
 }
 
 /// Fields the gateway adds to the head of every try, kept out of its map: the own
@@ -61,11 +66,12 @@ impl AddedFields {
 }
 
 /// What one try adds to the head: the endpoint's own `Host` (replacing the head's) and
-/// the call's [`AddedFields`].
+/// the call's [`AddedFields`]; and `raw_head`, the call's [`Call::raw_head`].
 #[derive(Clone, Copy)]
 pub struct Added<'a> {
     pub host: Option<&'a HeaderValue>,
     pub fields: &'a AddedFields,
+    pub raw_head: bool,
 }
 
 impl Added<'_> {
@@ -247,6 +253,7 @@ impl Upstream {
         let added = Added {
             host: call.endpoint_host.then_some(&endpoint.host_header),
             fields: &call.added,
+            raw_head: call.raw_head,
         };
         let (body, give_back) = call.body.take(call.body_limit, bounds.keep_body);
         // An instant, not a duration: no clock read here or in the timer.
@@ -470,6 +477,7 @@ mod tests {
             body_limit: 1 << 20,
             key: 0,
             timeout: Duration::from_millis(timeout_ms),
+            raw_head: false,
         }
     }
 

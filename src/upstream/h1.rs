@@ -65,6 +65,9 @@ pub struct Conn {
 /// A response head, and how its body is framed.
 pub struct Head {
     parts: http::response::Parts,
+    /// The head as it came, when the caller writes it on so (`Added::raw_head`); the
+    /// map in `parts` is then empty.
+    raw: Option<RawHead>,
     framing: Framing,
     keep_alive: bool,
 }
@@ -266,8 +269,14 @@ impl Conn {
                     map
                 }
             };
-            let (mut parts, keep_alive_field) = parsed
-                .into_parts(&mut self.buf, &self.fields, &mut self.names, headers)
+            let (mut parts, facts, raw) = parsed
+                .into_parts(
+                    &mut self.buf,
+                    &self.fields,
+                    &mut self.names,
+                    headers,
+                    added.raw_head,
+                )
                 .map_err(received)?;
             if interim(parts.status.as_u16()) {
                 had_interim = true;
@@ -277,12 +286,13 @@ impl Conn {
                 &head.method,
                 parts.status,
                 parts.version,
+                &facts,
                 &mut parts.headers,
-                keep_alive_field,
             )
             .map_err(received)?;
             return Ok(Head {
                 parts,
+                raw,
                 framing,
                 keep_alive: keep_alive && finished,
             });
@@ -576,50 +586,271 @@ struct Parsed {
 }
 
 impl Parsed {
-    /// Takes the head out of `buf` and makes its parts, the fields in `headers`; field
-    /// values share the head's bytes, names come from `names` where they can.
+    /// Takes the head out of `buf` and makes its parts, with what its fields say
+    /// ([`Facts`]). With `raw` (the caller writes the head on as it came, see
+    /// [`RawHead`]) a head that can be is kept as it is, and `headers` stays empty for
+    /// the fields the gateway adds; else the fields go in `headers`: values share the
+    /// head's bytes, names come from `names` where they can.
     ///
-    /// A `Connection: keep-alive` field is not put in the map but said (`true`): it is
-    /// hop-by-hop, so the proxy would take it out again, and all it says is what
-    /// [`framing`] reads. Most upstreams send it with every response (nginx does); its
-    /// insertion and removal cost ~500 instructions (callgrind). Any other `Connection`
-    /// field goes in the map, for the proxy to remove with the fields it names.
+    /// A `Connection: keep-alive` field is not put in the map: it is hop-by-hop, so the
+    /// proxy would take it out again, and what it says is in the facts. Most upstreams
+    /// send it with every response (nginx does); its insertion and removal cost ~500
+    /// instructions (callgrind). Any other `Connection` field goes in the map, for the
+    /// proxy to remove with the fields it names.
     fn into_parts(
         self,
         buf: &mut BytesMut,
         fields: &[Field],
         names: &mut RecentNames,
         mut headers: HeaderMap,
-    ) -> io::Result<(http::response::Parts, bool)> {
-        let raw = buf.split_to(self.len).freeze();
+        raw: bool,
+    ) -> io::Result<(http::response::Parts, Facts, Option<RawHead>)> {
+        let head = buf.split_to(self.len).freeze();
         let status = StatusCode::from_u16(self.status).map_err(|_| invalid("status code"))?;
+        let facts = Facts::of(&head, fields);
         let (mut parts, ()) = http::Response::new(()).into_parts();
         parts.status = status;
         parts.version = self.version;
+        let reason = &head[self.reason.0..self.reason.1];
+        let plain_reason =
+            reason.is_empty() || status.canonical_reason().map(str::as_bytes) == Some(reason);
+        if raw && plain_reason {
+            if let Some(raw) = RawHead::of(&head, status, &facts) {
+                parts.headers = headers;
+                return Ok((parts, facts, Some(raw)));
+            }
+        }
         headers.reserve(fields.len());
-        let mut keep_alive = false;
         for (i, &((ns, ne), (vs, ve))) in fields.iter().enumerate() {
             let name = names
-                .get(i, &raw[ns..ne])
+                .get(i, &head[ns..ne])
                 .map_err(|_| invalid("field name"))?;
-            if name == header::CONNECTION && raw[vs..ve].eq_ignore_ascii_case(b"keep-alive") {
-                keep_alive = true;
+            if name == header::CONNECTION && head[vs..ve].eq_ignore_ascii_case(b"keep-alive") {
                 continue;
             }
-            let value = HeaderValue::from_maybe_shared(raw.slice(vs..ve))
+            let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
                 .map_err(|_| invalid("field value"))?;
             headers.append(name, value);
         }
         parts.headers = headers;
-        let reason = &raw[self.reason.0..self.reason.1];
-        if !reason.is_empty() && status.canonical_reason().map(str::as_bytes) != Some(reason) {
+        if !plain_reason {
             if let Ok(r) =
-                hyper::ext::ReasonPhrase::try_from(raw.slice(self.reason.0..self.reason.1))
+                hyper::ext::ReasonPhrase::try_from(head.slice(self.reason.0..self.reason.1))
             {
                 parts.extensions.insert(r);
             }
         }
-        Ok((parts, keep_alive))
+        Ok((parts, facts, None))
+    }
+}
+
+/// Most runs of field lines a [`RawHead`] keeps; a head whose kept fields are cut into
+/// more (by the fields taken out) goes into a map.
+const RAW_RUNS: usize = 4;
+
+/// What a response head's fields say, read in one walk over them (comparing a name's
+/// length first, then its bytes: each lookup by name in a map hashes and probes, ~85–110
+/// instructions, and a response took three): the body's framing, whether the connection
+/// may be reused, and which of its field lines a [`RawHead`] keeps.
+struct Facts {
+    /// `Connection` said `close`, `keep-alive`, or named another field.
+    close: bool,
+    keep: bool,
+    names_fields: bool,
+    /// A `Transfer-Encoding` came; the last non-empty coding of all of them, in order,
+    /// is `chunked`.
+    coded: bool,
+    chunked: bool,
+    /// The `Content-Length` values agree on this number (`Err`: they do not, or one is
+    /// not a number), and how many such fields came.
+    length: Result<Option<u64>, &'static str>,
+    lengths: usize,
+    date: bool,
+    /// A `TE` field (meaningless in a response), or a kept line not written as
+    /// `name: value` CRLF: the head is not written on as it came.
+    odd: bool,
+    /// The kept field lines (all but the hop-by-hop ones and `X-Request-Id`), as runs
+    /// of the head's bytes; `n` of them, `n > RAW_RUNS` when they did not fit.
+    runs: [(u32, u32); RAW_RUNS],
+    n: usize,
+}
+
+/// What a field's name makes it, for [`Facts`].
+#[derive(Clone, Copy, PartialEq)]
+enum Kind {
+    Connection,
+    TransferEncoding,
+    ContentLength,
+    Date,
+    Te,
+    /// Taken out of a head written on as it came: hop-by-hop (RFC 9110 §7.6.1), or
+    /// `X-Request-Id`, which the gateway sets on every response.
+    Dropped,
+    Other,
+}
+
+impl Kind {
+    fn of(name: &[u8]) -> Kind {
+        let is = |s: &[u8]| name.eq_ignore_ascii_case(s);
+        match name.len() {
+            2 if is(b"te") => Kind::Te,
+            4 if is(b"date") => Kind::Date,
+            7 if is(b"upgrade") => Kind::Dropped,
+            10 if is(b"connection") => Kind::Connection,
+            10 if is(b"keep-alive") => Kind::Dropped,
+            12 if is(b"x-request-id") => Kind::Dropped,
+            14 if is(b"content-length") => Kind::ContentLength,
+            16 if is(b"proxy-connection") => Kind::Dropped,
+            17 if is(b"transfer-encoding") => Kind::TransferEncoding,
+            18 if is(b"proxy-authenticate") => Kind::Dropped,
+            19 if is(b"proxy-authorization") => Kind::Dropped,
+            _ => Kind::Other,
+        }
+    }
+}
+
+impl Facts {
+    fn of(head: &[u8], fields: &[Field]) -> Facts {
+        let mut f = Facts {
+            close: false,
+            keep: false,
+            names_fields: false,
+            coded: false,
+            chunked: false,
+            length: Ok(None),
+            lengths: 0,
+            date: false,
+            odd: false,
+            runs: [(0, 0); RAW_RUNS],
+            n: 0,
+        };
+        // Where the last kept line ended.
+        let mut end = usize::MAX;
+        for &((ns, ne), (vs, ve)) in fields {
+            let value = &head[vs..ve];
+            let tokens = || value.split(|&b| b == b',').map(<[u8]>::trim_ascii);
+            match Kind::of(&head[ns..ne]) {
+                Kind::Connection => {
+                    for t in tokens() {
+                        if t.eq_ignore_ascii_case(b"close") {
+                            f.close = true;
+                        } else if t.eq_ignore_ascii_case(b"keep-alive") {
+                            f.keep = true;
+                        } else if !t.is_empty() {
+                            f.names_fields = true;
+                        }
+                    }
+                    continue;
+                }
+                Kind::TransferEncoding => {
+                    f.coded = true;
+                    if let Some(t) = tokens().rfind(|t| !t.is_empty()) {
+                        f.chunked = t.eq_ignore_ascii_case(b"chunked");
+                    }
+                    continue;
+                }
+                Kind::ContentLength => {
+                    f.lengths += 1;
+                    for t in tokens() {
+                        f.length = match (f.length, parse_length(t)) {
+                            (Err(e), _) => Err(e),
+                            (_, None) => Err("content-length"),
+                            (Ok(Some(l)), Some(n)) if l != n => {
+                                Err("content-length values disagree")
+                            }
+                            (Ok(_), Some(n)) => Ok(Some(n)),
+                        };
+                    }
+                }
+                Kind::Date => f.date = true,
+                Kind::Te => f.odd = true,
+                Kind::Dropped => continue,
+                Kind::Other => {}
+            }
+            // Kept as it came only when written `name: value` CRLF (httparse also takes
+            // a bare LF, and trims the value).
+            let line_end = ve + 2;
+            if vs != ne + 2
+                || head[ne..vs] != *b": "
+                || head.get(ve..line_end) != Some(&b"\r\n"[..])
+            {
+                f.odd = true;
+                continue;
+            }
+            if ns == end {
+                // `end` is a kept line's: a run was begun.
+                if let Some(run) = f.runs.get_mut(f.n - 1) {
+                    run.1 = line_end as u32;
+                }
+            } else {
+                if f.n < RAW_RUNS {
+                    f.runs[f.n] = (ns as u32, line_end as u32);
+                }
+                f.n += 1;
+            }
+            end = line_end;
+        }
+        f
+    }
+}
+
+/// A response head the client's connection writes on as it came: the upstream's field
+/// lines, less the hop-by-hop ones (RFC 9110 §7.6.1) and `X-Request-Id` (the gateway
+/// sets its own), copied as runs of the head's bytes rather than parsed into a map and
+/// written again field by field.
+///
+/// Only a plain head is kept so: every kept line `name: value` CRLF, a status that has a
+/// body and its own reason phrase (or none), no `Transfer-Encoding` beside a
+/// `Content-Length` and at most one of those, no `TE`, a `Connection` naming no field,
+/// the kept lines in at most [`RAW_RUNS`] runs. Any other goes into a map, as every head
+/// did before. A field name keeps the upstream's spelling (HTTP/1.1 names are
+/// case-insensitive); the map would have written it in lower case.
+#[derive(Debug)]
+pub struct RawHead {
+    head: Bytes,
+    runs: [(u32, u32); RAW_RUNS],
+    n: u8,
+    /// The kept `Content-Length`'s value.
+    length: Option<u64>,
+    date: bool,
+}
+
+impl RawHead {
+    fn of(head: &Bytes, status: StatusCode, f: &Facts) -> Option<RawHead> {
+        let bodiless = status.is_informational()
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED;
+        if bodiless || f.odd || f.names_fields || f.n > RAW_RUNS || f.lengths > 1 {
+            return None;
+        }
+        let length = match f.length {
+            Ok(l) if !(f.coded && l.is_some()) => l,
+            _ => return None,
+        };
+        Some(RawHead {
+            head: head.clone(),
+            runs: f.runs,
+            n: f.n as u8,
+            length,
+            date: f.date,
+        })
+    }
+
+    /// The kept field lines, each run whole lines with their CRLF.
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.runs[..usize::from(self.n)]
+            .iter()
+            .map(|&(s, e)| &self.head[s as usize..e as usize])
+    }
+
+    /// The value of its `Content-Length` line, if it has one.
+    pub fn length(&self) -> Option<u64> {
+        self.length
+    }
+
+    /// Whether it has a `Date` line.
+    pub fn has_date(&self) -> bool {
+        self.date
     }
 }
 
@@ -713,50 +944,18 @@ enum Framing {
 }
 
 /// The body's framing and whether the connection may carry another request (RFC 9112
-/// §6.3, §9.3). Removes a `Content-Length` that a `Transfer-Encoding` overrides.
-/// `keep_alive`: the head had a `Connection: keep-alive` field, kept out of `headers`
-/// (`Parsed::into_parts`).
-///
-/// The framing fields are read in one walk over the head's fields: comparing a standard
-/// name is one byte compare, where each lookup by name hashes and probes (~85–110
-/// instructions; a response took three).
+/// §6.3, §9.3), from what the head's fields said. Removes
+/// from `headers` a `Content-Length` that a `Transfer-Encoding` overrides.
 fn framing(
     method: &Method,
     status: StatusCode,
     version: Version,
+    facts: &Facts,
     headers: &mut HeaderMap,
-    keep_alive: bool,
 ) -> io::Result<(Framing, bool)> {
-    let (mut close, mut keep) = (false, keep_alive);
-    // The last non-empty coding of all `Transfer-Encoding` fields, in order.
-    let (mut coded, mut last_coding) = (false, None::<&[u8]>);
-    // The `Content-Length` values agree on this number (`Err`: they do not, or one is
-    // not a number); read only if no `Transfer-Encoding` overrides them.
-    let mut length: Result<Option<u64>, &str> = Ok(None);
-    for (name, v) in headers.iter() {
-        let tokens = || v.as_bytes().split(|&b| b == b',').map(<[u8]>::trim_ascii);
-        if *name == header::CONNECTION {
-            for t in tokens() {
-                close |= t.eq_ignore_ascii_case(b"close");
-                keep |= t.eq_ignore_ascii_case(b"keep-alive");
-            }
-        } else if *name == header::TRANSFER_ENCODING {
-            coded = true;
-            last_coding = tokens().rfind(|t| !t.is_empty()).or(last_coding);
-        } else if *name == header::CONTENT_LENGTH {
-            for t in tokens() {
-                length = match (length, parse_length(t)) {
-                    (Err(e), _) => Err(e),
-                    (_, None) => Err("content-length"),
-                    (Ok(Some(l)), Some(n)) if l != n => Err("content-length values disagree"),
-                    (Ok(_), Some(n)) => Ok(Some(n)),
-                };
-            }
-        }
-    }
     let mut keep_alive = match version {
-        Version::HTTP_10 => keep,
-        _ => !close,
+        Version::HTTP_10 => facts.keep,
+        _ => !facts.close,
     };
     // After a 101 the connection speaks another protocol (never asked for here: the
     // proxy refuses the answer), so it is not reused.
@@ -770,17 +969,17 @@ fn framing(
     {
         return Ok((Framing::Length(0), keep_alive));
     }
-    if coded {
-        let chunked = last_coding.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
-        if length != Ok(None) && headers.remove(header::CONTENT_LENGTH).is_some() {
+    if facts.coded {
+        if facts.lengths > 0 {
+            headers.remove(header::CONTENT_LENGTH);
             keep_alive = false;
         }
-        return Ok(match chunked && version == Version::HTTP_11 {
+        return Ok(match facts.chunked && version == Version::HTTP_11 {
             true => (Framing::Chunked(Chunked::default()), keep_alive),
             false => (Framing::Close, false),
         });
     }
-    Ok(match length.map_err(invalid)? {
+    Ok(match facts.length.map_err(invalid)? {
         Some(n) => (Framing::Length(n), keep_alive),
         None => (Framing::Close, false),
     })
@@ -945,6 +1144,8 @@ impl Chunked {
 /// connection goes back to the pool if it may carry another request.
 pub struct Body {
     conn: Option<Box<Conn>>,
+    /// The response's head as it came, for the client's connection to write.
+    raw: Option<RawHead>,
     framing: Framing,
     keep_alive: bool,
     /// Taken when the body has ended (`finish`); still there after a failure.
@@ -960,11 +1161,17 @@ impl Body {
     ) -> (http::response::Parts, Self) {
         let body = Body {
             conn: Some(conn),
+            raw: head.raw,
             framing: head.framing,
             keep_alive: head.keep_alive,
             back: Some(back),
         };
         (head.parts, body)
+    }
+
+    /// The response's head as it came, if it was kept so ([`RawHead`]).
+    pub fn take_raw_head(&mut self) -> Option<RawHead> {
+        self.raw.take()
     }
 
     /// The body has been read to its end: the connection goes back if it can.
@@ -1090,6 +1297,7 @@ mod tests {
         let nothing = Added {
             host: None,
             fields: &none,
+            raw_head: false,
         };
         encode(&mut out, &head, nothing, Sending::Whole(12));
         assert_eq!(
@@ -1133,7 +1341,16 @@ mod tests {
         let written = |host| {
             let mut out = Vec::new();
             let fields = &fields;
-            encode(&mut out, &head, Added { host, fields }, Sending::Whole(0));
+            encode(
+                &mut out,
+                &head,
+                Added {
+                    host,
+                    fields,
+                    raw_head: false,
+                },
+                Sending::Whole(0),
+            );
             String::from_utf8(out).unwrap()
         };
         let endpoint = HeaderValue::from_static("10.0.0.1:8080");
@@ -1181,12 +1398,13 @@ mod tests {
             .unwrap()
             .expect("a whole head");
         let mut buf = BytesMut::from(raw);
-        let (mut parts, keep_alive) = parsed
+        let (mut parts, facts, _) = parsed
             .into_parts(
                 &mut buf,
                 &fields,
                 &mut RecentNames::default(),
                 HeaderMap::new(),
+                false,
             )
             .unwrap();
         let method = Method::from_bytes(method.as_bytes()).unwrap();
@@ -1194,8 +1412,8 @@ mod tests {
             &method,
             parts.status,
             parts.version,
+            &facts,
             &mut parts.headers,
-            keep_alive,
         );
         (f, parts.headers)
     }
@@ -1262,6 +1480,114 @@ mod tests {
         assert_eq!(take(&mut names, &many), lower);
         assert_eq!(take(&mut names, &many), lower);
         assert_eq!(names.len(), RecentNames::PLACES);
+    }
+
+    /// The lines a head keeps as it came (`None`: it goes into a map), its length and
+    /// whether it has a date.
+    fn raw_of(raw: &str) -> Option<(Vec<String>, Option<u64>, bool)> {
+        let mut fields = Vec::new();
+        let parsed = parse(raw.as_bytes(), &mut fields).unwrap().unwrap();
+        let mut buf = BytesMut::from(raw);
+        let (parts, _, kept) = parsed
+            .into_parts(
+                &mut buf,
+                &fields,
+                &mut RecentNames::default(),
+                HeaderMap::new(),
+                true,
+            )
+            .unwrap();
+        let kept = kept?;
+        assert!(parts.headers.is_empty(), "{raw:?}");
+        let lines = kept
+            .lines()
+            .map(|l| String::from_utf8(l.to_vec()).unwrap())
+            .collect();
+        Some((lines, kept.length(), kept.has_date()))
+    }
+
+    #[test]
+    fn field_kinds_are_told_by_name_in_any_case_and_only_by_it() {
+        let named = [
+            ("te", Kind::Te),
+            ("date", Kind::Date),
+            ("upgrade", Kind::Dropped),
+            ("connection", Kind::Connection),
+            ("keep-alive", Kind::Dropped),
+            ("x-request-id", Kind::Dropped),
+            ("content-length", Kind::ContentLength),
+            ("proxy-connection", Kind::Dropped),
+            ("transfer-encoding", Kind::TransferEncoding),
+            ("proxy-authenticate", Kind::Dropped),
+            ("proxy-authorization", Kind::Dropped),
+        ];
+        for (name, kind) in named {
+            let upper = name.to_ascii_uppercase();
+            for n in [name, upper.as_str()] {
+                assert!(Kind::of(n.as_bytes()) == kind, "{n}");
+            }
+            // One byte changed to another token byte, at each place: another name.
+            for i in 0..name.len() {
+                for other in [b'_', b'~', b'^', b'z', b'0', b'|', b'`'] {
+                    let mut n = name.as_bytes().to_vec();
+                    if n[i] | 0x20 == other | 0x20 {
+                        continue;
+                    }
+                    n[i] = other;
+                    assert!(Kind::of(&n) == Kind::Other, "{:?}", String::from_utf8(n));
+                }
+            }
+        }
+        for other in ["", "t", "content-type", "server", "etag", "x-request-ids"] {
+            assert!(Kind::of(other.as_bytes()) == Kind::Other, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_plain_head_is_kept_as_runs_of_its_lines_less_the_hop_by_hop_ones() {
+        let nginx = "HTTP/1.1 200 OK\r\nServer: nginx\r\nDate: d\r\nContent-Length: 5\r\n\
+                     Connection: keep-alive\r\nETag: \"a\"\r\nAccept-Ranges: bytes\r\n\r\n";
+        assert_eq!(
+            raw_of(nginx),
+            Some((
+                vec![
+                    "Server: nginx\r\nDate: d\r\nContent-Length: 5\r\n".into(),
+                    "ETag: \"a\"\r\nAccept-Ranges: bytes\r\n".into()
+                ],
+                Some(5),
+                true
+            ))
+        );
+        // Chunked: the coding is hop-by-hop; an empty value is a plain line.
+        assert_eq!(
+            raw_of(
+                "HTTP/1.1 404 Not Found\r\ntransfer-encoding: chunked\r\nx-a: 1\r\n\
+                 x-empty: \r\nX-Request-Id: up\r\nkeep-alive: timeout=5\r\n\r\n"
+            ),
+            Some((vec!["x-a: 1\r\nx-empty: \r\n".into()], None, false))
+        );
+        assert_eq!(
+            raw_of("HTTP/1.0 200 \r\n\r\n"),
+            Some((vec![], None, false)),
+            "no reason, no fields"
+        );
+        // Each of these goes into a map.
+        for raw in [
+            "HTTP/1.1 204 No Content\r\nx-a: 1\r\n\r\n",
+            "HTTP/1.1 304 Not Modified\r\nx-a: 1\r\n\r\n",
+            "HTTP/1.1 200 Fine\r\ncontent-length: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\ncontent-length: x\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nte: trailers\r\ncontent-length: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nconnection: close, x-a\r\nx-a: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\nx-a: 1\ncontent-length: 1\n\n",
+            "HTTP/1.1 200 OK\r\nx-a:1\r\ncontent-length: 1\r\n\r\n",
+            "HTTP/1.1 200 OK\r\nx-a: 1\r\nupgrade: a\r\nx-b: 1\r\nupgrade: b\r\nx-c: 1\r\n\
+             upgrade: c\r\nx-d: 1\r\nupgrade: d\r\nx-e: 1\r\n\r\n",
+        ] {
+            assert_eq!(raw_of(raw), None, "{raw:?}");
+        }
     }
 
     #[test]
@@ -1386,12 +1712,13 @@ mod tests {
         ] {
             let mut fields = Vec::new();
             let parsed = parse(raw.as_bytes(), &mut fields).unwrap().unwrap();
-            let (parts, _) = parsed
+            let (parts, _, _) = parsed
                 .into_parts(
                     &mut BytesMut::from(raw),
                     &fields,
                     &mut RecentNames::default(),
                     HeaderMap::new(),
+                    false,
                 )
                 .unwrap();
             let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
@@ -1413,12 +1740,13 @@ mod tests {
         for raw in [&b"HTTP/1.1 204\r\n\r\n"[..], b"HTTP/1.1 200 Ok\xe9\r\n\r\n"] {
             let mut fields = Vec::new();
             let parsed = parse(raw, &mut fields).unwrap().unwrap();
-            let (parts, _) = parsed
+            let (parts, _, _) = parsed
                 .into_parts(
                     &mut BytesMut::from(raw),
                     &fields,
                     &mut RecentNames::default(),
                     HeaderMap::new(),
+                    false,
                 )
                 .unwrap();
             assert!(parts.extensions.get::<hyper::ext::ReasonPhrase>().is_none());

@@ -376,6 +376,17 @@ impl Drop for HyperBody {
     }
 }
 
+impl PooledBody {
+    /// The response's head as it came, if the own client kept it so
+    /// ([`h1::RawHead`]).
+    pub fn take_raw_head(&mut self) -> Option<h1::RawHead> {
+        match self {
+            PooledBody::Own(b) => b.take_raw_head(),
+            PooledBody::Hyper(_) => None,
+        }
+    }
+}
+
 impl From<Incoming> for PooledBody {
     /// A body whose connection is not this pool's (hyper-util's client keeps its own).
     fn from(inner: Incoming) -> Self {

@@ -357,3 +357,119 @@ async fn a_client_that_leaves_mid_stream_has_the_upstream_stream_dropped() {
         .await
         .expect("the upstream's stream was not dropped when the client left");
 }
+
+/// Reads a response head whole (until its blank line) and its body of `len` bytes.
+async fn head_and_body(s: &mut TcpStream, len: usize) -> (String, Vec<u8>) {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        got.push(byte[0]);
+    }
+    let mut body = vec![0; len];
+    s.read_exact(&mut body).await.unwrap();
+    (String::from_utf8(got).unwrap(), body)
+}
+
+/// The upstream's head with every kind of line a proxy must not pass on.
+const HOP_BY_HOP_REPLY: &[u8] = b"HTTP/1.1 200 OK\r\nServer: up\r\n\
+    Date: Tue, 01 Dec 2026 00:00:00 GMT\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\
+    Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nX-Request-Id: upstream-id\r\n\
+    Proxy-Authenticate: Basic\r\nProxy-Connection: keep-alive\r\nUpgrade: h2c\r\n\
+    ETag: \"1\"\r\n\r\nok";
+
+#[tokio::test]
+async fn a_plain_response_head_goes_on_as_it_came_less_its_hop_by_hop_lines() {
+    let addr = raw_upstream(HOP_BY_HOP_REPLY).await;
+    let gw = Gateway::start(&config("", &[addr], routes()));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /raw HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = head_and_body(&mut s, 2).await;
+    assert_eq!(body, b"ok");
+    // The upstream's lines in its order and spelling; its date, not a second one; the
+    // gateway's request id in place of the upstream's.
+    let (kept, id) = head.split_once("x-request-id: ").expect("the gateway's id");
+    assert_eq!(
+        kept,
+        "HTTP/1.1 200 OK\r\nServer: up\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\n\
+         Content-Type: text/plain\r\nContent-Length: 2\r\nETag: \"1\"\r\n"
+    );
+    let id = id.strip_suffix("\r\n\r\n").unwrap();
+    assert_eq!(id.len(), 32, "{head}");
+    assert!(id.bytes().all(|b| b.is_ascii_hexdigit()), "{head}");
+}
+
+#[tokio::test]
+async fn a_response_served_by_hyper_or_not_plain_is_written_from_its_map() {
+    // HTTP/1.0 goes to hyper's server, which writes the map: the same fields, less the
+    // same lines (and no `connection`: HTTP/1.0 closes by default).
+    let addr = raw_upstream(HOP_BY_HOP_REPLY).await;
+    let gw = Gateway::start(&config("", &[addr], routes()));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(b"GET /raw HTTP/1.0\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (head, body) = head_and_body(&mut s, 2).await;
+    assert_eq!(body, b"ok");
+    let names = |head: &str| -> Vec<String> {
+        head.lines()
+            .skip(1)
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, _)| n.to_ascii_lowercase())
+            .collect()
+    };
+    let mut got = names(&head);
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            "content-length",
+            "content-type",
+            "date",
+            "etag",
+            "server",
+            "x-request-id"
+        ],
+        "{head}"
+    );
+    assert!(
+        head.starts_with("HTTP/1.0 200 OK\r\nserver: up\r\n"),
+        "{head}"
+    );
+    assert!(!head.contains("upstream-id"), "{head}");
+    // Heads the own server does not write as they came: bare LF lines, a value with
+    // trailing space, a `Connection` naming a field. Each is written from the map:
+    // lower-case names, the named field gone.
+    for (reply, want, gone) in [
+        (
+            &b"HTTP/1.1 200 OK\nX-A: 1\ncontent-length: 2\n\nok"[..],
+            "x-a: 1\r\n",
+            "X-A",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nX-A: 1  \r\ncontent-length: 2\r\n\r\nok",
+            "x-a: 1\r\n",
+            "X-A",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: 1\r\nX-A: 1\r\n\
+              content-length: 2\r\n\r\nok",
+            "x-a: 1\r\n",
+            "secret",
+        ),
+    ] {
+        let addr = raw_upstream(reply).await;
+        let gw = Gateway::start(&config("", &[addr], routes()));
+        let mut s = TcpStream::connect(gw.addr).await.unwrap();
+        s.write_all(b"GET /m HTTP/1.1\r\nhost: x\r\n\r\n")
+            .await
+            .unwrap();
+        let (head, body) = head_and_body(&mut s, 2).await;
+        assert_eq!(body, b"ok");
+        assert!(head.contains(want), "{head}");
+        assert!(!head.contains(gone), "{head}");
+        assert!(!head.to_ascii_lowercase().contains("connection"), "{head}");
+    }
+}
