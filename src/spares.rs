@@ -30,7 +30,8 @@ pub fn map() -> HeaderMap {
 
 /// Keeps `map`, emptied, for a later [`map`] on this thread.
 pub fn give_map(mut map: HeaderMap) {
-    if map.capacity() <= MAX_FIELDS {
+    // An unallocated map (`HeaderMap::new`) would be no spare.
+    if map.capacity() != 0 && map.capacity() <= MAX_FIELDS {
         map.clear();
         keep(&MAPS, map);
     }

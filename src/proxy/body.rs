@@ -16,6 +16,7 @@ use crate::upstream::pool::PooledBody;
 use crate::upstream::ActiveGuard;
 use crate::BoxError;
 use bytes::Bytes;
+use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::Full;
 use pin_project_lite::pin_project;
@@ -85,6 +86,8 @@ pin_project! {
         ended: bool,
         // A first frame read ahead (`first_frame`), sent before the rest.
         pending: Option<Box<Frame<Bytes>>>,
+        // The request id to write after an upstream head kept as it came.
+        raw_request_id: Option<HeaderValue>,
     }
     impl PinnedDrop for State {
         fn drop(this: Pin<&mut Self>) {
@@ -144,11 +147,28 @@ impl ResponseBody {
 
 impl State {
     /// The upstream's response head as it came, if it was kept so
-    /// ([`crate::upstream::h1::RawHead`]): taken by the connection that writes it.
-    pub fn take_raw_head(&mut self) -> Option<crate::upstream::h1::RawHead> {
+    /// ([`crate::upstream::h1::RawHead`]), and the request id to write after its lines:
+    /// taken by the connection that writes them.
+    pub fn take_raw_head(&mut self) -> Option<(crate::upstream::h1::RawHead, Option<HeaderValue>)> {
         match &mut self.inner {
-            Inner::Upstream { body } => body.take_raw_head(),
+            Inner::Upstream { body } => {
+                let raw = body.take_raw_head()?;
+                Some((raw, self.raw_request_id.take()))
+            }
             _ => None,
+        }
+    }
+
+    /// Gives a response head kept as it came its `X-Request-Id`, to be written after its
+    /// lines (its map is not filled: an insert hashes and probes); gives the id back if
+    /// the head was not kept so.
+    pub fn set_raw_request_id(&mut self, id: HeaderValue) -> Result<(), HeaderValue> {
+        match &self.inner {
+            Inner::Upstream { body } if body.has_raw_head() => {
+                self.raw_request_id = Some(id);
+                Ok(())
+            }
+            _ => Err(id),
         }
     }
 
@@ -206,6 +226,7 @@ impl State {
             failing: None,
             ended: false,
             pending: None,
+            raw_request_id: None,
         }
     }
 

@@ -66,8 +66,11 @@ impl RequestCtx<'_> {
     ) -> Response<ResponseBody> {
         let mut resp = result.unwrap_or_else(|e| self.fail(e));
         let status = resp.status();
-        resp.headers_mut()
-            .insert(headers::X_REQUEST_ID, self.request_id.clone());
+        // A head that goes on as it came carries the id itself (its map is empty and
+        // unallocated: an insert would make it).
+        if let Err(id) = resp.body_mut().set_raw_request_id(self.request_id.clone()) {
+            resp.headers_mut().insert(headers::X_REQUEST_ID, id);
+        }
         let metrics = self.route.map_or(unrouted, |r| &r.metrics);
         metrics.observe(
             &self.method,

@@ -421,7 +421,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     let mut wrote_date = false;
     // The upstream's head as it came (`RawHead`: its lines less the hop-by-hop ones),
     // then the map's fields, which are then the gateway's own.
-    if let Some(raw) = body.body_mut().take_raw_head() {
+    if let Some((raw, request_id)) = body.body_mut().take_raw_head() {
         for lines in raw.lines() {
             head.extend_from_slice(lines);
         }
@@ -429,6 +429,11 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
             framing = Some(Framing::Length(known.unwrap_or(n)));
         }
         wrote_date = raw.has_date();
+        if let Some(id) = request_id {
+            head.extend_from_slice(b"x-request-id: ");
+            head.extend_from_slice(id.as_bytes());
+            head.extend_from_slice(b"\r\n");
+        }
     }
     for (name, value) in &parts.headers {
         match *name {

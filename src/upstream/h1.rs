@@ -1174,6 +1174,10 @@ impl Body {
         self.raw.take()
     }
 
+    pub fn has_raw_head(&self) -> bool {
+        self.raw.is_some()
+    }
+
     /// The body has been read to its end: the connection goes back if it can.
     fn finish(&mut self) {
         let (Some(conn), Some(back)) = (self.conn.take(), self.back.take()) else {

@@ -385,6 +385,13 @@ impl PooledBody {
             PooledBody::Hyper(_) => None,
         }
     }
+
+    pub fn has_raw_head(&self) -> bool {
+        match self {
+            PooledBody::Own(b) => b.has_raw_head(),
+            PooledBody::Hyper(_) => false,
+        }
+    }
 }
 
 impl From<Incoming> for PooledBody {
