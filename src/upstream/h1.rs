@@ -524,7 +524,10 @@ pub fn fits(method: &Method, headers: &HeaderMap, whole: Option<u64>) -> bool {
 }
 
 /// Writes `parts` in order, as few writes (`writev`) as the socket takes.
-async fn write_all(io: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
+pub(crate) async fn write_all<IO: tokio::io::AsyncWrite + Unpin>(
+    io: &mut IO,
+    parts: &[&[u8]],
+) -> io::Result<()> {
     // `parts[at][offset..]` is what is left; written (and empty) parts are passed.
     let (mut at, mut offset) = (0, 0);
     loop {
@@ -536,7 +539,6 @@ async fn write_all(io: &mut TcpStream, parts: &[&[u8]]) -> io::Result<()> {
             return Ok(());
         }
         let n = std::future::poll_fn(|cx| {
-            use tokio::io::AsyncWrite as _;
             let rest = &parts[at..];
             let mut slices = [IoSlice::new(&[]); 4];
             let len = rest.len().min(slices.len());
