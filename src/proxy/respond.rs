@@ -66,8 +66,8 @@ impl RequestCtx<'_> {
     ) -> Response<ResponseBody> {
         let mut resp = result.unwrap_or_else(|e| self.fail(e));
         let status = resp.status();
-        // A head that goes on as it came carries the id itself (its map is empty and
-        // unallocated: an insert would make it).
+        // A head that goes on as it came carries the id beside it, written after its
+        // lines: its map stays empty (an insert hashes and probes).
         if let Err(id) = resp.body_mut().set_raw_request_id(self.request_id.clone()) {
             resp.headers_mut().insert(headers::X_REQUEST_ID, id);
         }

@@ -14,11 +14,12 @@
 //!
 //! What it keeps of hyper's behaviour for the requests it serves:
 //! - the response head hyper writes: `HTTP/1.1` status line, the fields in the map's
-//!   order (after the upstream's lines when its head was kept as it came,
-//!   [`crate::upstream::h1::RawHead`]: hyper's server never gets such a response, so
-//!   requests it serves are marked not to), a `content-length` from the body's exact size or else `transfer-encoding:
-//!   chunked`, a `content-length: 0` for an empty body, no body for 1xx/204/304, and a
-//!   `date` (hyper's per-thread cache) unless the response has one;
+//!   order (after the upstream's lines and the request id when its head was kept as it
+//!   came, [`crate::upstream::h1::RawHead`]: hyper's server never gets such a response,
+//!   so requests it serves are marked not to), a `content-length` from the body's exact
+//!   size or else `transfer-encoding: chunked`, a `content-length: 0` for an empty body,
+//!   no body for 1xx/204/304, and a `date` (hyper's per-thread cache) unless the
+//!   response has one;
 //! - a response `Connection: close` closes the connection after it; a body that fails
 //!   mid-way, or ends short of its length, aborts the connection (never a clean end);
 //! - the client going away (EOF or an error) while its request is served, or while its
