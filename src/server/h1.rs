@@ -40,7 +40,7 @@
 
 use super::connection::{Counted, Prefixed};
 use crate::proxy::body::ResponseBody;
-use crate::upstream::h1::write_all;
+use crate::upstream::h1::{put_field, write_all};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -432,9 +432,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
         }
         wrote_date = raw.has_date();
         if let Some(id) = request_id {
-            head.extend_from_slice(b"x-request-id: ");
-            head.extend_from_slice(id.as_bytes());
-            head.extend_from_slice(b"\r\n");
+            put_field(&mut head, &crate::proxy::headers::X_REQUEST_ID, &id);
         }
     }
     for (name, value) in &parts.headers {
@@ -476,10 +474,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
             header::DATE => wrote_date = true,
             _ => {}
         }
-        head.extend_from_slice(name.as_str().as_bytes());
-        head.extend_from_slice(b": ");
-        head.extend_from_slice(value.as_bytes());
-        head.extend_from_slice(b"\r\n");
+        put_field(&mut head, name, value);
     }
     let framing = match framing {
         _ if !can_have_body => Framing::Length(0),

@@ -488,7 +488,8 @@ fn put_fields(out: &mut Vec<u8>, fields: &HeaderMap) {
     }
 }
 
-fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
+/// One `name: value` line.
+pub(crate) fn put_field(out: &mut Vec<u8>, name: &HeaderName, value: &HeaderValue) {
     out.extend_from_slice(name.as_str().as_bytes());
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());
@@ -616,11 +617,10 @@ impl Parsed {
         let reason = &head[self.reason.0..self.reason.1];
         let plain_reason =
             reason.is_empty() || status.canonical_reason().map(str::as_bytes) == Some(reason);
-        if raw && plain_reason {
-            if let Some(raw) = RawHead::of(&head, status, &facts) {
-                parts.headers = headers;
-                return Ok((parts, facts, Some(raw)));
-            }
+        if raw && plain_reason && RawHead::can_keep(status, &facts) {
+            parts.headers = headers;
+            let raw = RawHead::new(head, &facts);
+            return Ok((parts, facts, Some(raw)));
         }
         headers.reserve(fields.len());
         for (i, &((ns, ne), (vs, ve))) in fields.iter().enumerate() {
@@ -818,24 +818,27 @@ pub struct RawHead {
 }
 
 impl RawHead {
-    fn of(head: &Bytes, status: StatusCode, f: &Facts) -> Option<RawHead> {
+    /// Whether a head with this status and these fields is plain (see [`RawHead`]).
+    fn can_keep(status: StatusCode, f: &Facts) -> bool {
         let bodiless = status.is_informational()
             || status == StatusCode::NO_CONTENT
             || status == StatusCode::NOT_MODIFIED;
-        if bodiless || f.odd || f.names_fields || f.n > RAW_RUNS || f.lengths > 1 {
-            return None;
-        }
-        let length = match f.length {
-            Ok(l) if !(f.coded && l.is_some()) => l,
-            _ => return None,
+        let framed_once = match f.length {
+            Ok(l) => f.lengths <= 1 && !(f.coded && l.is_some()),
+            Err(_) => false,
         };
-        Some(RawHead {
-            head: head.clone(),
+        !bodiless && framed_once && !f.odd && !f.names_fields && f.n <= RAW_RUNS
+    }
+
+    /// The kept head: `head`'s bytes (taken, not shared again) and its kept runs.
+    fn new(head: Bytes, f: &Facts) -> RawHead {
+        RawHead {
+            head,
             runs: f.runs,
             n: f.n as u8,
-            length,
+            length: f.length.ok().flatten(),
             date: f.date,
-        })
+        }
     }
 
     /// The kept field lines, each run whole lines with their CRLF.

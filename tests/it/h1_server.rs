@@ -358,15 +358,20 @@ async fn a_client_that_leaves_mid_stream_has_the_upstream_stream_dropped() {
         .expect("the upstream's stream was not dropped when the client left");
 }
 
-/// Reads a response head whole (until its blank line) and its body of `len` bytes.
-async fn head_and_body(s: &mut TcpStream, len: usize) -> (String, Vec<u8>) {
+/// Sends `request` to a gateway in front of an upstream that answers `reply`, and reads
+/// the response's head whole (until its blank line) and its two-byte body.
+async fn head_and_body(reply: &'static [u8], request: &[u8]) -> (String, Vec<u8>) {
+    let addr = raw_upstream(reply).await;
+    let gw = Gateway::start(&config("", &[addr], routes()));
+    let mut s = TcpStream::connect(gw.addr).await.unwrap();
+    s.write_all(request).await.unwrap();
     let mut got = Vec::new();
     let mut byte = [0u8; 1];
     while !got.ends_with(b"\r\n\r\n") {
         s.read_exact(&mut byte).await.unwrap();
         got.push(byte[0]);
     }
-    let mut body = vec![0; len];
+    let mut body = vec![0; 2];
     s.read_exact(&mut body).await.unwrap();
     (String::from_utf8(got).unwrap(), body)
 }
@@ -380,13 +385,8 @@ const HOP_BY_HOP_REPLY: &[u8] = b"HTTP/1.1 200 OK\r\nServer: up\r\n\
 
 #[tokio::test]
 async fn a_plain_response_head_goes_on_as_it_came_less_its_hop_by_hop_lines() {
-    let addr = raw_upstream(HOP_BY_HOP_REPLY).await;
-    let gw = Gateway::start(&config("", &[addr], routes()));
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /raw HTTP/1.1\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = head_and_body(&mut s, 2).await;
+    let (head, body) =
+        head_and_body(HOP_BY_HOP_REPLY, b"GET /raw HTTP/1.1\r\nhost: x\r\n\r\n").await;
     assert_eq!(body, b"ok");
     // The upstream's lines in its order and spelling; its date, not a second one; the
     // gateway's request id in place of the upstream's.
@@ -405,22 +405,15 @@ async fn a_plain_response_head_goes_on_as_it_came_less_its_hop_by_hop_lines() {
 async fn a_response_served_by_hyper_or_not_plain_is_written_from_its_map() {
     // HTTP/1.0 goes to hyper's server, which writes the map: the same fields, less the
     // same lines (and no `connection`: HTTP/1.0 closes by default).
-    let addr = raw_upstream(HOP_BY_HOP_REPLY).await;
-    let gw = Gateway::start(&config("", &[addr], routes()));
-    let mut s = TcpStream::connect(gw.addr).await.unwrap();
-    s.write_all(b"GET /raw HTTP/1.0\r\nhost: x\r\n\r\n")
-        .await
-        .unwrap();
-    let (head, body) = head_and_body(&mut s, 2).await;
+    let (head, body) =
+        head_and_body(HOP_BY_HOP_REPLY, b"GET /raw HTTP/1.0\r\nhost: x\r\n\r\n").await;
     assert_eq!(body, b"ok");
-    let names = |head: &str| -> Vec<String> {
-        head.lines()
-            .skip(1)
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, _)| n.to_ascii_lowercase())
-            .collect()
-    };
-    let mut got = names(&head);
+    let mut got: Vec<String> = head
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, _)| n.to_ascii_lowercase())
+        .collect();
     got.sort();
     assert_eq!(
         got,
@@ -460,13 +453,7 @@ async fn a_response_served_by_hyper_or_not_plain_is_written_from_its_map() {
             "secret",
         ),
     ] {
-        let addr = raw_upstream(reply).await;
-        let gw = Gateway::start(&config("", &[addr], routes()));
-        let mut s = TcpStream::connect(gw.addr).await.unwrap();
-        s.write_all(b"GET /m HTTP/1.1\r\nhost: x\r\n\r\n")
-            .await
-            .unwrap();
-        let (head, body) = head_and_body(&mut s, 2).await;
+        let (head, body) = head_and_body(reply, b"GET /m HTTP/1.1\r\nhost: x\r\n\r\n").await;
         assert_eq!(body, b"ok");
         assert!(head.contains(want), "{head}");
         assert!(!head.contains(gone), "{head}");
