@@ -140,10 +140,14 @@ impl Upstream {
             // One clock read at each try's start and end, given to what needs the time
             // then (the retry budget, the breakers, the latency estimate, the pool):
             // each read costs ~25 ns here. The call's start is also its first try's.
+            // Each is put on the upstream's clock (nanoseconds) once, for all of them:
+            // each `Instant` subtraction costs ~37 instructions (callgrind), and a try
+            // made five.
             let start = Instant::now();
+            let start_ns = self.clock.at(start);
             let deadline = start + call.timeout;
             if let Some(b) = &self.budget {
-                b.deposit(self.clock.at(start));
+                b.deposit(start_ns);
             }
             let idempotent = idempotent(&call.head.method);
             let mut template = Template(Some(std::mem::replace(&mut call.head, empty_head())));
@@ -156,14 +160,17 @@ impl Upstream {
                 if template.0.is_none() {
                     break;
                 }
-                let sent = match try_no {
-                    1 => start,
-                    _ => Instant::now(),
+                let (sent, sent_ns) = match try_no {
+                    1 => (start, start_ns),
+                    _ => {
+                        let now = Instant::now();
+                        (now, self.clock.at(now))
+                    }
                 };
                 let Picked {
                     endpoint,
                     admission,
-                } = match self.pick_next(call.key, &tried, sent) {
+                } = match self.pick_next(call.key, &tried, sent_ns) {
                     Ok(p) => p,
                     Err(_) if last.is_some() => break,
                     Err(NoPick::Empty) => {
@@ -196,7 +203,7 @@ impl Upstream {
                 if let (Err(e), false) = (&attempt, outcome == Outcome::ClientBody) {
                     tracing::warn!(upstream = self.name(), endpoint = &*endpoint.address, error = %e, try_no, "upstream request failed");
                 }
-                let ended = Instant::now();
+                let ended = self.clock.now();
                 self.record(&endpoint, admission, outcome, ended);
                 let retrying = retry.is_some_and(|r| outcome.retryable(&r.on, idempotent))
                     && call.body.replayable()
@@ -205,8 +212,8 @@ impl Upstream {
                         .await;
                 match attempt {
                     Ok(response) if !retrying => {
-                        let rtt = ended.saturating_duration_since(sent);
-                        endpoint.observe_latency(rtt, ended.into_std());
+                        let rtt = Duration::from_nanos(ended.saturating_sub(sent_ns));
+                        endpoint.observe_latency(rtt, ended);
                         let answer = Answer {
                             response,
                             guard,
@@ -227,9 +234,9 @@ impl Upstream {
     }
 
     /// A retry goes to an endpoint not tried yet; if none is left, any usable one.
-    fn pick_next(&self, key: u64, tried: &[Arc<Endpoint>], at: Instant) -> Result<Picked, NoPick> {
-        match self.pick_excluding(key, tried, at) {
-            Err(NoPick::Unavailable) if !tried.is_empty() => self.pick_excluding(key, &[], at),
+    fn pick_next(&self, key: u64, tried: &[Arc<Endpoint>], now: u64) -> Result<Picked, NoPick> {
+        match self.pick_excluding(key, tried, now) {
+            Err(NoPick::Unavailable) if !tried.is_empty() => self.pick_excluding(key, &[], now),
             other => other,
         }
     }

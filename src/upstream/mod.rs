@@ -28,8 +28,8 @@ pub use classify::Outcome;
 use outlier::Outlier;
 use retry::RetryBudget;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 /// One instance of an upstream service.
 #[derive(Debug)]
@@ -114,10 +114,11 @@ impl Endpoint {
         self.ewma.get()
     }
 
-    /// Feeds one observed latency (time to response head, taken at `at`) into the
-    /// estimate and the metrics.
-    pub fn observe_latency(&self, rtt: Duration, at: Instant) {
-        self.ewma.observe(rtt, at);
+    /// Feeds one observed latency (time to response head, taken at `now`: nanoseconds on
+    /// the endpoint's upstream's clock, [`window::Clock`]) into the estimate and the
+    /// metrics.
+    pub fn observe_latency(&self, rtt: Duration, now: u64) {
+        self.ewma.observe(rtt, now);
         if let Some(m) = &self.metrics {
             m.duration.observe(rtt.as_secs_f64());
         }
@@ -145,11 +146,6 @@ impl Drop for ActiveGuard {
     }
 }
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
 /// Peak-sensitive exponentially weighted moving average of latency (as in Finagle and
 /// linkerd): a slower sample takes effect at once, faster ones decay in with time constant
 /// [`PeakEwma::TAU`]. Lock-free; two racing updates may lose one sample, which only
@@ -158,7 +154,7 @@ fn epoch() -> Instant {
 struct PeakEwma {
     /// f64 nanoseconds, as bits.
     value: AtomicU64,
-    /// Nanoseconds since [`epoch`] of the last update.
+    /// When it was last updated (nanoseconds on the upstream's clock).
     stamp: AtomicU64,
 }
 
@@ -176,9 +172,8 @@ impl PeakEwma {
         f64::from_bits(self.value.load(Ordering::Relaxed))
     }
 
-    /// `at`: when the sample was taken.
-    fn observe(&self, rtt: Duration, at: Instant) {
-        let now = at.saturating_duration_since(epoch()).as_nanos() as u64;
+    /// `now`: when the sample was taken.
+    fn observe(&self, rtt: Duration, now: u64) {
         let sample = rtt.as_nanos() as f64;
         let prev = self.get();
         let last = self.stamp.swap(now, Ordering::Relaxed);
@@ -282,18 +277,18 @@ impl Upstream {
 
     /// Picks an endpoint; `key` is the request's hash for consistent hashing.
     pub fn pick(&self, key: u64) -> Option<Arc<Endpoint>> {
-        self.pick_excluding(key, &[], tokio::time::Instant::now())
+        self.pick_excluding(key, &[], self.clock.now())
             .ok()
             .map(|p| p.endpoint)
     }
 
     /// Picks a usable endpoint that is not in `tried` (a retry goes elsewhere when it can)
-    /// and admits the try through its breaker.
+    /// and admits the try through its breaker. `now`: the time on the upstream's clock.
     pub fn pick_excluding(
         &self,
         key: u64,
         tried: &[Arc<Endpoint>],
-        at: tokio::time::Instant,
+        now: u64,
     ) -> Result<Picked, NoPick> {
         let snap = self.snapshot.load();
         if snap.endpoints.is_empty() {
@@ -309,7 +304,6 @@ impl Upstream {
                 admission: Admission::Normal,
             });
         }
-        let now = self.clock.at(at);
         // A half-open endpoint whose probe slots a racing request took is skipped too.
         let mut refused: Vec<usize> = Vec::new();
         loop {
@@ -359,21 +353,14 @@ impl Upstream {
     /// Feeds the outcome of a try to the endpoint's error metrics, breaker and outlier
     /// detection. A try that says nothing about the endpoint (the client's body failed
     /// it) counts nowhere; a half-open probe slot it held is given back.
-    /// `at`: when the try ended.
-    pub fn record(
-        &self,
-        ep: &Endpoint,
-        admission: Admission,
-        outcome: Outcome,
-        at: tokio::time::Instant,
-    ) {
+    /// `now`: when the try ended, on the upstream's clock.
+    pub fn record(&self, ep: &Endpoint, admission: Admission, outcome: Outcome, now: u64) {
         if let (Some(m), Some(kind)) = (&ep.metrics, outcome.error_kind()) {
             m.errors[kind as usize].inc();
         }
         if !self.guarded {
             return;
         }
-        let now = self.clock.at(at);
         if let (Some(b), Some(cfg)) = (&ep.breaker, &self.config.circuit_breaker) {
             match outcome.breaker_failure(&cfg.failure_on) {
                 Some(failed) => {

@@ -45,7 +45,7 @@ impl P2cEwma {
 mod tests {
     use super::*;
     use crate::upstream::ActiveGuard;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     fn eps(n: usize) -> Vec<Arc<Endpoint>> {
         (0..n)
@@ -58,7 +58,7 @@ mod tests {
         // With two distinct samples, the single slowest endpoint can never win.
         let e = eps(4);
         for (i, ep) in e.iter().enumerate() {
-            ep.observe_latency(Duration::from_millis(1 + i as u64 * 10), Instant::now());
+            ep.observe_latency(Duration::from_millis(1 + i as u64 * 10), 0);
         }
         for _ in 0..1000 {
             assert_ne!(P2cEwma.pick(&e), 3);
@@ -68,8 +68,8 @@ mod tests {
     #[test]
     fn prefers_fast_endpoint() {
         let e = eps(2);
-        e[0].observe_latency(Duration::from_millis(50), Instant::now());
-        e[1].observe_latency(Duration::from_millis(5), Instant::now());
+        e[0].observe_latency(Duration::from_millis(50), 0);
+        e[1].observe_latency(Duration::from_millis(5), 0);
         let picks1 = (0..1000).filter(|_| P2cEwma.pick(&e) == 1).count();
         assert_eq!(picks1, 1000, "with 2 endpoints both are always sampled");
         // Load shifts the choice: 20 active requests make the fast one costlier.
@@ -80,8 +80,8 @@ mod tests {
     #[test]
     fn peak_then_decay() {
         let e = eps(1);
-        crate::upstream::epoch(); // set before t0, so t0 is measured from it exactly
-        let t0 = Instant::now();
+        // Times in nanoseconds on the upstream's clock.
+        let t0 = 1_000_000_000;
         e[0].observe_latency(Duration::from_millis(10), t0);
         e[0].observe_latency(Duration::from_millis(100), t0);
         assert!(
@@ -89,7 +89,7 @@ mod tests {
             "a slower sample takes effect at once"
         );
         // One time constant (10 s) later a faster sample weighs 1 − 1/e.
-        e[0].observe_latency(Duration::from_millis(1), t0 + Duration::from_secs(10));
+        e[0].observe_latency(Duration::from_millis(1), t0 + 10_000_000_000);
         let w = (-1f64).exp();
         let expected = 100e6 * w + 1e6 * (1.0 - w);
         assert!(
