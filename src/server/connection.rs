@@ -4,6 +4,7 @@
 //! cap needs room, and the drain at shutdown. hyper keeps the rest: HTTP/1's
 //! `header_read_timeout` and HTTP/2's keep-alive pings.
 
+use crate::upstream::h1::WriteNow;
 use bytes::{Buf, Bytes};
 use futures_util::task::AtomicWaker;
 use std::future::Future;
@@ -395,6 +396,12 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Prefixed<IO> {
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: WriteNow> WriteNow for Prefixed<IO> {
+    fn write_now(&mut self, bufs: &[std::io::IoSlice<'_>]) -> Option<io::Result<usize>> {
+        self.io.write_now(bufs)
     }
 }
 

@@ -40,7 +40,7 @@
 
 use super::connection::{Counted, Prefixed};
 use crate::proxy::body::ResponseBody;
-use crate::upstream::h1::{put_field, write_all};
+use crate::upstream::h1::{put_field, write_all, WriteNow};
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
@@ -53,7 +53,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Poll, Wake, Waker};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 /// Most fields in a head the fast path parses; a head with more goes to hyper.
 const MAX_FIELDS: usize = 64;
@@ -80,7 +80,7 @@ pub(super) async fn serve<IO, S, F>(
     max_head: usize,
 ) -> Ended<IO>
 where
-    IO: AsyncRead + AsyncWrite + Unpin,
+    IO: AsyncRead + WriteNow,
     S: Fn(Request<Incoming>) -> F,
     F: Future<Output = Result<Response<Counted<ResponseBody>>, Infallible>>,
 {
@@ -373,7 +373,7 @@ enum Framing {
 /// (shutdown asked): the response says `connection: close`, as hyper's does. While the
 /// body is awaited the client is read, as while the request was served: its EOF (or an
 /// error) ends the response and drops the body, which cancels the upstream's.
-async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
+async fn write_response<IO: AsyncRead + WriteNow>(
     io: &mut IO,
     pending: &mut BytesMut,
     watch: &mut Watch,
@@ -394,7 +394,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
         );
         hyper::ext::extend_with_http_date(&mut head);
         head.extend_from_slice(b"\r\n\r\n");
-        io.write_all(&head).await?;
+        write_all(io, &[&head]).await?;
         return Ok(false);
     }
     let reason = parts.extensions.get::<hyper::ext::ReasonPhrase>();
@@ -504,7 +504,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
     head.extend_from_slice(b"\r\n");
     crate::spares::give_map(parts.headers);
     if framing == Framing::Length(0) {
-        io.write_all(&head).await?;
+        write_all(io, &[&head]).await?;
         io.flush().await?;
         crate::spares::give_head(head);
         return Ok(keep);
@@ -537,7 +537,7 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
         let frame = match next {
             Next::Frame(frame) => frame,
             Next::Head => {
-                io.write_all(head.unwrap_or_default()).await?;
+                write_all(io, &[head.unwrap_or_default()]).await?;
                 io.flush().await?;
                 head = None;
                 continue;
@@ -584,11 +584,11 @@ async fn write_response<IO: AsyncRead + AsyncWrite + Unpin>(
         head = None;
     }
     if let Some(head) = head {
-        io.write_all(head).await?;
+        write_all(io, &[head]).await?;
     }
     crate::spares::give_head(buffer);
     match framing {
-        Framing::Chunked => io.write_all(b"0\r\n\r\n").await?,
+        Framing::Chunked => write_all(io, &[b"0\r\n\r\n"]).await?,
         Framing::Length(_) if left > 0 => {
             return Err(io::Error::other("response body ended short of its length"))
         }

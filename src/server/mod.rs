@@ -447,7 +447,7 @@ async fn serve<IO, H, F>(
     peer: SocketAddr,
     handler: H,
 ) where
-    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    IO: tokio::io::AsyncRead + crate::upstream::h1::WriteNow + Send + 'static,
     H: Fn(Request<Incoming>, InFlight, bool) -> F + Send + Sync + 'static,
     F: Future<Output = Result<Response<Counted<ResponseBody>>, Infallible>> + Send + 'static,
 {

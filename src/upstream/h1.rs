@@ -140,17 +140,14 @@ impl Conn {
         if !self.buf.is_empty() {
             return false;
         }
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        match self.io.poll_read_ready(&mut cx) {
-            Poll::Pending => true,
-            Poll::Ready(Err(_)) => false,
-            // tokio keeps the readiness of the last read that did not drain the socket:
-            // a read that would block clears it and says there is nothing.
-            Poll::Ready(Ok(())) => matches!(
-                self.io.try_read_buf(&mut self.buf),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock
-            ),
-        }
+        // Nothing is read while tokio has not seen the socket readable since the last
+        // read drained it; else a read that would block clears the readiness and says
+        // there is nothing. (Not `poll_read_ready`: its cooperative budget and waker
+        // cost ~110 instructions, callgrind.)
+        matches!(
+            self.io.try_read_buf(&mut self.buf),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock
+        )
     }
 
     /// Sends a request (its target in origin form) and reads the response head. Once a
@@ -525,10 +522,7 @@ pub fn fits(method: &Method, headers: &HeaderMap, whole: Option<u64>) -> bool {
 }
 
 /// Writes `parts` in order, as few writes (`writev`) as the socket takes.
-pub(crate) async fn write_all<IO: tokio::io::AsyncWrite + Unpin>(
-    io: &mut IO,
-    parts: &[&[u8]],
-) -> io::Result<()> {
+pub(crate) async fn write_all<IO: WriteNow>(io: &mut IO, parts: &[&[u8]]) -> io::Result<()> {
     // `parts[at][offset..]` is what is left; written (and empty) parts are passed.
     let (mut at, mut offset) = (0, 0);
     loop {
@@ -539,23 +533,65 @@ pub(crate) async fn write_all<IO: tokio::io::AsyncWrite + Unpin>(
         if at == parts.len() {
             return Ok(());
         }
-        let n = std::future::poll_fn(|cx| {
-            let rest = &parts[at..];
-            let mut slices = [IoSlice::new(&[]); 4];
-            let len = rest.len().min(slices.len());
-            slices[0] = IoSlice::new(&rest[0][offset..]);
-            for i in 1..len {
-                slices[i] = IoSlice::new(rest[i]);
+        let rest = &parts[at..];
+        let mut slices = [IoSlice::new(&[]); 4];
+        let len = rest.len().min(slices.len());
+        slices[0] = IoSlice::new(&rest[0][offset..]);
+        for i in 1..len {
+            slices[i] = IoSlice::new(rest[i]);
+        }
+        let slices = &slices[..len];
+        let n = match io.write_now(slices) {
+            Some(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+            Some(Ok(n)) => n,
+            _ => {
+                std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, slices))
+                    .await?
             }
-            Pin::new(&mut *io).poll_write_vectored(cx, &slices[..len])
-        })
-        .await?;
+        };
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         offset += n;
     }
 }
+
+/// A stream [`write_all`] writes to: where it can, at once, without tokio's
+/// `AsyncWrite`, which asks the task's cooperative budget first and readies a waker,
+/// ~60 instructions a write (callgrind) that a socket with room does not need.
+pub(crate) trait WriteNow: tokio::io::AsyncWrite + Unpin {
+    /// Writes what the stream takes at once, without waiting (`WouldBlock`: nothing);
+    /// `None` when it writes only through `AsyncWrite` (TLS). A socket takes a head at
+    /// once nearly always.
+    fn write_now(&mut self, _bufs: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+        None
+    }
+}
+
+impl WriteNow for TcpStream {
+    /// A write shorter than what it was given filled the socket: as tokio's write, it
+    /// clears the readiness (said to have blocked, to `try_io`), so the next write
+    /// waits for room without a wasted `EAGAIN` first.
+    fn write_now(&mut self, bufs: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
+        let len: usize = bufs.iter().map(|b| b.len()).sum();
+        let mut written = None;
+        let r = self.try_io(tokio::io::Interest::WRITABLE, || {
+            let n = self.try_write_vectored(bufs)?;
+            written = Some(n);
+            match n > 0 && n < len {
+                true => Err(io::ErrorKind::WouldBlock.into()),
+                false => Ok(()),
+            }
+        });
+        Some(match (r, written) {
+            (_, Some(n)) => Ok(n),
+            (Err(e), None) => Err(e),
+            (Ok(()), None) => unreachable!("a write that succeeds says its length"),
+        })
+    }
+}
+
+impl WriteNow for tokio_rustls::server::TlsStream<TcpStream> {}
 
 /// Reads more of the connection into `buf`; `Ok(0)` at its close.
 fn poll_read(
@@ -568,13 +604,46 @@ fn poll_read(
         buf.reserve(*room);
     }
     let spare = buf.capacity() - buf.len();
-    // tokio's read, not `try_read_buf`: a read shorter than its room clears the socket's
-    // readiness (it has been drained), so no read ends in a wasted EAGAIN.
-    let n = ready!(tokio_util::io::poll_read_buf(Pin::new(io), cx, buf))?;
+    let n = loop {
+        match try_read(io, buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                ready!(io.poll_read_ready(cx))?;
+            }
+            r => break r?,
+        }
+    };
     if n == spare && *room < MAX_READ_ROOM {
         *room *= 2;
     }
     Poll::Ready(Ok(n))
+}
+
+/// Reads what the socket has into the room `buf` has (some); or `WouldBlock` at once
+/// when tokio has not seen the socket readable since it last drained it.
+///
+/// tokio's `AsyncRead` asks its cooperative budget first and readies a waker, ~100
+/// instructions a read (callgrind) that a socket with data to read does not need; its
+/// `try_read_buf` does neither, but leaves the readiness set after a read shorter than
+/// its room, so the next read would end in a wasted `EAGAIN`. A short read drained the
+/// socket (with epoll; tokio's own read assumes the same): it is said to have blocked
+/// to [`TcpStream::try_io`], which clears the readiness as tokio's read does, and its
+/// length kept. The end of the stream (0) is kept readable, as tokio's read keeps it.
+fn try_read(io: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+    let spare = buf.capacity() - buf.len();
+    let mut read = None;
+    let r = io.try_io(tokio::io::Interest::READABLE, || {
+        let n = io.try_read_buf(buf)?;
+        read = Some(n);
+        match n {
+            1.. if n < spare => Err(io::ErrorKind::WouldBlock.into()),
+            _ => Ok(()),
+        }
+    });
+    match (r, read) {
+        (_, Some(n)) => Ok(n),
+        (Err(e), None) => Err(e),
+        (Ok(()), None) => unreachable!("a read that succeeds says its length"),
+    }
 }
 
 /// Where a field's name and value are in the buffer.
