@@ -151,7 +151,7 @@ pub fn clean_request(
     let mut underscore = false;
     for n in h.keys() {
         present.note(n);
-        underscore |= !allow_underscores && n.as_str().contains('_');
+        underscore |= !allow_underscores && has_underscore(n.as_str().as_bytes());
     }
     if underscore {
         // None of `Present`'s names has a `_`, so what it noted stays true.
@@ -169,6 +169,38 @@ pub fn clean_request(
         false => Err(ProxyError::UnsupportedTransferEncoding),
     };
     (present, checked)
+}
+
+/// Whether `b` has a `_`, looked for eight bytes at a time (a short name's
+/// `str::contains('_')` goes through `memchr`: ~60 instructions, callgrind).
+fn has_underscore(b: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    // A byte of `w` is `_` if and only if that byte of `w ^ UNDERSCORES` is zero, and a
+    // word has a zero byte if and only if `(v - ONES) & !v` has a high bit set.
+    let has = |w: u64| {
+        let v = w ^ (ONES * u64::from(b'_'));
+        v.wrapping_sub(ONES) & !v & (ONES << 7) != 0
+    };
+    let n = b.len();
+    let w4 = |at: usize| u64::from(u32::from_le_bytes(b[at..at + 4].try_into().expect("4")));
+    let w8 = |at: usize| u64::from_le_bytes(b[at..at + 8].try_into().expect("8"));
+    match n {
+        0 => false,
+        // First, middle and last: every byte of one to three (the other five are zero).
+        1..4 => has(u64::from(b[0]) | u64::from(b[n / 2]) << 8 | u64::from(b[n - 1]) << 16),
+        // The two halves overlap when `n` is under eight.
+        4..8 => has(w4(0) | w4(n - 4) << 32),
+        _ => {
+            let mut at = 0;
+            while at + 8 < n {
+                if has(w8(at)) {
+                    return true;
+                }
+                at += 8;
+            }
+            has(w8(n - 8))
+        }
+    }
 }
 
 /// Whether the request's `Transfer-Encoding`, if any, is `chunked` and nothing else.
@@ -346,6 +378,37 @@ pub fn new_request_id() -> RequestId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn has_underscore_finds_one_anywhere_and_nothing_else() {
+        // Every length up to three words, a `_` at each place or none, among bytes next to
+        // it and bytes whose difference from it borrows.
+        for fill in [b'a', b'^', b'`', b'-', 0x5e, 0x60, 0xdf, 0x7f, 0x00, 0xff] {
+            for n in 0..=24 {
+                let mut b = vec![fill; n];
+                assert_eq!(has_underscore(&b), fill == b'_', "{fill:#x} x {n}");
+                for at in 0..n {
+                    b[at] = b'_';
+                    assert!(has_underscore(&b), "{fill:#x} x {n}, `_` at {at}");
+                    b[at] = fill;
+                }
+            }
+        }
+        for name in [
+            "x_a",
+            "x-a",
+            "user_agent",
+            "user-agent",
+            "x-request-id",
+            "a_",
+        ] {
+            assert_eq!(
+                has_underscore(name.as_bytes()),
+                name.contains('_'),
+                "{name}"
+            );
+        }
+    }
 
     /// The request's id as `RequestCtx::new` makes it: the client's when sane, else new.
     fn request_id(h: &HeaderMap, present: Present) -> HeaderValue {
