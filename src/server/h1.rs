@@ -42,7 +42,7 @@ use super::connection::{Counted, Prefixed};
 use crate::proxy::body::ResponseBody;
 use crate::upstream::h1::{put_field, write_all, WriteNow};
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body::Body as _;
 use hyper::body::Incoming;
@@ -184,6 +184,12 @@ fn parse(buf: &mut BytesMut, max_head: usize) -> Result<Request<Incoming>, Bytes
     Ok(req)
 }
 
+thread_local! {
+    /// The field names of the last request heads this thread parsed, by place.
+    static RECENT_NAMES: std::cell::RefCell<hyper::ext::RecentNames> =
+        const { std::cell::RefCell::new(hyper::ext::RecentNames::new()) };
+}
+
 /// The request whose head starts `all` if it is plain, with the head's length and the
 /// body's. The head must end with CRLF CRLF (one with bare LF line ends is hyper's) and be
 /// at most `max_head` bytes.
@@ -210,34 +216,40 @@ fn plain(all: &Bytes, max_head: usize) -> Option<(Request<Incoming>, usize, u64)
     let uri = Uri::from_maybe_shared(all.slice_ref(path.as_bytes())).ok()?;
     let mut headers = crate::spares::map();
     let mut length = None;
-    for f in req.headers.iter() {
-        let name = f.name.as_bytes();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            // One field of digits alone; anything else is hyper's to judge.
-            if length.is_some() || f.value.is_empty() || f.value.len() > 18 {
+    // A name spelled as the last request's at the same place is taken from it, not parsed
+    // again (hyper's server keeps the same per thread).
+    let names = RECENT_NAMES.with_borrow_mut(|names| -> Option<()> {
+        for (i, f) in req.headers.iter().enumerate() {
+            let name = f.name.as_bytes();
+            if name.eq_ignore_ascii_case(b"content-length") {
+                // One field of digits alone; anything else is hyper's to judge.
+                if length.is_some() || f.value.is_empty() || f.value.len() > 18 {
+                    return None;
+                }
+                if !f.value.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                length = Some(
+                    f.value
+                        .iter()
+                        .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
+                );
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding")
+                || name.eq_ignore_ascii_case(b"expect")
+                || name.eq_ignore_ascii_case(b"upgrade")
+                || name.eq_ignore_ascii_case(b"te")
+                || (name.eq_ignore_ascii_case(b"connection")
+                    && !f.value.eq_ignore_ascii_case(b"keep-alive"))
+            {
                 return None;
             }
-            if !f.value.iter().all(u8::is_ascii_digit) {
-                return None;
-            }
-            length = Some(
-                f.value
-                    .iter()
-                    .fold(0u64, |n, d| n * 10 + u64::from(d - b'0')),
-            );
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding")
-            || name.eq_ignore_ascii_case(b"expect")
-            || name.eq_ignore_ascii_case(b"upgrade")
-            || name.eq_ignore_ascii_case(b"te")
-            || (name.eq_ignore_ascii_case(b"connection")
-                && !f.value.eq_ignore_ascii_case(b"keep-alive"))
-        {
-            return None;
+            let name = names.get(i, name).ok()?;
+            let value = HeaderValue::from_maybe_shared(all.slice_ref(f.value)).ok()?;
+            headers.append(name, value);
         }
-        let name = HeaderName::from_bytes(name).ok()?;
-        let value = HeaderValue::from_maybe_shared(all.slice_ref(f.value)).ok()?;
-        headers.append(name, value);
-    }
+        Some(())
+    });
+    names?;
     let mut req = Request::new(Incoming::empty());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
@@ -622,4 +634,35 @@ fn connection_close(value: &HeaderValue) -> bool {
         .as_bytes()
         .split(|&b| b == b',')
         .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_read_as_spelled_whatever_the_last_request_had_in_their_place() {
+        // One thread: each head's names at the places the one before filled.
+        let heads = [
+            "GET / HTTP/1.1\r\nHost: a\r\nX-One: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nhost: a\r\nx-two: 2\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nX-One: 1\r\nAccept: */*\r\n\r\n",
+            "GET / HTTP/1.1\r\nAccept: */*\r\nX-On: 1\r\n\r\n",
+            "GET / HTTP/1.1\r\nX-One: 1\r\n\r\n",
+        ];
+        let want: [&[&str]; 5] = [
+            &["host", "x-one"],
+            &["host", "x-two"],
+            &["host", "x-one", "accept"],
+            &["accept", "x-on"],
+            &["x-one"],
+        ];
+        for (head, want) in heads.iter().zip(want) {
+            let all = Bytes::from_static(head.as_bytes());
+            let (req, len, body) = plain(&all, 8192).expect("a plain head");
+            assert_eq!((len, body), (head.len(), 0));
+            let names: Vec<&str> = req.headers().keys().map(|n| n.as_str()).collect();
+            assert_eq!(names, want, "{head:?}");
+        }
+    }
 }
