@@ -533,20 +533,24 @@ pub(crate) async fn write_all<IO: WriteNow>(io: &mut IO, parts: &[&[u8]]) -> io:
         if at == parts.len() {
             return Ok(());
         }
-        let rest = &parts[at..];
-        let mut slices = [IoSlice::new(&[]); 4];
-        let len = rest.len().min(slices.len());
-        slices[0] = IoSlice::new(&rest[0][offset..]);
-        for i in 1..len {
-            slices[i] = IoSlice::new(rest[i]);
-        }
-        let slices = &slices[..len];
-        let n = match io.write_now(slices) {
-            Some(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
-            Some(Ok(n)) => n,
-            _ => {
-                std::future::poll_fn(|cx| Pin::new(&mut *io).poll_write_vectored(cx, slices))
-                    .await?
+        // The slices are made where they are written, not kept across the wait: the
+        // futures that write (a connection's among them) stay as small as before.
+        let now = {
+            let (s, len) = slices(&parts[at..], offset);
+            match io.write_now(&s[..len]) {
+                Some(Err(e)) if e.kind() != io::ErrorKind::WouldBlock => return Err(e),
+                Some(Ok(n)) => Some(n),
+                _ => None,
+            }
+        };
+        let n = match now {
+            Some(n) => n,
+            None => {
+                std::future::poll_fn(|cx| {
+                    let (s, len) = slices(&parts[at..], offset);
+                    Pin::new(&mut *io).poll_write_vectored(cx, &s[..len])
+                })
+                .await?
             }
         };
         if n == 0 {
@@ -554,6 +558,18 @@ pub(crate) async fn write_all<IO: WriteNow>(io: &mut IO, parts: &[&[u8]]) -> io:
         }
         offset += n;
     }
+}
+
+/// Up to four of `rest`, the first from `offset`, as slices for one `writev`, and how
+/// many.
+fn slices<'a>(rest: &[&'a [u8]], offset: usize) -> ([IoSlice<'a>; 4], usize) {
+    let mut slices = [IoSlice::new(&[]); 4];
+    let len = rest.len().min(slices.len());
+    slices[0] = IoSlice::new(&rest[0][offset..]);
+    for i in 1..len {
+        slices[i] = IoSlice::new(rest[i]);
+    }
+    (slices, len)
 }
 
 /// A stream [`write_all`] writes to: where it can, at once, without tokio's
