@@ -585,25 +585,15 @@ pub(crate) trait WriteNow: tokio::io::AsyncWrite + Unpin {
 }
 
 impl WriteNow for TcpStream {
-    /// A write shorter than what it was given filled the socket: as tokio's write, it
-    /// clears the readiness (said to have blocked, to `try_io`), so the next write
-    /// waits for room without a wasted `EAGAIN` first.
+    /// A write shorter than what it was given filled the socket: it clears the
+    /// readiness ([`at_once`]), so the next write waits for room without a wasted
+    /// `EAGAIN` first.
     fn write_now(&mut self, bufs: &[IoSlice<'_>]) -> Option<io::Result<usize>> {
-        let len: usize = bufs.iter().map(|b| b.len()).sum();
-        let mut written = None;
-        let r = self.try_io(tokio::io::Interest::WRITABLE, || {
-            let n = self.try_write_vectored(bufs)?;
-            written = Some(n);
-            match n > 0 && n < len {
-                true => Err(io::ErrorKind::WouldBlock.into()),
-                false => Ok(()),
-            }
-        });
-        Some(match (r, written) {
-            (_, Some(n)) => Ok(n),
-            (Err(e), None) => Err(e),
-            (Ok(()), None) => unreachable!("a write that succeeds says its length"),
-        })
+        let len = bufs.iter().map(|b| b.len()).sum();
+        let io: &TcpStream = self;
+        Some(at_once(io, tokio::io::Interest::WRITABLE, len, || {
+            io.try_write_vectored(bufs)
+        }))
     }
 }
 
@@ -638,27 +628,41 @@ fn poll_read(
 /// when tokio has not seen the socket readable since it last drained it.
 ///
 /// tokio's `AsyncRead` asks its cooperative budget first and readies a waker, ~100
-/// instructions a read (callgrind) that a socket with data to read does not need; its
-/// `try_read_buf` does neither, but leaves the readiness set after a read shorter than
-/// its room, so the next read would end in a wasted `EAGAIN`. A short read drained the
-/// socket (with epoll; tokio's own read assumes the same): it is said to have blocked
-/// to [`TcpStream::try_io`], which clears the readiness as tokio's read does, and its
-/// length kept. The end of the stream (0) is kept readable, as tokio's read keeps it.
+/// instructions a read (callgrind) that a socket with data to read does not need.
 fn try_read(io: &TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
     let spare = buf.capacity() - buf.len();
-    let mut read = None;
-    let r = io.try_io(tokio::io::Interest::READABLE, || {
-        let n = io.try_read_buf(buf)?;
-        read = Some(n);
-        match n {
-            1.. if n < spare => Err(io::ErrorKind::WouldBlock.into()),
-            _ => Ok(()),
+    at_once(io, tokio::io::Interest::READABLE, spare, || {
+        io.try_read_buf(buf)
+    })
+}
+
+/// Runs `op`, a read or write of at most `room` bytes on `io`, if tokio has seen the
+/// socket ready for `interest` (else `WouldBlock`, no system call).
+///
+/// `try_io` alone leaves the readiness set after a read or write shorter than its room,
+/// so the next one would end in a wasted `EAGAIN`. A short one drained the socket or
+/// filled it (with epoll; tokio's own read and write assume the same): it is said to
+/// have blocked to [`TcpStream::try_io`], which clears the readiness as tokio's own do,
+/// and its length kept. Nothing done (0: the end of a stream) keeps the readiness.
+fn at_once(
+    io: &TcpStream,
+    interest: tokio::io::Interest,
+    room: usize,
+    op: impl FnOnce() -> io::Result<usize>,
+) -> io::Result<usize> {
+    let mut done = None;
+    let r = io.try_io(interest, || {
+        let n = op()?;
+        done = Some(n);
+        match n > 0 && n < room {
+            true => Err(io::ErrorKind::WouldBlock.into()),
+            false => Ok(()),
         }
     });
-    match (r, read) {
+    match (r, done) {
         (_, Some(n)) => Ok(n),
         (Err(e), None) => Err(e),
-        (Ok(()), None) => unreachable!("a read that succeeds says its length"),
+        (Ok(()), None) => unreachable!("an operation that succeeds says its length"),
     }
 }
 
