@@ -67,23 +67,26 @@ impl Gateway {
     ) -> impl Future<Output = Result<Response<ResponseBody>, ProxyError>> + use<'a, 'g> {
         async move {
             let WorkerUpstream { upstream, client } = to;
-            // Built in a block, so that the upstream request (moved into the try loop)
-            // takes no room in this future while it waits.
-            let (handshake, called) = {
-                let handshake = Handshake::prepare(ctx.upgrade.take(), route, &mut req)?;
-                let mut call = self.upstream_request(route, upstream, req, ctx)?;
-                if let Some(h) = &handshake {
-                    h.request_headers(&mut call.head);
-                }
-                // Only the gateway's own fields are added to the response on its way.
-                call.raw_head = ctx.raw_heads && route.plain && handshake.is_none();
-                // Boxed: the try loop's state is the largest part of the request's
-                // future, and each enclosing future copies its child's state into place
-                // when it starts it. The box is made first and the future made in it
-                // (`boxed`).
-                (handshake, super::boxed(|| upstream.call(client, call)))
+            let handshake = Handshake::prepare(ctx.upgrade.take(), route, &mut req)?;
+            let path_and_query = upstream_path(route, &req)?;
+            // Only the gateway's own fields are added to the response on its way.
+            let raw_head = ctx.raw_heads && route.plain && handshake.is_none();
+            // The upstream request is made by the try loop as it starts, in the loop's
+            // own state: made here and handed over, it was copied three times (~580
+            // bytes each: out of a `Result`, into the loop's arguments, into its box).
+            let (shake, cx) = (handshake.as_ref(), &mut *ctx);
+            let make = move || {
+                let to = Destination {
+                    path_and_query,
+                    handshake: shake,
+                    raw_head,
+                };
+                self.call_for(route, upstream, req, cx, to)
             };
-            let called = called.await;
+            // Boxed: the try loop's state is the largest part of the request's future,
+            // and each enclosing future copies its child's state into place when it
+            // starts it. The box is made first and the future made in it (`boxed`).
+            let called = super::boxed(|| upstream.call_with(client, make)).await;
             ctx.endpoint = called.endpoint;
             let answer = called
                 .result
@@ -122,8 +125,25 @@ impl Gateway {
         req: Box<ClientRequest>,
         ctx: &mut RequestCtx<'_>,
     ) -> Result<Call, ProxyError> {
+        let to = Destination {
+            path_and_query: upstream_path(route, &req)?,
+            handshake: None,
+            raw_head: false,
+        };
+        Ok(self.call_for(route, upstream, req, ctx, to))
+    }
+
+    /// [`Self::upstream_request`] once its target is known. (The call is made last, so
+    /// that it is made where the caller's result goes: see `forward_to`.)
+    fn call_for(
+        &self,
+        route: &RouteEntry,
+        upstream: &Upstream,
+        req: Box<ClientRequest>,
+        ctx: &mut RequestCtx<'_>,
+        to: Destination<'_>,
+    ) -> Call {
         let key = hash_key(upstream, &req.head.headers, ctx.client.addr);
-        let path_and_query = upstream_path(route, &req)?;
         let ClientRequest {
             mut head,
             target,
@@ -170,9 +190,12 @@ impl Gateway {
             (None, None) => Replay::Bytes(Bytes::new()),
             (None, Some(b)) => Replay::Stream(Some(b)),
         };
-        Ok(Call {
+        if let Some(h) = to.handshake {
+            h.request_headers(&mut head);
+        }
+        Call {
             head,
-            path_and_query,
+            path_and_query: to.path_and_query,
             endpoint_host: fixed_host.is_none() && !is_h2,
             added,
             body,
@@ -182,9 +205,17 @@ impl Gateway {
                 .config
                 .request_timeout
                 .unwrap_or(upstream.config.request_timeout),
-            raw_head: false,
-        })
+            raw_head: to.raw_head,
+        }
     }
+}
+
+/// Where an upstream request goes beyond its upstream: its path and query, the upgrade
+/// it asks for, and whether its response head may be kept raw ([`Call::raw_head`]).
+struct Destination<'h> {
+    path_and_query: PathAndQuery,
+    handshake: Option<&'h Handshake>,
+    raw_head: bool,
 }
 
 /// Reserves the request's estimated cost under its route's limits (`limits/`), or

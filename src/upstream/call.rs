@@ -125,16 +125,28 @@ pub fn idempotent(method: &Method) -> bool {
 
 impl Upstream {
     /// Sends `call` through `client`, retrying as the upstream's policy allows.
-    ///
-    /// An `async move` block rather than an `async fn`, which would hold `call` twice
-    /// (as its argument and as a local); the future is boxed for every request.
-    #[allow(clippy::manual_async_fn)] // see above
     pub fn call<'a, C: SendTry>(
         &'a self,
         client: &'a C,
-        mut call: Call,
+        call: Call,
     ) -> impl Future<Output = Called<C::Body>> + use<'a, C> {
+        self.call_with(client, move || call)
+    }
+
+    /// [`Self::call`] of the call `make` makes when the future starts: made there, it is
+    /// made in the future's own state (which the proxy boxes for every request) instead
+    /// of being copied into it.
+    ///
+    /// An `async move` block rather than an `async fn`, which would hold its arguments
+    /// twice (as arguments and as locals).
+    #[allow(clippy::manual_async_fn)] // see above
+    pub fn call_with<'a, C: SendTry, F: FnOnce() -> Call + 'a>(
+        &'a self,
+        client: &'a C,
+        make: F,
+    ) -> impl Future<Output = Called<C::Body>> + use<'a, C, F> {
         async move {
+            let mut call = make();
             let retry = self.config.retry.as_ref();
             let attempts = retry.map_or(1, |r| r.attempts);
             // One clock read at each try's start and end, given to what needs the time
