@@ -220,7 +220,7 @@ fn plain(all: &Bytes, max_head: usize) -> Option<(Request<Incoming>, usize, u64)
     let mut length = None;
     // A name spelled as the last request's at the same place is taken from it, not parsed
     // again (hyper's server keeps the same per thread).
-    let names = RECENT_NAMES.with_borrow_mut(|names| -> Option<()> {
+    RECENT_NAMES.with_borrow_mut(|names| -> Option<()> {
         for (i, f) in req.headers.iter().enumerate() {
             let name = f.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
@@ -250,8 +250,7 @@ fn plain(all: &Bytes, max_head: usize) -> Option<(Request<Incoming>, usize, u64)
             headers.append(name, value);
         }
         Some(())
-    });
-    names?;
+    })?;
     let mut req = Request::new(Incoming::empty());
     *req.method_mut() = method;
     *req.uri_mut() = uri;
